@@ -1,0 +1,1 @@
+"""Kova: Nova and Glance as a Kubernetes operator."""

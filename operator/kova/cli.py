@@ -1,0 +1,64 @@
+"""`kova`: the operator's command line.
+
+    kova run [--namespace NS ...] [--liveness URL]   run the operator (Kopf) with a liveness endpoint
+    kova crds [--out DIR]                            print (or write) the CRDs generated from the models
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+
+def _crds(args: argparse.Namespace) -> int:
+    from kova import crdgen
+
+    files = crdgen.files()
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob("*.yaml"):
+            if stale.name not in files:
+                stale.unlink()
+        for name, text in files.items():
+            (out / name).write_text(text)
+        print(f"wrote {len(files)} files to {out}")
+    else:
+        sys.stdout.write("---\n".join(files.values()))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import kopf
+
+    from kova import main as _registrations  # noqa: F401  (importing registers the handlers)
+
+    asyncio.run(kopf.operator(
+        clusterwide=not args.namespace, namespaces=args.namespace or None,
+        liveness_endpoint=args.liveness, standalone=args.standalone,
+        peering_name=args.peering or None))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kova", description="Nova and Glance as a Kubernetes operator.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the operator")
+    run.add_argument("--namespace", "-n", action="append", default=[],
+                     help="watch only this namespace (repeatable); default: the whole cluster")
+    run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
+                     help="liveness endpoint URL (default %(default)s)")
+    run.add_argument("--standalone", action="store_true", help="no peering: the only replica")
+    run.add_argument("--peering", default="", help="Kopf peering object name, for several replicas")
+    run.set_defaults(func=_run)
+    crds = sub.add_parser("crds", help="print the CRDs generated from the models")
+    crds.add_argument("--out", help="write one file per CRD into this folder instead")
+    crds.set_defaults(func=_crds)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

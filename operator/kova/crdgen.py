@@ -1,0 +1,131 @@
+"""Generate the CustomResourceDefinitions from the pydantic models (`kova crds`, `make crds`).
+
+pydantic's JSON Schema is close to what apiextensions wants; this inlines `$ref`s, turns Optional into an
+omitted field, drops `title`, and adds the kind-level parts (status subresource, printer columns, CEL).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from kova.models import GROUP_IMAGE, KINDS, VERSION, KindInfo, Model
+
+_DROP = {"title"}
+
+
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_inline(n, defs) for n in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = _inline(defs[node["$ref"].split("/")[-1]], defs)
+        # keep the field's own description/default/rules next to the referenced type
+        extra = {k: _inline(v, defs) for k, v in node.items() if k != "$ref" and k not in _DROP}
+        return {**target, **extra}
+    if "anyOf" in node:
+        variants = [v for v in node["anyOf"] if v.get("type") != "null"]
+        if len(variants) == 1:  # Optional[X]: absent means unset; the API does not store nulls
+            rest = {k: v for k, v in node.items() if k != "anyOf" and k not in _DROP}
+            if rest.get("default", 0) is None:
+                rest.pop("default")
+            return {**_inline(variants[0], defs), **{k: _inline(v, defs) for k, v in rest.items()}}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP or key == "$defs":
+            continue
+        if key == "properties":
+            out[key] = {name: _inline(sub, defs) for name, sub in value.items()}
+        else:
+            out[key] = _inline(value, defs)
+    if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    if "enum" in out and "type" not in out:
+        out["type"] = "string"
+    return out
+
+
+def schema_of(model: type[Model]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="serialization")
+    return dict(_inline(raw, raw.get("$defs", {})))
+
+
+def build_crd(info: KindInfo) -> dict[str, Any]:
+    spec = schema_of(info.spec)
+    if info.spec_rules:
+        spec["x-kubernetes-validations"] = info.spec_rules
+    status = schema_of(info.status)
+    root = {
+        "type": "object",
+        "description": info.description,
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{info.plural}.{info.group}"},
+        "spec": {
+            "group": info.group,
+            "scope": "Namespaced" if info.namespaced else "Cluster",
+            "names": {"kind": info.kind, "listKind": f"{info.kind}List", "plural": info.plural,
+                      "singular": info.singular, "shortNames": info.short_names, "categories": ["kova"]},
+            "versions": [{
+                "name": VERSION, "served": True, "storage": True,
+                "schema": {"openAPIV3Schema": root},
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": info.columns,
+            }],
+        },
+    }
+
+
+def all_crds() -> list[dict[str, Any]]:
+    return [build_crd(info) for info in KINDS]
+
+
+def render(crd: dict[str, Any]) -> str:
+    return "# Generated from operator/kova/models.py by `make crds`. Do not edit.\n" + yaml.safe_dump(
+        crd, sort_keys=False, width=110)
+
+
+PROTECTION_POLICY = "kova-protected-images"
+
+
+def protection_policy() -> list[dict[str, Any]]:
+    """Glance refuses to delete a protected image (403). The API server does the same here, before any
+    finalizer runs, with a ValidatingAdmissionPolicy (CEL, no webhook to run). The operator's finalizer
+    still keeps the data if the policy is missing."""
+    return [
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+         "metadata": {"name": PROTECTION_POLICY},
+         "spec": {
+             "failurePolicy": "Fail",
+             "matchConstraints": {"resourceRules": [{
+                 "apiGroups": [GROUP_IMAGE], "apiVersions": ["*"], "operations": ["DELETE"],
+                 "resources": ["images"]}]},
+             "validations": [{
+                 "expression": "!has(oldObject.spec.protected) || !oldObject.spec.protected",
+                 "messageExpression": "'Image ' + oldObject.metadata.name + ' is protected: set "
+                                      "spec.protected to false before deleting it'",
+                 "reason": "Forbidden"}]}},
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+         "metadata": {"name": PROTECTION_POLICY},
+         "spec": {"policyName": PROTECTION_POLICY, "validationActions": ["Deny"]}},
+    ]
+
+
+def files() -> dict[str, str]:
+    """crds/<plural>.<group>.yaml → content, plus the admission policy that goes with the Image API."""
+    out = {f"{crd['metadata']['name']}.yaml": render(crd) for crd in all_crds()}
+    out["protected-images.policy.yaml"] = "# Generated by `make crds`. Do not edit.\n" + yaml.safe_dump_all(
+        protection_policy(), sort_keys=False, width=110)
+    return out

@@ -1,0 +1,1 @@
+"""Kopf handler bodies, one module per kind; registration lives in kova.main."""

@@ -1,0 +1,118 @@
+"""The Kubernetes adapter: the few API calls Kova makes, on the official async client.
+
+Everything returns plain dicts. Not-found comes back as None; other API errors propagate, so a handler
+fails and Kopf retries it (an error swallowed here would make Kopf record a success).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes.aio import client, config
+from kubernetes.aio.client.exceptions import ApiException
+
+FIELD_MANAGER = "kova"
+
+
+@dataclass(frozen=True)
+class Resource:
+    group: str
+    version: str
+    plural: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}"
+
+
+VIRTUAL_MACHINES = Resource("kubevirt.io", "v1", "virtualmachines")
+VIRTUAL_MACHINE_INSTANCES = Resource("kubevirt.io", "v1", "virtualmachineinstances")
+DATA_VOLUMES = Resource("cdi.kubevirt.io", "v1beta1", "datavolumes")
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api_client = api
+        self.custom = client.CustomObjectsApi(api)
+
+    @classmethod
+    async def connect(cls) -> Kube:
+        configuration = client.Configuration()
+        if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+            config.load_incluster_config(client_configuration=configuration)
+        else:
+            await config.load_kube_config(client_configuration=configuration)
+        return cls(client.ApiClient(configuration))
+
+    async def close(self) -> None:
+        await self.api_client.close()
+
+    async def get(self, res: Resource, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        try:
+            if res.namespaced:
+                obj = await self.custom.get_namespaced_custom_object(
+                    res.group, res.version, namespace or "", res.plural, name)
+            else:
+                obj = await self.custom.get_cluster_custom_object(res.group, res.version, res.plural, name)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return dict(obj)  # type: ignore[call-overload]
+
+    async def create(self, res: Resource, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Create; None when it already exists (a create that meets 409 is not an error)."""
+        try:
+            obj = await self.custom.create_namespaced_custom_object(
+                res.group, res.version, body["metadata"]["namespace"], res.plural, body,
+                field_manager=FIELD_MANAGER, field_validation="Strict")
+        except ApiException as e:
+            if e.status == 409:
+                return None
+            raise
+        return dict(obj)  # type: ignore[call-overload]
+
+    async def apply(self, res: Resource, body: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply: the child is put back to what Kova wants, whoever changed it."""
+        md = body["metadata"]
+        obj = await self.custom.patch_namespaced_custom_object(
+            res.group, res.version, md["namespace"], res.plural, md["name"], body,
+            field_manager=FIELD_MANAGER, force=True, field_validation="Strict",
+            _content_type="application/apply-patch+yaml")
+        return dict(obj)  # type: ignore[call-overload]
+
+    async def delete(self, res: Resource, name: str, namespace: str, uid: str | None = None) -> None:
+        body = {"preconditions": {"uid": uid}, "propagationPolicy": "Background"} if uid else None
+        try:
+            await self.custom.delete_namespaced_custom_object(
+                res.group, res.version, namespace, res.plural, name, body=body)
+        except ApiException as e:
+            if e.status not in (404, 409):
+                raise
+
+    async def patch_status(self, res: Resource, name: str, namespace: str | None,
+                           status: dict[str, Any]) -> None:
+        body = {"status": status}
+        try:
+            if res.namespaced:
+                await self.custom.patch_namespaced_custom_object_status(
+                    res.group, res.version, namespace or "", res.plural, name, body)
+            else:
+                await self.custom.patch_cluster_custom_object_status(res.group, res.version, res.plural, name,
+                                                                     body)
+        except ApiException as e:
+            if e.status != 404:  # gone meanwhile: nothing left to describe
+                raise
+
+    async def list(self, res: Resource, namespace: str | None = None, label_selector: str | None = None,
+                   ) -> list[dict[str, Any]]:
+        if namespace:
+            out = await self.custom.list_namespaced_custom_object(
+                res.group, res.version, namespace, res.plural, label_selector=label_selector)
+        else:
+            out = await self.custom.list_cluster_custom_object(res.group, res.version, res.plural,
+                                                               label_selector=label_selector)
+        return list(dict(out)["items"])  # type: ignore[call-overload]

@@ -1,0 +1,102 @@
+"""Kopf registration: only decorators and settings here; each handler is a short call into handlers/.
+
+Imported by `kova run` (kopf loads this module), never by library code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from kova.builders import INSTANCE_LABEL, MANAGED_BY
+from kova.handlers import flavor, image, instance
+from kova.kube import Kube
+from kova.models import FLAVOR, IMAGE, INSTANCE, VERSION
+from kova.runtime import Runtime, Settings
+from kova.store import ObjectStore
+
+FLAVORS = (FLAVOR.group, VERSION, FLAVOR.plural)
+IMAGES = (IMAGE.group, VERSION, IMAGE.plural)
+INSTANCES = (INSTANCE.group, VERSION, INSTANCE.plural)
+OURS = {k: v for k, v in MANAGED_BY.items()}
+
+
+def rt(memo: kopf.Memo) -> Runtime:
+    return memo["runtime"]  # type: ignore[no-any-return]
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    settings.persistence.finalizer = "image.kova.dev/blob"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kova.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kova.dev")
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    backoff = os.environ.get("KOVA_ERROR_BACKOFFS")
+    if backoff:  # tests shorten it so a dead server does not cost a minute
+        settings.networking.error_backoffs = [float(x) for x in backoff.split(",")]
+    config = Settings.from_env()
+    store = ObjectStore(config.store)
+    store.ensure_bucket()
+    memo["runtime"] = Runtime(settings=config, kube=await Kube.connect(), store=store)
+    logger.info("kova started; images in %s at %s", config.store.bucket, config.store.endpoint)
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+        return kopf.login_with_service_account(**kwargs)
+    return kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if "runtime" in memo:
+        await rt(memo).kube.close()
+
+
+# ----- Flavor -----
+@kopf.on.resume(*FLAVORS)
+@kopf.on.create(*FLAVORS)
+@kopf.on.update(*FLAVORS)
+async def flavor_changed(name: str, memo: kopf.Memo, **_: Any) -> None:
+    await flavor.reconcile(rt(memo), name)
+
+
+# ----- Image -----
+@kopf.on.resume(*IMAGES)
+@kopf.on.create(*IMAGES)
+@kopf.on.update(*IMAGES)
+async def image_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    await image.reconcile(rt(memo), namespace, name)
+
+
+@kopf.daemon(*IMAGES, cancellation_timeout=60, initial_delay=0)
+async def image_import(namespace: str, name: str, stopped: kopf.DaemonStopped, memo: kopf.Memo,
+                       logger: logging.Logger, **_: Any) -> None:
+    await image.run_import(rt(memo), namespace, name, stopped, logger)
+
+
+@kopf.on.delete(*IMAGES)
+async def image_deleted(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    await image.delete(rt(memo), body, logger)
+
+
+# ----- Instance -----
+@kopf.on.resume(*INSTANCES)
+@kopf.on.create(*INSTANCES)
+@kopf.on.update(*INSTANCES)
+async def instance_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    await instance.reconcile(rt(memo), namespace, name, raise_waits=True)
+
+
+@kopf.on.event("kubevirt.io", "v1", "virtualmachines", labels=OURS)
+@kopf.on.event("kubevirt.io", "v1", "virtualmachineinstances", labels=OURS)
+@kopf.on.event("cdi.kubevirt.io", "v1beta1", "datavolumes", labels=OURS)
+async def child_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    owner = labels.get(INSTANCE_LABEL)
+    if owner:
+        await instance.reconcile(rt(memo), namespace, owner, raise_waits=False)

@@ -1,0 +1,250 @@
+"""The API: pydantic models of Flavor, Image and Instance, the one source of the CRDs in crds/.
+
+Field names are camelCase on the wire (Kubernetes style) and snake_case in Python. Descriptions become the
+text of `kubectl explain`; `x-kubernetes-validations` (CEL) rules are checked by the API server itself.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP_COMPUTE = "compute.kova.dev"
+GROUP_IMAGE = "image.kova.dev"
+VERSION = "v1alpha1"
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def cel(rule: str, message: str) -> dict[str, Any]:
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message}]}
+
+
+# ---------------------------------------------------------------------------------------------- status
+class Condition(Model):
+    """A kstatus-style condition (metav1.Condition)."""
+
+    type: str = Field(description="Ready, Reconciling or Stalled (kstatus), or a kind-specific type.")
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(description="CamelCase reason, stable for tools.")
+    message: str = Field(default="", description="Human-readable detail.")
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(default=None, description="The generation this was computed for.")
+
+
+class CommonStatus(Model):
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation that this status describes (kstatus).")
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra={
+        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
+
+
+# ---------------------------------------------------------------------------------------------- Flavor
+class FlavorSpec(Model):
+    """A Nova flavor: the size of an Instance. Sizes are immutable, as in Nova: make a new flavor to resize."""
+
+    vcpus: int = Field(ge=1, le=1024, description="Virtual CPUs.")
+    ram: int = Field(ge=64, description="Memory in MiB.")
+    disk: int = Field(default=0, ge=0, description="Root disk in GiB; 0 means the image's own size.")
+    ephemeral: int = Field(default=0, ge=0, description="Extra ephemeral disk in GiB (0: none).")
+    swap: int = Field(default=0, ge=0, description="Swap disk in MiB (0: none).")
+    extra_specs: dict[str, str] = Field(default_factory=dict, description=(
+        "Nova extra_specs. Understood: `hw:cpu_policy` (dedicated), `hw:mem_page_size` (large, 2MB, 1GB), "
+        "`kova:node_selector:<label>` (schedule onto nodes with that label value)."))
+    public: bool = Field(default=True, description="Usable from every namespace; if false only from `access`.")
+    access: list[str] = Field(default_factory=list, description="Namespaces that may use a non-public flavor.")
+    description: str | None = Field(default=None, max_length=65535)
+
+
+FLAVOR_SPEC_RULES = [
+    {"rule": "self.vcpus == oldSelf.vcpus && self.ram == oldSelf.ram && self.disk == oldSelf.disk && "
+             "self.ephemeral == oldSelf.ephemeral && self.swap == oldSelf.swap",
+     "message": "vcpus, ram, disk, ephemeral and swap are immutable, as in Nova: create a new Flavor and "
+                "resize the Instance to it"},
+]
+
+
+class FlavorStatus(CommonStatus):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------- Image
+class DiskFormat(StrEnum):
+    raw = "raw"
+    qcow2 = "qcow2"
+    iso = "iso"
+    vmdk = "vmdk"
+    vhd = "vhd"
+    vhdx = "vhdx"
+    vdi = "vdi"
+
+
+class ContainerFormat(StrEnum):
+    bare = "bare"
+    ovf = "ovf"
+    ova = "ova"
+    docker = "docker"
+
+
+class Visibility(StrEnum):
+    private = "private"
+    shared = "shared"
+    public = "public"
+    community = "community"
+
+
+class ImageSource(Model):
+    """Where the bytes come from (Glance's web-download import method)."""
+
+    url: str = Field(pattern=r"^https?://", max_length=4096, description="http(s) URL to download once.")
+    checksum: str | None = Field(default=None, pattern=r"^(md5|sha256|sha512):[0-9a-fA-F]+$", description=(
+        "Expected hash, `<algorithm>:<hex>` with md5, sha256 or sha512. A mismatch kills the import."))
+
+
+class ImageSpec(Model):
+    """A Glance image. Its bytes are imported once into the object store and never change afterwards."""
+
+    disk_format: DiskFormat = Field(description="Format of the disk image; checked against the bytes.")
+    container_format: ContainerFormat = Field(default=ContainerFormat.bare)
+    min_disk: int = Field(default=0, ge=0, description="GiB of root disk the image needs to boot.")
+    min_ram: int = Field(default=0, ge=0, description="MiB of RAM the image needs to boot.")
+    tags: list[str] = Field(default_factory=list, json_schema_extra={"x-kubernetes-list-type": "set"})
+    properties: dict[str, str] = Field(default_factory=dict, description="Free-form Glance properties.")
+    visibility: Visibility = Field(default=Visibility.private, description=(
+        "private: this namespace; shared: this namespace and `members`; public and community: every "
+        "namespace (public ones are meant to be listed, community ones only used by name)."))
+    members: list[str] = Field(default_factory=list, description="Namespaces a shared image is shared with.")
+    protected: bool = Field(default=False, description="A protected image cannot be deleted.")
+    source: ImageSource = Field(json_schema_extra=cel(
+        "self == oldSelf", "source is immutable: an image's data never changes; create a new Image"))
+
+
+class GlanceStatus(StrEnum):
+    queued = "queued"
+    importing = "importing"
+    active = "active"
+    killed = "killed"
+    deactivated = "deactivated"
+    deleted = "deleted"
+
+
+class ImageStatus(CommonStatus):
+    status: GlanceStatus | None = Field(default=None, description="Glance status word.")
+    size: int | None = Field(default=None, description="Bytes stored.")
+    virtual_size: int | None = Field(default=None, description="Bytes of the disk the image unpacks to.")
+    checksum: str | None = Field(default=None, description="MD5 of the data (Glance `checksum`).")
+    os_hash_algo: str | None = Field(default=None, description="Algorithm of os_hash_value (sha512).")
+    os_hash_value: str | None = Field(default=None, description="Secure hash of the data.")
+    detected_format: str | None = Field(default=None, description="Format found by inspecting the bytes.")
+    progress: str | None = Field(default=None, description="Import progress, e.g. `42%`.")
+    location: str | None = Field(default=None, description="Where the data is stored (s3://bucket/key).")
+    message: str | None = Field(default=None, description="Why the image is not active, if it is not.")
+
+
+# ---------------------------------------------------------------------------------------------- Instance
+class PowerState(StrEnum):
+    running = "Running"
+    stopped = "Stopped"
+
+
+class InstanceSpec(Model):
+    """A Nova server: boots `imageRef` on a `flavorRef`-sized KubeVirt VirtualMachine."""
+
+    flavor_ref: str = Field(min_length=1, max_length=253, description="Name of a Flavor.")
+    image_ref: str = Field(min_length=1, max_length=507, pattern=r"^([a-z0-9-]+/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                           description="Image name in this namespace, or namespace/name of an image "
+                                       "visible here (public, community, or shared with this namespace).",
+                           json_schema_extra=cel("self == oldSelf", "imageRef is immutable; use rebuild"))
+    power_state: PowerState = Field(default=PowerState.running, description="Desired power state.")
+    user_data: str | None = Field(default=None, max_length=65535,
+                                  description="cloud-init user data (plain text), as Nova user_data.")
+    metadata: dict[str, str] = Field(default_factory=dict, description="Nova server metadata.")
+
+
+class NovaStatus(StrEnum):
+    build = "BUILD"
+    active = "ACTIVE"
+    shutoff = "SHUTOFF"
+    error = "ERROR"
+    deleted = "DELETED"
+
+
+class Fault(Model):
+    code: int = Field(description="HTTP-style code, as in Nova faults (400 bad request, 500 internal).")
+    message: str
+
+
+class Address(Model):
+    interface: str
+    ip: str
+    mac: str | None = None
+
+
+class InstanceStatus(CommonStatus):
+    status: NovaStatus | None = Field(default=None, description="Nova status word.")
+    power_state: str | None = Field(default=None, description="Observed power state (Running, Shutdown, NOSTATE).")
+    addresses: list[Address] = Field(default_factory=list)
+    fault: Fault | None = None
+    virtual_machine: str | None = Field(default=None, description="Name of the KubeVirt VirtualMachine.")
+    data_volume: str | None = Field(default=None, description="Name of the CDI DataVolume of the root disk.")
+    node: str | None = Field(default=None, description="Node the instance runs on (Nova host).")
+    image_checksum: str | None = Field(default=None, description="sha512 of the image the disk was made from.")
+
+
+# ---------------------------------------------------------------------------------------------- kinds
+class KindInfo(BaseModel):
+    group: str
+    kind: str
+    plural: str
+    singular: str
+    short_names: list[str]
+    namespaced: bool
+    spec: type[Model]
+    status: type[Model]
+    description: str
+    spec_rules: list[dict[str, str]] = []
+    columns: list[dict[str, Any]] = []
+
+
+_READY = {"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type=='Ready')].status"}
+_AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+
+FLAVOR = KindInfo(
+    group=GROUP_COMPUTE, kind="Flavor", plural="flavors", singular="flavor", short_names=["flv"],
+    namespaced=False, spec=FlavorSpec, status=FlavorStatus, spec_rules=FLAVOR_SPEC_RULES,
+    description="A Nova flavor: vCPUs, RAM and disks that an Instance gets.",
+    columns=[{"name": "VCPUs", "type": "integer", "jsonPath": ".spec.vcpus"},
+             {"name": "RAM", "type": "integer", "jsonPath": ".spec.ram", "description": "MiB"},
+             {"name": "Disk", "type": "integer", "jsonPath": ".spec.disk", "description": "GiB"},
+             {"name": "Public", "type": "boolean", "jsonPath": ".spec.public"}, _READY, _AGE])
+IMAGE = KindInfo(
+    group=GROUP_IMAGE, kind="Image", plural="images", singular="image", short_names=["img"],
+    namespaced=True, spec=ImageSpec, status=ImageStatus,
+    description="A Glance image: disk bytes imported once into the object store.",
+    columns=[{"name": "Status", "type": "string", "jsonPath": ".status.status"},
+             {"name": "Format", "type": "string", "jsonPath": ".spec.diskFormat"},
+             {"name": "Size", "type": "integer", "jsonPath": ".status.size"},
+             {"name": "Visibility", "type": "string", "jsonPath": ".spec.visibility"},
+             {"name": "Progress", "type": "string", "jsonPath": ".status.progress", "priority": 1},
+             {"name": "Checksum", "type": "string", "jsonPath": ".status.checksum", "priority": 1},
+             _READY, _AGE])
+INSTANCE = KindInfo(
+    group=GROUP_COMPUTE, kind="Instance", plural="instances", singular="instance", short_names=["inst", "server"],
+    namespaced=True, spec=InstanceSpec, status=InstanceStatus,
+    description="A Nova server, run as a KubeVirt VirtualMachine with its root disk imported by CDI.",
+    columns=[{"name": "Status", "type": "string", "jsonPath": ".status.status"},
+             {"name": "Power", "type": "string", "jsonPath": ".status.powerState"},
+             {"name": "Flavor", "type": "string", "jsonPath": ".spec.flavorRef"},
+             {"name": "Image", "type": "string", "jsonPath": ".spec.imageRef"},
+             {"name": "IP", "type": "string", "jsonPath": ".status.addresses[0].ip"},
+             {"name": "Node", "type": "string", "jsonPath": ".status.node", "priority": 1},
+             _READY, _AGE])
+KINDS = [FLAVOR, IMAGE, INSTANCE]

@@ -1,0 +1,159 @@
+"""The object store (S3 / MinIO) as Kova uses it: one blob and one small JSON record per image.
+
+`images/<uid>` holds the bytes; `images/<uid>.json` records what was verified while they streamed in
+(size, md5, sha512, format). The record is written only after the blob is complete and checked, so
+"the record exists" is the one fact that makes an image active, whatever crashed before.
+Every call here is safe to repeat (crossplane's Observe / Create / Delete contract).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from minio import Minio
+from minio.datatypes import Part
+from minio.error import S3Error
+
+
+
+@dataclass(frozen=True)
+class Blob:
+    """What was verified about an image's bytes while they streamed into the store."""
+
+    size: int
+    md5: str
+    sha512: str
+    sha256: str | None
+    disk_format: str
+    virtual_size: int | None
+    source: str
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    bucket: str
+    secure: bool = False
+    region: str | None = None
+    # Address the importer (CDI) reaches the store at, when it differs from the operator's.
+    public_endpoint: str | None = None
+
+    @classmethod
+    def from_env(cls) -> StoreConfig:
+        def need(name: str) -> str:
+            value = os.environ.get(name)
+            if not value:
+                raise RuntimeError(f"${name} is not set (see README: configuration)")
+            return value
+
+        return cls(endpoint=need("KOVA_S3_ENDPOINT"), access_key=need("KOVA_S3_ACCESS_KEY"),
+                   secret_key=need("KOVA_S3_SECRET_KEY"), bucket=os.environ.get("KOVA_S3_BUCKET", "kova-images"),
+                   secure=os.environ.get("KOVA_S3_SECURE", "false").lower() in ("1", "true", "yes"),
+                   region=os.environ.get("KOVA_S3_REGION") or None,
+                   public_endpoint=os.environ.get("KOVA_S3_PUBLIC_ENDPOINT") or None)
+
+
+def blob_key(uid: str) -> str:
+    return f"images/{uid}"
+
+
+def record_key(uid: str) -> str:
+    return f"images/{uid}.json"
+
+
+class ObjectStore:
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self.bucket = config.bucket
+        self.client = Minio(config.endpoint, access_key=config.access_key, secret_key=config.secret_key,
+                            secure=config.secure, region=config.region)
+        # Presigned URLs are signed for the host CDI will use; signing needs no request to the store.
+        self.signer = Minio(config.public_endpoint or config.endpoint, access_key=config.access_key,
+                            secret_key=config.secret_key, secure=config.secure, region=config.region or "us-east-1")
+
+    def location(self, uid: str) -> str:
+        return f"s3://{self.bucket}/{blob_key(uid)}"
+
+    def ensure_bucket(self) -> None:
+        if not self.client.bucket_exists(self.bucket):
+            try:
+                self.client.make_bucket(self.bucket)
+            except S3Error as e:
+                if e.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+
+    # ----- observe -----
+    def read_record(self, uid: str) -> Blob | None:
+        try:
+            resp = self.client.get_object(self.bucket, record_key(uid))
+        except S3Error as e:
+            if e.code in ("NoSuchKey", "NoSuchObject"):
+                return None
+            raise
+        try:
+            return Blob(**json.loads(resp.read()))
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    def blob_exists(self, uid: str) -> bool:
+        try:
+            self.client.stat_object(self.bucket, blob_key(uid))
+            return True
+        except S3Error as e:
+            if e.code in ("NoSuchKey", "NoSuchObject"):
+                return False
+            raise
+
+    def pending_uploads(self, uid: str) -> list[str]:
+        """Multipart uploads left open for this image's blob (by an import that died)."""
+        # minio-py has no public call for ListMultipartUploads; this is the one private use, kept here.
+        result = self.client._list_multipart_uploads(self.bucket, prefix=blob_key(uid))
+        return [u.upload_id for u in result.uploads if u.object_name == blob_key(uid) and u.upload_id]
+
+    # ----- create -----
+    def begin(self, uid: str, metadata: dict[str, str]) -> str:
+        headers = {"Content-Type": "application/octet-stream",
+                   **{f"x-amz-meta-{k}": v for k, v in metadata.items()}}
+        return str(self.client._create_multipart_upload(self.bucket, blob_key(uid), headers))
+
+    def upload_part(self, uid: str, upload_id: str, number: int, data: bytes) -> Part:
+        etag = self.client._upload_part(self.bucket, blob_key(uid), data, None, upload_id, number)
+        return Part(number, etag)
+
+    def complete(self, uid: str, upload_id: str, parts: list[Part]) -> None:
+        self.client._complete_multipart_upload(self.bucket, blob_key(uid), upload_id, parts)
+
+    def abort(self, uid: str, upload_id: str) -> None:
+        try:
+            self.client._abort_multipart_upload(self.bucket, blob_key(uid), upload_id)
+        except S3Error as e:
+            if e.code != "NoSuchUpload":
+                raise
+
+    def write_record(self, uid: str, blob: Blob) -> None:
+        data = json.dumps(asdict(blob), sort_keys=True).encode()
+        self.client.put_object(self.bucket, record_key(uid), io.BytesIO(data), len(data),
+                               content_type="application/json")
+
+    # ----- delete -----
+    def delete_image(self, uid: str) -> None:
+        """Remove the record first (the image stops being active), then the blob and open uploads."""
+        for upload_id in self.pending_uploads(uid):
+            self.abort(uid, upload_id)
+        for key in (record_key(uid), blob_key(uid)):
+            self.client.remove_object(self.bucket, key)  # S3 DELETE of a missing key succeeds
+
+    # ----- share -----
+    def presigned_get(self, uid: str, ttl: dt.timedelta) -> str:
+        return str(self.signer.presigned_get_object(self.bucket, blob_key(uid), expires=ttl))
+
+    def stat(self, key: str) -> Any:
+        return self.client.stat_object(self.bucket, key)

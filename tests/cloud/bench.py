@@ -1,0 +1,345 @@
+"""The local cloud Kova is tested on: real etcd, kube-apiserver, kube-controller-manager, MinIO, the
+KubeVirt/CDI CRDs and the KubeVirt/CDI simulator, all on 127.0.0.1.
+
+It starts the way controller-runtime's envtest does (a CA, a serving certificate, an admin client
+certificate, a service-account signing key, then the processes with flags), from binaries the Makefile
+built from pinned Go modules. Every child gets PR_SET_PDEATHSIG, so none outlives the process that
+started it, even when that process is killed.
+
+    python -m tests.cloud up [--dir DIR]    # start, print the environment, run until Ctrl-C / SIGTERM
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime as dt
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+REPO = Path(__file__).resolve().parents[2]
+CRDS = Path(__file__).resolve().parent / "crds" / "kubevirt-cdi.yaml"
+LOOPBACK = "127.0.0.1"
+S3_BUCKET = "kova-images"
+_PR_SET_PDEATHSIG = 1
+
+
+def bin_dir() -> Path:
+    return Path(os.environ.get("KOVA_BIN_DIR", REPO / ".cache" / "bin"))
+
+
+def binary(name: str) -> str:
+    path = bin_dir() / name
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing: run `make bins` first (it builds the bench from Go modules)")
+    return str(path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: SIGKILL it when the thread that started it dies.
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _pem_cert(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _pem_key(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                             serialization.NoEncryption())
+
+
+def _issue(subject: x509.Name, key: rsa.RSAPrivateKey, issuer: tuple[x509.Name, rsa.RSAPrivateKey] | None,
+           *, ca: bool = False, server: bool = False) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    issuer_name, issuer_key = issuer or (subject, key)
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if server:
+        builder = builder.add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(LOOPBACK))]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _name(cn: str, org: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if org:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    return x509.Name(attrs)
+
+
+def _key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class LocalCloud:
+    """One local cloud in `workdir`; `start()` returns when every part answers, `stop()` ends them all."""
+
+    workdir: Path
+    with_simulator: bool = True
+    sim_delay: float = 0.3
+    procs: list[Proc] = field(default_factory=list)
+    api_port: int = 0
+    s3_port: int = 0
+    s3_access_key: str = "kova-bench"
+    s3_secret_key: str = "kova-bench-secret"
+
+    # ----- paths and environment -----
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig"
+
+    @property
+    def logs(self) -> Path:
+        return self.workdir / "logs"
+
+    @property
+    def api_url(self) -> str:
+        return f"https://{LOOPBACK}:{self.api_port}"
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"{LOOPBACK}:{self.s3_port}"
+
+    def env(self) -> dict[str, str]:
+        """What a client of the bench (the operator, kubectl, a test) needs in its environment."""
+        return {
+            "KUBECONFIG": str(self.kubeconfig),
+            "KOVA_S3_ENDPOINT": self.s3_endpoint,
+            "KOVA_S3_ACCESS_KEY": self.s3_access_key,
+            "KOVA_S3_SECRET_KEY": self.s3_secret_key,
+            "KOVA_S3_BUCKET": S3_BUCKET,
+            "KOVA_S3_SECURE": "false",
+        }
+
+    # ----- lifecycle -----
+    def start(self) -> LocalCloud:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+        try:
+            self._write_pki()
+            self._start_etcd()
+            self._start_apiserver()
+            self._start_controller_manager()
+            self._start_minio()
+            self._install_crds()
+            if self.with_simulator:
+                self.start_simulator()
+            (self.workdir / "env").write_text("".join(f"export {k}={v}\n" for k, v in self.env().items()))
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.popen.poll() is None:
+                proc.popen.terminate()
+        deadline = time.monotonic() + 10
+        for proc in reversed(self.procs):
+            try:
+                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+        self.procs.clear()
+
+    def __enter__(self) -> LocalCloud:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
+        """Start a child whose output goes to logs/<name>.log and that dies with this process."""
+        log = self.logs / f"{name}.log"
+        out: IO[bytes] = log.open("ab")
+        popen = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env={**os.environ, **(env or {})}, preexec_fn=_die_with_parent)
+        out.close()
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def _wait(self, proc: Proc, ready: Any, what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode} before {what}; "
+                                   f"see {proc.log}:\n{proc.log.read_text()[-3000:]}")
+            with contextlib.suppress(Exception):
+                if ready():
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"{proc.name}: timed out waiting for {what}; see {proc.log}")
+
+    # ----- parts -----
+    def _write_pki(self) -> None:
+        pki = self.workdir / "pki"
+        pki.mkdir(exist_ok=True)
+        ca_key = _key()
+        ca_cert = _issue(_name("kova-bench-ca"), ca_key, None, ca=True)
+        serving_key = _key()
+        serving = _issue(_name("kube-apiserver"), serving_key, (ca_cert.subject, ca_key), server=True)
+        admin_key = _key()
+        admin = _issue(_name("kova-bench-admin", "system:masters"), admin_key, (ca_cert.subject, ca_key))
+        sa_key = _key()
+        files = {"ca.crt": _pem_cert(ca_cert), "ca.key": _pem_key(ca_key),
+                 "apiserver.crt": _pem_cert(serving), "apiserver.key": _pem_key(serving_key),
+                 "admin.crt": _pem_cert(admin), "admin.key": _pem_key(admin_key), "sa.key": _pem_key(sa_key),
+                 "sa.pub": sa_key.public_key().public_bytes(
+                     serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)}
+        for name, data in files.items():
+            (pki / name).write_bytes(data)
+        self.api_port = free_port()
+        self.kubeconfig.write_text(yaml.safe_dump(kubeconfig_dict(
+            self.api_url, (pki / "ca.crt").read_text(), client_cert=(pki / "admin.crt").read_text(),
+            client_key=(pki / "admin.key").read_text())))
+
+    def _start_etcd(self) -> None:
+        client, peer = free_port(), free_port()
+        self.etcd_url = f"http://{LOOPBACK}:{client}"
+        proc = self.spawn("etcd", [
+            binary("etcd"), "--name=bench", f"--data-dir={self.workdir / 'etcd'}",
+            f"--listen-client-urls={self.etcd_url}", f"--advertise-client-urls={self.etcd_url}",
+            f"--listen-peer-urls=http://{LOOPBACK}:{peer}",
+            f"--initial-advertise-peer-urls=http://{LOOPBACK}:{peer}",
+            f"--initial-cluster=bench=http://{LOOPBACK}:{peer}",
+            "--listen-metrics-urls=", "--unsafe-no-fsync=true", "--log-level=warn"])
+        self._wait(proc, lambda: _get(f"{self.etcd_url}/health", None).get("health") == "true", "etcd health")
+
+    def _start_apiserver(self) -> None:
+        pki = self.workdir / "pki"
+        proc = self.spawn("kube-apiserver", [
+            binary("kube-apiserver"),
+            f"--etcd-servers={self.etcd_url}", f"--bind-address={LOOPBACK}", f"--advertise-address={LOOPBACK}",
+            f"--secure-port={self.api_port}", f"--cert-dir={pki}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            "--service-cluster-ip-range=10.0.0.0/24", "--authorization-mode=RBAC", "--allow-privileged=true",
+            "--endpoint-reconciler-type=none", "--v=1"])
+        self._wait(proc, lambda: self._api_get("/readyz") == "ok", "/readyz", timeout=120)
+
+    def _start_controller_manager(self) -> None:
+        # Only the controllers whose behaviour Kova relies on: owner-reference garbage collection, and
+        # namespace deletion (tests delete their namespaces). The serviceaccount controllers give every
+        # namespace its `default` ServiceAccount and tokens, as in a real cluster.
+        proc = self.spawn("kube-controller-manager", [
+            binary("kube-controller-manager"), f"--kubeconfig={self.kubeconfig}",
+            "--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token",
+            f"--service-account-private-key-file={self.workdir / 'pki' / 'sa.key'}",
+            f"--root-ca-file={self.workdir / 'pki' / 'ca.crt'}",
+            "--leader-elect=false", f"--bind-address={LOOPBACK}", f"--secure-port={free_port()}",
+            "--concurrent-gc-syncs=5", "--v=1"])
+        self._wait(proc, lambda: self._api_get("/api/v1/namespaces/default/serviceaccounts/default"),
+                   "the controller manager (the default ServiceAccount)")
+
+    def _start_minio(self) -> None:
+        self.s3_port = free_port()
+        proc = self.spawn("minio", [
+            binary("minio"), "server", "--quiet", "--address", f"{LOOPBACK}:{self.s3_port}",
+            "--console-address", f"{LOOPBACK}:{free_port()}", str(self.workdir / "minio")],
+            env={"MINIO_ROOT_USER": self.s3_access_key, "MINIO_ROOT_PASSWORD": self.s3_secret_key,
+                 "MINIO_BROWSER": "off", "MINIO_UPDATE": "off", "CI": "true"})
+        self._wait(proc, lambda: _status(f"http://{self.s3_endpoint}/minio/health/ready") == 200, "MinIO")
+        client = self.s3_client()
+        if not client.bucket_exists(S3_BUCKET):
+            client.make_bucket(S3_BUCKET)
+
+    def s3_client(self) -> Any:
+        from minio import Minio
+
+        return Minio(self.s3_endpoint, access_key=self.s3_access_key, secret_key=self.s3_secret_key,
+                     secure=False)
+
+    def _install_crds(self) -> None:
+        self.kubectl("apply", "--server-side", "-f", str(CRDS))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd",
+                     "virtualmachines.kubevirt.io", "virtualmachineinstances.kubevirt.io",
+                     "datavolumes.cdi.kubevirt.io")
+
+    def start_simulator(self) -> Proc:
+        proc = self.spawn("simulator", [sys.executable, "-m", "tests.cloud.sim", "--delay", str(self.sim_delay)],
+                          env={**self.env(), "PYTHONPATH": str(REPO)})
+        self._wait(proc, lambda: (self.logs / "simulator.log").read_text().find("simulator ready") >= 0,
+                   "the simulator")
+        return proc
+
+    # ----- clients -----
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        res = subprocess.run([binary("kubectl"), f"--kubeconfig={self.kubeconfig}", *args], input=input,
+                             capture_output=True, text=True, timeout=120)
+        if check and res.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed ({res.returncode}): {res.stderr.strip()}")
+        return res.stdout if check else res.stdout + res.stderr
+
+    def _api_get(self, path: str) -> str:
+        pki = self.workdir / "pki"
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        with urllib.request.urlopen(self.api_url + path, context=ctx, timeout=5) as resp:
+            return str(resp.read().decode())
+
+
+def kubeconfig_dict(server: str, ca_pem: str, *, client_cert: str | None = None, client_key: str | None = None,
+                    token: str | None = None, user: str = "admin") -> dict[str, Any]:
+    import base64
+
+    def b64(s: str) -> str:
+        return base64.b64encode(s.encode()).decode()
+
+    creds: dict[str, str] = {"token": token} if token else {
+        "client-certificate-data": b64(client_cert or ""), "client-key-data": b64(client_key or "")}
+    return {
+        "apiVersion": "v1", "kind": "Config", "current-context": "bench",
+        "clusters": [{"name": "bench", "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}],
+        "users": [{"name": user, "user": creds}],
+        "contexts": [{"name": "bench", "context": {"cluster": "bench", "user": user}}],
+    }
+
+
+def _get(url: str, ctx: Any) -> Any:
+    with urllib.request.urlopen(url, timeout=2, context=ctx) as resp:
+        return json.loads(resp.read())
+
+
+def _status(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        return int(resp.status)

@@ -1,0 +1,118 @@
+"""Fixtures for tests on the local cloud: one cloud per session, one namespace per test."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+
+from tests.cloud.bench import REPO, LocalCloud, Proc, free_port
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T | None], timeout: float = 60, what: str = "condition",
+              interval: float = 0.2) -> T:
+    """Poll until `check` returns something truthy; fail with the last value otherwise."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+class Kubectl:
+    """kubectl against the bench, in one namespace."""
+
+    def __init__(self, cloud: LocalCloud, namespace: str | None = None) -> None:
+        self.cloud = cloud
+        self.namespace = namespace
+
+    def __call__(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        ns = ["-n", self.namespace] if self.namespace else []
+        return self.cloud.kubectl(*ns, *args, input=input, check=check)
+
+    def apply(self, manifest: str | dict[str, Any] | list[dict[str, Any]], check: bool = True) -> str:
+        text = manifest if isinstance(manifest, str) else yaml.safe_dump_all(
+            manifest if isinstance(manifest, list) else [manifest])
+        return self("apply", "-f", "-", input=text, check=check)
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        out = self("get", kind, name, "-o", "json", "--ignore-not-found")
+        return json.loads(out) if out.strip() else None
+
+    def status(self, kind: str, name: str) -> dict[str, Any]:
+        return (self.get(kind, name) or {}).get("status", {})
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        out = self("get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json")
+        return list(json.loads(out)["items"])
+
+
+def condition(obj: dict[str, Any] | None, type_: str = "Ready") -> dict[str, Any]:
+    return next((c for c in (obj or {}).get("status", {}).get("conditions", []) if c["type"] == type_), {})
+
+
+@pytest.fixture(scope="session")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCloud]:
+    workdir = tmp_path_factory.mktemp("cloud")
+    with LocalCloud(workdir) as c:
+        c.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+        c.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        yield c
+
+
+def start_operator(cloud: LocalCloud, name: str = "operator", extra_env: dict[str, str] | None = None,
+                   args: tuple[str, ...] = ("--standalone",)) -> Proc:
+    port = free_port()
+    proc = cloud.spawn(name, [sys.executable, "-m", "kova.cli", "run", *args,
+                              "--liveness", f"http://127.0.0.1:{port}/healthz"],
+                       env={**cloud.env(), "KOVA_ERROR_BACKOFFS": "0.5,1,2", "KOVA_WAIT_DELAY": "1",
+                            "KOVA_IMPORT_RETRY_DELAY": "1", "PYTHONPATH": str(REPO / "operator"),
+                            **(extra_env or {})})
+    proc.port = port  # type: ignore[attr-defined]
+
+    def alive() -> bool:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+            return bool(r.status == 200)
+
+    cloud._wait(proc, alive, "the operator's liveness endpoint", timeout=60)
+    return proc
+
+
+@pytest.fixture(scope="session")
+def operator(cloud: LocalCloud) -> Iterator[Proc]:
+    proc = start_operator(cloud)
+    yield proc
+    if proc.popen.poll() is None:
+        proc.popen.terminate()
+        proc.popen.wait(timeout=30)
+
+
+@pytest.fixture
+def namespace(cloud: LocalCloud, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = f"t-{request.node.name[:40].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:5]}"
+    name = "".join(ch for ch in name if ch.isalnum() or ch == "-")
+    cloud.kubectl("create", "namespace", name)
+    yield name
+    # Unprotect first, or the admission policy would keep the namespace from being deleted.
+    listed = cloud.kubectl("-n", name, "get", "images.image.kova.dev", "-o", "name", check=False).split()
+    for ref in (r for r in listed if r.startswith("image.image.kova.dev/")):
+        cloud.kubectl("-n", name, "patch", ref, "--type=merge", "-p", '{"spec":{"protected":false}}', check=False)
+    cloud.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def kubectl(cloud: LocalCloud, namespace: str) -> Kubectl:
+    return Kubectl(cloud, namespace)

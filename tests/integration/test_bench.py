@@ -1,0 +1,222 @@
+"""The local cloud itself: real API server semantics, GC, MinIO, the KubeVirt/CDI schemas and simulator."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cloud.bench import REPO, S3_BUCKET, LocalCloud
+from tests.conftest import Kubectl, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def vm_manifest(name: str, **spec_extra: object) -> dict[str, object]:
+    return {
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": name},
+        "spec": {"runStrategy": "Always", **spec_extra, "template": {"spec": {
+            "domain": {"cpu": {"cores": 1}, "memory": {"guest": "128Mi"},
+                       "devices": {"disks": [{"name": "root", "disk": {"bus": "virtio"}}]}},
+            "volumes": [{"name": "root", "dataVolume": {"name": f"{name}-dv"}}]}}},
+    }
+
+
+def dv_manifest(name: str, source: dict[str, object]) -> dict[str, object]:
+    return {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": {"name": name},
+            "spec": {"source": source, "storage": {"resources": {"requests": {"storage": "1Gi"}}}}}
+
+
+def put_object(cloud: LocalCloud, key: str, data: bytes) -> None:
+    cloud.s3_client().put_object(S3_BUCKET, key, io.BytesIO(data), len(data))
+
+
+def presigned(cloud: LocalCloud, key: str, ttl: dt.timedelta = dt.timedelta(minutes=10)) -> str:
+    return str(cloud.s3_client().presigned_get_object(S3_BUCKET, key, expires=ttl))
+
+
+def test_api_server_is_ready_and_speaks_for_its_version(cloud: LocalCloud) -> None:
+    assert cloud.kubectl("get", "--raw", "/readyz") == "ok"
+    version = json.loads(cloud.kubectl("version", "-o", "json"))
+    assert version["serverVersion"]["gitVersion"].startswith("v1.37.")
+    assert version["clientVersion"]["gitVersion"] == version["serverVersion"]["gitVersion"]
+
+
+def test_kubevirt_and_cdi_crds_are_listed(cloud: LocalCloud) -> None:
+    names = cloud.kubectl("get", "crd", "-o", "name").split()
+    for crd in ("virtualmachines.kubevirt.io", "virtualmachineinstances.kubevirt.io",
+                "datavolumes.cdi.kubevirt.io"):
+        assert f"customresourcedefinition.apiextensions.k8s.io/{crd}" in names
+
+
+def test_generated_kubevirt_crds_are_up_to_date() -> None:
+    from tests.cloud import kubevirt_crds
+
+    assert kubevirt_crds.OUTPUT.read_text() == kubevirt_crds.render(), \
+        "tests/cloud/crds is stale: run `python -m tests.cloud.kubevirt_crds`"
+
+
+def test_server_rejects_a_misspelled_vm_field(kubectl: Kubectl) -> None:
+    bad = vm_manifest("typo", runStrategyy="Always")
+    out = kubectl.apply(bad, check=False)
+    assert 'unknown field "spec.runStrategyy"' in out
+    assert kubectl.get("vm", "typo") is None
+
+
+def test_server_rejects_a_mistyped_vm_field(kubectl: Kubectl) -> None:
+    bad = vm_manifest("mistyped")
+    bad["spec"]["template"]["spec"]["domain"]["cpu"]["cores"] = "two"  # type: ignore[index]
+    out = kubectl.apply(bad, check=False)
+    assert "spec.template.spec.domain.cpu.cores" in out and "integer" in out
+    assert kubectl.get("vm", "mistyped") is None
+    good = vm_manifest("fine", runStrategy="Halted")
+    kubectl.apply(good)
+    assert kubectl.get("vm", "fine") is not None
+
+
+def test_garbage_collector_deletes_children_of_a_deleted_owner(kubectl: Kubectl) -> None:
+    kubectl("create", "configmap", "owner")
+    owner = kubectl.get("configmap", "owner")
+    assert owner is not None
+    kubectl.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "child", "ownerReferences": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}]}})
+    kubectl("delete", "configmap", "owner")
+    wait_for(lambda: kubectl.get("configmap", "child") is None, 30, "the child to be collected")
+
+
+def test_minio_put_and_get(cloud: LocalCloud) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    put_object(cloud, "bench/roundtrip", data)
+    resp = cloud.s3_client().get_object(S3_BUCKET, "bench/roundtrip")
+    try:
+        assert resp.read() == data
+    finally:
+        resp.close()
+        resp.release_conn()
+
+
+def test_simulator_imports_a_real_object_and_runs_the_vm(cloud: LocalCloud, kubectl: Kubectl) -> None:
+    data = os.urandom(5 * 1024 * 1024)
+    key = f"bench/{kubectl.namespace}/disk.img"
+    put_object(cloud, key, data)
+    url = presigned(cloud, key)
+    kubectl.apply(dv_manifest("vm1-dv", {"http": {"url": url, "checksum":
+                                                  f"sha512:{hashlib.sha512(data).hexdigest()}"}}))
+    kubectl.apply(vm_manifest("vm1"))
+    seen: set[str] = set()
+
+    def running() -> bool:
+        seen.add(kubectl.status("vm", "vm1").get("printableStatus", ""))
+        return kubectl.status("vm", "vm1").get("printableStatus") == "Running"
+
+    wait_for(running, 60, "the VM to run")
+    assert "Provisioning" in seen or "Starting" in seen
+    assert kubectl.status("dv", "vm1-dv")["phase"] == "Succeeded"
+    volume = cloud.workdir / "volumes" / str(kubectl.namespace) / "vm1-dv.img"
+    assert volume.read_bytes() == data, "the simulator must have really downloaded the object"
+    vmi = kubectl.get("vmi", "vm1")
+    assert vmi is not None and vmi["status"]["phase"] == "Running"
+    assert vmi["status"]["interfaces"][0]["ipAddress"].startswith("10.244.")
+    assert vmi["metadata"]["ownerReferences"][0]["kind"] == "VirtualMachine"
+    kubectl("patch", "vm", "vm1", "--type=merge", "-p", '{"spec":{"runStrategy":"Halted"}}')
+    wait_for(lambda: kubectl.status("vm", "vm1").get("printableStatus") == "Stopped", 30, "the VM to stop")
+    assert kubectl.get("vmi", "vm1") is None
+
+
+def test_simulator_imports_from_s3_with_a_secret(cloud: LocalCloud, kubectl: Kubectl) -> None:
+    data = os.urandom(1024 * 1024)
+    key = f"bench/{kubectl.namespace}/s3.img"
+    put_object(cloud, key, data)
+    kubectl("create", "secret", "generic", "s3", f"--from-literal=accessKeyId={cloud.s3_access_key}",
+            f"--from-literal=secretKey={cloud.s3_secret_key}")
+    kubectl("create", "secret", "generic", "wrong", "--from-literal=accessKeyId=nobody",
+            "--from-literal=secretKey=nothing-at-all")
+    s3_url = f"http://{cloud.s3_endpoint}/{S3_BUCKET}/{key}"
+    kubectl.apply(dv_manifest("good", {"s3": {"url": s3_url, "secretRef": "s3"}}))
+    kubectl.apply(dv_manifest("badcreds", {"s3": {"url": s3_url, "secretRef": "wrong"}}))
+    wait_for(lambda: kubectl.status("dv", "good").get("phase") == "Succeeded", 30, "the s3 import")
+    assert (cloud.workdir / "volumes" / str(kubectl.namespace) / "good.img").read_bytes() == data
+    wait_for(lambda: kubectl.status("dv", "badcreds").get("phase") == "Failed", 30, "the refused import")
+
+
+@pytest.mark.parametrize("case", ["missing-object", "wrong-checksum", "expired-url"])
+def test_simulator_fails_a_datavolume_it_cannot_import(cloud: LocalCloud, kubectl: Kubectl, case: str) -> None:
+    data = b"not the bytes you are looking for" * 1000
+    key = f"bench/{kubectl.namespace}/{case}"
+    checksum = f"sha256:{hashlib.sha256(data).hexdigest()}"
+    if case != "missing-object":
+        put_object(cloud, key, data)
+    if case == "wrong-checksum":
+        checksum = f"sha256:{hashlib.sha256(b'other').hexdigest()}"
+    url = presigned(cloud, key, dt.timedelta(seconds=1) if case == "expired-url" else dt.timedelta(minutes=5))
+    if case == "expired-url":
+        time.sleep(2)  # let the one-second link expire
+    kubectl.apply(dv_manifest("dv", {"http": {"url": url, "checksum": checksum}}))
+    kubectl.apply(vm_manifest("vm"))
+    status = wait_for(lambda: (s := kubectl.status("dv", "dv")).get("phase") == "Failed" and s, 30, "Failed")
+    reasons = {c["reason"] for c in status["conditions"]}
+    expected = {"missing-object": "NotFound", "wrong-checksum": "ChecksumMismatch", "expired-url": "Forbidden"}
+    assert expected[case] in reasons, status
+    assert kubectl.get("vmi", "vm") is None, "a VM must not start on a failed disk"
+
+
+def _listening(pid: int) -> list[str]:
+    """Addresses the process listens on (from /proc: no tool needed)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                out.append(fields[1])
+    return out
+
+
+def test_every_process_listens_on_loopback_only(cloud: LocalCloud) -> None:
+    loopback_v4 = "0100007F"  # 127.0.0.1 in /proc's byte order
+    loopback_v6 = "00000000000000000000000001000000"
+    for proc in cloud.procs:
+        for addr in _listening(proc.popen.pid):
+            host = addr.split(":")[0]
+            assert host in (loopback_v4, loopback_v6), f"{proc.name} listens on {addr}"
+
+
+def test_killing_the_launcher_leaves_no_process_behind(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    launcher = subprocess.Popen([sys.executable, "-m", "tests.cloud", "up", "--dir", str(tmp_path),
+                                 "--no-simulator"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_for(lambda: (tmp_path / "ready").exists() or launcher.poll() is not None, 120, "the cloud")
+    assert launcher.poll() is None, launcher.stderr.read() if launcher.stderr else ""
+    children = [int(p) for p in subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
+                                                text=True).stdout.split()]
+    assert len(children) >= 4  # etcd, kube-apiserver, kube-controller-manager, minio
+    os.kill(launcher.pid, signal.SIGKILL)  # no chance to clean up: only PDEATHSIG can help
+    launcher.wait()
+
+    def all_gone() -> bool:
+        return not any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in children)
+
+    wait_for(all_gone, 20, "the children to die with their parent")
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "zombie"

@@ -1,0 +1,173 @@
+"""Pure builders: children, visibility rules, status words; no cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kova import builders
+from kova.conditions import Progress, get_condition, set_condition, summarize
+from kova.models import FlavorSpec, ImageSpec, ImageStatus, InstanceSpec, NovaStatus, PowerState
+from kova.store import Blob
+
+INSTANCE: dict[str, Any] = {
+    "apiVersion": "compute.kova.dev/v1alpha1", "kind": "Instance",
+    "metadata": {"name": "web", "namespace": "team-a", "uid": "u-1", "generation": 3},
+    "spec": {"flavorRef": "m1.small", "imageRef": "cirros"},
+}
+
+
+def flavor(**kw: Any) -> FlavorSpec:
+    return FlavorSpec.model_validate({"vcpus": 2, "ram": 2048, "disk": 10, **kw})
+
+
+def image(**kw: Any) -> ImageSpec:
+    return ImageSpec.model_validate({"diskFormat": "qcow2", "source": {"url": "http://x/img"}, **kw})
+
+
+@pytest.mark.parametrize(("visibility", "members", "namespace", "visible"), [
+    ("private", [], "team-a", True),
+    ("private", [], "team-b", False),
+    ("shared", ["team-b"], "team-b", True),
+    ("shared", ["team-c"], "team-b", False),
+    ("public", [], "team-b", True),
+    ("community", [], "team-b", True),
+])
+def test_image_visibility(visibility: str, members: list[str], namespace: str, visible: bool) -> None:
+    spec = image(visibility=visibility, members=members)
+    assert builders.image_visible_to(spec, "team-a", namespace) is visible
+
+
+def test_image_ref_may_name_another_namespace() -> None:
+    assert builders.parse_image_ref("cirros", "team-a") == ("team-a", "cirros")
+    assert builders.parse_image_ref("library/cirros", "team-a") == ("library", "cirros")
+
+
+def test_private_flavor_needs_access() -> None:
+    assert builders.flavor_usable_in(flavor(), "x")
+    assert not builders.flavor_usable_in(flavor(public=False, access=["y"]), "x")
+    assert builders.flavor_usable_in(flavor(public=False, access=["x"]), "x")
+
+
+@pytest.mark.parametrize(("disk", "virtual", "min_disk", "expected"), [
+    (10, 1 << 30, 0, 10),  # the flavor's disk
+    (0, 5 * (1 << 30) + 1, 0, 6),  # 0: the image's own size, rounded up
+    (0, 1 << 20, 3, 3),  # never below minDisk
+    (0, 0, 0, 1),
+])
+def test_root_disk_size(disk: int, virtual: int, min_disk: int, expected: int) -> None:
+    status = ImageStatus(virtual_size=virtual, size=virtual)
+    assert builders.root_disk_gib(flavor(disk=disk), image(minDisk=min_disk), status) == expected
+
+
+def test_boot_refusal_explains_flavor_too_small() -> None:
+    status = ImageStatus(virtual_size=20 * (1 << 30))
+    assert "minRam 4096" in (builders.boot_refusal(flavor(), image(minRam=4096), status) or "")
+    assert "needs 20 GiB" in (builders.boot_refusal(flavor(disk=10), image(), status) or "")
+    assert builders.boot_refusal(flavor(disk=0), image(), status) is None
+
+
+def test_data_volume_imports_by_presigned_url_with_checksum() -> None:
+    dv = builders.build_data_volume(INSTANCE, "http://s3/bucket/images/u?X-Amz-Signature=s", "ab" * 64, 12)
+    assert dv["metadata"]["name"] == "web-root" and dv["metadata"]["namespace"] == "team-a"
+    assert dv["spec"]["source"]["http"] == {"url": "http://s3/bucket/images/u?X-Amz-Signature=s",
+                                            "checksum": "sha512:" + "ab" * 64}
+    assert dv["spec"]["storage"]["resources"]["requests"]["storage"] == "12Gi"
+    owner = dv["metadata"]["ownerReferences"][0]
+    assert owner == {"apiVersion": "compute.kova.dev/v1alpha1", "kind": "Instance", "name": "web", "uid": "u-1",
+                     "controller": True, "blockOwnerDeletion": True}
+
+
+def test_virtual_machine_from_flavor() -> None:
+    spec = InstanceSpec.model_validate({**INSTANCE["spec"], "userData": "#cloud-config\n"})
+    fl = flavor(ephemeral=5, swap=512, extraSpecs={"hw:cpu_policy": "dedicated", "hw:mem_page_size": "1GB",
+                                                    "kova:node_selector:zone": "az1"})
+    vm = builders.build_virtual_machine(INSTANCE, spec, fl)
+    tpl = vm["spec"]["template"]["spec"]
+    assert vm["spec"]["runStrategy"] == "Always"
+    assert tpl["domain"]["cpu"] == {"cores": 2, "sockets": 1, "threads": 1, "dedicatedCpuPlacement": True}
+    assert tpl["domain"]["memory"] == {"guest": "2048Mi", "hugepages": {"pageSize": "1Gi"}}
+    assert tpl["domain"]["resources"]["requests"] == {"memory": "2048Mi", "cpu": "2"}
+    assert tpl["nodeSelector"] == {"zone": "az1"}
+    volumes = {v["name"]: v for v in tpl["volumes"]}
+    assert volumes["root"] == {"name": "root", "dataVolume": {"name": "web-root"}}
+    assert volumes["ephemeral"]["emptyDisk"] == {"capacity": "5Gi"}
+    assert volumes["swap"]["emptyDisk"] == {"capacity": "512Mi"}
+    assert volumes["cloudinit"]["cloudInitNoCloud"] == {"userData": "#cloud-config\n"}
+    assert [d["name"] for d in tpl["domain"]["devices"]["disks"]] == ["root", "ephemeral", "swap", "cloudinit"]
+
+
+def test_stopped_instance_halts_the_vm() -> None:
+    spec = InstanceSpec.model_validate({**INSTANCE["spec"], "powerState": "Stopped"})
+    assert builders.build_virtual_machine(INSTANCE, spec, flavor())["spec"]["runStrategy"] == "Halted"
+
+
+def _vm(printable: str, ready: bool = False) -> dict[str, Any]:
+    return {"status": {"printableStatus": printable, "ready": ready}}
+
+
+RUNNING = InstanceSpec.model_validate(INSTANCE["spec"])
+STOPPED = InstanceSpec.model_validate({**INSTANCE["spec"], "powerState": PowerState.stopped})
+DV_OK = {"status": {"phase": "Succeeded"}}
+VMI = {"status": {"phase": "Running", "nodeName": "n1",
+                  "interfaces": [{"name": "default", "ipAddress": "10.0.0.5", "mac": "52:54:00:00:00:01"}]}}
+
+
+@pytest.mark.parametrize(("spec", "dv", "vm", "vmi", "word", "progress"), [
+    (RUNNING, {"status": {"phase": "ImportInProgress", "progress": "40%"}}, _vm("Provisioning"), None,
+     NovaStatus.build, Progress.RECONCILING),
+    (RUNNING, DV_OK, _vm("Starting"), None, NovaStatus.build, Progress.RECONCILING),
+    (RUNNING, DV_OK, _vm("Running", True), VMI, NovaStatus.active, Progress.READY),
+    (RUNNING, {"status": {"phase": "Failed", "conditions": [
+        {"type": "Running", "reason": "ChecksumMismatch", "message": "bad"}]}}, _vm("DataVolumeError"), None,
+     NovaStatus.error, Progress.STALLED),
+    (RUNNING, DV_OK, _vm("ErrorUnschedulable"), None, NovaStatus.error, Progress.STALLED),
+    (STOPPED, DV_OK, _vm("Stopped"), None, NovaStatus.shutoff, Progress.READY),
+    (STOPPED, DV_OK, _vm("Stopping"), VMI, NovaStatus.active, Progress.RECONCILING),
+])
+def test_nova_status_from_children(spec: InstanceSpec, dv: dict[str, Any], vm: dict[str, Any],
+                                   vmi: dict[str, Any] | None, word: NovaStatus, progress: Progress) -> None:
+    view = builders.observe_instance(spec, dv, vm, vmi)
+    assert (view.status, view.progress) == (word, progress)
+    if word is NovaStatus.active and progress is Progress.READY:
+        assert [a.ip for a in view.addresses] == ["10.0.0.5"] and view.node == "n1"
+    if word is NovaStatus.error:
+        assert view.fault is not None and view.fault.message
+
+
+def test_failed_disk_import_names_the_cause() -> None:
+    dv = {"status": {"phase": "Failed", "conditions": [
+        {"type": "Running", "reason": "ChecksumMismatch", "message": "sha512 differs"}]}}
+    view = builders.observe_instance(RUNNING, dv, _vm("DataVolumeError"), None)
+    assert "ChecksumMismatch" in view.message and "sha512 differs" in view.message
+
+
+def test_image_status_from_store_record() -> None:
+    blob = Blob(size=10, md5="m", sha512="s", sha256=None, disk_format="qcow2", virtual_size=100, source="u")
+    view = builders.observe_image(blob, "s3://b/images/u", {}, False, 0, None, None)
+    assert view.status.value == "active" and view.fields["osHashValue"] == "s" and view.fields["checksum"] == "m"
+    killed = builders.observe_image(None, "", {"status": "killed", "message": "bad hash", "conditions": [
+        {"type": "Ready", "status": "False", "reason": "ChecksumMismatch"}]}, False, 0, None, None)
+    assert (killed.status.value, killed.reason, killed.progress) == ("killed", "ChecksumMismatch", Progress.STALLED)
+    importing = builders.observe_image(None, "", {}, True, 50, 200, None)
+    assert importing.status.value == "importing" and importing.fields["progress"] == "25%"
+    assert builders.observe_image(None, "", {}, False, 0, None, None).status.value == "queued"
+
+
+def test_condition_transition_time_moves_only_on_flip() -> None:
+    c1 = set_condition([], "Ready", False, "Spawning", "a", 1, "t1")
+    c2 = set_condition(c1, "Ready", False, "Spawning", "b", 2, "t2")
+    assert get_condition(c2, "Ready") == {"type": "Ready", "status": "False", "reason": "Spawning", "message": "b",
+                                          "lastTransitionTime": "t1", "observedGeneration": 2}
+    c3 = set_condition(c2, "Ready", True, "Active", "", 2, "t3")
+    assert get_condition(c3, "Ready")["lastTransitionTime"] == "t3"  # type: ignore[index]
+
+
+def test_summarize_sets_kstatus_triplet() -> None:
+    stalled = summarize([], Progress.STALLED, "ImageKilled", "no", 4, "t")
+    assert {c["type"]: c["status"] for c in stalled} == {"Ready": "False", "Reconciling": "False",
+                                                         "Stalled": "True"}
+    ready = summarize(stalled, Progress.READY, "Active", "ok", 5, "t2")
+    assert {c["type"]: c["status"] for c in ready} == {"Ready": "True", "Reconciling": "False", "Stalled": "False"}
+    assert all(c["observedGeneration"] == 5 for c in ready)

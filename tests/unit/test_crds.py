@@ -1,0 +1,82 @@
+"""crds/ is generated from the models: it must match them, and carry what users rely on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kova import crdgen
+from kova.models import KINDS
+
+CRDS = Path(__file__).resolve().parents[2] / "crds"
+
+
+def test_crds_folder_matches_the_models() -> None:
+    expected = crdgen.files()
+    on_disk = {p.name: p.read_text() for p in CRDS.glob("*.yaml")}
+    assert sorted(on_disk) == sorted(expected), "crds/ has missing or extra files: run `make crds`"
+    for name, text in expected.items():
+        assert on_disk[name] == text, f"crds/{name} is stale: run `make crds`"
+
+
+def _schema(kind: str) -> dict[str, Any]:
+    crd = next(c for c in crdgen.all_crds() if c["spec"]["names"]["kind"] == kind)
+    return dict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+
+
+def _walk(node: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every schema node, following properties / items / additionalProperties."""
+    out = [node]
+    for sub in node.get("properties", {}).values():
+        out.extend(_walk(sub))
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            out.extend(_walk(node[key]))
+    return out
+
+
+def test_schemas_are_structural() -> None:
+    for info in KINDS:
+        for node in _walk(_schema(info.kind)):
+            assert "$ref" not in node and "anyOf" not in node and "title" not in node, node
+            if "properties" in node:
+                assert node.get("type") == "object", node
+
+
+def test_status_subresource_columns_and_category() -> None:
+    for crd in crdgen.all_crds():
+        version = crd["spec"]["versions"][0]
+        assert version["subresources"] == {"status": {}}
+        assert "kova" in crd["spec"]["names"]["categories"]
+        assert any(c["name"] == "Ready" for c in version["additionalPrinterColumns"])
+
+
+def test_image_defaults_enums_and_immutable_source() -> None:
+    spec = _schema("Image")["properties"]["spec"]
+    assert spec["properties"]["visibility"]["default"] == "private"
+    assert spec["properties"]["containerFormat"]["default"] == "bare"
+    assert set(spec["properties"]["diskFormat"]["enum"]) == {"raw", "qcow2", "iso", "vmdk", "vhd", "vhdx", "vdi"}
+    assert spec["properties"]["source"]["x-kubernetes-validations"][0]["rule"] == "self == oldSelf"
+    assert "source" in spec["required"] and "diskFormat" in spec["required"]
+
+
+def test_flavor_is_cluster_scoped_with_immutable_sizes() -> None:
+    crd = next(c for c in crdgen.all_crds() if c["spec"]["names"]["kind"] == "Flavor")
+    assert crd["spec"]["scope"] == "Cluster"
+    rules = _schema("Flavor")["properties"]["spec"]["x-kubernetes-validations"]
+    assert "oldSelf.vcpus" in rules[0]["rule"]
+
+
+def test_status_conditions_are_a_map_keyed_by_type() -> None:
+    conditions = _schema("Instance")["properties"]["status"]["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+
+
+def test_protected_image_policy_guards_delete_only() -> None:
+    policy, binding = yaml.safe_load_all(crdgen.files()["protected-images.policy.yaml"])
+    rule = policy["spec"]["matchConstraints"]["resourceRules"][0]
+    assert rule["operations"] == ["DELETE"] and rule["resources"] == ["images"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
