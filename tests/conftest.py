@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.cloud.bench import REPO, LocalCloud, Proc, free_port
+from tests.httpsource import Source
 
 T = TypeVar("T")
 
@@ -79,8 +80,6 @@ def start_operator(cloud: LocalCloud, name: str = "operator", extra_env: dict[st
                        env={**cloud.env(), "KOVA_ERROR_BACKOFFS": "0.5,1,2", "KOVA_WAIT_DELAY": "1",
                             "KOVA_IMPORT_RETRY_DELAY": "1", "PYTHONPATH": str(REPO / "operator"),
                             **(extra_env or {})})
-    proc.port = port  # type: ignore[attr-defined]
-
     def alive() -> bool:
         import urllib.request
 
@@ -91,13 +90,43 @@ def start_operator(cloud: LocalCloud, name: str = "operator", extra_env: dict[st
     return proc
 
 
+class Operator:
+    """The operator under test, as a process that tests may kill and start again."""
+
+    def __init__(self, cloud: LocalCloud) -> None:
+        self.cloud = cloud
+        self.proc: Proc | None = None
+
+    def start(self) -> None:
+        self.proc = start_operator(self.cloud)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.popen.poll() is None:
+            self.proc.popen.kill()
+            self.proc.popen.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.popen.poll() is None:
+            self.proc.popen.terminate()
+            self.proc.popen.wait(timeout=60)
+
+    def log(self) -> str:
+        return self.proc.log.read_text() if self.proc else ""
+
+
 @pytest.fixture(scope="session")
-def operator(cloud: LocalCloud) -> Iterator[Proc]:
-    proc = start_operator(cloud)
-    yield proc
-    if proc.popen.poll() is None:
-        proc.popen.terminate()
-        proc.popen.wait(timeout=30)
+def operator(cloud: LocalCloud) -> Iterator[Operator]:
+    op = Operator(cloud)
+    op.start()
+    yield op
+    op.stop()
+
+
+@pytest.fixture(scope="session")
+def source() -> Iterator[Source]:
+    src = Source()
+    yield src
+    src.close()
 
 
 @pytest.fixture

@@ -226,7 +226,7 @@ def observe_image(blob: Blob | None, location: str, previous: dict[str, Any], im
                          previous.get("message") or ready.get("message", "import failed"))
     if importing:
         pct = f"{min(100, 100 * done // total)}%" if total else None
-        message = f"importing: {done} bytes" + (f" of {total}" if total else "")
+        message = f"{done} bytes downloaded" + (f" of {total}" if total else "")
         if passing_error:
             message = f"import will be retried: {passing_error}"
         return ImageView(GlanceStatus.importing, Progress.RECONCILING, "Importing", message,

@@ -35,8 +35,10 @@ def _run(args: argparse.Namespace) -> int:
 
     from kova import main as _registrations  # noqa: F401  (importing registers the handlers)
 
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()],
+                   log_refkey="object" if args.log_format == "json" else None)
     asyncio.run(kopf.operator(
-        clusterwide=not args.namespace, namespaces=args.namespace or None,
+        clusterwide=not args.namespace, namespaces=args.namespace,
         liveness_endpoint=args.liveness, standalone=args.standalone,
         peering_name=args.peering or None))
     return 0
@@ -52,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="liveness endpoint URL (default %(default)s)")
     run.add_argument("--standalone", action="store_true", help="no peering: the only replica")
     run.add_argument("--peering", default="", help="Kopf peering object name, for several replicas")
+    run.add_argument("--log-format", choices=["full", "plain", "json"], default="full")
+    run.add_argument("--verbose", "-v", action="store_true", help="log more (Kopf's verbose)")
     run.set_defaults(func=_run)
     crds = sub.add_parser("crds", help="print the CRDs generated from the models")
     crds.add_argument("--out", help="write one file per CRD into this folder instead")

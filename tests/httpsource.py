@@ -1,0 +1,68 @@
+"""A loopback HTTP server that serves image bytes the way tests need: plain, slow, or lying."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Route:
+    data: bytes
+    claimed_length: int | None = None  # a Content-Length other than len(data): the connection is cut short
+    seconds_per_mib: float = 0.0  # throttle, to catch an import in the middle
+    hits: int = 0
+
+
+class Source:
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        source = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                route = source.routes.get(self.path)
+                if route is None:
+                    self.send_error(404, "no such image")
+                    return
+                route.hits += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(route.claimed_length or len(route.data)))
+                if route.claimed_length:
+                    self.send_header("Connection", "close")
+                self.end_headers()
+                step = 256 * 1024
+                try:
+                    for i in range(0, len(route.data), step):
+                        self.wfile.write(route.data[i:i + step])
+                        if route.seconds_per_mib:
+                            time.sleep(route.seconds_per_mib / 4)
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+                if route.claimed_length:
+                    self.close_connection = True
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def add(self, path: str, data: bytes, **kw: float | int | None) -> str:
+        self.routes[path] = Route(data, **kw)  # type: ignore[arg-type]
+        return self.base + path
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
