@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,7 +11,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from tests.cloud.bench import REPO, LocalCloud, Proc, free_port
+from tests.cloud.bench import REPO, LocalCloud, Proc
 from tests.httpsource import Source
 
 T = TypeVar("T")
@@ -67,27 +66,8 @@ def condition(obj: dict[str, Any] | None, type_: str = "Ready") -> dict[str, Any
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCloud]:
     workdir = tmp_path_factory.mktemp("cloud")
     with LocalCloud(workdir) as c:
-        c.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        c.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        c.install_kova_crds()
         yield c
-
-
-def start_operator(cloud: LocalCloud, name: str = "operator", extra_env: dict[str, str] | None = None,
-                   args: tuple[str, ...] = ("--standalone",)) -> Proc:
-    port = free_port()
-    proc = cloud.spawn(name, [sys.executable, "-m", "kova.cli", "run", *args,
-                              "--liveness", f"http://127.0.0.1:{port}/healthz"],
-                       env={**cloud.env(), "KOVA_ERROR_BACKOFFS": "0.5,1,2", "KOVA_WAIT_DELAY": "1",
-                            "KOVA_IMPORT_RETRY_DELAY": "1", "PYTHONPATH": str(REPO / "operator"),
-                            **(extra_env or {})})
-    def alive() -> bool:
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-            return bool(r.status == 200)
-
-    cloud._wait(proc, alive, "the operator's liveness endpoint", timeout=60)
-    return proc
 
 
 class Operator:
@@ -98,7 +78,7 @@ class Operator:
         self.proc: Proc | None = None
 
     def start(self) -> None:
-        self.proc = start_operator(self.cloud)
+        self.proc = self.cloud.start_operator()
 
     def kill(self) -> None:
         if self.proc and self.proc.popen.poll() is None:

@@ -13,7 +13,6 @@ from typing import Any
 from kova.conditions import Progress
 from kova.models import (
     GROUP_COMPUTE,
-    VERSION,
     Address,
     Fault,
     FlavorSpec,
@@ -170,7 +169,8 @@ def observe_instance(spec: InstanceSpec, dv: dict[str, Any] | None, vm: dict[str
                  for i in vmi_status.get("interfaces", []) if i.get("ipAddress")]
     node = vmi_status.get("nodeName")
     if dv_status.get("phase") == "Failed":
-        ready = next((c for c in dv_status.get("conditions", []) if c.get("type") == "Running"), {})
+        ready: dict[str, Any] = next(
+            (c for c in dv_status.get("conditions", []) if c.get("type") == "Running"), {})
         msg = f"root disk import failed: {ready.get('reason', 'Failed')}: {ready.get('message', '')}".rstrip(": ")
         return InstanceView(NovaStatus.error, "NOSTATE", Progress.STALLED, "DiskImportFailed", msg,
                             Fault(code=500, message=msg))
@@ -221,7 +221,8 @@ def observe_image(blob: Blob | None, location: str, previous: dict[str, Any], im
             "osHashValue": blob.sha512, "detectedFormat": blob.disk_format, "progress": "100%",
             "location": location, "message": None})
     if previous.get("status") == GlanceStatus.killed:
-        ready = next((c for c in previous.get("conditions", []) if c.get("type") == "Ready"), {})
+        ready: dict[str, Any] = next(
+            (c for c in previous.get("conditions", []) if c.get("type") == "Ready"), {})
         return ImageView(GlanceStatus.killed, Progress.STALLED, ready.get("reason", "ImportFailed"),
                          previous.get("message") or ready.get("message", "import failed"))
     if importing:

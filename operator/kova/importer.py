@@ -154,7 +154,7 @@ def _stream(store: ObjectStore, uid: str, url: str, resp: Any, disk_format: str,
             progress.done += len(chunk)
             if buffered >= part_size:
                 flush()
-        if buffered or not inflight and not parts:
+        if buffered or (not inflight and not parts):
             flush()
         while inflight:
             parts.append(inflight.popleft().result())

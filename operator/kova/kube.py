@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from kubernetes.aio import client, config
 from kubernetes.aio.client.exceptions import ApiException
@@ -42,13 +42,13 @@ class Kube:
     async def connect(cls) -> Kube:
         configuration = client.Configuration()
         if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-            config.load_incluster_config(client_configuration=configuration)
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         else:
-            await config.load_kube_config(client_configuration=configuration)
+            await config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         return cls(client.ApiClient(configuration))
 
     async def close(self) -> None:
-        await self.api_client.close()
+        await self.api_client.close()  # type: ignore[no-untyped-call]
 
     async def get(self, res: Resource, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         try:
@@ -61,7 +61,7 @@ class Kube:
             if e.status == 404:
                 return None
             raise
-        return dict(obj)  # type: ignore[call-overload]
+        return cast(dict[str, Any], obj)
 
     async def create(self, res: Resource, body: dict[str, Any]) -> dict[str, Any] | None:
         """Create; None when it already exists (a create that meets 409 is not an error)."""
@@ -73,7 +73,7 @@ class Kube:
             if e.status == 409:
                 return None
             raise
-        return dict(obj)  # type: ignore[call-overload]
+        return cast(dict[str, Any], obj)
 
     async def apply(self, res: Resource, body: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply: the child is put back to what Kova wants, whoever changed it."""
@@ -82,10 +82,11 @@ class Kube:
             res.group, res.version, md["namespace"], res.plural, md["name"], body,
             field_manager=FIELD_MANAGER, force=True, field_validation="Strict",
             _content_type="application/apply-patch+yaml")
-        return dict(obj)  # type: ignore[call-overload]
+        return cast(dict[str, Any], obj)
 
     async def delete(self, res: Resource, name: str, namespace: str, uid: str | None = None) -> None:
-        body = {"preconditions": {"uid": uid}, "propagationPolicy": "Background"} if uid else None
+        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid),
+                                      propagation_policy="Background") if uid else None
         try:
             await self.custom.delete_namespaced_custom_object(
                 res.group, res.version, namespace, res.plural, name, body=body)
@@ -115,4 +116,4 @@ class Kube:
         else:
             out = await self.custom.list_cluster_custom_object(res.group, res.version, res.plural,
                                                                label_selector=label_selector)
-        return list(dict(out)["items"])  # type: ignore[call-overload]
+        return list(cast(dict[str, Any], out)["items"])

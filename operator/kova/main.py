@@ -24,12 +24,21 @@ INSTANCES = (INSTANCE.group, VERSION, INSTANCE.plural)
 OURS = {k: v for k, v in MANAGED_BY.items()}
 
 
-def rt(memo: kopf.Memo) -> Runtime:
-    return memo["runtime"]  # type: ignore[no-any-return]
+Log = logging.Logger | logging.LoggerAdapter[Any]
+
+
+def rt(memo: Any) -> Runtime:
+    runtime: Runtime = memo["runtime"]
+    return runtime
+
+
+def ns(namespace: str | None) -> str:
+    assert namespace is not None  # these kinds are namespaced
+    return namespace
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: Any, logger: Log, **_: Any) -> None:
     settings.persistence.finalizer = "image.kova.dev/blob"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kova.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kova.dev")
@@ -53,7 +62,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.cleanup()
-async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+async def cleanup(memo: Any, **_: Any) -> None:
     if "runtime" in memo:
         await rt(memo).kube.close()
 
@@ -62,7 +71,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.resume(*FLAVORS)
 @kopf.on.create(*FLAVORS)
 @kopf.on.update(*FLAVORS)
-async def flavor_changed(name: str, memo: kopf.Memo, **_: Any) -> None:
+async def flavor_changed(name: str, memo: Any, **_: Any) -> None:
     await flavor.reconcile(rt(memo), name)
 
 
@@ -70,18 +79,18 @@ async def flavor_changed(name: str, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.resume(*IMAGES)
 @kopf.on.create(*IMAGES)
 @kopf.on.update(*IMAGES)
-async def image_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    await image.reconcile(rt(memo), namespace, name)
+async def image_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    await image.reconcile(rt(memo), ns(namespace), name)
 
 
 @kopf.daemon(*IMAGES, cancellation_timeout=60, initial_delay=0)
-async def image_import(namespace: str, name: str, stopped: kopf.DaemonStopped, memo: kopf.Memo,
-                       logger: logging.Logger, **_: Any) -> None:
-    await image.run_import(rt(memo), namespace, name, stopped, logger)
+async def image_import(namespace: str | None, name: str, stopped: kopf.DaemonStopped, memo: Any,
+                       logger: Log, **_: Any) -> None:
+    await image.run_import(rt(memo), ns(namespace), name, stopped, logger)
 
 
 @kopf.on.delete(*IMAGES)
-async def image_deleted(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def image_deleted(body: kopf.Body, memo: Any, logger: Log, **_: Any) -> None:
     await image.delete(rt(memo), body, logger)
 
 
@@ -89,14 +98,14 @@ async def image_deleted(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger
 @kopf.on.resume(*INSTANCES)
 @kopf.on.create(*INSTANCES)
 @kopf.on.update(*INSTANCES)
-async def instance_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    await instance.reconcile(rt(memo), namespace, name, raise_waits=True)
+async def instance_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    await instance.reconcile(rt(memo), ns(namespace), name, raise_waits=True)
 
 
 @kopf.on.event("kubevirt.io", "v1", "virtualmachines", labels=OURS)
 @kopf.on.event("kubevirt.io", "v1", "virtualmachineinstances", labels=OURS)
 @kopf.on.event("cdi.kubevirt.io", "v1beta1", "datavolumes", labels=OURS)
-async def child_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+async def child_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
     owner = labels.get(INSTANCE_LABEL)
     if owner:
-        await instance.reconcile(rt(memo), namespace, owner, raise_waits=False)
+        await instance.reconcile(rt(memo), ns(namespace), owner, raise_waits=False)

@@ -163,6 +163,17 @@ class LocalCloud:
             raise
         return self
 
+    def start_store(self) -> LocalCloud:
+        """Only MinIO: for benchmarks that need the object store and nothing else."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+        try:
+            self._start_minio()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
             if proc.popen.poll() is None:
@@ -299,6 +310,23 @@ class LocalCloud:
         self._wait(proc, lambda: (self.logs / "simulator.log").read_text().find("simulator ready") >= 0,
                    "the simulator")
         return proc
+
+    def start_operator(self, name: str = "operator", extra_env: dict[str, str] | None = None,
+                       args: tuple[str, ...] = ("--standalone",)) -> Proc:
+        """`kova run` against this cloud, with short retry delays; returns once its liveness probe answers."""
+        port = free_port()
+        proc = self.spawn(name, [sys.executable, "-m", "kova.cli", "run", *args,
+                                 "--liveness", f"http://{LOOPBACK}:{port}/healthz"],
+                          env={**self.env(), "KOVA_ERROR_BACKOFFS": "0.5,1,2", "KOVA_WAIT_DELAY": "1",
+                               "KOVA_IMPORT_RETRY_DELAY": "1", "PYTHONPATH": str(REPO / "operator"),
+                               **(extra_env or {})})
+        self._wait(proc, lambda: _status(f"http://{LOOPBACK}:{port}/healthz") == 200,
+                   "the operator's liveness endpoint", timeout=60)
+        return proc
+
+    def install_kova_crds(self) -> None:
+        self.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
 
     # ----- clients -----
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:

@@ -41,6 +41,7 @@ KINDS: list[tuple[str, str, str, str, str, str, list[str], list[dict[str, str]]]
 
 # Vendor extensions the apiextensions schema accepts; the patch-strategy ones are for strategic merge only.
 _KEEP_EXTENSIONS = {"x-kubernetes-list-type", "x-kubernetes-list-map-keys", "x-kubernetes-map-type"}
+_KEEP_FORMATS = ("int32", "int64", "date-time", "byte", "float", "double")
 _PRESERVE: dict[str, Any] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
 
 
@@ -82,9 +83,8 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], stack: tuple[str, ...])
             out[key] = _convert(value, defs, stack)
         elif key == "additionalProperties":
             out[key] = _convert(value, defs, stack) if isinstance(value, dict) else value
-        elif key.startswith("x-") and key not in _KEEP_EXTENSIONS:
-            continue
-        elif key == "format" and value not in ("int32", "int64", "date-time", "byte", "float", "double"):
+        elif (key.startswith("x-") and key not in _KEEP_EXTENSIONS) or (
+                key == "format" and value not in _KEEP_FORMATS):
             continue
         else:
             out[key] = value

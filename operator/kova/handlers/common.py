@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -33,4 +33,4 @@ async def publish(rt: Runtime, res: Resource, obj: dict[str, Any], *, word: str 
     await rt.kube.patch_status(res, md["name"], md.get("namespace"), status)
     if word is not None and previous.get(word_field) != word:
         kind = "Warning" if progress is Progress.STALLED else "Normal"
-        kopf.event(obj, type=kind, reason=reason, message=f"{word}: {message}")
+        kopf.event(cast(kopf.Body, obj), type=kind, reason=reason, message=f"{word}: {message}")

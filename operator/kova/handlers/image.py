@@ -44,7 +44,7 @@ async def _write(rt: Runtime, obj: dict[str, Any], view: ImageView) -> None:
 
 
 async def run_import(rt: Runtime, namespace: str, name: str, stopped: kopf.DaemonStopped,
-                     logger: logging.Logger) -> None:
+                     logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
     """The import daemon: returns once the image is active or killed, or when told to stop."""
     while not stopped:
         view = await reconcile(rt, namespace, name)
@@ -92,7 +92,7 @@ async def run_import(rt: Runtime, namespace: str, name: str, stopped: kopf.Daemo
         return
 
 
-async def delete(rt: Runtime, body: kopf.Body, logger: logging.Logger) -> None:
+async def delete(rt: Runtime, body: kopf.Body, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
     """Remove the blob (the finalizer's job). A protected image is kept until it is unprotected."""
     spec = body.get("spec") or {}
     if spec.get("protected"):

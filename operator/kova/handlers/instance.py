@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from pydantic import ValidationError
@@ -82,7 +82,8 @@ async def _converge(rt: Runtime, inst: dict[str, Any]) -> None:
         size = builders.root_disk_gib(flavor, image_spec, image_status)
         await rt.kube.create(DATA_VOLUMES, builders.build_data_volume(
             inst, url, image_status.os_hash_value or "", size))
-        kopf.info(inst, reason="Spawning", message=f"importing image {spec.image_ref} into a {size} GiB root disk")
+        kopf.info(cast(kopf.Body, inst), reason="Spawning",
+                  message=f"importing image {spec.image_ref} into a {size} GiB root disk")
         dv = await rt.kube.get(DATA_VOLUMES, dv_name, namespace)
     vm = await rt.kube.apply(VIRTUAL_MACHINES, builders.build_virtual_machine(inst, spec, flavor))
     vmi = await rt.kube.get(VIRTUAL_MACHINE_INSTANCES, name, namespace)

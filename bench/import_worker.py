@@ -1,0 +1,35 @@
+"""Child process of import_bench: one import, then its timing and peak RSS as JSON on stdout."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+from kova.importer import import_url
+from kova.store import ObjectStore, StoreConfig
+
+
+def vm_kib(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def main() -> None:
+    url, uid = sys.argv[1], sys.argv[2]
+    store = ObjectStore(StoreConfig.from_env())
+    rss_before = vm_kib("VmRSS")
+    start = time.perf_counter()
+    blob = import_url(store, uid, url, "raw", None)
+    seconds = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"seconds": seconds, "rss_before": rss_before, "rss_peak": vm_kib("VmHWM"),
+                      "cpu": usage.ru_utime + usage.ru_stime,
+                      "size": blob.size}))
+
+
+if __name__ == "__main__":
+    main()

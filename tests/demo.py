@@ -1,0 +1,79 @@
+"""`make demo`: the local cloud, the operator, and examples/ applied with kubectl, until all is Ready.
+
+It serves a small qcow2 (made by tests/qcow2.py) on 127.0.0.1:8321, the URL examples/image.yaml names,
+then prints what a user would look at. `--keep` leaves everything running until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import threading
+import time
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+from tests.cloud.bench import REPO, LocalCloud, binary
+from tests.qcow2 import make_qcow2
+
+DEMO_PORT = 8321
+
+
+def serve_demo_image(folder: str) -> ThreadingHTTPServer:
+    payload = b"Kova demo disk. " * 65536  # 1 MiB of data inside a 1 GiB virtual disk
+    with open(f"{folder}/demo-os.qcow2", "wb") as f:
+        f.write(make_qcow2(1 << 30, payload))
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = partial(Quiet, directory=folder)
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", DEMO_PORT), handler)
+    except OSError as e:
+        sys.exit(f"port {DEMO_PORT} is taken ({e}); examples/image.yaml downloads from it")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="make demo")
+    parser.add_argument("--keep", action="store_true", help="keep the cloud and operator running")
+    args = parser.parse_args()
+    workdir = REPO / ".cache" / "demo"
+    shutil.rmtree(workdir, ignore_errors=True)
+    started = time.monotonic()
+    www = workdir / "www"
+    www.mkdir(parents=True)
+    server = serve_demo_image(str(www))
+    print("starting the local cloud (etcd, kube-apiserver, controller-manager, MinIO, KubeVirt/CDI simulator)")
+    with LocalCloud(workdir) as cloud:
+        cloud.install_kova_crds()
+        cloud.start_operator()
+        print(f"cloud and operator up in {time.monotonic() - started:.0f}s; logs in {cloud.logs}\n")
+        print("$ kubectl apply -f examples/")
+        print(cloud.kubectl("apply", "-f", str(REPO / "examples")))
+        print("$ kubectl wait --for=condition=Ready flavor/m1.tiny image/demo-os instance/web-1")
+        print(cloud.kubectl("wait", "--for=condition=Ready", "--timeout=180s", "-n", "default",
+                            "flavor/m1.tiny", "image/demo-os", "instance/web-1"))
+        print("$ kubectl get flavors,images,instances -o wide")
+        print(cloud.kubectl("get", "flavors,images,instances", "-o", "wide", "-n", "default"))
+        print("$ kubectl get virtualmachines,virtualmachineinstances,datavolumes -o wide")
+        print(cloud.kubectl("get", "vm,vmi,dv", "-o", "wide", "-n", "default"))
+        print("$ kubectl describe instance web-1 | tail (events)")
+        print("\n".join(cloud.kubectl("describe", "instance", "web-1", "-n", "default").splitlines()[-8:]))
+        print(f"\ndemo done in {time.monotonic() - started:.0f}s")
+        if args.keep:
+            print(f"\nstill running; in another shell:\n  source {workdir / 'env'}\n"
+                  f"  {binary('kubectl')} get instances -A\nCtrl-C stops it")
+            try:
+                threading.Event().wait()
+            except KeyboardInterrupt:
+                pass
+    server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
