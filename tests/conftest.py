@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from tests.cloud.bench import REPO, LocalCloud, Proc
+from tests.cloud.bench import LocalCloud, Proc
 from tests.httpsource import Source
 
 T = TypeVar("T")

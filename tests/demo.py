@@ -7,6 +7,7 @@ then prints what a user would look at. `--keep` leaves everything running until 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
 import threading
@@ -67,10 +68,8 @@ def main() -> int:
         if args.keep:
             print(f"\nstill running; in another shell:\n  source {workdir / 'env'}\n"
                   f"  {binary('kubectl')} get instances -A\nCtrl-C stops it")
-            try:
+            with contextlib.suppress(KeyboardInterrupt):
                 threading.Event().wait()
-            except KeyboardInterrupt:
-                pass
     server.shutdown()
     return 0
 
