@@ -11,13 +11,14 @@ PY := $(VENV)/bin/python
 GO_MOD := tests/cloud/go
 # MinIO publishes no semver tags; this is the pseudo-version of a commit on its main branch.
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
+HELM_VERSION := v4.3.1
 K8S_VERSION := $(shell sed -n 's/^[[:space:]]*k8s.io\/kubernetes \(v[0-9.]*\).*/\1/p' $(GO_MOD)/go.mod)
 K8S_MINOR := $(word 2,$(subst ., ,$(K8S_VERSION)))
 # Kubernetes' own build stamps its version this way; without it the binaries say v0.0.0-master.
 GO_LDFLAGS := -s -w $(foreach pkg,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
 	-X $(pkg).gitVersion=$(K8S_VERSION) -X $(pkg).gitMajor=1 -X $(pkg).gitMinor=$(K8S_MINOR) \
 	-X $(pkg).gitTreeState=clean -X $(pkg).buildDate=1970-01-01T00:00:00Z)
-BINS_KEY := $(shell cat $(GO_MOD)/go.mod $(GO_MOD)/go.sum $(GO_MOD)/cmd/etcd/main.go <(echo '$(MINIO_VERSION) $(GO_LDFLAGS)') | sha256sum | cut -c1-16)
+BINS_KEY := $(shell cat $(GO_MOD)/go.mod $(GO_MOD)/go.sum $(GO_MOD)/cmd/etcd/main.go <(echo '$(MINIO_VERSION) $(HELM_VERSION) $(GO_LDFLAGS)') | sha256sum | cut -c1-16)
 BINS_STAMP := $(BIN)/.built-$(BINS_KEY)
 VENV_KEY := $(shell cat pyproject.toml | sha256sum | cut -c1-16)
 VENV_STAMP := $(VENV)/.installed-$(VENV_KEY)
@@ -48,6 +49,8 @@ $(BINS_STAMP):
 	cd $(GO_MOD) && go build -ldflags="$(GO_LDFLAGS)" -o $(BIN)/ \
 		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
 		k8s.io/kubernetes/cmd/kubectl ./cmd/etcd
+	@echo "building helm"
+	GOBIN=$(BIN) go install -ldflags="-s -w" helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
 	@echo "building minio"
 	GOBIN=$(BIN) go install -ldflags="-s -w" github.com/minio/minio@$(MINIO_VERSION)
 	@rm -f $(BIN)/.built-* && touch $@
@@ -55,6 +58,10 @@ $(BINS_STAMP):
 crds: venv
 	$(PY) -m kova.cli crds --out crds
 	$(PY) -m tests.cloud.kubevirt_crds
+	@# The chart carries the same files: CRDs in crds/ (Helm installs them), the policy as a template.
+	rm -f charts/kova/crds/*.yaml
+	cp crds/*.yaml charts/kova/crds/
+	mv charts/kova/crds/protected-images.policy.yaml charts/kova/files/
 
 lint: venv
 	$(VENV)/bin/ruff check operator tests bench

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import yaml
 
-from tests.cloud.bench import LocalCloud, Proc
+from tests.cloud.bench import REPO, LocalCloud, Proc, binary, kubeconfig_dict
 from tests.httpsource import Source
 
 T = TypeVar("T")
@@ -70,15 +72,33 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCloud]:
         yield c
 
 
+def chart_rbac_kubeconfig(cloud: LocalCloud, namespace: str = "kova-system") -> Path:
+    """Install the chart's ServiceAccount and roles, and return a kubeconfig with that account's token:
+    the operator under test has exactly the permissions a `helm install` gives it, and no more."""
+    rendered = subprocess.run(
+        [binary("helm"), "template", "kova", str(REPO / "charts" / "kova"), "--namespace", namespace,
+         "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml"],
+        capture_output=True, text=True, check=True).stdout
+    cloud.kubectl("create", "namespace", namespace, check=False)
+    cloud.kubectl("apply", "-f", "-", input=rendered)
+    token = cloud.kubectl("-n", namespace, "create", "token", "kova", "--duration=24h").strip()
+    path = cloud.workdir / "operator.kubeconfig"
+    path.write_text(yaml.safe_dump(kubeconfig_dict(
+        cloud.api_url, (cloud.workdir / "pki" / "ca.crt").read_text(), token=token, user="kova")))
+    return path
+
+
 class Operator:
-    """The operator under test, as a process that tests may kill and start again."""
+    """The operator under test, as a process that tests may kill and start again. It runs with the
+    chart's RBAC (a token of the chart's ServiceAccount), not as cluster admin."""
 
     def __init__(self, cloud: LocalCloud) -> None:
         self.cloud = cloud
         self.proc: Proc | None = None
+        self.kubeconfig = chart_rbac_kubeconfig(cloud)
 
     def start(self) -> None:
-        self.proc = self.cloud.start_operator()
+        self.proc = self.cloud.start_operator(extra_env={"KUBECONFIG": str(self.kubeconfig)})
 
     def kill(self) -> None:
         if self.proc and self.proc.popen.poll() is None:

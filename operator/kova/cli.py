@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -34,13 +35,17 @@ def _run(args: argparse.Namespace) -> int:
     import kopf
 
     from kova import main as _registrations  # noqa: F401  (importing registers the handlers)
+    from kova import metrics
 
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()],
                    log_refkey="object" if args.log_format == "json" else None)
+    if args.metrics_port:
+        metrics.serve(args.metrics_address, args.metrics_port)
+    if args.peering:
+        os.environ["KOVA_PEERING"] = args.peering  # read by the startup handler (kova.main)
     asyncio.run(kopf.operator(
         clusterwide=not args.namespace, namespaces=args.namespace,
-        liveness_endpoint=args.liveness, standalone=args.standalone,
-        peering_name=args.peering or None))
+        liveness_endpoint=args.liveness))
     return 0
 
 
@@ -52,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="watch only this namespace (repeatable); default: the whole cluster")
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
                      help="liveness endpoint URL (default %(default)s)")
-    run.add_argument("--standalone", action="store_true", help="no peering: the only replica")
-    run.add_argument("--peering", default="", help="Kopf peering object name, for several replicas")
+    run.add_argument("--standalone", action="store_true", help="no peering: the only replica (the default)")
+    run.add_argument("--peering", default="", help="Kopf peering object name: run several replicas, one active")
+    run.add_argument("--metrics-address", default="0.0.0.0", help="Prometheus metrics address")
+    run.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0: off)")
     run.add_argument("--log-format", choices=["full", "plain", "json"], default="full")
     run.add_argument("--verbose", "-v", action="store_true", help="log more (Kopf's verbose)")
     run.set_defaults(func=_run)

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from typing import Any
 
 import kopf
 
+from kova import metrics
 from kova.builders import INSTANCE_LABEL, MANAGED_BY
 from kova.handlers import flavor, image, instance
 from kova.kube import Kube
@@ -44,6 +46,17 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: Log, **_: 
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kova.dev")
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
+    peering = os.environ.get("KOVA_PEERING")
+    if peering:
+        # Several replicas, one active. Kopf pauses a replica that sees a peer of the same or a higher
+        # priority, so identical replicas each draw their own: the highest runs, the others take over
+        # once its peering record expires (lifetime) or it leaves.
+        settings.peering.name = peering
+        settings.peering.mandatory = True
+        settings.peering.priority = int(os.environ.get("KOVA_PEERING_PRIORITY") or random.randint(1, 1_000_000))
+        settings.peering.lifetime = int(os.environ.get("KOVA_PEERING_LIFETIME", "60"))
+    else:
+        settings.peering.standalone = True
     backoff = os.environ.get("KOVA_ERROR_BACKOFFS")
     if backoff:  # tests shorten it so a dead server does not cost a minute
         settings.networking.error_backoffs = [float(x) for x in backoff.split(",")]
@@ -72,7 +85,8 @@ async def cleanup(memo: Any, **_: Any) -> None:
 @kopf.on.create(*FLAVORS)
 @kopf.on.update(*FLAVORS)
 async def flavor_changed(name: str, memo: Any, **_: Any) -> None:
-    await flavor.reconcile(rt(memo), name)
+    with metrics.reconciling("Flavor"):
+        await flavor.reconcile(rt(memo), name)
 
 
 # ----- Image -----
@@ -80,7 +94,8 @@ async def flavor_changed(name: str, memo: Any, **_: Any) -> None:
 @kopf.on.create(*IMAGES)
 @kopf.on.update(*IMAGES)
 async def image_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    await image.reconcile(rt(memo), ns(namespace), name)
+    with metrics.reconciling("Image"):
+        await image.reconcile(rt(memo), ns(namespace), name)
 
 
 @kopf.daemon(*IMAGES, cancellation_timeout=60, initial_delay=0)
@@ -91,7 +106,8 @@ async def image_import(namespace: str | None, name: str, stopped: kopf.DaemonSto
 
 @kopf.on.delete(*IMAGES)
 async def image_deleted(body: kopf.Body, memo: Any, logger: Log, **_: Any) -> None:
-    await image.delete(rt(memo), body, logger)
+    with metrics.reconciling("Image"):
+        await image.delete(rt(memo), body, logger)
 
 
 # ----- Instance -----
@@ -99,7 +115,8 @@ async def image_deleted(body: kopf.Body, memo: Any, logger: Log, **_: Any) -> No
 @kopf.on.create(*INSTANCES)
 @kopf.on.update(*INSTANCES)
 async def instance_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    await instance.reconcile(rt(memo), ns(namespace), name, raise_waits=True)
+    with metrics.reconciling("Instance"):
+        await instance.reconcile(rt(memo), ns(namespace), name, raise_waits=True)
 
 
 @kopf.on.event("kubevirt.io", "v1", "virtualmachines", labels=OURS)
@@ -108,4 +125,5 @@ async def instance_changed(namespace: str | None, name: str, memo: Any, **_: Any
 async def child_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
     owner = labels.get(INSTANCE_LABEL)
     if owner:
-        await instance.reconcile(rt(memo), ns(namespace), owner, raise_waits=False)
+        with metrics.reconciling("Instance"):
+            await instance.reconcile(rt(memo), ns(namespace), owner, raise_waits=False)

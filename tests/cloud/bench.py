@@ -101,6 +101,7 @@ class Proc:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    ports: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -314,12 +315,14 @@ class LocalCloud:
     def start_operator(self, name: str = "operator", extra_env: dict[str, str] | None = None,
                        args: tuple[str, ...] = ("--standalone",)) -> Proc:
         """`kova run` against this cloud, with short retry delays; returns once its liveness probe answers."""
-        port = free_port()
+        port, metrics = free_port(), free_port()
         proc = self.spawn(name, [sys.executable, "-m", "kova.cli", "run", *args,
-                                 "--liveness", f"http://{LOOPBACK}:{port}/healthz"],
+                                 "--liveness", f"http://{LOOPBACK}:{port}/healthz",
+                                 "--metrics-address", LOOPBACK, "--metrics-port", str(metrics)],
                           env={**self.env(), "KOVA_ERROR_BACKOFFS": "0.5,1,2", "KOVA_WAIT_DELAY": "1",
                                "KOVA_IMPORT_RETRY_DELAY": "1", "PYTHONPATH": str(REPO / "operator"),
                                **(extra_env or {})})
+        proc.ports = {"liveness": port, "metrics": metrics}
         self._wait(proc, lambda: _status(f"http://{LOOPBACK}:{port}/healthz") == 200,
                    "the operator's liveness endpoint", timeout=60)
         return proc

@@ -10,6 +10,7 @@ published schemas (../shared/reference), inlined into the structural form that a
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import yaml
 
 HERE = Path(__file__).resolve().parent
-REFERENCE = HERE.parents[2] / "shared" / "reference"
+REFERENCE = Path(os.environ.get("KOVA_REFERENCE", HERE.parents[2] / "shared" / "reference"))
 OUTPUT = HERE / "crds" / "kubevirt-cdi.yaml"
 
 # (swagger file, definition, group, version, kind, plural, short names, printer columns)

@@ -80,3 +80,12 @@ def test_protected_image_policy_guards_delete_only() -> None:
     rule = policy["spec"]["matchConstraints"]["resourceRules"][0]
     assert rule["operations"] == ["DELETE"] and rule["resources"] == ["images"]
     assert binding["spec"]["validationActions"] == ["Deny"]
+
+
+def test_chart_carries_the_same_crds_and_policy() -> None:
+    chart = CRDS.parent / "charts" / "kova"
+    for path in CRDS.glob("*.yaml"):
+        copy = chart / ("files" if path.name.endswith(".policy.yaml") else "crds") / path.name
+        assert copy.exists() and copy.read_text() == path.read_text(), f"{copy} is stale: run `make crds`"
+    assert sorted(p.name for p in (chart / "crds").glob("*.yaml")) == sorted(
+        p.name for p in CRDS.glob("*.yaml") if not p.name.endswith(".policy.yaml"))

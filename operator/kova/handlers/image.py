@@ -12,7 +12,7 @@ from typing import Any
 
 import kopf
 
-from kova import importer
+from kova import importer, metrics
 from kova.builders import ImageView, killed_view, observe_image
 from kova.handlers.common import publish
 from kova.models import GlanceStatus, ImageSpec
@@ -57,6 +57,7 @@ async def run_import(rt: Runtime, namespace: str, name: str, stopped: kopf.Daemo
         spec = ImageSpec.model_validate(obj["spec"])
         state = rt.imports.setdefault(uid, ImportState())
         state.progress = importer.ImportProgress()
+        metrics.IMPORTS_IN_FLIGHT.inc()
         work = asyncio.create_task(asyncio.to_thread(
             importer.import_url, rt.store, uid, spec.source.url, spec.disk_format.value, spec.source.checksum,
             progress=state.progress, cancelled=lambda: bool(stopped)))
@@ -65,10 +66,13 @@ async def run_import(rt: Runtime, namespace: str, name: str, stopped: kopf.Daemo
                 await asyncio.wait({work}, timeout=PROGRESS_EVERY)
                 await reconcile(rt, namespace, name)
             blob = work.result()
+            metrics.IMPORTED_BYTES.inc(blob.size)
+            metrics.IMPORTS.labels("active").inc()
             logger.info("imported %d bytes from %s", blob.size, spec.source.url)
         except importer.Cancelled:
             return
         except importer.ImportFailed as e:
+            metrics.IMPORTS.labels("killed").inc()
             logger.warning("import failed: %s: %s", e.reason, e)
             async with rt.lock("image", namespace, name):
                 fresh = await rt.kube.get(IMAGES, name, namespace)
@@ -82,6 +86,7 @@ async def run_import(rt: Runtime, namespace: str, name: str, stopped: kopf.Daemo
             await stopped.wait(rt.settings.import_retry_delay)
             continue
         finally:
+            metrics.IMPORTS_IN_FLIGHT.dec()
             if work.done():
                 rt.imports.pop(uid, None)
             else:
