@@ -50,7 +50,7 @@ $(BINS_STAMP):
 		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
 		k8s.io/kubernetes/cmd/kubectl ./cmd/etcd
 	@echo "building helm"
-	GOBIN=$(BIN) go install -ldflags="-s -w" helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
+	GOBIN=$(BIN) go install -ldflags="-s -w -X helm.sh/helm/v4/internal/version.version=$(HELM_VERSION)" helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
 	@echo "building minio"
 	GOBIN=$(BIN) go install -ldflags="-s -w" github.com/minio/minio@$(MINIO_VERSION)
 	@rm -f $(BIN)/.built-* && touch $@

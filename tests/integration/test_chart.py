@@ -94,3 +94,18 @@ def test_rbac_grants_no_secrets_and_no_wildcards() -> None:
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
         assert "secrets" not in rule["resources"], rule
+
+
+def test_the_operator_under_test_has_only_the_charts_permissions(cloud: LocalCloud) -> None:
+    from tests.conftest import chart_rbac_kubeconfig
+
+    kubeconfig = chart_rbac_kubeconfig(cloud)
+
+    def can(verb: str, resource: str) -> bool:
+        out = cloud.kubectl(f"--kubeconfig={kubeconfig}", "auth", "can-i", verb, resource, "-A", check=False)
+        return out.strip().splitlines()[0] == "yes"
+
+    assert can("patch", "virtualmachines.kubevirt.io") and can("create", "datavolumes.cdi.kubevirt.io")
+    assert can("patch", "images.image.kova.dev/status")
+    assert not can("get", "secrets") and not can("delete", "virtualmachines.kubevirt.io")
+    assert not can("create", "customresourcedefinitions.apiextensions.k8s.io")

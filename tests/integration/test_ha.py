@@ -60,7 +60,9 @@ def test_two_replicas_one_active_and_failover(cloud: LocalCloud, operator: Opera
         first = cloud.start_operator("replica-a", {**env, "KOVA_PEERING_PRIORITY": "200"},
                                      ("--peering", "kova", "--log-format", "json"))
         second = cloud.start_operator("replica-b", {**env, "KOVA_PEERING_PRIORITY": "100"}, ("--peering", "kova"))
-        wait_for(lambda: "Pausing operations" in second.log.read_text(), 30, "replica b to pause")
+        # Both replicas are in the peering object; the lower priority one starts paused and stays so.
+        wait_for(lambda: len(json.loads(cloud.kubectl("get", "clusterkopfpeering", "kova", "-o", "json"))
+                             .get("status", {})) == 2, 30, "both replicas to join the peering")
         kubectl.apply(image("one", source.add(f"/{kubectl.namespace}/1", disk("ha-1"))))
         wait_image(kubectl, "one", "active")
         assert sample(scrape(first), "kova_imports_total", '{result="active"}') == 1
