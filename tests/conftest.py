@@ -97,8 +97,8 @@ class Operator:
         self.proc: Proc | None = None
         self.kubeconfig = chart_rbac_kubeconfig(cloud)
 
-    def start(self) -> None:
-        self.proc = self.cloud.start_operator(extra_env={"KUBECONFIG": str(self.kubeconfig)})
+    def start(self, **env: str) -> None:
+        self.proc = self.cloud.start_operator(extra_env={"KUBECONFIG": str(self.kubeconfig), **env})
 
     def kill(self) -> None:
         if self.proc and self.proc.popen.poll() is None:

@@ -6,6 +6,7 @@ unit-tested without a cluster (tests/unit/test_builders.py).
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,6 +145,17 @@ def build_virtual_machine(instance: dict[str, Any], spec: InstanceSpec, flavor: 
     }
 
 
+def image_link_expired(dv: dict[str, Any], ttl: dt.timedelta, now: dt.datetime) -> bool:
+    """CDI could not read the image (403) and the DataVolume is older than its link's lifetime: the link
+    expired before the import ran. Any other failure (a wrong checksum, say) is not cured by a new link."""
+    status = dv.get("status") or {}
+    if status.get("phase") != "Failed":
+        return False
+    reasons = {c.get("reason") for c in status.get("conditions", [])}
+    created = dt.datetime.fromisoformat(dv["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+    return "Forbidden" in reasons and now - created >= ttl
+
+
 # ---------------------------------------------------------------------------------------------- status
 @dataclass
 class InstanceView:
@@ -209,14 +221,15 @@ class ImageView:
 
 
 def observe_image(blob: Blob | None, location: str, previous: dict[str, Any], importing: bool,
-                  done: int, total: int | None, passing_error: str | None) -> ImageView:
+                  done: int, total: int | None, passing_error: str | None, deactivated: bool = False) -> ImageView:
     """Glance's status word and kstatus verdict, from what the store holds and what the importer is doing.
 
     The store's record is the truth for `active`; `killed` is kept from the previous status, since an
     image's source never changes and Glance does not retry a killed image.
     """
     if blob is not None:
-        return ImageView(GlanceStatus.active, Progress.READY, "Active", f"{blob.size} bytes stored", {
+        word, reason = (GlanceStatus.deactivated, "Deactivated") if deactivated else (GlanceStatus.active, "Active")
+        return ImageView(word, Progress.READY, reason, f"{blob.size} bytes stored", {
             "size": blob.size, "virtualSize": blob.virtual_size, "checksum": blob.md5, "osHashAlgo": "sha512",
             "osHashValue": blob.sha512, "detectedFormat": blob.disk_format, "progress": "100%",
             "location": location, "message": None})

@@ -5,6 +5,7 @@ Imported by `kova run` (kopf loads this module), never by library code.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -62,7 +63,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: Log, **_: 
         settings.networking.error_backoffs = [float(x) for x in backoff.split(",")]
     config = Settings.from_env()
     store = ObjectStore(config.store)
-    store.ensure_bucket()
+    await asyncio.to_thread(store.ensure_bucket)  # network I/O: not on the event loop
     memo["runtime"] = Runtime(settings=config, kube=await Kube.connect(), store=store)
     logger.info("kova started; images in %s at %s", config.store.bucket, config.store.endpoint)
 

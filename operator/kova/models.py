@@ -123,6 +123,9 @@ class ImageSpec(Model):
         "namespace (public ones are meant to be listed, community ones only used by name)."))
     members: list[str] = Field(default_factory=list, description="Namespaces a shared image is shared with.")
     protected: bool = Field(default=False, description="A protected image cannot be deleted.")
+    deactivated: bool = Field(default=False, description=(
+        "Glance's deactivate: an active image's data may not be used for new instances (existing ones "
+        "keep running) until this is false again."))
     source: ImageSource = Field(json_schema_extra=cel(
         "self == oldSelf", "source is immutable: an image's data never changes; create a new Image"))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from typing import Any
 
 import pytest
@@ -302,3 +303,48 @@ def test_crd_validation_rejects_bad_specs(operator: Operator, kubectl: Kubectl) 
     assert "immutable" in out
     listed = json.loads(kubectl("get", "kova", "-o", "json"))
     assert {i["kind"] for i in listed["items"]} <= {"Image", "Instance", "Flavor"}
+
+
+def test_expired_image_link_is_renewed(cloud: LocalCloud, operator: Operator, source: Source,
+                                       kubectl: Kubectl) -> None:
+    """CDI gets to the DataVolume only after its presigned link expired: Kova makes a new one."""
+    url = source.add(f"/{kubectl.namespace}/os", disk("renew"))
+    fl = unique(kubectl, "f")
+    kubectl.apply([flavor(fl), image("os", url)])
+    wait_image(kubectl, "os", "active")
+    simulator = next(p for p in cloud.procs if p.name == "simulator" and p.popen.poll() is None)
+    operator.stop()
+    simulator.popen.terminate()  # no CDI for a while
+    simulator.popen.wait()
+    try:
+        operator.start(KOVA_PRESIGN_TTL="3")
+        kubectl.apply(instance("vm", fl, "os"))
+        first = wait_for(lambda: kubectl.get("dv", "vm-root"), 30, "the DataVolume")
+        time.sleep(4)  # the link expires before the importer runs
+        cloud.start_simulator()
+        wait_for(lambda: (d := kubectl.get("dv", "vm-root")) and d["metadata"]["uid"] != first["metadata"]["uid"],
+                 60, "a new DataVolume with a new link")
+        wait_instance(kubectl, "vm", "ACTIVE", timeout=60)
+    finally:
+        if not any(p.name == "simulator" and p.popen.poll() is None for p in cloud.procs):
+            cloud.start_simulator()
+        operator.stop()
+        operator.start()
+
+
+def test_deactivated_image_refuses_new_boots_only(operator: Operator, source: Source, kubectl: Kubectl) -> None:
+    url = source.add(f"/{kubectl.namespace}/os", disk("deactivate"))
+    fl = unique(kubectl, "f")
+    kubectl.apply([flavor(fl), image("os", url), instance("old", fl, "os")])
+    wait_instance(kubectl, "old", "ACTIVE")
+    kubectl("patch", "image", "os", "--type=merge", "-p", '{"spec":{"deactivated":true}}')
+    off = wait_image(kubectl, "os", "deactivated")
+    assert condition(off)["status"] == "True" and off["status"]["observedGeneration"] == 2
+    kubectl.apply(instance("new", fl, "os"))
+    refused = wait_instance(kubectl, "new", "ERROR")
+    assert condition(refused)["reason"] == "ImageDeactivated" and refused["status"]["fault"]["code"] == 403
+    assert kubectl.get("dv", "new-root") is None
+    kubectl("patch", "instance", "old", "--type=merge", "-p", '{"spec":{"powerState":"Stopped"}}')
+    wait_instance(kubectl, "old", "SHUTOFF")  # an existing instance is still served
+    kubectl("patch", "image", "os", "--type=merge", "-p", '{"spec":{"deactivated":false}}')
+    wait_image(kubectl, "os", "active")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -153,6 +154,8 @@ def test_image_status_from_store_record() -> None:
     importing = builders.observe_image(None, "", {}, True, 50, 200, None)
     assert importing.status.value == "importing" and importing.fields["progress"] == "25%"
     assert builders.observe_image(None, "", {}, False, 0, None, None).status.value == "queued"
+    off = builders.observe_image(blob, "s3://b/images/u", {}, False, 0, None, None, deactivated=True)
+    assert (off.status.value, off.progress, off.fields["osHashValue"]) == ("deactivated", Progress.READY, "s")
 
 
 def test_condition_transition_time_moves_only_on_flip() -> None:
@@ -171,3 +174,16 @@ def test_summarize_sets_kstatus_triplet() -> None:
     ready = summarize(stalled, Progress.READY, "Active", "ok", 5, "t2")
     assert {c["type"]: c["status"] for c in ready} == {"Ready": "True", "Reconciling": "False", "Stalled": "False"}
     assert all(c["observedGeneration"] == 5 for c in ready)
+
+
+def test_image_link_expired_only_for_an_old_forbidden_failure() -> None:
+    def dv(phase: str, reason: str, created: str) -> dict[str, Any]:
+        return {"metadata": {"creationTimestamp": created},
+                "status": {"phase": phase, "conditions": [{"type": "Running", "reason": reason}]}}
+
+    now = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
+    ttl = dt.timedelta(hours=1)
+    assert builders.image_link_expired(dv("Failed", "Forbidden", "2026-01-01T10:59:00Z"), ttl, now)
+    assert not builders.image_link_expired(dv("Failed", "Forbidden", "2026-01-01T11:30:00Z"), ttl, now)
+    assert not builders.image_link_expired(dv("Failed", "ChecksumMismatch", "2026-01-01T10:00:00Z"), ttl, now)
+    assert not builders.image_link_expired(dv("ImportInProgress", "Forbidden", "2026-01-01T10:00:00Z"), ttl, now)

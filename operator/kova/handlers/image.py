@@ -33,7 +33,8 @@ async def reconcile(rt: Runtime, namespace: str, name: str) -> ImageView | None:
         view = observe_image(blob, rt.store.location(uid), obj.get("status") or {}, importing=state is not None,
                              done=state.progress.done if state else 0,
                              total=state.progress.total if state else None,
-                             passing_error=state.error if state else None)
+                             passing_error=state.error if state else None,
+                             deactivated=bool((obj.get("spec") or {}).get("deactivated")))
         await _write(rt, obj, view)
         return view
 

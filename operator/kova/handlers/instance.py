@@ -73,10 +73,14 @@ async def _converge(rt: Runtime, inst: dict[str, Any]) -> None:
 
     dv_name = builders.data_volume_name(name)
     dv = await rt.kube.get(DATA_VOLUMES, dv_name, namespace)
-    if dv is not None and _url_expired(rt, dv):
+    if dv is not None and builders.image_link_expired(dv, rt.settings.presign_ttl, dt.datetime.now(dt.UTC)):
         # CDI could not read the image because the link expired: a new DataVolume gets a new link.
         await rt.kube.delete(DATA_VOLUMES, dv_name, namespace, uid=dv["metadata"]["uid"])
         raise Wait("RenewingImageLink", "the image link expired before the import finished; renewing it")
+    if dv is None and image_status.status is GlanceStatus.deactivated:
+        # Only new boots are refused: an instance whose disk already exists keeps running.
+        raise Refuse("ImageDeactivated", f"Image {spec.image_ref} is deactivated: its data may not be used "
+                                         "for new instances", code=403)
     if dv is None:
         url = await asyncio.to_thread(rt.store.presigned_get, image_uid, rt.settings.presign_ttl)
         size = builders.root_disk_gib(flavor, image_spec, image_status)
@@ -121,16 +125,7 @@ async def _image(rt: Runtime, spec: InstanceSpec, namespace: str) -> tuple[Image
     status = ImageStatus.model_validate(obj.get("status") or {})
     if status.status is GlanceStatus.killed:
         raise Refuse("ImageKilled", f"Image {image_ns}/{image_name} failed to import: {status.message}")
-    if status.status is not GlanceStatus.active or not status.os_hash_value:
+    if status.status not in (GlanceStatus.active, GlanceStatus.deactivated) or not status.os_hash_value:
         raise Wait("WaitingForImage", f"Image {image_ns}/{image_name} is {status.status or 'queued'}, "
                                       "not active yet")
     return image_spec, status, obj["metadata"]["uid"]
-
-
-def _url_expired(rt: Runtime, dv: dict[str, Any]) -> bool:
-    status = dv.get("status") or {}
-    if status.get("phase") != "Failed":
-        return False
-    reasons = {c.get("reason") for c in status.get("conditions", [])}
-    created = dt.datetime.fromisoformat(dv["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
-    return "Forbidden" in reasons and dt.datetime.now(dt.UTC) - created >= rt.settings.presign_ttl
