@@ -18,7 +18,8 @@ K8S_MINOR := $(word 2,$(subst ., ,$(K8S_VERSION)))
 GO_LDFLAGS := -s -w $(foreach pkg,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
 	-X $(pkg).gitVersion=$(K8S_VERSION) -X $(pkg).gitMajor=1 -X $(pkg).gitMinor=$(K8S_MINOR) \
 	-X $(pkg).gitTreeState=clean -X $(pkg).buildDate=1970-01-01T00:00:00Z)
-BINS_KEY := $(shell cat $(GO_MOD)/go.mod $(GO_MOD)/go.sum $(GO_MOD)/cmd/etcd/main.go <(echo '$(MINIO_VERSION) $(HELM_VERSION) $(GO_LDFLAGS)') | sha256sum | cut -c1-16)
+HELM_LDFLAGS := -s -w -X helm.sh/helm/v4/internal/version.version=$(HELM_VERSION)
+BINS_KEY := $(shell cat $(GO_MOD)/go.mod $(GO_MOD)/go.sum $(GO_MOD)/cmd/etcd/main.go <(echo '$(MINIO_VERSION) $(HELM_LDFLAGS) $(GO_LDFLAGS)') | sha256sum | cut -c1-16)
 BINS_STAMP := $(BIN)/.built-$(BINS_KEY)
 VENV_KEY := $(shell cat pyproject.toml | sha256sum | cut -c1-16)
 VENV_STAMP := $(VENV)/.installed-$(VENV_KEY)
@@ -50,7 +51,7 @@ $(BINS_STAMP):
 		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
 		k8s.io/kubernetes/cmd/kubectl ./cmd/etcd
 	@echo "building helm"
-	GOBIN=$(BIN) go install -ldflags="-s -w -X helm.sh/helm/v4/internal/version.version=$(HELM_VERSION)" helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
+	GOBIN=$(BIN) go install -ldflags="$(HELM_LDFLAGS)" helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
 	@echo "building minio"
 	GOBIN=$(BIN) go install -ldflags="-s -w" github.com/minio/minio@$(MINIO_VERSION)
 	@rm -f $(BIN)/.built-* && touch $@
