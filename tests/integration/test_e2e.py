@@ -348,3 +348,16 @@ def test_deactivated_image_refuses_new_boots_only(operator: Operator, source: So
     wait_instance(kubectl, "old", "SHUTOFF")  # an existing instance is still served
     kubectl("patch", "image", "os", "--type=merge", "-p", '{"spec":{"deactivated":false}}')
     wait_image(kubectl, "os", "active")
+
+
+def test_flavor_with_unknown_extra_spec_value_says_so(operator: Operator, kubectl: Kubectl) -> None:
+    name = unique(kubectl, "bad-specs")
+    kubectl.apply(flavor(name, extraSpecs={"hw:cpu_policy": "exclusive"}))
+    bad = wait_for(lambda: (f := kubectl.get("flavor", name)) and condition(f).get("reason") == "InvalidExtraSpecs"
+                   and f, 30, "the flavor to be refused")
+    assert condition(bad)["status"] == "False" and "exclusive" in condition(bad)["message"]
+    assert condition(bad, "Stalled")["status"] == "True"
+    events = Kubectl(kubectl.cloud, "default").events(name)
+    assert any(e["reason"] == "InvalidExtraSpecs" and e["type"] == "Warning" for e in events), events
+    kubectl("patch", "flavor", name, "--type=merge", "-p", '{"spec":{"extraSpecs":{"hw:cpu_policy":"dedicated"}}}')
+    wait_for(lambda: condition(kubectl.get("flavor", name)).get("status") == "True", 30, "the fixed flavor")

@@ -31,6 +31,10 @@ async def publish(rt: Runtime, res: Resource, obj: dict[str, Any], *, word: str 
     if unchanged:
         return
     await rt.kube.patch_status(res, md["name"], md.get("namespace"), status)
-    if word is not None and previous.get(word_field) != word:
+    # One Event per milestone: when the status word changes, or (for kinds without one) the Ready verdict.
+    old_ready: dict[str, Any] = next(
+        (c for c in previous.get("conditions", []) if c.get("type") == "Ready"), {})
+    if (previous.get(word_field) != word) if word is not None else (old_ready.get("reason") != reason):
         kind = "Warning" if progress is Progress.STALLED else "Normal"
-        kopf.event(cast(kopf.Body, obj), type=kind, reason=reason, message=f"{word}: {message}")
+        text = f"{word}: {message}" if word is not None else message
+        kopf.event(cast(kopf.Body, obj), type=kind, reason=reason, message=text)
