@@ -52,10 +52,6 @@ class ImportProgress:
     done: int = 0
     total: int | None = None
 
-    @property
-    def percent(self) -> str | None:
-        return f"{min(100, 100 * self.done // self.total)}%" if self.total else None
-
 
 class _Hasher(threading.Thread):
     def __init__(self, algorithm: str) -> None:

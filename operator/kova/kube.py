@@ -107,13 +107,3 @@ class Kube:
         except ApiException as e:
             if e.status != 404:  # gone meanwhile: nothing left to describe
                 raise
-
-    async def list(self, res: Resource, namespace: str | None = None, label_selector: str | None = None,
-                   ) -> list[dict[str, Any]]:
-        if namespace:
-            out = await self.custom.list_namespaced_custom_object(
-                res.group, res.version, namespace, res.plural, label_selector=label_selector)
-        else:
-            out = await self.custom.list_cluster_custom_object(res.group, res.version, res.plural,
-                                                               label_selector=label_selector)
-        return list(cast(dict[str, Any], out)["items"])

@@ -126,15 +126,6 @@ class ObjectStore:
             resp.close()
             resp.release_conn()
 
-    def blob_exists(self, uid: str) -> bool:
-        try:
-            self.client.stat_object(self.bucket, blob_key(uid))
-            return True
-        except S3Error as e:
-            if e.code in ("NoSuchKey", "NoSuchObject"):
-                return False
-            raise
-
     def pending_uploads(self, uid: str) -> list[str]:
         """Multipart uploads left open for this image's blob (by an import that died)."""
         # minio-py has no public call for ListMultipartUploads; this is the one private use, kept here.
@@ -168,7 +159,7 @@ class ObjectStore:
 
     # ----- delete -----
     def delete_image(self, uid: str) -> None:
-        """Remove the record first (the image stops being active), then the blob and open uploads."""
+        """Abort open uploads, then remove the record (the image stops being active), then the blob."""
         for upload_id in self.pending_uploads(uid):
             self.abort(uid, upload_id)
         for key in (record_key(uid), blob_key(uid)):
@@ -177,6 +168,3 @@ class ObjectStore:
     # ----- share -----
     def presigned_get(self, uid: str, ttl: dt.timedelta) -> str:
         return str(self.signer.presigned_get_object(self.bucket, blob_key(uid), expires=ttl))
-
-    def stat(self, key: str) -> Any:
-        return self.client.stat_object(self.bucket, key)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import ValidationError
 
 from kova.conditions import Progress
@@ -43,7 +41,3 @@ async def reconcile(rt: Runtime, name: str) -> None:
         else:
             await publish(rt, FLAVORS, obj, word=None, progress=Progress.READY, reason="Available",
                           message=f"{spec.vcpus} vCPU, {spec.ram} MiB RAM, {spec.disk} GiB disk")
-
-
-def spec_of(obj: dict[str, Any]) -> FlavorSpec:
-    return FlavorSpec.model_validate(obj.get("spec") or {})
