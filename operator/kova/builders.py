@@ -7,6 +7,7 @@ unit-tested without a cluster (tests/unit/test_builders.py).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from kova.store import Blob
 GiB = 1024**3
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kova"}
 INSTANCE_LABEL = f"{GROUP_COMPUTE}/instance"
+SERVER_METADATA = f"{GROUP_COMPUTE}/server-metadata"
 
 
 # ---------------------------------------------------------------------------------------------- rules
@@ -130,17 +132,25 @@ def build_virtual_machine(instance: dict[str, Any], spec: InstanceSpec, flavor: 
         "networks": [{"name": "default", "pod": {}}],
         "volumes": volumes,
     }
+    # Nova server metadata: KubeVirt's NoCloud source has no free-form meta-data, so it travels as a JSON
+    # annotation on the VM and on the VMI (from the template), where guest tooling can read it.
+    annotations = {SERVER_METADATA: json.dumps(spec.metadata, sort_keys=True)} if spec.metadata else {}
     selector = {k.removeprefix("kova:node_selector:"): v for k, v in specs.items()
                 if k.startswith("kova:node_selector:")}
     if selector:
         template_spec["nodeSelector"] = selector
+    metadata = child_metadata(instance, name)
+    template_metadata: dict[str, Any] = {"labels": {**MANAGED_BY, INSTANCE_LABEL: name}}
+    if annotations:
+        metadata["annotations"] = annotations
+        template_metadata["annotations"] = annotations
     return {
         "apiVersion": "kubevirt.io/v1",
         "kind": "VirtualMachine",
-        "metadata": child_metadata(instance, name),
+        "metadata": metadata,
         "spec": {
             "runStrategy": "Always" if spec.power_state is PowerState.running else "Halted",
-            "template": {"metadata": {"labels": {**MANAGED_BY, INSTANCE_LABEL: name}}, "spec": template_spec},
+            "template": {"metadata": template_metadata, "spec": template_spec},
         },
     }
 

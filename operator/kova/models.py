@@ -169,7 +169,9 @@ class InstanceSpec(Model):
     power_state: PowerState = Field(default=PowerState.running, description="Desired power state.")
     user_data: str | None = Field(default=None, max_length=65535,
                                   description="cloud-init user data (plain text), as Nova user_data.")
-    metadata: dict[str, str] = Field(default_factory=dict, description="Nova server metadata.")
+    metadata: dict[str, str] = Field(default_factory=dict, description=(
+        "Nova server metadata; carried to the VM and VMI as the JSON annotation "
+        "compute.kova.dev/server-metadata."))
 
 
 class NovaStatus(StrEnum):

@@ -309,6 +309,7 @@ class Simulator:
         body = {
             "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
             "metadata": {"name": md["name"], "namespace": md["namespace"],
+                         "annotations": template.get("metadata", {}).get("annotations", {}),
                          "labels": {**template.get("metadata", {}).get("labels", {}),
                                     "kubevirt.io/created-by": md["uid"]},
                          "ownerReferences": [{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",

@@ -203,8 +203,7 @@ def test_killing_the_launcher_leaves_no_process_behind(tmp_path: Path) -> None:
                                  "--no-simulator"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wait_for(lambda: (tmp_path / "ready").exists() or launcher.poll() is not None, 120, "the cloud")
     assert launcher.poll() is None, launcher.stderr.read() if launcher.stderr else ""
-    children = [int(p) for p in subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
-                                                text=True).stdout.split()]
+    children = _children(launcher.pid)
     assert len(children) >= 4  # etcd, kube-apiserver, kube-controller-manager, minio
     os.kill(launcher.pid, signal.SIGKILL)  # no chance to clean up: only PDEATHSIG can help
     launcher.wait()
@@ -213,6 +212,19 @@ def test_killing_the_launcher_leaves_no_process_behind(tmp_path: Path) -> None:
         return not any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in children)
 
     wait_for(all_gone, 20, "the children to die with their parent")
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (from /proc, no procps needed)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            out.append(int(stat.parent.name))
+    return out
 
 
 def _state(pid: int) -> str:

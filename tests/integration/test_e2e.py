@@ -78,7 +78,7 @@ def test_happy_path_boots_an_imported_image(cloud: LocalCloud, operator: Operato
     kubectl.apply([flavor(fl, vcpus=2, ram=1024, disk=3),
                    image("os", url, minDisk=1, source={"url": url,
                                                        "checksum": f"sha256:{hashlib.sha256(data).hexdigest()}"}),
-                   instance("vm1", fl, "os", userData="#cloud-config\nhostname: vm1\n")])
+                   instance("vm1", fl, "os", userData="#cloud-config\nhostname: vm1\n", metadata={"role": "web"})])
     kubectl("wait", "--for=condition=Ready", "--timeout=90s", f"flavor/{fl}", "image/os", "instance/vm1")
     img = kubectl.get("image", "os")
     assert img is not None
@@ -101,6 +101,8 @@ def test_happy_path_boots_an_imported_image(cloud: LocalCloud, operator: Operato
     for child in (vm, dv):
         ref = child["metadata"]["ownerReferences"][0]
         assert (ref["kind"], ref["name"], ref["controller"]) == ("Instance", "vm1", True)
+    vmi = kubectl.get("vmi", "vm1")
+    assert vmi is not None and vmi["metadata"]["annotations"]["compute.kova.dev/server-metadata"] == '{"role": "web"}'
     domain = vm["spec"]["template"]["spec"]["domain"]
     assert domain["cpu"]["cores"] == 2 and domain["memory"]["guest"] == "1024Mi"
     assert dv["spec"]["storage"]["resources"]["requests"]["storage"] == "3Gi"

@@ -81,7 +81,8 @@ def test_data_volume_imports_by_presigned_url_with_checksum() -> None:
 
 
 def test_virtual_machine_from_flavor() -> None:
-    spec = InstanceSpec.model_validate({**INSTANCE["spec"], "userData": "#cloud-config\n"})
+    spec = InstanceSpec.model_validate({**INSTANCE["spec"], "userData": "#cloud-config\n",
+                                        "metadata": {"role": "web", "owner": "team-a"}})
     fl = flavor(ephemeral=5, swap=512, extraSpecs={"hw:cpu_policy": "dedicated", "hw:mem_page_size": "1GB",
                                                     "kova:node_selector:zone": "az1"})
     vm = builders.build_virtual_machine(INSTANCE, spec, fl)
@@ -97,6 +98,9 @@ def test_virtual_machine_from_flavor() -> None:
     assert volumes["swap"]["emptyDisk"] == {"capacity": "512Mi"}
     assert volumes["cloudinit"]["cloudInitNoCloud"] == {"userData": "#cloud-config\n"}
     assert [d["name"] for d in tpl["domain"]["devices"]["disks"]] == ["root", "ephemeral", "swap", "cloudinit"]
+    meta = '{"owner": "team-a", "role": "web"}'
+    assert vm["metadata"]["annotations"] == {"compute.kova.dev/server-metadata": meta}
+    assert vm["spec"]["template"]["metadata"]["annotations"] == {"compute.kova.dev/server-metadata": meta}
 
 
 def test_stopped_instance_halts_the_vm() -> None:
