@@ -13,6 +13,7 @@ class Route:
     data: bytes
     claimed_length: int | None = None  # a Content-Length other than len(data): the connection is cut short
     seconds_per_mib: float = 0.0  # throttle, to catch an import in the middle
+    unavailable_first: int = 0  # answer 503 to this many requests first (a passing failure)
     hits: int = 0
 
 
@@ -30,6 +31,9 @@ class Source:
                     self.send_error(404, "no such image")
                     return
                 route.hits += 1
+                if route.hits <= route.unavailable_first:
+                    self.send_error(503, "try again later")
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(route.claimed_length or len(route.data)))

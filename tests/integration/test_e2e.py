@@ -363,3 +363,15 @@ def test_flavor_with_unknown_extra_spec_value_says_so(operator: Operator, kubect
     assert any(e["reason"] == "InvalidExtraSpecs" and e["type"] == "Warning" for e in events), events
     kubectl("patch", "flavor", name, "--type=merge", "-p", '{"spec":{"extraSpecs":{"hw:cpu_policy":"dedicated"}}}')
     wait_for(lambda: condition(kubectl.get("flavor", name)).get("status") == "True", 30, "the fixed flavor")
+
+
+def test_passing_source_failure_is_retried(operator: Operator, source: Source, kubectl: Kubectl) -> None:
+    data = disk("retry")
+    url = source.add(f"/{kubectl.namespace}/flaky", data, unavailable_first=1)
+    kubectl.apply(image("os", url))
+    retrying = wait_for(lambda: "retried" in (m := condition(kubectl.get("image", "os"), "Reconciling")
+                                              ).get("message", "") and m, 30, "the retry to be announced")
+    assert "HTTP 503" in retrying["message"]
+    img = wait_image(kubectl, "os", "active")  # the operator's retry delay is 1 s in tests
+    assert img["status"]["osHashValue"] == hashlib.sha512(data).hexdigest()
+    assert source.routes[f"/{kubectl.namespace}/flaky"].hits == 2

@@ -80,9 +80,11 @@ async def run_import(rt: Runtime, namespace: str, name: str, stopped: kopf.Daemo
                 if fresh is not None:
                     await _write(rt, fresh, killed_view(e.reason, str(e)))
             return
-        except importer.SourceUnavailable as e:
-            state.error = str(e)
-            logger.warning("import will be retried in %.0fs: %s", rt.settings.import_retry_delay, e)
+        except Exception as e:
+            # A failure that may pass: the source (5xx, network) or the object store (down, refusing).
+            # Not swallowed: it is logged, shown in the status, and the import is tried again.
+            state.error = str(e) if isinstance(e, importer.SourceUnavailable) else f"object store: {e}"
+            logger.warning("import will be retried in %.0fs: %s", rt.settings.import_retry_delay, state.error)
             await reconcile(rt, namespace, name)
             await stopped.wait(rt.settings.import_retry_delay)
             continue
