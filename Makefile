@@ -27,7 +27,7 @@ export KOVA_BIN_DIR := $(BIN)
 export GOFLAGS := -buildvcs=false
 PYTEST_ARGS ?=
 
-.PHONY: help venv bins crds check-crds lint unit integration test demo bench cloud-up clean
+.PHONY: help venv bins crds lint unit test demo bench cloud-up clean
 
 help:
 	@echo "make test     lint, unit and integration tests on the local cloud (builds what it needs)"

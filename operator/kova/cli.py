@@ -57,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="watch only this namespace (repeatable); default: the whole cluster")
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
                      help="liveness endpoint URL (default %(default)s)")
-    run.add_argument("--standalone", action="store_true", help="no peering: the only replica (the default)")
-    run.add_argument("--peering", default="", help="Kopf peering object name: run several replicas, one active")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--standalone", action="store_true", help="the only replica, no peering (the default)")
+    mode.add_argument("--peering", default="", help="Kopf peering object name: run several replicas, one active")
     run.add_argument("--metrics-address", default="0.0.0.0", help="Prometheus metrics address")
     run.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0: off)")
     run.add_argument("--log-format", choices=["full", "plain", "json"], default="full")

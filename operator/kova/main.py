@@ -24,7 +24,6 @@ from kova.store import ObjectStore
 FLAVORS = (FLAVOR.group, VERSION, FLAVOR.plural)
 IMAGES = (IMAGE.group, VERSION, IMAGE.plural)
 INSTANCES = (INSTANCE.group, VERSION, INSTANCE.plural)
-OURS = {k: v for k, v in MANAGED_BY.items()}
 
 
 Log = logging.Logger | logging.LoggerAdapter[Any]
@@ -120,9 +119,9 @@ async def instance_changed(namespace: str | None, name: str, memo: Any, **_: Any
         await instance.reconcile(rt(memo), ns(namespace), name, raise_waits=True)
 
 
-@kopf.on.event("kubevirt.io", "v1", "virtualmachines", labels=OURS)
-@kopf.on.event("kubevirt.io", "v1", "virtualmachineinstances", labels=OURS)
-@kopf.on.event("cdi.kubevirt.io", "v1beta1", "datavolumes", labels=OURS)
+@kopf.on.event("kubevirt.io", "v1", "virtualmachines", labels=MANAGED_BY)
+@kopf.on.event("kubevirt.io", "v1", "virtualmachineinstances", labels=MANAGED_BY)
+@kopf.on.event("cdi.kubevirt.io", "v1beta1", "datavolumes", labels=MANAGED_BY)
 async def child_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
     owner = labels.get(INSTANCE_LABEL)
     if owner:

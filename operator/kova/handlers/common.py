@@ -12,9 +12,8 @@ from kova.runtime import Runtime
 
 
 async def publish(rt: Runtime, res: Resource, obj: dict[str, Any], *, word: str | None, progress: Progress,
-                  reason: str, message: str, fields: dict[str, Any] | None = None,
-                  word_field: str = "status") -> None:
-    """Write the status of `obj` (a fresh read) and post an Event when its status word changes."""
+                  reason: str, message: str, fields: dict[str, Any] | None = None) -> None:
+    """Write the status of `obj` (a fresh read) when it changed, with an Event for each milestone."""
     md = obj["metadata"]
     previous = obj.get("status") or {}
     generation = md.get("generation")
@@ -24,7 +23,7 @@ async def publish(rt: Runtime, res: Resource, obj: dict[str, Any], *, word: str 
         "conditions": summarize(previous.get("conditions", []), progress, reason, message, generation, utcnow()),
     }
     if word is not None:
-        status[word_field] = word
+        status["status"] = word
     unchanged = all(previous.get(k) == v for k, v in status.items() if k != "conditions") and [
         {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status["conditions"]] == [
         {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in previous.get("conditions", [])]
@@ -34,7 +33,7 @@ async def publish(rt: Runtime, res: Resource, obj: dict[str, Any], *, word: str 
     # One Event per milestone: when the status word changes, or (for kinds without one) the Ready verdict.
     old_ready: dict[str, Any] = next(
         (c for c in previous.get("conditions", []) if c.get("type") == "Ready"), {})
-    if (previous.get(word_field) != word) if word is not None else (old_ready.get("reason") != reason):
+    if (previous.get("status") != word) if word is not None else (old_ready.get("reason") != reason):
         kind = "Warning" if progress is Progress.STALLED else "Normal"
         text = f"{word}: {message}" if word is not None else message
         kopf.event(cast(kopf.Body, obj), type=kind, reason=reason, message=text)

@@ -21,22 +21,23 @@ from kova.runtime import IMAGES, ImportState, Runtime
 PROGRESS_EVERY = 1.0  # seconds between progress writes while importing
 
 
-async def reconcile(rt: Runtime, namespace: str, name: str) -> ImageView | None:
-    """Observe the store and the importer; write the status. Returns what it wrote."""
+async def reconcile(rt: Runtime, namespace: str, name: str) -> tuple[ImageView, dict[str, Any]] | None:
+    """Observe the store and the importer; write the status. Returns what it wrote, and the Image it read."""
     async with rt.lock("image", namespace, name):
         obj = await rt.kube.get(IMAGES, name, namespace)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return None
         uid = obj["metadata"]["uid"]
-        blob = await asyncio.to_thread(rt.store.read_record, uid)
         state = rt.imports.get(uid)
+        # While this process imports, no record can exist yet: no need to ask the store every second.
+        blob = None if state is not None else await asyncio.to_thread(rt.store.read_record, uid)
         view = observe_image(blob, rt.store.location(uid), obj.get("status") or {}, importing=state is not None,
                              done=state.progress.done if state else 0,
                              total=state.progress.total if state else None,
                              passing_error=state.error if state else None,
                              deactivated=bool((obj.get("spec") or {}).get("deactivated")))
         await _write(rt, obj, view)
-        return view
+        return view, obj
 
 
 async def _write(rt: Runtime, obj: dict[str, Any], view: ImageView) -> None:
@@ -48,12 +49,10 @@ async def run_import(rt: Runtime, namespace: str, name: str, stopped: kopf.Daemo
                      logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
     """The import daemon: returns once the image is active or killed, or when told to stop."""
     while not stopped:
-        view = await reconcile(rt, namespace, name)
-        if view is None or view.status in (GlanceStatus.active, GlanceStatus.killed, GlanceStatus.deactivated):
+        seen = await reconcile(rt, namespace, name)
+        if seen is None or seen[0].status in (GlanceStatus.active, GlanceStatus.killed, GlanceStatus.deactivated):
             return
-        obj = await rt.kube.get(IMAGES, name, namespace)
-        if obj is None:
-            return
+        obj = seen[1]
         uid = obj["metadata"]["uid"]
         spec = ImageSpec.model_validate(obj["spec"])
         state = rt.imports.setdefault(uid, ImportState())
