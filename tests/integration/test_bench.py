@@ -61,9 +61,6 @@ def test_kubevirt_and_cdi_crds_are_listed(cloud: LocalCloud) -> None:
 def test_generated_kubevirt_crds_are_up_to_date() -> None:
     from tests.cloud import kubevirt_crds
 
-    assert kubevirt_crds.REFERENCE.is_dir(), (
-        f"the KubeVirt/CDI OpenAPI documents are expected at {kubevirt_crds.REFERENCE} (shared/ beside the "
-        "repository, as CI has it), or at $KOVA_REFERENCE")
     assert kubevirt_crds.OUTPUT.read_text() == kubevirt_crds.render(), \
         "tests/cloud/crds is stale: run `python -m tests.cloud.kubevirt_crds`"
 
