@@ -8,7 +8,8 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from kova.importer import ImportProgress
+from kova.image.fetch import ImportFilter
+from kova.image.importer import DEFAULT_SIZE_CAP, ImportProgress, parse_size
 from kova.kube import Kube, Resource
 from kova.models import FLAVOR, IMAGE, INSTANCE, VERSION, KindInfo
 from kova.store import ObjectStore, StoreConfig
@@ -29,13 +30,17 @@ class Settings:
     presign_ttl: dt.timedelta = dt.timedelta(hours=1)
     wait_delay: float = 5.0  # seconds between checks while an Instance waits for its Flavor or Image
     import_retry_delay: float = 30.0  # seconds before an import that met a passing failure is tried again
+    import_filter: ImportFilter = field(default_factory=ImportFilter)  # what web-download may reach (SSRF)
+    size_cap: int = DEFAULT_SIZE_CAP  # bytes; a larger image is killed (Glance's image_size_cap)
 
     @classmethod
     def from_env(cls) -> Settings:
         return cls(store=StoreConfig.from_env(),
                    presign_ttl=dt.timedelta(seconds=int(os.environ.get("KOVA_PRESIGN_TTL", "3600"))),
                    wait_delay=float(os.environ.get("KOVA_WAIT_DELAY", "5")),
-                   import_retry_delay=float(os.environ.get("KOVA_IMPORT_RETRY_DELAY", "30")))
+                   import_retry_delay=float(os.environ.get("KOVA_IMPORT_RETRY_DELAY", "30")),
+                   import_filter=ImportFilter.from_env(),
+                   size_cap=parse_size(os.environ.get("KOVA_IMAGE_SIZE_CAP") or str(DEFAULT_SIZE_CAP)))
 
 
 @dataclass

@@ -12,9 +12,11 @@ from typing import Any
 
 import kopf
 
-from kova import importer, metrics
+from kova import metrics
 from kova.builders import ImageView, killed_view, observe_image
 from kova.handlers.common import publish
+from kova.image import importer
+from kova.image.fetch import Fetcher
 from kova.models import GlanceStatus, ImageSpec
 from kova.runtime import IMAGES, ImportState, Runtime
 
@@ -60,7 +62,8 @@ async def run_import(rt: Runtime, namespace: str, name: str, stopped: kopf.Daemo
         metrics.IMPORTS_IN_FLIGHT.inc()
         work = asyncio.create_task(asyncio.to_thread(
             importer.import_url, rt.store, uid, spec.source.url, spec.disk_format.value, spec.source.checksum,
-            progress=state.progress, cancelled=lambda: bool(stopped)))
+            fetcher=Fetcher(rt.settings.import_filter), size_cap=rt.settings.size_cap, progress=state.progress,
+            cancelled=lambda: bool(stopped)))
         try:
             while not work.done():
                 await asyncio.wait({work}, timeout=PROGRESS_EVERY)

@@ -5,9 +5,10 @@ to md5 and sha512 (and the expected hash's algorithm) on threads of their own (h
 they run beside the upload). Memory stays bounded by the part size, whatever the image size.
 
 Nothing becomes visible before it is verified: the multipart upload is completed only when the length,
-the expected hash and the format check pass, and aborted otherwise. The record written after it
-(store.Blob) is what makes the image active. This module knows nothing of Kubernetes, so it can run in
-the operator today and as a Job later (STYLE 6).
+the expected hash, the size cap and Glance's format and safety checks (kova.image.formats) pass, and
+aborted otherwise. The record written after it (store.Blob) is what makes the image active. The source
+is opened through the import filter (kova.image.fetch), which refuses what a tenant should not reach.
+This module knows nothing of Kubernetes, so it can run in the operator today and as a Job later (STYLE 6).
 """
 
 from __future__ import annotations
@@ -16,19 +17,21 @@ import hashlib
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import urllib3
 
-from kova import formats
+from kova.image import formats
+from kova.image.fetch import Fetcher, NotAllowed
 from kova.store import Blob, ObjectStore
 
 PART_SIZE = 16 * 1024 * 1024
 CHUNK = 1024 * 1024
 PERMANENT_HTTP = {400, 401, 403, 404, 410, 451}
+DEFAULT_SIZE_CAP = 1 << 40  # Glance's image_size_cap: 1 TiB
 
 
 class ImportFailed(Exception):
@@ -77,19 +80,29 @@ def parse_checksum(value: str | None) -> tuple[str, str] | None:
     return algorithm.lower(), digest.lower()
 
 
-_default_http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=10, read=60))
+def parse_size(text: str) -> int:
+    """Bytes from `1099511627776`, or a Kubernetes-style quantity such as `10Gi` or `1Ti`."""
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50,
+             "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}
+    text = text.strip()
+    for suffix, factor in sorted(units.items(), key=lambda u: -len(u[0])):
+        if text.endswith(suffix):
+            return int(text[: -len(suffix)]) * factor
+    return int(text)
 
 
 def import_url(store: ObjectStore, uid: str, url: str, disk_format: str, checksum: str | None, *,
-               progress: ImportProgress | None = None, cancelled: Callable[[], bool] = lambda: False,
-               part_size: int = PART_SIZE, http: urllib3.PoolManager | None = None) -> Blob:
+               fetcher: Fetcher, size_cap: int = DEFAULT_SIZE_CAP, progress: ImportProgress | None = None,
+               cancelled: Callable[[], bool] = lambda: False, part_size: int = PART_SIZE) -> Blob:
     progress = progress or ImportProgress()
     # An upload left open by an import that died (operator restart) is abandoned first: no orphans.
     for upload_id in store.pending_uploads(uid):
         store.abort(uid, upload_id)
     try:
-        resp = (http or _default_http).request("GET", url, preload_content=False, enforce_content_length=True)
-    except urllib3.exceptions.HTTPError as e:
+        resp = fetcher.open(url)
+    except NotAllowed as e:
+        raise ImportFailed("SourceNotAllowed", f"the import filter refuses the source: {e}") from e
+    except (urllib3.exceptions.HTTPError, OSError) as e:
         raise SourceUnavailable(f"GET {url}: {e}") from e
     try:
         if resp.status in PERMANENT_HTTP:
@@ -99,22 +112,45 @@ def import_url(store: ObjectStore, uid: str, url: str, disk_format: str, checksu
             raise SourceUnavailable(f"GET {url} answered HTTP {resp.status}")
         length = resp.headers.get("Content-Length")
         progress.total = int(length) if length and length.isdigit() else None
-        return _stream(store, uid, url, resp, disk_format, parse_checksum(checksum), progress, cancelled,
-                       part_size)
+        if progress.total is not None and progress.total > size_cap:
+            raise ImportFailed("SizeExceeded", f"the source announces {progress.total} bytes, over the image size "
+                                               f"cap of {size_cap} bytes (KOVA_IMAGE_SIZE_CAP)")
+        chunks = _read(resp, url, progress, cancelled, size_cap)
+        return _stream(store, uid, url, chunks, disk_format, parse_checksum(checksum), progress, part_size)
     finally:
         resp.release_conn()
 
 
-def _stream(store: ObjectStore, uid: str, url: str, resp: Any, disk_format: str,
-            expected: tuple[str, str] | None, progress: ImportProgress, cancelled: Callable[[], bool],
-            part_size: int) -> Blob:
+def _read(resp: Any, url: str, progress: ImportProgress, cancelled: Callable[[], bool],
+          size_cap: int) -> Iterator[bytes]:
+    """The source's bytes, cut off at the size cap (a chunked source that never ends stops there too)."""
+    while True:
+        if cancelled():
+            raise Cancelled("import stopped")
+        try:
+            chunk = resp.read(CHUNK)
+        except urllib3.exceptions.ProtocolError as e:
+            raise ImportFailed("SizeMismatch", f"the source sent {progress.done} bytes, fewer than its "
+                                               f"Content-Length {progress.total}: {e}") from e
+        except urllib3.exceptions.HTTPError as e:
+            raise SourceUnavailable(f"reading {url}: {e}") from e
+        if not chunk:
+            return
+        progress.done += len(chunk)
+        if progress.done > size_cap:
+            raise ImportFailed("SizeExceeded", f"the source sent more than the image size cap of {size_cap} "
+                                               "bytes (KOVA_IMAGE_SIZE_CAP); the import was cut off there")
+        yield chunk
+
+
+def _stream(store: ObjectStore, uid: str, url: str, chunks: Iterator[bytes], disk_format: str,
+            expected: tuple[str, str] | None, progress: ImportProgress, part_size: int) -> Blob:
     hashers = {name: _Hasher(name) for name in {"md5", "sha512", *((expected[0],) if expected else ())}}
     upload_id = store.begin(uid, {"kova-source": url[:1024]})
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="upload")
     inflight: deque[Future[Any]] = deque()
     parts = []
-    head = bytearray()
-    tail = b""
+    inspector = formats.StreamInspector()
     buffer: list[bytes] = []
     buffered = 0
     completed = False
@@ -128,26 +164,11 @@ def _stream(store: ObjectStore, uid: str, url: str, resp: Any, disk_format: str,
         inflight.append(pool.submit(store.upload_part, uid, upload_id, len(parts) + len(inflight) + 1, data))
 
     try:
-        while True:
-            if cancelled():
-                raise Cancelled("import stopped")
-            try:
-                chunk = resp.read(CHUNK)
-            except urllib3.exceptions.ProtocolError as e:
-                raise ImportFailed("SizeMismatch", f"the source sent {progress.done} bytes, fewer than its "
-                                                   f"Content-Length {progress.total}: {e}") from e
-            except urllib3.exceptions.HTTPError as e:
-                raise SourceUnavailable(f"reading {url}: {e}") from e
-            if not chunk:
-                break
+        for chunk in inspector.wrap(chunks):
             for h in hashers.values():
                 h.queue.put(chunk)
-            if len(head) < formats.HEAD_BYTES:
-                head += chunk[: formats.HEAD_BYTES - len(head)]
-            tail = (tail + chunk)[-formats.TAIL_BYTES:]
             buffer.append(chunk)
             buffered += len(chunk)
-            progress.done += len(chunk)
             if buffered >= part_size:
                 flush()
         if buffered or (not inflight and not parts):
@@ -164,10 +185,10 @@ def _stream(store: ObjectStore, uid: str, url: str, resp: Any, disk_format: str,
         if expected and digests[expected[0]] != expected[1]:
             raise ImportFailed("ChecksumMismatch", f"{expected[0]} of the data is {digests[expected[0]]}, "
                                                    f"expected {expected[1]}")
-        found = formats.inspect(bytes(head), tail, size)
-        problem = formats.check_declared(disk_format, found)
-        if problem:
-            raise ImportFailed("InvalidDiskFormat", problem)
+        try:
+            found = inspector.verdict(disk_format)
+        except formats.Refused as e:
+            raise ImportFailed(e.reason, str(e)) from e
         store.complete(uid, upload_id, parts)
         completed = True
         blob = Blob(size=size, md5=digests["md5"], sha512=digests["sha512"], sha256=digests.get("sha256"),

@@ -1,0 +1,1 @@
+"""Real small disk images (gzip) and the table of what an import must make of them: see cases.py."""
