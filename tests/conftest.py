@@ -92,13 +92,14 @@ class Operator:
     """The operator under test, as a process that tests may kill and start again. It runs with the
     chart's RBAC (a token of the chart's ServiceAccount), not as cluster admin."""
 
-    def __init__(self, cloud: LocalCloud) -> None:
+    def __init__(self, cloud: LocalCloud, env: dict[str, str] | None = None) -> None:
         self.cloud = cloud
         self.proc: Proc | None = None
         self.kubeconfig = chart_rbac_kubeconfig(cloud)
+        self.env = {"KUBECONFIG": str(self.kubeconfig), **(env or {})}
 
     def start(self, **env: str) -> None:
-        self.proc = self.cloud.start_operator(extra_env={"KUBECONFIG": str(self.kubeconfig), **env})
+        self.proc = self.cloud.start_operator(extra_env={**self.env, **env})
 
     def kill(self) -> None:
         if self.proc and self.proc.popen.poll() is None:
@@ -114,12 +115,13 @@ class Operator:
         return self.proc.log.read_text() if self.proc else ""
 
 
-@pytest.fixture(scope="session")
-def operator(cloud: LocalCloud) -> Iterator[Operator]:
-    op = Operator(cloud)
-    op.start()
-    yield op
-    op.stop()
+def import_env(source: Source) -> dict[str, str]:
+    """The test source listens on loopback, which the import filter refuses by default: allow exactly it
+    (the operator's own ports stay refused). A small size cap lets a test reach it quickly."""
+    return {"KOVA_IMPORT_ALLOWED_HOSTS": source.netloc, "KOVA_IMAGE_SIZE_CAP": SIZE_CAP}
+
+
+SIZE_CAP = "64Mi"
 
 
 @pytest.fixture(scope="session")
@@ -127,6 +129,14 @@ def source() -> Iterator[Source]:
     src = Source()
     yield src
     src.close()
+
+
+@pytest.fixture(scope="session")
+def operator(cloud: LocalCloud, source: Source) -> Iterator[Operator]:
+    op = Operator(cloud, import_env(source))
+    op.start()
+    yield op
+    op.stop()
 
 
 @pytest.fixture

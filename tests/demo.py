@@ -51,7 +51,8 @@ def main() -> int:
     print("starting the local cloud (etcd, kube-apiserver, controller-manager, MinIO, KubeVirt/CDI simulator)")
     with LocalCloud(workdir) as cloud:
         cloud.install_kova_crds()
-        cloud.start_operator()
+        # The demo image is served on loopback, which the import filter refuses unless it is allowed.
+        cloud.start_operator(extra_env={"KOVA_IMPORT_ALLOWED_HOSTS": f"127.0.0.1:{DEMO_PORT}"})
         print(f"cloud and operator up in {time.monotonic() - started:.0f}s; logs in {cloud.logs}\n")
         print("$ kubectl apply -f examples/")
         print(cloud.kubectl("apply", "-f", str(REPO / "examples")))

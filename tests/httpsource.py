@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ class Route:
     claimed_length: int | None = None  # a Content-Length other than len(data): the connection is cut short
     seconds_per_mib: float = 0.0  # throttle, to catch an import in the middle
     unavailable_first: int = 0  # answer 503 to this many requests first (a passing failure)
+    endless: bool = False  # chunked transfer that repeats `data` until the client hangs up
+    sent: int = 0  # bytes written to clients
     hits: int = 0
 
 
@@ -36,6 +39,16 @@ class Source:
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
+                if route.endless:
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    try:
+                        while True:
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(route.data), route.data))
+                            route.sent += len(route.data)
+                    except (BrokenPipeError, ConnectionResetError):
+                        self.close_connection = True
+                        return
                 self.send_header("Content-Length", str(route.claimed_length or len(route.data)))
                 if route.claimed_length:
                     self.send_header("Connection", "close")
@@ -44,6 +57,7 @@ class Source:
                 try:
                     for i in range(0, len(route.data), step):
                         self.wfile.write(route.data[i:i + step])
+                        route.sent += len(route.data[i:i + step])
                         if route.seconds_per_mib:
                             time.sleep(route.seconds_per_mib / 4)
                 except (BrokenPipeError, ConnectionResetError):
@@ -60,12 +74,64 @@ class Source:
         self.thread.start()
 
     @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+    def netloc(self) -> str:
+        return f"127.0.0.1:{self.server.server_address[1]}"
 
-    def add(self, path: str, data: bytes, **kw: float | int | None) -> str:
+    @property
+    def base(self) -> str:
+        return f"http://{self.netloc}"
+
+    def add(self, path: str, data: bytes, **kw: float | int | bool | None) -> str:
         self.routes[path] = Route(data, **kw)  # type: ignore[arg-type]
         return self.base + path
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Listener:
+    """An HTTP server on a loopback address that counts the TCP connections it accepts."""
+
+    def __init__(self, address: str = "127.0.0.1", redirect_to: str | None = None, body: bytes = b"disk") -> None:
+        self.connections = 0
+        self.hosts: list[str] = []
+        listener = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                listener.hosts.append(self.headers.get("Host", ""))
+                if redirect_to:
+                    self.send_response(302)
+                    self.send_header("Location", redirect_to)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            def get_request(self) -> tuple[socket.socket, object]:
+                listener.connections += 1
+                return super().get_request()
+
+        self.server = Server((address, 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def url(self, path: str = "/disk") -> str:
+        return f"http://{self.server.server_address[0]}:{self.port}{path}"
 
     def close(self) -> None:
         self.server.shutdown()

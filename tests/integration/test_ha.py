@@ -54,7 +54,7 @@ def test_two_replicas_one_active_and_failover(cloud: LocalCloud, operator: Opera
                                               kubectl: Kubectl) -> None:
     peering_object(cloud)
     operator.stop()  # the standalone operator of the other tests steps aside for the pair
-    env = {"KUBECONFIG": str(operator.kubeconfig), "KOVA_PEERING_LIFETIME": "15"}
+    env = {**operator.env, "KOVA_PEERING_LIFETIME": "15"}
     first = second = None
     try:
         first = cloud.start_operator("replica-a", {**env, "KOVA_PEERING_PRIORITY": "200"},
