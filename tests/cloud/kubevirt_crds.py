@@ -2,7 +2,8 @@
 
 The bench has no KubeVirt or CDI installed, but the API server must still validate every VirtualMachine
 and DataVolume Kova emits exactly as a real cluster would. So the kinds are declared from the projects'
-published schemas (vendored in third_party/, see its README), inlined into the structural form that apiextensions requires.
+published schemas (vendored in third_party/, see its README), inlined into the structural form that
+apiextensions requires.
 
     python -m tests.cloud.kubevirt_crds            # rewrite tests/cloud/crds/kubevirt-cdi.yaml
 """

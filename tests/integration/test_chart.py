@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kova.image.importer import parse_size
 from tests.cloud.bench import REPO, LocalCloud, binary
 
 pytestmark = pytest.mark.integration
@@ -82,8 +83,31 @@ def test_external_store_and_ha() -> None:
     assert env["KOVA_S3_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "store"
 
 
+def test_import_filter_and_size_cap_values_reach_the_operator() -> None:
+    """The chart's importFilter.* and imageSizeCap become the environment the operator parses."""
+    from kova.image.fetch import ImportFilter
+    from kova.image.importer import DEFAULT_SIZE_CAP
+
+    def env_of(*sets: str) -> dict[str, str]:
+        container = find(render(*sets), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e.get("value", "") for e in container["env"]}
+
+    default = env_of()
+    assert ImportFilter.from_env(default) == ImportFilter()
+    assert default["KOVA_IMAGE_SIZE_CAP"] == "1Ti" and parse_size(default["KOVA_IMAGE_SIZE_CAP"]) == DEFAULT_SIZE_CAP
+    tight = env_of("importFilter.allowedSchemes={https}", "importFilter.allowedPorts={443,8443}",
+                   "importFilter.allowedHosts={mirror.internal,10.20.0.0/16}",
+                   "importFilter.deniedHosts={0.0.0.0/0,::/0}", "imageSizeCap=100Gi")
+    rules = ImportFilter.from_env(tight)
+    assert rules.schemes == {"https"} and rules.ports == {443, 8443}
+    assert [r.text for r in rules.allowed] == ["mirror.internal", "10.20.0.0/16"]
+    assert [r.text for r in rules.denied] == ["0.0.0.0/0", "::/0"]
+    assert parse_size(tight["KOVA_IMAGE_SIZE_CAP"]) == 100 << 30
+
+
 @pytest.mark.parametrize("bad", ["replicaCount=-1", "s3.endpoint=http://s3.example", "logFormat=xml",
-                                 "unknownKey=1"])
+                                 "unknownKey=1", "importFilter.allowedSchemes={ftp}", "imageSizeCap=lots",
+                                 "importFilter.allowedPorts={70000}"])
 def test_values_schema_rejects_bad_values(bad: str) -> None:
     res = helm("template", "kova", str(CHART), f"--set={bad}", check=False)
     assert res.returncode != 0 and "schema" in res.stderr.lower(), res.stderr
