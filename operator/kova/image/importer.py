@@ -118,7 +118,9 @@ def import_url(store: ObjectStore, uid: str, url: str, disk_format: str, checksu
         chunks = _read(resp, url, progress, cancelled, size_cap)
         return _stream(store, uid, url, chunks, disk_format, parse_checksum(checksum), progress, part_size)
     finally:
-        resp.release_conn()
+        # Hang up rather than hand the connection back: after a refusal or a cut-off the source may still
+        # be sending (a chunked source that never ends), and each hop has a pool of its own anyway.
+        resp.close()
 
 
 def _read(resp: Any, url: str, progress: ImportProgress, cancelled: Callable[[], bool],
@@ -138,6 +140,7 @@ def _read(resp: Any, url: str, progress: ImportProgress, cancelled: Callable[[],
             return
         progress.done += len(chunk)
         if progress.done > size_cap:
+            resp.close()  # stop the transfer now, not after the parts in flight are aborted
             raise ImportFailed("SizeExceeded", f"the source sent more than the image size cap of {size_cap} "
                                                "bytes (KOVA_IMAGE_SIZE_CAP); the import was cut off there")
         yield chunk
