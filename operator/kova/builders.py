@@ -182,7 +182,10 @@ class InstanceView:
 
 
 def observe_instance(spec: InstanceSpec, dv: dict[str, Any] | None, vm: dict[str, Any] | None,
-                     vmi: dict[str, Any] | None) -> InstanceView:
+                     vmi: dict[str, Any] | None, building: str = "spawning") -> InstanceView:
+    """Nova's view of the children. Messages of the passing states do not follow every step of CDI and
+    KubeVirt (import percentages, Provisioning, Starting): each change would be a status write, and Nova
+    shows BUILD until the server is ACTIVE. `building` is what BUILD says while the server spawns."""
     dv_status = (dv or {}).get("status", {})
     vm_status = (vm or {}).get("status", {})
     vmi_status = (vmi or {}).get("status", {})
@@ -207,17 +210,11 @@ def observe_instance(spec: InstanceSpec, dv: dict[str, Any] | None, vm: dict[str
         if printable == "Running" and vm_status.get("ready"):
             return InstanceView(NovaStatus.active, "Running", Progress.READY, "Active",
                                 "the instance is running", addresses=addresses, node=node)
-        phase = dv_status.get("phase", "")
-        if phase and phase != "Succeeded":
-            progress = dv_status.get("progress", "")
-            return InstanceView(NovaStatus.build, "NOSTATE", Progress.RECONCILING, "Spawning",
-                                f"importing the root disk ({phase} {progress})".replace(" )", ")"))
-        return InstanceView(NovaStatus.build, "NOSTATE", Progress.RECONCILING, "Spawning",
-                            f"starting the virtual machine ({printable or 'Pending'})", node=node)
+        return InstanceView(NovaStatus.build, "NOSTATE", Progress.RECONCILING, "Spawning", building)
     if printable == "Stopped" or (vm is not None and vmi is None and printable in ("", "Stopped")):
         return InstanceView(NovaStatus.shutoff, "Shutdown", Progress.READY, "Shutoff", "the instance is stopped")
     return InstanceView(NovaStatus.active, "Running", Progress.RECONCILING, "PoweringOff",
-                        f"stopping the virtual machine ({printable or 'Pending'})", addresses=addresses, node=node)
+                        "stopping the virtual machine", addresses=addresses, node=node)
 
 
 # ---------------------------------------------------------------------------------------------- Image
@@ -231,11 +228,13 @@ class ImageView:
 
 
 def observe_image(blob: Blob | None, location: str, previous: dict[str, Any], importing: bool,
-                  done: int, total: int | None, passing_error: str | None, deactivated: bool = False) -> ImageView:
+                  done: int, total: int | None, passing_error: str | None, deactivated: bool = False,
+                  queued_message: str | None = None) -> ImageView:
     """Glance's status word and kstatus verdict, from what the store holds and what the importer is doing.
 
     The store's record is the truth for `active`; `killed` is kept from the previous status, since an
-    image's source never changes and Glance does not retry a killed image.
+    image's source never changes and Glance does not retry a killed image. Progress moves in 10% steps
+    and the message does not count bytes, so a status write happens only when a user sees a change.
     """
     if blob is not None:
         word, reason = (GlanceStatus.deactivated, "Deactivated") if deactivated else (GlanceStatus.active, "Active")
@@ -249,13 +248,14 @@ def observe_image(blob: Blob | None, location: str, previous: dict[str, Any], im
         return ImageView(GlanceStatus.killed, Progress.STALLED, ready.get("reason", "ImportFailed"),
                          previous.get("message") or ready.get("message", "import failed"))
     if importing:
-        pct = f"{min(100, 100 * done // total)}%" if total else None
-        message = f"{done} bytes downloaded" + (f" of {total}" if total else "")
+        pct = f"{min(100, 100 * done // total) // 10 * 10}%" if total else None
+        message = f"importing {total} bytes from the source" if total else "importing from the source"
         if passing_error:
             message = f"import will be retried: {passing_error}"
         return ImageView(GlanceStatus.importing, Progress.RECONCILING, "Importing", message,
                          {"progress": pct, "message": passing_error})
-    return ImageView(GlanceStatus.queued, Progress.RECONCILING, "Queued", "waiting for the import to start")
+    return ImageView(GlanceStatus.queued, Progress.RECONCILING, "Queued",
+                     queued_message or "waiting for the import to start")
 
 
 def killed_view(reason: str, message: str) -> ImageView:

@@ -75,14 +75,15 @@ class Kube:
             raise
         return cast(dict[str, Any], obj)
 
-    async def apply(self, res: Resource, body: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply: the child is put back to what Kova wants, whoever changed it."""
+    async def apply(self, res: Resource, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Server-side apply: the child is put back to what Kova wants, whoever changed it. Returns the
+        object, or None when the apply created it (the client does not decode the 201 answer)."""
         md = body["metadata"]
         obj = await self.custom.patch_namespaced_custom_object(
             res.group, res.version, md["namespace"], res.plural, md["name"], body,
             field_manager=FIELD_MANAGER, force=True, field_validation="Strict",
             _content_type="application/apply-patch+yaml")
-        return cast(dict[str, Any], obj)
+        return cast(dict[str, Any] | None, obj)
 
     async def delete(self, res: Resource, name: str, namespace: str, uid: str | None = None) -> None:
         body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid),
@@ -95,15 +96,18 @@ class Kube:
                 raise
 
     async def patch_status(self, res: Resource, name: str, namespace: str | None,
-                           status: dict[str, Any]) -> None:
+                           status: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge-patch the status; returns the object as the server has it now (None: it is gone)."""
         body = {"status": status}
         try:
             if res.namespaced:
-                await self.custom.patch_namespaced_custom_object_status(
+                obj = await self.custom.patch_namespaced_custom_object_status(
                     res.group, res.version, namespace or "", res.plural, name, body)
             else:
-                await self.custom.patch_cluster_custom_object_status(res.group, res.version, res.plural, name,
-                                                                     body)
+                obj = await self.custom.patch_cluster_custom_object_status(res.group, res.version, res.plural,
+                                                                           name, body)
         except ApiException as e:
             if e.status != 404:  # gone meanwhile: nothing left to describe
                 raise
+            return None
+        return cast(dict[str, Any], obj)

@@ -6,6 +6,7 @@ Imported by `kova run` (kopf loads this module), never by library code.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import random
@@ -14,9 +15,10 @@ from typing import Any
 import kopf
 
 from kova import metrics
-from kova.builders import INSTANCE_LABEL, MANAGED_BY
+from kova.bookkeeping import MemoryDiffBaseStorage, MemoryProgressStorage
+from kova.builders import INSTANCE_LABEL, MANAGED_BY, parse_image_ref
 from kova.handlers import flavor, image, instance
-from kova.kube import Kube
+from kova.kube import DATA_VOLUMES, VIRTUAL_MACHINE_INSTANCES, VIRTUAL_MACHINES, Kube
 from kova.models import FLAVOR, IMAGE, INSTANCE, VERSION
 from kova.runtime import Runtime, Settings
 from kova.store import ObjectStore
@@ -24,6 +26,9 @@ from kova.store import ObjectStore
 FLAVORS = (FLAVOR.group, VERSION, FLAVOR.plural)
 IMAGES = (IMAGE.group, VERSION, IMAGE.plural)
 INSTANCES = (INSTANCE.group, VERSION, INSTANCE.plural)
+CHILDREN = {r.plural: r for r in (VIRTUAL_MACHINES, VIRTUAL_MACHINE_INSTANCES, DATA_VOLUMES)}
+DIFFBASE = MemoryDiffBaseStorage()
+PROGRESS = MemoryProgressStorage(prefix="kova.dev")
 
 
 Log = logging.Logger | logging.LoggerAdapter[Any]
@@ -42,8 +47,9 @@ def ns(namespace: str | None) -> str:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: Any, logger: Log, **_: Any) -> None:
     settings.persistence.finalizer = "image.kova.dev/blob"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kova.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kova.dev")
+    # Kopf's bookkeeping stays in memory: no PATCH of every object per handling cycle (kova.bookkeeping).
+    settings.persistence.progress_storage = PROGRESS
+    settings.persistence.diffbase_storage = DIFFBASE
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     peering = os.environ.get("KOVA_PEERING")
@@ -80,6 +86,57 @@ async def cleanup(memo: Any, **_: Any) -> None:
         await rt(memo).kube.close()
 
 
+def caches(kw: dict[str, Any]) -> instance.Caches:
+    """The indexes below, as Kopf hands them to every handler."""
+    return instance.Caches(flavors=kw["flavor_index"], images=kw["image_index"], datavolumes=kw["dv_index"],
+                           vms=kw["vm_index"], vmis=kw["vmi_index"], instances=kw["instance_index"],
+                           dependants=kw["dependant_index"])
+
+
+# ----- indexes: what reconciles read instead of asking the API server -----
+def _copy(body: kopf.Body, *fields: str) -> dict[str, Any]:
+    """A plain copy of what reconciles use (Kopf's body views follow the next event's body)."""
+    return copy.deepcopy({f: body.get(f) or {} for f in ("apiVersion", "kind", "metadata", *fields)})
+
+
+@kopf.index(*FLAVORS)
+def flavor_index(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {name: _copy(body, "spec")}
+
+
+@kopf.index(*IMAGES)
+def image_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, name): _copy(body, "spec", "status")}
+
+
+@kopf.index(*INSTANCES)
+def instance_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, name): _copy(body, "spec", "status")}
+
+
+@kopf.index(*INSTANCES)
+def dependant_index(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
+    """Which Instances need which Flavor and Image: their arrival or change wakes those Instances."""
+    image_ns, image_name = parse_image_ref(str(spec.get("imageRef", "")), ns(namespace))
+    return {("Image", image_ns, image_name): (namespace, name), ("Flavor", spec.get("flavorRef")): (namespace, name)}
+
+
+@kopf.index("cdi.kubevirt.io", "v1beta1", "datavolumes", labels=MANAGED_BY)
+def dv_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, name): _copy(body, "status")}
+
+
+@kopf.index("kubevirt.io", "v1", "virtualmachines", labels=MANAGED_BY)
+def vm_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    # The desired VirtualMachine is compared with the whole of it (kova.writes).
+    return {(namespace, name): _copy(body, "spec", "status")}
+
+
+@kopf.index("kubevirt.io", "v1", "virtualmachineinstances", labels=MANAGED_BY)
+def vmi_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, name): _copy(body, "status")}
+
+
 # ----- Flavor -----
 @kopf.on.resume(*FLAVORS)
 @kopf.on.create(*FLAVORS)
@@ -89,6 +146,11 @@ async def flavor_changed(name: str, memo: Any, **_: Any) -> None:
         await flavor.reconcile(rt(memo), name)
 
 
+@kopf.on.event(*FLAVORS)
+async def flavor_event(name: str, memo: Any, **kw: Any) -> None:
+    await instance.wake_dependants(rt(memo), caches(kw), ("Flavor", name))
+
+
 # ----- Image -----
 @kopf.on.resume(*IMAGES)
 @kopf.on.create(*IMAGES)
@@ -96,6 +158,11 @@ async def flavor_changed(name: str, memo: Any, **_: Any) -> None:
 async def image_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     with metrics.reconciling("Image"):
         await image.reconcile(rt(memo), ns(namespace), name)
+
+
+@kopf.on.event(*IMAGES)
+async def image_event(namespace: str | None, name: str, memo: Any, **kw: Any) -> None:
+    await instance.wake_dependants(rt(memo), caches(kw), ("Image", ns(namespace), name))
 
 
 @kopf.daemon(*IMAGES, cancellation_timeout=60, initial_delay=0)
@@ -114,16 +181,29 @@ async def image_deleted(body: kopf.Body, memo: Any, logger: Log, **_: Any) -> No
 @kopf.on.resume(*INSTANCES)
 @kopf.on.create(*INSTANCES)
 @kopf.on.update(*INSTANCES)
-async def instance_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+async def instance_changed(namespace: str | None, name: str, memo: Any, **kw: Any) -> None:
     with metrics.reconciling("Instance"):
-        await instance.reconcile(rt(memo), ns(namespace), name, raise_waits=True)
+        await instance.reconcile(rt(memo), caches(kw), ns(namespace), name)
 
 
 @kopf.on.event("kubevirt.io", "v1", "virtualmachines", labels=MANAGED_BY)
 @kopf.on.event("kubevirt.io", "v1", "virtualmachineinstances", labels=MANAGED_BY)
 @kopf.on.event("cdi.kubevirt.io", "v1beta1", "datavolumes", labels=MANAGED_BY)
-async def child_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+async def child_changed(event: kopf.RawEvent, resource: kopf.Resource, namespace: str | None, name: str,
+                        labels: kopf.Labels, memo: Any, **kw: Any) -> None:
+    rt(memo).writes.seen(CHILDREN[resource.plural], ns(namespace), name, deleted=event["type"] == "DELETED")
     owner = labels.get(INSTANCE_LABEL)
     if owner:
         with metrics.reconciling("Instance"):
-            await instance.reconcile(rt(memo), ns(namespace), owner, raise_waits=False)
+            await instance.reconcile(rt(memo), caches(kw), ns(namespace), owner)
+
+
+@kopf.on.event(*FLAVORS)
+@kopf.on.event(*IMAGES)
+@kopf.on.event(*INSTANCES)
+async def forget_deleted(event: kopf.RawEvent, uid: str, memo: Any, **_: Any) -> None:
+    """What this process remembers of an object goes with the object."""
+    if event["type"] == "DELETED":
+        DIFFBASE.forget(uid)
+        PROGRESS.forget(uid)
+        rt(memo).writes.forget_status(uid)

@@ -13,6 +13,7 @@ from kova.image.importer import DEFAULT_SIZE_CAP, ImportProgress, parse_size
 from kova.kube import Kube, Resource
 from kova.models import FLAVOR, IMAGE, INSTANCE, VERSION, KindInfo
 from kova.store import ObjectStore, StoreConfig
+from kova.writes import Writes
 
 
 def resource(info: KindInfo) -> Resource:
@@ -28,19 +29,19 @@ INSTANCES = resource(INSTANCE)
 class Settings:
     store: StoreConfig
     presign_ttl: dt.timedelta = dt.timedelta(hours=1)
-    wait_delay: float = 5.0  # seconds between checks while an Instance waits for its Flavor or Image
     import_retry_delay: float = 30.0  # seconds before an import that met a passing failure is tried again
     import_filter: ImportFilter = field(default_factory=ImportFilter)  # what web-download may reach (SSRF)
     size_cap: int = DEFAULT_SIZE_CAP  # bytes; a larger image is killed (Glance's image_size_cap)
+    max_imports: int = 4  # imports running at once in this replica; the others wait in `queued`
 
     @classmethod
     def from_env(cls) -> Settings:
         return cls(store=StoreConfig.from_env(),
                    presign_ttl=dt.timedelta(seconds=int(os.environ.get("KOVA_PRESIGN_TTL", "3600"))),
-                   wait_delay=float(os.environ.get("KOVA_WAIT_DELAY", "5")),
                    import_retry_delay=float(os.environ.get("KOVA_IMPORT_RETRY_DELAY", "30")),
                    import_filter=ImportFilter.from_env(),
-                   size_cap=parse_size(os.environ.get("KOVA_IMAGE_SIZE_CAP") or str(DEFAULT_SIZE_CAP)))
+                   size_cap=parse_size(os.environ.get("KOVA_IMAGE_SIZE_CAP") or str(DEFAULT_SIZE_CAP)),
+                   max_imports=max(1, int(os.environ.get("KOVA_MAX_CONCURRENT_IMPORTS", "4"))))
 
 
 @dataclass
@@ -55,7 +56,14 @@ class Runtime:
     kube: Kube
     store: ObjectStore
     imports: dict[str, ImportState] = field(default_factory=dict)
+    import_slots: asyncio.Semaphore = field(init=False)
+    writes: Writes = field(init=False)
     _locks: defaultdict[tuple[str, ...], asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
+
+    def __post_init__(self) -> None:
+        # Each import holds up to ~3 parts of memory and two hashing threads: bound them per replica.
+        self.import_slots = asyncio.Semaphore(self.settings.max_imports)
+        self.writes = Writes(self.kube)
 
     def lock(self, *key: str) -> asyncio.Lock:
         """Status of one object is written by one coroutine at a time (handlers, daemons, child events)."""

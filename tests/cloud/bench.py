@@ -319,7 +319,7 @@ class LocalCloud:
         proc = self.spawn(name, [sys.executable, "-m", "kova.cli", "run", *args,
                                  "--liveness", f"http://{LOOPBACK}:{port}/healthz",
                                  "--metrics-address", LOOPBACK, "--metrics-port", str(metrics)],
-                          env={**self.env(), "KOVA_ERROR_BACKOFFS": "0.5,1,2", "KOVA_WAIT_DELAY": "1",
+                          env={**self.env(), "KOVA_ERROR_BACKOFFS": "0.5,1,2",
                                "KOVA_IMPORT_RETRY_DELAY": "1", "PYTHONPATH": str(REPO / "operator"),
                                **(extra_env or {})})
         proc.ports = {"liveness": port, "metrics": metrics}

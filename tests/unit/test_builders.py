@@ -156,7 +156,12 @@ def test_image_status_from_store_record() -> None:
         {"type": "Ready", "status": "False", "reason": "ChecksumMismatch"}]}, False, 0, None, None)
     assert (killed.status.value, killed.reason, killed.progress) == ("killed", "ChecksumMismatch", Progress.STALLED)
     importing = builders.observe_image(None, "", {}, True, 50, 200, None)
-    assert importing.status.value == "importing" and importing.fields["progress"] == "25%"
+    assert importing.status.value == "importing" and importing.fields["progress"] == "20%"  # 10% steps
+    # Between two steps nothing a user sees changes, so nothing is written.
+    assert builders.observe_image(None, "", {}, True, 59, 200, None) == importing
+    assert builders.observe_image(None, "", {}, True, 60, 200, None).fields["progress"] == "30%"
+    waiting = builders.observe_image(None, "", {}, False, 0, None, None, queued_message="waiting for a slot")
+    assert (waiting.status.value, waiting.message) == ("queued", "waiting for a slot")
     assert builders.observe_image(None, "", {}, False, 0, None, None).status.value == "queued"
     off = builders.observe_image(blob, "s3://b/images/u", {}, False, 0, None, None, deactivated=True)
     assert (off.status.value, off.progress, off.fields["osHashValue"]) == ("deactivated", Progress.READY, "s")
@@ -191,3 +196,12 @@ def test_image_link_expired_only_for_an_old_forbidden_failure() -> None:
     assert not builders.image_link_expired(dv("Failed", "Forbidden", "2026-01-01T11:30:00Z"), ttl, now)
     assert not builders.image_link_expired(dv("Failed", "ChecksumMismatch", "2026-01-01T10:00:00Z"), ttl, now)
     assert not builders.image_link_expired(dv("ImportInProgress", "Forbidden", "2026-01-01T10:00:00Z"), ttl, now)
+
+
+def test_build_says_the_same_through_every_step_of_cdi_and_kubevirt() -> None:
+    """Each distinct message would be one more status write: BUILD stays one message until ACTIVE."""
+    steps = [({"status": {"phase": "ImportScheduled"}}, _vm("Provisioning"), None),
+             ({"status": {"phase": "ImportInProgress", "progress": "40%"}}, _vm("Provisioning"), None),
+             (DV_OK, _vm("Starting"), None), (DV_OK, _vm("Starting"), VMI)]
+    views = [builders.observe_instance(RUNNING, dv, vm, vmi, building="spawning os") for dv, vm, vmi in steps]
+    assert all(v == views[0] for v in views) and views[0].message == "spawning os"

@@ -13,9 +13,12 @@ from kova.runtime import Runtime
 
 async def publish(rt: Runtime, res: Resource, obj: dict[str, Any], *, word: str | None, progress: Progress,
                   reason: str, message: str, fields: dict[str, Any] | None = None) -> None:
-    """Write the status of `obj` (a fresh read) when it changed, with an Event for each milestone."""
+    """Write the status of `obj` when a user would see a change, with an Event for each milestone.
+
+    `obj` may come from a watch cache that has not caught up with Kova's last write yet: the newest of
+    the two is what the change is measured against (kova.writes)."""
     md = obj["metadata"]
-    previous = obj.get("status") or {}
+    previous = rt.writes.last_status(obj)
     generation = md.get("generation")
     status: dict[str, Any] = {
         **(fields or {}),
@@ -29,11 +32,12 @@ async def publish(rt: Runtime, res: Resource, obj: dict[str, Any], *, word: str 
         {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in previous.get("conditions", [])]
     if unchanged:
         return
-    await rt.kube.patch_status(res, md["name"], md.get("namespace"), status)
-    # One Event per milestone: when the status word changes, or (for kinds without one) the Ready verdict.
+    rt.writes.wrote_status(obj, await rt.kube.patch_status(res, md["name"], md.get("namespace"), status))
+    # One Event per milestone: when the status word or the verdict's reason changes (WaitingForImage →
+    # Spawning → Active), not for every status write.
     old_ready: dict[str, Any] = next(
         (c for c in previous.get("conditions", []) if c.get("type") == "Ready"), {})
-    if (previous.get("status") != word) if word is not None else (old_ready.get("reason") != reason):
+    if previous.get("status") != word or old_ready.get("reason") != reason:
         kind = "Warning" if progress is Progress.STALLED else "Normal"
         text = f"{word}: {message}" if word is not None else message
         kopf.event(cast(kopf.Body, obj), type=kind, reason=reason, message=text)

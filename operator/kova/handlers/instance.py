@@ -1,31 +1,56 @@
 """Instance: wait for a Flavor and an active Image, then own a DataVolume and a VirtualMachine.
 
-`reconcile` is level-based: each call reads the Instance, its Flavor and Image and its children, makes
-the children what they should be, and writes the status from what they say. It runs on the Instance's
-own changes and on every change of a child, so the status follows the VM, VMI and DataVolume.
+`reconcile` is level-based and reads only what the watches already delivered (Kopf indexes, `Caches`):
+the Instance, its Flavor and Image, its DataVolume, VirtualMachine and VirtualMachineInstance. It writes
+only what differs from what it wants (kova.handlers.writes): the DataVolume once, the VirtualMachine when
+its desired spec is not already there (a hand-edit is put back), the status when a user would see a
+change. So a reconcile of an Instance whose world did not change makes no API call at all. It runs on
+the Instance's changes, on every change of a child, and, for an Instance that waits, when its Flavor or
+Image changes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-import kopf
 from pydantic import ValidationError
 
 from kova import builders
 from kova.conditions import Progress
 from kova.handlers.common import publish
-from kova.kube import DATA_VOLUMES, VIRTUAL_MACHINE_INSTANCES, VIRTUAL_MACHINES
+from kova.kube import DATA_VOLUMES, VIRTUAL_MACHINES
 from kova.models import Fault, FlavorSpec, GlanceStatus, ImageSpec, ImageStatus, InstanceSpec, NovaStatus
-from kova.runtime import FLAVORS, IMAGES, INSTANCES, Runtime
+from kova.runtime import INSTANCES, Runtime
+
+WAITING = ("WaitingForFlavor", "WaitingForImage")
+WAKE_CONCURRENCY = 16
+
+
+@dataclass(frozen=True)
+class Caches:
+    """Kopf's in-memory indexes, keyed as kova.main builds them; each value is the list of matches."""
+
+    flavors: Mapping[Any, Any]
+    images: Mapping[Any, Any]
+    datavolumes: Mapping[Any, Any]
+    vms: Mapping[Any, Any]
+    vmis: Mapping[Any, Any]
+    instances: Mapping[Any, Any]
+    dependants: Mapping[Any, Any]
+
+    @staticmethod
+    def one(index: Mapping[Any, Any], key: Any) -> dict[str, Any] | None:
+        found = index.get(key)
+        return next(iter(found), None) if found is not None else None
 
 
 @dataclass
 class Wait(Exception):
-    """Something the instance needs is not there yet; it will be."""
+    """Something the instance needs is not there yet; it will be (and its arrival wakes the instance)."""
 
     reason: str
     message: str
@@ -40,58 +65,75 @@ class Refuse(Exception):
     code: int = 400
 
 
-async def reconcile(rt: Runtime, namespace: str, name: str, *, raise_waits: bool) -> None:
+async def reconcile(rt: Runtime, caches: Caches, namespace: str, name: str) -> None:
     async with rt.lock("instance", namespace, name):
-        inst = await rt.kube.get(INSTANCES, name, namespace)
+        inst = Caches.one(caches.instances, (namespace, name))
         if inst is None or inst["metadata"].get("deletionTimestamp"):
             return
         try:
-            await _converge(rt, inst)
+            await _converge(rt, caches, inst)
         except Wait as w:
             await publish(rt, INSTANCES, inst, word=NovaStatus.build.value, progress=Progress.RECONCILING,
                           reason=w.reason, message=w.message, fields={"fault": None, "powerState": "NOSTATE"})
-            if raise_waits:
-                raise kopf.TemporaryError(w.message, delay=rt.settings.wait_delay) from None
         except Refuse as r:
             await publish(rt, INSTANCES, inst, word=NovaStatus.error.value, progress=Progress.STALLED,
                           reason=r.reason, message=r.message,
                           fields={"fault": Fault(code=r.code, message=r.message).dump(), "powerState": "NOSTATE"})
 
 
-async def _converge(rt: Runtime, inst: dict[str, Any]) -> None:
+async def wake_dependants(rt: Runtime, caches: Caches, key: tuple[str, ...]) -> None:
+    """A Flavor or Image changed: reconcile the Instances that wait for it (the others do not need it),
+    a few at a time, so that hundreds of waiting Instances start together, not one after the other."""
+    waiting = []
+    for namespace, name in list(caches.dependants.get(key) or ()):
+        status = (Caches.one(caches.instances, (namespace, name)) or {}).get("status") or {}
+        reconciling: dict[str, Any] = next(
+            (c for c in status.get("conditions", []) if c.get("type") == "Reconciling"), {})
+        if not status or reconciling.get("reason") in WAITING:
+            waiting.append((namespace, name))
+    gate = asyncio.Semaphore(WAKE_CONCURRENCY)
+
+    async def wake(namespace: str, name: str) -> None:
+        async with gate:
+            await reconcile(rt, caches, namespace, name)
+    await asyncio.gather(*(wake(n, i) for n, i in waiting))
+
+
+async def _converge(rt: Runtime, caches: Caches, inst: dict[str, Any]) -> None:
     md = inst["metadata"]
     namespace, name = md["namespace"], md["name"]
     try:
         spec = InstanceSpec.model_validate(inst.get("spec") or {})
     except ValidationError as e:
         raise Refuse("InvalidSpec", str(e)) from e
-    flavor = await _flavor(rt, spec, namespace)
-    image_spec, image_status, image_uid = await _image(rt, spec, namespace)
+    flavor = _flavor(caches, spec, namespace)
+    image_spec, image_status, image_uid = _image(caches, spec, namespace)
     refusal = builders.boot_refusal(flavor, image_spec, image_status)
     if refusal:
         raise Refuse("FlavorTooSmall", refusal)
 
     dv_name = builders.data_volume_name(name)
-    dv = await rt.kube.get(DATA_VOLUMES, dv_name, namespace)
+    dv = Caches.one(caches.datavolumes, (namespace, dv_name))
     if dv is not None and builders.image_link_expired(dv, rt.settings.presign_ttl, dt.datetime.now(dt.UTC)):
         # CDI could not read the image because the link expired: a new DataVolume gets a new link.
+        rt.writes.forget(DATA_VOLUMES, namespace, dv_name)
         await rt.kube.delete(DATA_VOLUMES, dv_name, namespace, uid=dv["metadata"]["uid"])
         raise Wait("RenewingImageLink", "the image link expired before the import finished; renewing it")
     if dv is None and image_status.status is GlanceStatus.deactivated:
         # Only new boots are refused: an instance whose disk already exists keeps running.
         raise Refuse("ImageDeactivated", f"Image {spec.image_ref} is deactivated: its data may not be used "
                                          "for new instances", code=403)
-    if dv is None:
+    size = builders.root_disk_gib(flavor, image_spec, image_status)
+    if dv is None and not rt.writes.created(DATA_VOLUMES, namespace, dv_name):
         url = await asyncio.to_thread(rt.store.presigned_get, image_uid, rt.settings.presign_ttl)
-        size = builders.root_disk_gib(flavor, image_spec, image_status)
-        await rt.kube.create(DATA_VOLUMES, builders.build_data_volume(
+        await rt.writes.create(DATA_VOLUMES, builders.build_data_volume(
             inst, url, image_status.os_hash_value or "", size))
-        kopf.info(cast(kopf.Body, inst), reason="Spawning",
-                  message=f"importing image {spec.image_ref} into a {size} GiB root disk")
-        dv = await rt.kube.get(DATA_VOLUMES, dv_name, namespace)
-    vm = await rt.kube.apply(VIRTUAL_MACHINES, builders.build_virtual_machine(inst, spec, flavor))
-    vmi = await rt.kube.get(VIRTUAL_MACHINE_INSTANCES, name, namespace)
-    view = builders.observe_instance(spec, dv, vm, vmi)
+    desired_vm = builders.build_virtual_machine(inst, spec, flavor)
+    vm = Caches.one(caches.vms, (namespace, name))
+    await rt.writes.ensure(VIRTUAL_MACHINES, desired_vm, vm)
+    vmi = Caches.one(caches.vmis, (namespace, name))
+    view = builders.observe_instance(spec, dv, vm, vmi, building=f"importing image {spec.image_ref} into a "
+                                                                f"{size} GiB root disk, then starting it")
     await publish(rt, INSTANCES, inst, word=view.status.value, progress=view.progress, reason=view.reason,
                   message=view.message, fields={
                       "powerState": view.power_state,
@@ -101,8 +143,8 @@ async def _converge(rt: Runtime, inst: dict[str, Any]) -> None:
                       "imageChecksum": image_status.os_hash_value})
 
 
-async def _flavor(rt: Runtime, spec: InstanceSpec, namespace: str) -> FlavorSpec:
-    obj = await rt.kube.get(FLAVORS, spec.flavor_ref)
+def _flavor(caches: Caches, spec: InstanceSpec, namespace: str) -> FlavorSpec:
+    obj = Caches.one(caches.flavors, spec.flavor_ref)
     if obj is None:
         raise Wait("WaitingForFlavor", f"Flavor {spec.flavor_ref} does not exist (yet)")
     flavor = FlavorSpec.model_validate(obj.get("spec") or {})
@@ -112,9 +154,9 @@ async def _flavor(rt: Runtime, spec: InstanceSpec, namespace: str) -> FlavorSpec
     return flavor
 
 
-async def _image(rt: Runtime, spec: InstanceSpec, namespace: str) -> tuple[ImageSpec, ImageStatus, str]:
+def _image(caches: Caches, spec: InstanceSpec, namespace: str) -> tuple[ImageSpec, ImageStatus, str]:
     image_ns, image_name = builders.parse_image_ref(spec.image_ref, namespace)
-    obj = await rt.kube.get(IMAGES, image_name, image_ns)
+    obj = Caches.one(caches.images, (image_ns, image_name))
     if obj is None:
         raise Wait("WaitingForImage", f"Image {image_ns}/{image_name} does not exist (yet)")
     image_spec = ImageSpec.model_validate(obj.get("spec") or {})

@@ -1,0 +1,78 @@
+"""kova.writes: what is written, and what is not while a watch cache catches up."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from kova.kube import VIRTUAL_MACHINES
+from kova.writes import Writes, contains
+
+
+def test_contains_tolerates_server_defaults_but_not_changes() -> None:
+    desired = {"spec": {"runStrategy": "Always", "template": {"spec": {"domain": {"cpu": {"cores": 2}},
+                                                                       "volumes": [{"name": "root"}]}}}}
+    defaulted = {"spec": {"runStrategy": "Always", "template": {"spec": {
+        "domain": {"cpu": {"cores": 2, "model": "host-model"}, "firmware": {"uuid": "x"}},
+        "volumes": [{"name": "root", "dataVolume": {"name": "r"}}, {"name": "extra"}]}}}}
+    assert contains(defaulted, desired)
+    edited = {"spec": {**defaulted["spec"], "runStrategy": "Halted"}}
+    assert not contains(edited, desired)
+    assert not contains({"spec": {"template": {"spec": {"volumes": []}}}}, {"spec": {"template": {"spec": {
+        "volumes": [{"name": "root"}]}}}})
+
+
+class Recorder:
+    """Stands in for the Kubernetes adapter and counts the writes Writes decides to make."""
+
+    def __init__(self) -> None:
+        self.applied: list[dict[str, Any]] = []
+        self.generation = 0
+
+    async def apply(self, res: Any, body: dict[str, Any]) -> dict[str, Any] | None:
+        self.applied.append(body)
+        self.generation += 1
+        if self.generation == 1:
+            return None  # what the real client answers to an apply that created the object (HTTP 201)
+        return {**body, "metadata": {**body["metadata"], "uid": "u1", "generation": self.generation}}
+
+
+def vm(strategy: str) -> dict[str, Any]:
+    return {"metadata": {"name": "vm", "namespace": "ns"}, "spec": {"runStrategy": strategy}}
+
+
+def test_apply_only_when_the_cache_lacks_it_and_not_twice_while_it_catches_up() -> None:
+    kube = Recorder()
+    writes = Writes(kube)  # type: ignore[arg-type]
+
+    async def run() -> None:
+        await writes.ensure(VIRTUAL_MACHINES, vm("Always"), None)  # missing: applied
+        await writes.ensure(VIRTUAL_MACHINES, vm("Always"), None)  # the watch has not shown it yet
+        assert len(kube.applied) == 1
+        cached = {**vm("Always"), "metadata": {"name": "vm", "namespace": "ns", "uid": "u1", "generation": 1}}
+        await writes.ensure(VIRTUAL_MACHINES, vm("Always"), cached)  # in the cache: nothing to do
+        assert len(kube.applied) == 1
+        hand_edited = {**cached, "spec": {"runStrategy": "Halted"}, "metadata": {**cached["metadata"],
+                                                                                  "generation": 2}}
+        await writes.ensure(VIRTUAL_MACHINES, vm("Always"), hand_edited)  # put back
+        assert len(kube.applied) == 2
+        stale = {**cached, "spec": {"runStrategy": "Halted"}}  # generation 1 < 2: older than the last apply
+        await writes.ensure(VIRTUAL_MACHINES, vm("Always"), stale)
+        assert len(kube.applied) == 2
+        await writes.ensure(VIRTUAL_MACHINES, vm("Halted"), cached)  # a new desired spec is applied
+        assert len(kube.applied) == 3
+        writes.seen(VIRTUAL_MACHINES, "ns", "vm", deleted=True)  # deleted by hand: created again
+        await writes.ensure(VIRTUAL_MACHINES, vm("Halted"), None)
+        assert len(kube.applied) == 4
+    asyncio.run(run())
+
+
+def test_status_memory_prefers_the_newer_of_cache_and_own_write() -> None:
+    writes = Writes(None)  # type: ignore[arg-type]
+    cached = {"metadata": {"uid": "u", "resourceVersion": "10"}, "status": {"status": "BUILD"}}
+    writes.wrote_status(cached, {"metadata": {"uid": "u", "resourceVersion": "12"}, "status": {"status": "ACTIVE"}})
+    assert writes.last_status(cached) == {"status": "ACTIVE"}  # the cache lags behind the write
+    caught_up = {"metadata": {"uid": "u", "resourceVersion": "12"}, "status": {"status": "ACTIVE"}}
+    assert writes.last_status(caught_up) == {"status": "ACTIVE"}
+    newer = {"metadata": {"uid": "u", "resourceVersion": "15"}, "status": {"status": "SHUTOFF"}}
+    assert writes.last_status(newer) == {"status": "SHUTOFF"}
