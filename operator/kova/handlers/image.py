@@ -20,10 +20,11 @@ from kova.image.fetch import Fetcher
 from kova.models import GlanceStatus, ImageSpec
 from kova.runtime import IMAGES, ImportState, Runtime
 
-PROGRESS_EVERY = 1.0  # seconds between progress writes while importing
+PROGRESS_EVERY = 5.0  # seconds between progress checks while importing (a write only on a 10% step)
 
 
-async def reconcile(rt: Runtime, namespace: str, name: str) -> tuple[ImageView, dict[str, Any]] | None:
+async def reconcile(rt: Runtime, namespace: str, name: str,
+                    queued_message: str | None = None) -> tuple[ImageView, dict[str, Any]] | None:
     """Observe the store and the importer; write the status. Returns what it wrote, and the Image it read."""
     async with rt.lock("image", namespace, name):
         obj = await rt.kube.get(IMAGES, name, namespace)
@@ -37,7 +38,8 @@ async def reconcile(rt: Runtime, namespace: str, name: str) -> tuple[ImageView, 
                              done=state.progress.done if state else 0,
                              total=state.progress.total if state else None,
                              passing_error=state.error if state else None,
-                             deactivated=bool((obj.get("spec") or {}).get("deactivated")))
+                             deactivated=bool((obj.get("spec") or {}).get("deactivated")),
+                             queued_message=queued_message)
         await _write(rt, obj, view)
         return view, obj
 
@@ -47,59 +49,93 @@ async def _write(rt: Runtime, obj: dict[str, Any], view: ImageView) -> None:
                   message=view.message, fields=view.fields)
 
 
+DONE = (GlanceStatus.active, GlanceStatus.killed, GlanceStatus.deactivated)
+
+
 async def run_import(rt: Runtime, namespace: str, name: str, stopped: kopf.DaemonStopped,
                      logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
     """The import daemon: returns once the image is active or killed, or when told to stop."""
     while not stopped:
         seen = await reconcile(rt, namespace, name)
-        if seen is None or seen[0].status in (GlanceStatus.active, GlanceStatus.killed, GlanceStatus.deactivated):
+        if seen is None or seen[0].status in DONE:
             return
-        obj = seen[1]
-        uid = obj["metadata"]["uid"]
-        spec = ImageSpec.model_validate(obj["spec"])
-        state = rt.imports.setdefault(uid, ImportState())
-        state.progress = importer.ImportProgress()
-        metrics.IMPORTS_IN_FLIGHT.inc()
-        work = asyncio.create_task(asyncio.to_thread(
-            importer.import_url, rt.store, uid, spec.source.url, spec.disk_format.value, spec.source.checksum,
-            fetcher=Fetcher(rt.settings.import_filter), size_cap=rt.settings.size_cap, progress=state.progress,
-            cancelled=lambda: bool(stopped)))
+        if not await _import_slot(rt, namespace, name, stopped):
+            return
         try:
-            while not work.done():
-                await asyncio.wait({work}, timeout=PROGRESS_EVERY)
-                await reconcile(rt, namespace, name)
-            blob = work.result()
-            metrics.IMPORTED_BYTES.inc(blob.size)
-            metrics.IMPORTS.labels("active").inc()
-            logger.info("imported %d bytes from %s", blob.size, spec.source.url)
-        except importer.Cancelled:
-            return
-        except importer.ImportFailed as e:
-            metrics.IMPORTS.labels("killed").inc()
-            logger.warning("import failed: %s: %s", e.reason, e)
-            async with rt.lock("image", namespace, name):
-                fresh = await rt.kube.get(IMAGES, name, namespace)
-                if fresh is not None:
-                    await _write(rt, fresh, killed_view(e.reason, str(e)))
-            return
-        except Exception as e:
-            # A failure that may pass: the source (5xx, network) or the object store (down, refusing).
-            # Not swallowed: it is logged, shown in the status, and the import is tried again.
-            state.error = str(e) if isinstance(e, importer.SourceUnavailable) else f"object store: {e}"
-            logger.warning("import will be retried in %.0fs: %s", rt.settings.import_retry_delay, state.error)
-            await reconcile(rt, namespace, name)
-            await stopped.wait(rt.settings.import_retry_delay)
-            continue
+            again = await _import_once(rt, seen[1], stopped, logger)
         finally:
-            metrics.IMPORTS_IN_FLIGHT.dec()
-            if work.done():
-                rt.imports.pop(uid, None)
-            else:
-                # Cancelled from outside (shutdown): the thread sees `stopped` and aborts its upload.
-                await asyncio.wait({work}, timeout=30)
-                rt.imports.pop(uid, None)
+            rt.import_slots.release()
+        if not again:
+            return
+        await stopped.wait(rt.settings.import_retry_delay)  # the slot is free for others meanwhile
+
+
+async def _import_slot(rt: Runtime, namespace: str, name: str, stopped: kopf.DaemonStopped) -> bool:
+    """Wait for one of KOVA_MAX_CONCURRENT_IMPORTS slots, saying so in the status; False when stopped."""
+    if rt.import_slots.locked():
+        limit = rt.settings.max_imports
+        await reconcile(rt, namespace, name, queued_message=f"waiting for an import slot: {limit} imports are "
+                                                            f"running (KOVA_MAX_CONCURRENT_IMPORTS={limit})")
+    acquire = asyncio.ensure_future(rt.import_slots.acquire())
+    stop = asyncio.ensure_future(stopped.wait())
+    await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+    stop.cancel()
+    if not acquire.done():
+        acquire.cancel()
+        return False
+    if stopped:
+        rt.import_slots.release()
+        return False
+    return True
+
+
+async def _import_once(rt: Runtime, obj: dict[str, Any], stopped: kopf.DaemonStopped,
+                       logger: logging.Logger | logging.LoggerAdapter[Any]) -> bool:
+    """One attempt at moving the bytes; True when a passing failure asks for another."""
+    namespace, name, uid = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["metadata"]["uid"]
+    spec = ImageSpec.model_validate(obj["spec"])
+    state = rt.imports[uid] = ImportState()  # a new attempt: the last one's passing error is over
+    again = False
+    metrics.IMPORTS_IN_FLIGHT.inc()
+    work = asyncio.create_task(asyncio.to_thread(
+        importer.import_url, rt.store, uid, spec.source.url, spec.disk_format.value, spec.source.checksum,
+        fetcher=Fetcher(rt.settings.import_filter), size_cap=rt.settings.size_cap, progress=state.progress,
+        cancelled=lambda: bool(stopped)))
+    try:
+        while not work.done():
+            await asyncio.wait({work}, timeout=PROGRESS_EVERY)
+            await reconcile(rt, namespace, name)
+        blob = work.result()
+        metrics.IMPORTED_BYTES.inc(blob.size)
+        metrics.IMPORTS.labels("active").inc()
+        logger.info("imported %d bytes from %s", blob.size, spec.source.url)
+    except importer.Cancelled:
+        return False
+    except importer.ImportFailed as e:
+        metrics.IMPORTS.labels("killed").inc()
+        logger.warning("import failed: %s: %s", e.reason, e)
+        async with rt.lock("image", namespace, name):
+            fresh = await rt.kube.get(IMAGES, name, namespace)
+            if fresh is not None:
+                await _write(rt, fresh, killed_view(e.reason, str(e)))
+        return False
+    except Exception as e:
+        # A failure that may pass: the source (5xx, network) or the object store (down, refusing).
+        # Not swallowed: it is logged, shown in the status until the next attempt, and tried again.
+        state.error = str(e) if isinstance(e, importer.SourceUnavailable) else f"object store: {e}"
+        logger.warning("import will be retried in %.0fs: %s", rt.settings.import_retry_delay, state.error)
         await reconcile(rt, namespace, name)
-        return
+        again = True
+        return True
+    finally:
+        metrics.IMPORTS_IN_FLIGHT.dec()
+        if not work.done():
+            # Cancelled from outside (shutdown): the thread sees `stopped` and aborts its upload.
+            await asyncio.wait({work}, timeout=30)
+        if not again:
+            rt.imports.pop(uid, None)
+    await reconcile(rt, namespace, name)
+    return False
 
 
 async def delete(rt: Runtime, body: kopf.Body, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
