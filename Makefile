@@ -27,12 +27,13 @@ export KOVA_BIN_DIR := $(BIN)
 export GOFLAGS := -buildvcs=false
 PYTEST_ARGS ?=
 
-.PHONY: help venv bins crds lint unit test demo bench cloud-up clean
+.PHONY: help venv bins crds lint unit test demo bench bench-scale cloud-up clean
 
 help:
 	@echo "make test     lint, unit and integration tests on the local cloud (builds what it needs)"
 	@echo "make demo     local cloud + operator + examples/: an Instance booted from an imported Image"
 	@echo "make bench    import throughput and memory benchmark"
+	@echo "make bench-scale  a burst of Instances: latencies, API writes, RSS, restart (KOVA_SCALE_N=500)"
 	@echo "make cloud-up run the local cloud in the foreground (Ctrl-C stops it)"
 	@echo "make crds     regenerate crds/ from the models"
 
@@ -79,6 +80,9 @@ demo: venv bins
 
 bench: venv bins
 	$(PY) -m bench.import_bench
+
+bench-scale: venv bins
+	$(PY) -m bench.scale_bench
 
 cloud-up: venv bins
 	$(PY) -m tests.cloud up --dir $(CACHE)/cloud

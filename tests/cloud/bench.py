@@ -188,6 +188,20 @@ class LocalCloud:
                 proc.popen.wait()
         self.procs.clear()
 
+    def stop_part(self, name: str) -> None:
+        """Stop one part (an outage); `start_part` brings it back on the same address and data."""
+        for proc in [p for p in self.procs if p.name == name]:
+            proc.popen.terminate()
+            try:
+                proc.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # kube-apiserver drains its watches slowly: a crash will do
+                proc.popen.kill()
+                proc.popen.wait()
+            self.procs.remove(proc)
+
+    def start_part(self, name: str) -> None:
+        {"minio": self._start_minio, "kube-apiserver": self._start_apiserver}[name]()
+
     def __enter__(self) -> LocalCloud:
         return self.start()
 
@@ -282,7 +296,7 @@ class LocalCloud:
                    "the controller manager (the default ServiceAccount)")
 
     def _start_minio(self) -> None:
-        self.s3_port = free_port()
+        self.s3_port = self.s3_port or free_port()  # a restart keeps the address clients know
         proc = self.spawn("minio", [
             binary("minio"), "server", "--quiet", "--address", f"{LOOPBACK}:{self.s3_port}",
             "--console-address", f"{LOOPBACK}:{free_port()}", str(self.workdir / "minio")],

@@ -11,6 +11,10 @@ waits for its DataVolumes (Provisioning), gets a VirtualMachineInstance it contr
 Running with `ready` and an interface IP on the VMI; Halted removes the VMI (Stopping → Stopped). A VMI
 that asks for more than the simulated node has stays Scheduling, and the VM says ErrorUnschedulable.
 
+Like KubeVirt's and CDI's controllers, it works from informer-style caches: one watch per kind keeps an
+in-memory copy of every DataVolume, VirtualMachine and VirtualMachineInstance, and its own status writes
+update that copy at once. A pass over the caches costs the API server nothing.
+
     python -m tests.cloud.sim [--delay SECONDS]      # uses $KUBECONFIG
 """
 
@@ -32,7 +36,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 log = logging.getLogger("sim")
@@ -76,16 +80,69 @@ class Simulator:
         self.importing: set[str] = set()
         self.last_step: dict[str, float] = {}
         self.lock = threading.Lock()
+        self.caches: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
+            "datavolumes": {}, "virtualmachines": {}, "virtualmachineinstances": {}}
+        self.synced = {plural: threading.Event() for plural in self.caches}
+
+    # ----- informers -----
+    def informer(self, gv: tuple[str, str], plural: str) -> None:
+        """List once, then watch from that resourceVersion; list again when the watch expires (410)."""
+        cache = self.caches[plural]
+        while True:
+            try:
+                listed = self.api.list_cluster_custom_object(*gv, plural)
+                with self.lock:
+                    cache.clear()
+                    for obj in listed["items"]:
+                        cache[self._key(obj)] = obj
+                self.synced[plural].set()
+                rv = listed["metadata"]["resourceVersion"]
+                for event in watch.Watch().stream(self.api.list_cluster_custom_object, *gv, plural,
+                                                  resource_version=rv, timeout_seconds=300):
+                    obj = event["object"]
+                    with self.lock:
+                        if event["type"] == "DELETED":
+                            cache.pop(self._key(obj), None)
+                        elif event["type"] in ("ADDED", "MODIFIED") and int(
+                                obj["metadata"].get("resourceVersion") or 0) >= int(
+                                (cache.get(self._key(obj)) or {}).get("metadata", {}).get("resourceVersion") or 0):
+                            cache[self._key(obj)] = obj
+            except ApiException as e:
+                if e.status != 410:
+                    log.exception("watch %s", plural)
+                    time.sleep(1)
+            except Exception:
+                log.exception("watch %s", plural)
+                time.sleep(1)
+
+    @staticmethod
+    def _key(obj: dict[str, Any]) -> tuple[str, str]:
+        return (obj["metadata"]["namespace"], obj["metadata"]["name"])
+
+    def cached(self, plural: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(self.caches[plural].values())
 
     # ----- helpers -----
     def patch_status(self, gv: tuple[str, str], plural: str, obj: dict[str, Any], status: dict[str, Any]) -> None:
         md = obj["metadata"]
         try:
-            self.api.patch_namespaced_custom_object_status(*gv, md["namespace"], plural, md["name"],
-                                                           {"status": status})
+            written = self.api.patch_namespaced_custom_object_status(*gv, md["namespace"], plural, md["name"],
+                                                                     {"status": status})
         except ApiException as e:
             if e.status != 404:
                 raise
+            return
+        self.remember(plural, written)
+
+    def remember(self, plural: str, obj: dict[str, Any]) -> None:
+        """Put what the server answered into the cache, unless the watch already brought something newer."""
+        def rv(o: dict[str, Any] | None) -> int:
+            return int((o or {}).get("metadata", {}).get("resourceVersion") or 0)
+        with self.lock:
+            cache = self.caches[plural]
+            if rv(obj) > rv(cache.get(self._key(obj))):
+                cache[self._key(obj)] = obj
 
     def due(self, key: str) -> bool:
         """True at most once per `delay` for `key`: each call that returns True is one step of progress."""
@@ -97,7 +154,7 @@ class Simulator:
 
     # ----- CDI -----
     def reconcile_datavolumes(self) -> None:
-        for dv in self.api.list_cluster_custom_object(*CDI, "datavolumes")["items"]:
+        for dv in self.cached("datavolumes"):
             uid = dv["metadata"]["uid"]
             phase = dv.get("status", {}).get("phase", "")
             if phase in ("Succeeded", "Failed") or dv["metadata"].get("deletionTimestamp"):
@@ -223,11 +280,9 @@ class Simulator:
 
     # ----- KubeVirt -----
     def reconcile_vms(self) -> None:
-        vmis = {(v["metadata"]["namespace"], v["metadata"]["name"]): v
-                for v in self.api.list_cluster_custom_object(*KV, "virtualmachineinstances")["items"]}
-        dvs = {(d["metadata"]["namespace"], d["metadata"]["name"]): d
-               for d in self.api.list_cluster_custom_object(*CDI, "datavolumes")["items"]}
-        for vm in self.api.list_cluster_custom_object(*KV, "virtualmachines")["items"]:
+        vmis = {self._key(v): v for v in self.cached("virtualmachineinstances")}
+        dvs = {self._key(d): d for d in self.cached("datavolumes")}
+        for vm in self.cached("virtualmachines"):
             if vm["metadata"].get("deletionTimestamp"):
                 continue
             key = (vm["metadata"]["namespace"], vm["metadata"]["name"])
@@ -317,7 +372,8 @@ class Simulator:
                                               "blockOwnerDeletion": True}]},
             "spec": template["spec"],
         }
-        self.api.create_namespaced_custom_object(*KV, md["namespace"], "virtualmachineinstances", body)
+        self.remember("virtualmachineinstances",
+                      self.api.create_namespaced_custom_object(*KV, md["namespace"], "virtualmachineinstances", body))
         log.info("vmi %s/%s created", md["namespace"], md["name"])
 
     def set_vm(self, vm: dict[str, Any], printable: str, *, ready: bool, created: bool, message: str = "") -> None:
@@ -333,6 +389,10 @@ class Simulator:
 
     # ----- loop -----
     def run(self, interval: float) -> None:
+        for gv, plural in ((CDI, "datavolumes"), (KV, "virtualmachines"), (KV, "virtualmachineinstances")):
+            threading.Thread(target=self.informer, args=(gv, plural), daemon=True, name=plural).start()
+        for synced in self.synced.values():
+            synced.wait()
         log.info("simulator ready (delay %.2fs)", self.delay)
         while True:
             for step in (self.reconcile_datavolumes, self.reconcile_vms):

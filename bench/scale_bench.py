@@ -1,0 +1,319 @@
+"""`make bench-scale`: Kova as the API server's heaviest client, on the local cloud, figures from one run.
+
+1. A burst of KOVA_SCALE_N Instances (default 500) of one tiny Image (simulator delay 0.05 s):
+   - Instance ADDED → VirtualMachine ADDED, and VM ready → Instance ACTIVE, P50/P95/P99, from watches;
+   - API writes per Instance by resource, subresource and verb, from kube-apiserver's
+     apiserver_request_total (Kova's writes only: the simulator writes status subresources of
+     DataVolumes, VMs and VMIs and creates VMIs, which are KubeVirt's and CDI's writes, listed apart);
+   - the operator's RSS.
+   Then 100 more at 10 per second: the reaction when the machine is not saturated.
+2. The operator restarted with all of them present: the time until a new Instance gets its VM, and the
+   writes made to the existing Instances and their children meanwhile.
+3. Imports (skipped with KOVA_SCALE_IMPORTS=0): 40 Images applied together (peak RSS under
+   KOVA_MAX_CONCURRENT_IMPORTS), then the Instance reaction latency while 10 imports run.
+
+Nothing is asserted; targets are printed beside the figures, and a miss says where the time or the
+writes go.
+
+    make bench-scale                        # 500 Instances
+    KOVA_SCALE_N=5000 make bench-scale      # 5,000 (a 64 KiB image keeps the simulator's disks small)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import ssl
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tests.cloud.bench import LocalCloud, Proc
+from tests.httpsource import Source
+from tests.qcow2 import make_qcow2
+
+NS = "scale"
+WRITE_VERBS = {"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"}
+# (resource, subresource) Kova writes; everything else written meanwhile is the simulator or the bench.
+KOVA_WRITES = {("instances", "status"), ("instances", ""), ("virtualmachines", ""), ("datavolumes", "")}
+MiB = 1 << 20
+
+
+# ---------------------------------------------------------------------------------------------- watching
+class Watch:
+    """Watches one resource over HTTPS and records when each object was first seen in a given state."""
+
+    def __init__(self, cloud: LocalCloud, path: str, marks: dict[str, Any]) -> None:
+        self.first: dict[str, dict[str, float]] = defaultdict(dict)
+        self.marks = marks  # mark name → predicate(event type, object)
+        pki = cloud.workdir / "pki"
+        self.ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        self.ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        self.url = f"{cloud.api_url}{path}?watch=1&timeoutSeconds=3600"
+        self.ready = threading.Event()
+        self.drops = 0
+        self.last_error = ""
+        threading.Thread(target=self._run, daemon=True).start()
+        self.ready.wait(10)
+
+    def _run(self) -> None:
+        """Follow the watch; when the server ends it (timeout, load), resume from the last resourceVersion."""
+        rv = ""
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + (f"&resourceVersion={rv}" if rv else ""), context=self.ctx,
+                                            timeout=3600) as resp:
+                    self.ready.set()
+                    for line in resp:
+                        now = time.monotonic()
+                        event = json.loads(line)
+                        obj = event["object"]
+                        if event["type"] == "ERROR":
+                            rv = ""  # expired: start again from now
+                            break
+                        rv = obj["metadata"].get("resourceVersion", rv)
+                        name = obj["metadata"]["name"]
+                        for mark, test in self.marks.items():
+                            if mark not in self.first[name] and test(event["type"], obj):
+                                self.first[name][mark] = now
+            except Exception as e:  # a dropped stream: note it and resume
+                self.drops += 1
+                self.last_error = repr(e)
+                time.sleep(0.2)
+
+    def count(self, mark: str, names: list[str]) -> int:
+        return sum(1 for n in names if mark in self.first.get(n, {}))
+
+
+def percentiles(values: list[float]) -> str:
+    if not values:
+        return "no samples"
+    s = sorted(values)
+
+    def p(q: float) -> float:
+        return s[min(len(s) - 1, int(q * len(s)))]
+    return f"P50 {p(0.50):.3f}s  P95 {p(0.95):.3f}s  P99 {p(0.99):.3f}s  max {s[-1]:.3f}s  (n={len(s)})"
+
+
+def request_totals(cloud: LocalCloud) -> Counter[tuple[str, str, str]]:
+    totals: Counter[tuple[str, str, str]] = Counter()
+    for line in cloud._api_get("/metrics").splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if labels.get("verb") in WRITE_VERBS:
+            key = (labels.get("resource", ""), labels.get("subresource", ""), labels["verb"])
+            totals[key] += int(float(line.rsplit(" ", 1)[1]))
+    return totals
+
+
+def rss_mib(proc: Proc) -> tuple[float, float]:
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{proc.popen.pid}/status").read_text().splitlines())
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_process(cloud: LocalCloud, op: Proc) -> dict[str, float]:
+    procs = {p.name: p.popen.pid for p in cloud.procs if p.popen.poll() is None}
+    procs["operator"] = op.popen.pid
+    return {name: cpu_seconds(pid) for name, pid in procs.items()}
+
+
+def instance(name: str, image: str = "tiny") -> dict[str, Any]:
+    return {"apiVersion": "compute.kova.dev/v1alpha1", "kind": "Instance", "metadata": {"name": name, "namespace": NS},
+            "spec": {"flavorRef": "scale.tiny", "imageRef": image}}
+
+
+def create(cloud: LocalCloud, names: list[str], clients: int = 8) -> float:
+    """POST the Instances from `clients` connections at once, as a burst of users or a GitOps sync would;
+    returns the seconds it took."""
+    pki = cloud.workdir / "pki"
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    url = f"{cloud.api_url}/apis/compute.kova.dev/v1alpha1/namespaces/{NS}/instances"
+
+    def post(name: str) -> None:
+        request = urllib.request.Request(url, data=json.dumps(instance(name)).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, context=ctx, timeout=120) as resp:
+            resp.read()
+    started = time.monotonic()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(post, names))
+    return time.monotonic() - started
+
+
+def wait(what: str, check: Any, timeout: float) -> float:
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+# ---------------------------------------------------------------------------------------------- phases
+def burst(cloud: LocalCloud, op: Proc, inst: Watch, vms: Watch, n: int) -> None:
+    names = [f"vm-{i:05d}" for i in range(n)]
+    before = request_totals(cloud)
+    cpu_before = cpu_by_process(cloud, op)
+    started = time.monotonic()
+    created = create(cloud, names)
+    seconds = wait(f"{n} Instances to be ACTIVE", lambda: inst.count("active", names) == n, 120 + n * 0.2)
+    wall = time.monotonic() - started
+    cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_by_process(cloud, op).items()}
+    time.sleep(2)  # writes that trail the last ACTIVE (none are expected) are counted too
+    delta = request_totals(cloud) - before
+    reaction = [vms.first[x]["added"] - inst.first[x]["added"] for x in names if "added" in vms.first.get(x, {})]
+    overhead = [inst.first[x]["active"] - vms.first[x]["ready"] for x in names
+                if "ready" in vms.first.get(x, {}) and "active" in inst.first.get(x, {})]
+    rss, hwm = rss_mib(op)
+    print(f"\n== burst: {n} Instances of one Image (POSTed by 8 clients in {created:.1f}s; all ACTIVE "
+          f"{seconds:.1f}s after the first)")
+    print(f"Instance ADDED -> VM ADDED      {percentiles(reaction)}   target P50 <= 0.3s, P99 <= 2s")
+    print(f"VM ready -> Instance ACTIVE    {percentiles(overhead)}   target P95 <= 0.5s")
+    kova = {k: v for k, v in delta.items() if (k[0], k[1]) in KOVA_WRITES and k != ("instances", "", "POST")}
+    print("Kova's API writes per Instance (Events apart):")
+    for (res, sub, verb), count in sorted(kova.items()):
+        print(f"  {verb:6} {res + ('/' + sub if sub else ''):22} {count / n:6.2f}")
+    total = sum(kova.values()) / n
+    events = delta.get(("events", "", "POST"), 0) / n + delta.get(("events", "", "PATCH"), 0) / n
+    print(f"  total {total:.2f} per Instance (target <= 4); Events {events:.2f} per Instance (target <= 3)")
+    others = {k: v for k, v in delta.items() if k not in kova and k != ("instances", "", "POST")
+              and k[0] != "events"}
+    print("Others' writes meanwhile (the simulator playing KubeVirt/CDI; the bench's own creates excluded):")
+    for (res, sub, verb), count in sorted(others.items()):
+        print(f"  {verb:6} {res + ('/' + sub if sub else ''):22} {count / n:6.2f}")
+    print(f"operator RSS {rss:.0f} MiB (peak {hwm:.0f} MiB)")
+    if inst.drops or vms.drops:
+        print(f"(the bench's watches were resumed {inst.drops + vms.drops} times: {vms.last_error or inst.last_error})")
+    print(f"where the time goes: CPU seconds in the {wall:.1f}s from the first create to the last ACTIVE "
+          f"({os.cpu_count()} cores = {wall * (os.cpu_count() or 1):.0f} CPU-s; the bench's own clients apart):")
+    for name, seconds_used in sorted(cpu.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:24} {seconds_used:6.1f}s  ({1000 * seconds_used / n:.1f} ms per Instance)")
+
+
+def paced(cloud: LocalCloud, inst: Watch, vms: Watch, rate: float = 10.0, count: int = 100) -> None:
+    """The same boots arriving at `rate` per second: the reaction when the machine is not saturated."""
+    names = [f"paced-{i:03d}" for i in range(count)]
+    for name in names:
+        create(cloud, [name], clients=1)
+        time.sleep(max(0.0, 1 / rate - 0.01))
+    wait(f"{count} paced Instances to be ACTIVE", lambda: inst.count("active", names) == count, 300)
+    reaction = [vms.first[x]["added"] - inst.first[x]["added"] for x in names if "added" in vms.first.get(x, {})]
+    overhead = [inst.first[x]["active"] - vms.first[x]["ready"] for x in names
+                if "ready" in vms.first.get(x, {}) and "active" in inst.first.get(x, {})]
+    print(f"\n== {count} Instances at {rate:.0f} per second")
+    print(f"Instance ADDED -> VM ADDED      {percentiles(reaction)}")
+    print(f"VM ready -> Instance ACTIVE    {percentiles(overhead)}")
+
+
+def restart(cloud: LocalCloud, op: Proc, inst: Watch, vms: Watch, n: int, env: dict[str, str]) -> Proc:
+    op.popen.kill()
+    op.popen.wait()
+    before = request_totals(cloud)
+    started = time.monotonic()
+    fresh = cloud.start_operator(extra_env=env)
+    up = time.monotonic() - started
+    create(cloud, ["after-restart"])
+    seconds = wait("the new Instance's VM", lambda: "added" in vms.first.get("after-restart", {}), 120)
+    wait("the new Instance to be ACTIVE", lambda: "active" in inst.first.get("after-restart", {}), 120)
+    time.sleep(max(5.0, n / 200))  # let the resumed handlers of every existing Instance run
+    delta = request_totals(cloud) - before
+    kova = {k: v for k, v in delta.items() if (k[0], k[1]) in KOVA_WRITES and k != ("instances", "", "POST")}
+    rss, hwm = rss_mib(fresh)
+    print(f"\n== restart with {n} Instances present (operator live in {up:.1f}s)")
+    print(f"a new Instance got its VM {seconds:.2f}s after it was created, {up + seconds:.1f}s after the restart "
+          "(target <= 10s)")
+    existing = sum(kova.values()) - 4  # the new Instance's own boot: DV, VM, two status writes
+    print(f"writes to existing Instances and their children: {existing} (target 0); all writes: "
+          + (", ".join(f"{v} {verb} {r}{'/' + s if s else ''}" for (r, s, verb), v in sorted(kova.items()))
+             or "none"))
+    print(f"operator RSS after the restart {rss:.0f} MiB (peak {hwm:.0f} MiB; target <= 400 MiB at 5,000)")
+    return fresh
+
+
+def imports(cloud: LocalCloud, op: Proc, src: Source, inst: Watch, vms: Watch) -> None:
+    block = os.urandom(MiB)
+    images = []
+    for i in range(40):
+        url = src.add(f"/import-{i}.raw", block * 64)
+        images.append({"apiVersion": "image.kova.dev/v1alpha1", "kind": "Image",
+                       "metadata": {"name": f"import-{i}", "namespace": NS},
+                       "spec": {"diskFormat": "raw", "source": {"url": url}}})
+    _, hwm_before = rss_mib(op)
+    started = time.monotonic()
+    cloud.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(images))
+
+    def active() -> int:
+        out = cloud.kubectl("get", "images", "-n", NS, "-o", "jsonpath={.items[*].status.status}")
+        return out.split().count("active") - 1  # the tiny image
+
+    wait("40 Images to be active", lambda: active() >= 40, 600)
+    _, hwm = rss_mib(op)
+    print(f"\n== 40 Images of 64 MiB applied together: all active in {time.monotonic() - started:.1f}s; "
+          f"operator peak RSS {hwm:.0f} MiB (before: {hwm_before:.0f} MiB; the chart's limit is 512 MiB)")
+    slow = [src.add(f"/slow-{i}.raw", block * 64, seconds_per_mib=0.3) for i in range(10)]
+    cloud.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
+        {"apiVersion": "image.kova.dev/v1alpha1", "kind": "Image", "metadata": {"name": f"slow-{i}", "namespace": NS},
+         "spec": {"diskFormat": "raw", "source": {"url": url}}} for i, url in enumerate(slow)]))
+    time.sleep(3)
+    names = [f"busy-{i:03d}" for i in range(100)]
+    create(cloud, names)
+    wait("100 Instances to be ACTIVE", lambda: inst.count("active", names) == 100, 300)
+    reaction = [vms.first[x]["added"] - inst.first[x]["added"] for x in names if "added" in vms.first.get(x, {})]
+    print(f"Instance ADDED -> VM ADDED while 10 imports run: {percentiles(reaction)}   target P99 <= 2s")
+
+
+def main() -> int:
+    n = int(os.environ.get("KOVA_SCALE_N", "500"))
+    workdir = Path(tempfile.mkdtemp(prefix="kova-scale-"))
+    src = Source()
+    url = src.add("/tiny.qcow2", make_qcow2(64 * MiB, b"kova scale " * 100))
+    cloud = LocalCloud(workdir, sim_delay=0.05)
+    try:
+        cloud.start()
+        cloud.install_kova_crds()
+        env = {"KOVA_IMPORT_ALLOWED_HOSTS": src.netloc}
+        op = cloud.start_operator(extra_env=env)
+        cloud.kubectl("create", "namespace", NS)
+        cloud.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
+            {"apiVersion": "compute.kova.dev/v1alpha1", "kind": "Flavor", "metadata": {"name": "scale.tiny"},
+             "spec": {"vcpus": 1, "ram": 64, "disk": 1}},
+            {"apiVersion": "image.kova.dev/v1alpha1", "kind": "Image", "metadata": {"name": "tiny", "namespace": NS},
+             "spec": {"diskFormat": "qcow2", "source": {"url": url}}}]))
+        cloud.kubectl("wait", "-n", NS, "--for=condition=Ready", "--timeout=60s", "image/tiny")
+        inst = Watch(cloud, f"/apis/compute.kova.dev/v1alpha1/namespaces/{NS}/instances", {
+            "added": lambda t, o: t == "ADDED",
+            "active": lambda t, o: (o.get("status") or {}).get("status") == "ACTIVE"})
+        vms = Watch(cloud, f"/apis/kubevirt.io/v1/namespaces/{NS}/virtualmachines", {
+            "added": lambda t, o: t == "ADDED",
+            "ready": lambda t, o: bool((o.get("status") or {}).get("ready"))})
+        print(f"machine: {os.cpu_count()} CPUs shared by etcd, kube-apiserver, the simulator and the operator")
+        burst(cloud, op, inst, vms, n)
+        paced(cloud, inst, vms)
+        op = restart(cloud, op, inst, vms, n, env)
+        if os.environ.get("KOVA_SCALE_IMPORTS", "1") != "0":
+            imports(cloud, op, src, inst, vms)
+    finally:
+        cloud.stop()
+        src.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
