@@ -6,7 +6,6 @@ Imported by `kova run` (kopf loads this module), never by library code.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import os
 import random
@@ -94,9 +93,21 @@ def caches(kw: dict[str, Any]) -> instance.Caches:
 
 
 # ----- indexes: what reconciles read instead of asking the API server -----
+# Metadata that reconciles never read and that is large: the server's field-ownership records, and
+# kubectl's copy of the last applied manifest (they made up most of ~120 KiB per Instance at 5,000).
+_HEAVY_METADATA = ("managedFields",)
+_HEAVY_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+
+
 def _copy(body: kopf.Body, *fields: str) -> dict[str, Any]:
-    """A plain copy of what reconciles use (Kopf's body views follow the next event's body)."""
-    return copy.deepcopy({f: body.get(f) or {} for f in ("apiVersion", "kind", "metadata", *fields)})
+    """The parts of an object reconciles use, as plain dicts. Not deep-copied: each watch event is freshly
+    parsed JSON that nothing changes afterwards (a deep copy per event cost ~3% of the operator's CPU)."""
+    out = {f: body.get(f) or {} for f in ("apiVersion", "kind", "metadata", *fields)}
+    metadata = {k: v for k, v in out["metadata"].items() if k not in _HEAVY_METADATA}
+    if any(a in (metadata.get("annotations") or {}) for a in _HEAVY_ANNOTATIONS):
+        metadata["annotations"] = {k: v for k, v in metadata["annotations"].items() if k not in _HEAVY_ANNOTATIONS}
+    out["metadata"] = metadata
+    return out
 
 
 @kopf.index(*FLAVORS)
@@ -123,7 +134,7 @@ def dependant_index(namespace: str | None, name: str, spec: kopf.Spec, **_: Any)
 
 @kopf.index("cdi.kubevirt.io", "v1beta1", "datavolumes", labels=MANAGED_BY)
 def dv_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, name): _copy(body, "status")}
+    return {(namespace, name): _copy(body, "status")}  # phase, progress, conditions: small
 
 
 @kopf.index("kubevirt.io", "v1", "virtualmachines", labels=MANAGED_BY)
@@ -198,12 +209,15 @@ async def child_changed(event: kopf.RawEvent, resource: kopf.Resource, namespace
             await instance.reconcile(rt(memo), caches(kw), ns(namespace), owner)
 
 
-@kopf.on.event(*FLAVORS)
-@kopf.on.event(*IMAGES)
-@kopf.on.event(*INSTANCES)
+def _deleted(event: kopf.RawEvent, **_: Any) -> bool:
+    return event["type"] == "DELETED"
+
+
+@kopf.on.event(*FLAVORS, when=_deleted)
+@kopf.on.event(*IMAGES, when=_deleted)
+@kopf.on.event(*INSTANCES, when=_deleted)
 async def forget_deleted(event: kopf.RawEvent, uid: str, memo: Any, **_: Any) -> None:
     """What this process remembers of an object goes with the object."""
-    if event["type"] == "DELETED":
-        DIFFBASE.forget(uid)
-        PROGRESS.forget(uid)
-        rt(memo).writes.forget_status(uid)
+    DIFFBASE.forget(uid)
+    PROGRESS.forget(uid)
+    rt(memo).writes.forget_status(uid)

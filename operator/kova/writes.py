@@ -99,6 +99,8 @@ class Writes:
         the last apply of this very object (the watch has not caught up yet)."""
         md = desired["metadata"]
         key = self.key(res, md["namespace"], md["name"])
+        if cached is not None and contains(cached, desired):
+            return  # the common case, and the cheap one: no digest needed
         want = digest(desired)
         last = self._applied.get(key)
         if cached is None:
@@ -106,8 +108,6 @@ class Writes:
                 return
         else:
             cmd = cached["metadata"]
-            if contains(cached, desired):
-                return
             if (last is not None and last.digest == want and last.uid in (None, cmd.get("uid"))
                     and int(cmd.get("generation") or 0) < last.generation):
                 return

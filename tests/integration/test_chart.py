@@ -103,11 +103,12 @@ def test_import_filter_and_size_cap_values_reach_the_operator() -> None:
     assert [r.text for r in rules.allowed] == ["mirror.internal", "10.20.0.0/16"]
     assert [r.text for r in rules.denied] == ["0.0.0.0/0", "::/0"]
     assert parse_size(tight["KOVA_IMAGE_SIZE_CAP"]) == 100 << 30
+    assert default["KOVA_MAX_CONCURRENT_IMPORTS"] == "4"
 
 
 @pytest.mark.parametrize("bad", ["replicaCount=-1", "s3.endpoint=http://s3.example", "logFormat=xml",
                                  "unknownKey=1", "importFilter.allowedSchemes={ftp}", "imageSizeCap=lots",
-                                 "importFilter.allowedPorts={70000}"])
+                                 "importFilter.allowedPorts={70000}", "maxConcurrentImports=0"])
 def test_values_schema_rejects_bad_values(bad: str) -> None:
     res = helm("template", "kova", str(CHART), f"--set={bad}", check=False)
     assert res.returncode != 0 and "schema" in res.stderr.lower(), res.stderr

@@ -376,3 +376,23 @@ def test_passing_source_failure_is_retried(operator: Operator, source: Source, k
     img = wait_image(kubectl, "os", "active")  # the operator's retry delay is 1 s in tests
     assert img["status"]["osHashValue"] == hashlib.sha512(data).hexdigest()
     assert source.routes[f"/{kubectl.namespace}/flaky"].hits == 2
+
+
+def test_imports_beyond_the_limit_wait_in_queued(operator: Operator, source: Source, kubectl: Kubectl) -> None:
+    """KOVA_MAX_CONCURRENT_IMPORTS (4 by default): the fifth and sixth Image wait in `queued`, saying why,
+    and import once a slot is free."""
+    names = [f"slot{i}" for i in range(6)]
+    kubectl.apply([image(n, source.add(f"/{kubectl.namespace}/{n}", disk(n, 3), seconds_per_mib=1.0))
+                   for n in names])
+    most, waiting = 0, set()
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        statuses = {n: kubectl.status("image", n) for n in names}
+        most = max(most, sum(1 for s in statuses.values() if s.get("status") == "importing"))
+        waiting |= {n for n, s in statuses.items() if s.get("status") == "queued"
+                    and "waiting for an import slot" in (condition({"status": s}, "Reconciling").get("message") or "")}
+        if all(s.get("status") == "active" for s in statuses.values()):
+            break
+        time.sleep(0.3)
+    assert all(kubectl.status("image", n).get("status") == "active" for n in names)
+    assert most <= 4 and len(waiting) >= 2, (most, waiting)

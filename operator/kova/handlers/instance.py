@@ -124,13 +124,14 @@ async def _converge(rt: Runtime, caches: Caches, inst: dict[str, Any]) -> None:
         raise Refuse("ImageDeactivated", f"Image {spec.image_ref} is deactivated: its data may not be used "
                                          "for new instances", code=403)
     size = builders.root_disk_gib(flavor, image_spec, image_status)
+    # The VirtualMachine first: it is what a user waits for, and KubeVirt holds it until its DataVolume is.
+    vm = Caches.one(caches.vms, (namespace, name))
+    await rt.writes.ensure(VIRTUAL_MACHINES, builders.build_virtual_machine(inst, spec, flavor), vm)
     if dv is None and not rt.writes.created(DATA_VOLUMES, namespace, dv_name):
-        url = await asyncio.to_thread(rt.store.presigned_get, image_uid, rt.settings.presign_ttl)
+        # Signing is local work (the signer's region is fixed, so minio asks the store nothing).
+        url = rt.store.presigned_get(image_uid, rt.settings.presign_ttl)
         await rt.writes.create(DATA_VOLUMES, builders.build_data_volume(
             inst, url, image_status.os_hash_value or "", size))
-    desired_vm = builders.build_virtual_machine(inst, spec, flavor)
-    vm = Caches.one(caches.vms, (namespace, name))
-    await rt.writes.ensure(VIRTUAL_MACHINES, desired_vm, vm)
     vmi = Caches.one(caches.vmis, (namespace, name))
     view = builders.observe_instance(spec, dv, vm, vmi, building=f"importing image {spec.image_ref} into a "
                                                                 f"{size} GiB root disk, then starting it")

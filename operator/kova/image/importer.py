@@ -60,7 +60,8 @@ class _Hasher(threading.Thread):
     def __init__(self, algorithm: str) -> None:
         super().__init__(daemon=True, name=f"hash-{algorithm}")
         self.digest = hashlib.new(algorithm)
-        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        # 4 chunks of slack: the hashes (~330 MiB/s) outrun the import; more would only hold memory.
+        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
         self.start()
 
     def run(self) -> None:

@@ -1,0 +1,100 @@
+"""Faults, as tests: the operator SIGKILLed again and again in the middle of a burst, MinIO gone for 30
+seconds during imports, kube-apiserver restarted. Everything converges, with no duplicate, no orphan and
+no active image with wrong bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from typing import Any
+
+import pytest
+
+from kova.store import blob_key
+from tests.cloud.bench import S3_BUCKET, LocalCloud
+from tests.conftest import Kubectl, Operator, wait_for
+from tests.httpsource import Source
+from tests.integration.test_e2e import disk, flavor, image, instance, store_keys, unique, wait_instance
+
+pytestmark = pytest.mark.integration
+
+
+def items(kubectl: Kubectl, kind: str) -> list[dict[str, Any]]:
+    return list(json.loads(kubectl("get", kind, "-o", "json"))["items"])
+
+
+def assert_image_bytes(cloud: LocalCloud, img: dict[str, Any], data: bytes) -> None:
+    """An active image holds exactly the source's bytes, and its status says so."""
+    uid = img["metadata"]["uid"]
+    stored = cloud.s3_client().get_object(S3_BUCKET, blob_key(uid)).read()
+    digest = hashlib.sha512(data).hexdigest()
+    assert (hashlib.sha512(stored).hexdigest(), img["status"]["osHashValue"]) == (digest, digest)
+    assert store_keys(cloud, uid) == (True, True, []), "no multipart upload may stay open"
+
+
+def test_operator_sigkilled_twenty_times_during_a_burst(cloud: LocalCloud, operator: Operator, source: Source,
+                                                        kubectl: Kubectl) -> None:
+    fl = unique(kubectl, "chaos")
+    kubectl.apply([flavor(fl), image("base", source.add(f"/{kubectl.namespace}/base", disk("base")))])
+    kubectl("wait", "--for=condition=Ready", "--timeout=60s", "image/base")
+    data = {f"img{i}": disk(f"chaos-{i}", 6) for i in range(10)}
+    kubectl.apply([image(n, source.add(f"/{kubectl.namespace}/{n}", d, seconds_per_mib=0.3))
+                   for n, d in data.items()] + [instance(f"vm{i:03d}", fl, "base") for i in range(100)])
+    rng = random.Random(7)
+    try:
+        for _ in range(20):
+            time.sleep(rng.uniform(0.1, 1.5))
+            operator.kill()
+            operator.start()
+    finally:
+        if operator.proc is None or operator.proc.popen.poll() is not None:
+            operator.start()
+    wait_for(lambda: all(i.get("status", {}).get("status") == "ACTIVE" for i in items(kubectl, "instances"))
+             and len(items(kubectl, "instances")) == 100, 240, "all 100 Instances to be ACTIVE", interval=2)
+    wait_for(lambda: all(i.get("status", {}).get("status") == "active" for i in items(kubectl, "images")), 120,
+             "every Image to be active", interval=1)
+    images = {i["metadata"]["name"]: i for i in items(kubectl, "images")}
+    for name, payload in data.items():
+        assert_image_bytes(cloud, images[name], payload)
+    # Exactly one DataVolume and one VirtualMachine per Instance, each owned by it: no duplicate, no orphan.
+    owners = {i["metadata"]["uid"]: i["metadata"]["name"] for i in items(kubectl, "instances")}
+    for kind, suffix in (("dv", "-root"), ("vm", "")):
+        children = items(kubectl, kind)
+        assert sorted(c["metadata"]["name"] for c in children) == sorted(n + suffix for n in owners.values())
+        for child in children:
+            ref = child["metadata"]["ownerReferences"][0]
+            assert owners[ref["uid"]] + suffix == child["metadata"]["name"]
+    # No finalizer stuck: everything can be deleted, the Images' data with them.
+    uids = [i["metadata"]["uid"] for i in images.values()]
+    kubectl("delete", "instances,images", "--all", "--wait=false")
+    wait_for(lambda: not items(kubectl, "images") and not items(kubectl, "instances"), 60, "everything gone")
+    for uid in uids:
+        assert store_keys(cloud, uid) == (False, False, [])
+
+
+def test_store_outage_and_api_server_restart(cloud: LocalCloud, operator: Operator, source: Source,
+                                             kubectl: Kubectl) -> None:
+    data = {f"out{i}": disk(f"outage-{i}", 8) for i in range(3)}
+    kubectl.apply([image(n, source.add(f"/{kubectl.namespace}/{n}", d, seconds_per_mib=0.25))
+                   for n, d in data.items()])
+    wait_for(lambda: any(kubectl.status("image", n).get("status") == "importing" for n in data), 30,
+             "an import to be under way")
+    cloud.stop_part("minio")
+    try:
+        time.sleep(30)
+        statuses = [kubectl.status("image", n).get("status") for n in data]
+        assert "active" not in statuses, "nothing becomes active while the store is gone"
+    finally:
+        cloud.start_part("minio")
+    for n, payload in data.items():
+        img = wait_for(lambda n=n: (o := kubectl.get("image", n)) and o["status"].get("status") == "active" and o,
+                       120, f"{n} to be active after the outage")
+        assert_image_bytes(cloud, img, payload)
+    # kube-apiserver restarted: the operator's watches come back and new work is done.
+    cloud.stop_part("kube-apiserver")
+    cloud.start_part("kube-apiserver")
+    fl = unique(kubectl, "after-restart")
+    kubectl.apply([flavor(fl), instance("vm1", fl, "out0")])
+    wait_instance(kubectl, "vm1", "ACTIVE", timeout=120)
