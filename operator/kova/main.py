@@ -85,6 +85,12 @@ async def cleanup(memo: Any, **_: Any) -> None:
         await rt(memo).kube.close()
 
 
+def _live(event: kopf.RawEvent, **_: Any) -> bool:
+    """Not the initial listing (type None): at start-up each Instance's own resume handler reconciles it,
+    so its children's and its Flavor's and Image's listing events would only repeat that work."""
+    return event["type"] is not None
+
+
 def caches(kw: dict[str, Any]) -> instance.Caches:
     """The indexes below, as Kopf hands them to every handler."""
     return instance.Caches(flavors=kw["flavor_index"], images=kw["image_index"], datavolumes=kw["dv_index"],
@@ -157,7 +163,7 @@ async def flavor_changed(name: str, memo: Any, **_: Any) -> None:
         await flavor.reconcile(rt(memo), name)
 
 
-@kopf.on.event(*FLAVORS)
+@kopf.on.event(*FLAVORS, when=_live)
 async def flavor_event(name: str, memo: Any, **kw: Any) -> None:
     await instance.wake_dependants(rt(memo), caches(kw), ("Flavor", name))
 
@@ -171,7 +177,7 @@ async def image_changed(namespace: str | None, name: str, memo: Any, **_: Any) -
         await image.reconcile(rt(memo), ns(namespace), name)
 
 
-@kopf.on.event(*IMAGES)
+@kopf.on.event(*IMAGES, when=_live)
 async def image_event(namespace: str | None, name: str, memo: Any, **kw: Any) -> None:
     await instance.wake_dependants(rt(memo), caches(kw), ("Image", ns(namespace), name))
 
@@ -197,9 +203,9 @@ async def instance_changed(namespace: str | None, name: str, memo: Any, **kw: An
         await instance.reconcile(rt(memo), caches(kw), ns(namespace), name)
 
 
-@kopf.on.event("kubevirt.io", "v1", "virtualmachines", labels=MANAGED_BY)
-@kopf.on.event("kubevirt.io", "v1", "virtualmachineinstances", labels=MANAGED_BY)
-@kopf.on.event("cdi.kubevirt.io", "v1beta1", "datavolumes", labels=MANAGED_BY)
+@kopf.on.event("kubevirt.io", "v1", "virtualmachines", labels=MANAGED_BY, when=_live)
+@kopf.on.event("kubevirt.io", "v1", "virtualmachineinstances", labels=MANAGED_BY, when=_live)
+@kopf.on.event("cdi.kubevirt.io", "v1beta1", "datavolumes", labels=MANAGED_BY, when=_live)
 async def child_changed(event: kopf.RawEvent, resource: kopf.Resource, namespace: str | None, name: str,
                         labels: kopf.Labels, memo: Any, **kw: Any) -> None:
     rt(memo).writes.seen(CHILDREN[resource.plural], ns(namespace), name, deleted=event["type"] == "DELETED")
