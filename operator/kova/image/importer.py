@@ -23,12 +23,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import urllib3
+from minio.datatypes import Part
 
 from kova.image import formats
 from kova.image.fetch import Fetcher, NotAllowed
 from kova.store import Blob, ObjectStore
 
 PART_SIZE = 16 * 1024 * 1024
+MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
 CHUNK = 1024 * 1024
 PERMANENT_HTTP = {400, 401, 403, 404, 410, 451}
 DEFAULT_SIZE_CAP = 1 << 40  # Glance's image_size_cap: 1 TiB
@@ -92,6 +94,14 @@ def parse_size(text: str) -> int:
     return int(text)
 
 
+def part_size_for(total: int | None, minimum: int = PART_SIZE) -> int:
+    """Parts of `minimum` bytes reach MAX_PARTS times that (156 GiB for 16 MiB); a larger announced image
+    gets parts just large enough, in whole MiB (each import holds up to three parts in memory)."""
+    if total is None:
+        return minimum
+    return max(minimum, -(-total // (MAX_PARTS << 20)) << 20)
+
+
 def import_url(store: ObjectStore, uid: str, url: str, disk_format: str, checksum: str | None, *,
                fetcher: Fetcher, size_cap: int = DEFAULT_SIZE_CAP, progress: ImportProgress | None = None,
                cancelled: Callable[[], bool] = lambda: False, part_size: int = PART_SIZE) -> Blob:
@@ -116,6 +126,7 @@ def import_url(store: ObjectStore, uid: str, url: str, disk_format: str, checksu
         if progress.total is not None and progress.total > size_cap:
             raise ImportFailed("SizeExceeded", f"the source announces {progress.total} bytes, over the image size "
                                                f"cap of {size_cap} bytes (KOVA_IMAGE_SIZE_CAP)")
+        part_size = part_size_for(progress.total, part_size)
         chunks = _read(resp, url, progress, cancelled, size_cap)
         return _stream(store, uid, url, chunks, disk_format, parse_checksum(checksum), progress, part_size)
     finally:
@@ -153,7 +164,7 @@ def _stream(store: ObjectStore, uid: str, url: str, chunks: Iterator[bytes], dis
     upload_id = store.begin(uid, {"kova-source": url[:1024]})
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="upload")
     inflight: deque[Future[Any]] = deque()
-    parts = []
+    parts: list[Part] = []
     inspector = formats.StreamInspector()
     buffer: list[bytes] = []
     buffered = 0
@@ -161,6 +172,9 @@ def _stream(store: ObjectStore, uid: str, url: str, chunks: Iterator[bytes], dis
 
     def flush() -> None:
         nonlocal buffer, buffered
+        if len(parts) + len(inflight) >= MAX_PARTS:
+            raise ImportFailed("SizeExceeded", f"a source that does not announce its length can send at most "
+                                               f"{MAX_PARTS * part_size} bytes ({MAX_PARTS} parts of {part_size})")
         if len(inflight) >= 2:  # at most two parts uploading and one filling: bounded memory
             parts.append(inflight.popleft().result())
         data = b"".join(buffer)
