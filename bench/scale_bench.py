@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import ssl
 import sys
@@ -31,7 +30,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections import Counter, defaultdict
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,6 @@ from tests.httpsource import Source
 from tests.qcow2 import make_qcow2
 
 NS = "scale"
-WRITE_VERBS = {"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"}
 # (resource, subresource) Kova writes; everything else written meanwhile is the simulator or the bench.
 KOVA_WRITES = {("instances", "status"), ("instances", ""), ("virtualmachines", ""), ("datavolumes", "")}
 MiB = 1 << 20
@@ -104,18 +102,6 @@ def percentiles(values: list[float]) -> str:
     return f"P50 {p(0.50):.3f}s  P95 {p(0.95):.3f}s  P99 {p(0.99):.3f}s  max {s[-1]:.3f}s  (n={len(s)})"
 
 
-def request_totals(cloud: LocalCloud) -> Counter[tuple[str, str, str]]:
-    totals: Counter[tuple[str, str, str]] = Counter()
-    for line in cloud._api_get("/metrics").splitlines():
-        if not line.startswith("apiserver_request_total{"):
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
-        if labels.get("verb") in WRITE_VERBS:
-            key = (labels.get("resource", ""), labels.get("subresource", ""), labels["verb"])
-            totals[key] += int(float(line.rsplit(" ", 1)[1]))
-    return totals
-
-
 def rss_mib(proc: Proc) -> tuple[float, float]:
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{proc.popen.pid}/status").read_text().splitlines())
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
@@ -168,7 +154,7 @@ def wait(what: str, check: Any, timeout: float) -> float:
 # ---------------------------------------------------------------------------------------------- phases
 def burst(cloud: LocalCloud, op: Proc, inst: Watch, vms: Watch, n: int) -> None:
     names = [f"vm-{i:05d}" for i in range(n)]
-    before = request_totals(cloud)
+    before = cloud.write_requests()
     cpu_before = cpu_by_process(cloud, op)
     started = time.monotonic()
     created = create(cloud, names)
@@ -176,7 +162,7 @@ def burst(cloud: LocalCloud, op: Proc, inst: Watch, vms: Watch, n: int) -> None:
     wall = time.monotonic() - started
     cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_by_process(cloud, op).items()}
     time.sleep(2)  # writes that trail the last ACTIVE (none are expected) are counted too
-    delta = request_totals(cloud) - before
+    delta = cloud.write_requests() - before
     reaction = [vms.first[x]["added"] - inst.first[x]["added"] for x in names if "added" in vms.first.get(x, {})]
     overhead = [inst.first[x]["active"] - vms.first[x]["ready"] for x in names
                 if "ready" in vms.first.get(x, {}) and "active" in inst.first.get(x, {})]
@@ -224,7 +210,7 @@ def paced(cloud: LocalCloud, inst: Watch, vms: Watch, rate: float = 10.0, count:
 def restart(cloud: LocalCloud, op: Proc, inst: Watch, vms: Watch, n: int, env: dict[str, str]) -> Proc:
     op.popen.kill()
     op.popen.wait()
-    before = request_totals(cloud)
+    before = cloud.write_requests()
     started = time.monotonic()
     fresh = cloud.start_operator(extra_env=env)
     up = time.monotonic() - started
@@ -233,7 +219,7 @@ def restart(cloud: LocalCloud, op: Proc, inst: Watch, vms: Watch, n: int, env: d
     seconds = wait("the new Instance's VM", lambda: "added" in vms.first.get("after-restart", {}), max(120, n / 5))
     wait("the new Instance to be ACTIVE", lambda: "active" in inst.first.get("after-restart", {}), 120)
     time.sleep(max(5.0, n / 200))  # let the resumed handlers of every existing Instance run
-    delta = request_totals(cloud) - before
+    delta = cloud.write_requests() - before
     kova = {k: v for k, v in delta.items() if (k[0], k[1]) in KOVA_WRITES and k != ("instances", "", "POST")}
     rss, hwm = rss_mib(fresh)
     print(f"\n== restart with {n} Instances present (operator live in {up:.1f}s)")

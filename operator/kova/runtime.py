@@ -40,8 +40,15 @@ class Settings:
                    presign_ttl=dt.timedelta(seconds=int(os.environ.get("KOVA_PRESIGN_TTL", "3600"))),
                    import_retry_delay=float(os.environ.get("KOVA_IMPORT_RETRY_DELAY", "30")),
                    import_filter=ImportFilter.from_env(),
-                   size_cap=parse_size(os.environ.get("KOVA_IMAGE_SIZE_CAP") or str(DEFAULT_SIZE_CAP)),
+                   size_cap=_size_cap(os.environ.get("KOVA_IMAGE_SIZE_CAP") or str(DEFAULT_SIZE_CAP)),
                    max_imports=max(1, int(os.environ.get("KOVA_MAX_CONCURRENT_IMPORTS", "4"))))
+
+
+def _size_cap(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise RuntimeError(f"KOVA_IMAGE_SIZE_CAP={text!r} is not a size: bytes, or a quantity such as 100Gi") from None
 
 
 @dataclass

@@ -17,12 +17,14 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -37,6 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 CRDS = Path(__file__).resolve().parent / "crds" / "kubevirt-cdi.yaml"
 LOOPBACK = "127.0.0.1"
 S3_BUCKET = "kova-images"
+WRITE_VERBS = {"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"}
 _PR_SET_PDEATHSIG = 1
 
 
@@ -352,6 +355,19 @@ class LocalCloud:
         if check and res.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed ({res.returncode}): {res.stderr.strip()}")
         return res.stdout if check else res.stdout + res.stderr
+
+    def write_requests(self) -> Counter[tuple[str, str, str]]:
+        """kube-apiserver's own count of write requests so far (apiserver_request_total), by (resource,
+        subresource, verb): what tests and benchmarks measure Kova's API writes with."""
+        totals: Counter[tuple[str, str, str]] = Counter()
+        for line in self._api_get("/metrics").splitlines():
+            if not line.startswith("apiserver_request_total{"):
+                continue
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+            if labels.get("verb") in WRITE_VERBS:
+                key = (labels.get("resource", ""), labels.get("subresource", ""), labels["verb"])
+                totals[key] += int(float(line.rsplit(" ", 1)[1]))
+        return totals
 
     def _api_get(self, path: str) -> str:
         pki = self.workdir / "pki"

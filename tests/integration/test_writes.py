@@ -3,7 +3,6 @@ a boot costs at most 4 writes, and a restarted operator writes nothing to a worl
 
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter
 
@@ -21,14 +20,7 @@ COUNTED = {("instances", "status", "PATCH"), ("instances", "", "PATCH"), ("virtu
 
 
 def writes(cloud: LocalCloud) -> Counter[tuple[str, str, str]]:
-    totals: Counter[tuple[str, str, str]] = Counter()
-    for line in cloud._api_get("/metrics").splitlines():
-        if line.startswith("apiserver_request_total{"):
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
-            key = (labels.get("resource", ""), labels.get("subresource", ""), labels.get("verb", ""))
-            if key in COUNTED:
-                totals[key] += int(float(line.rsplit(" ", 1)[1]))
-    return totals
+    return Counter({k: v for k, v in cloud.write_requests().items() if k in COUNTED})
 
 
 def test_a_boot_costs_at_most_four_writes(cloud: LocalCloud, operator: Operator, source: Source,

@@ -2,7 +2,7 @@
 
 `reconcile` is level-based and reads only what the watches already delivered (Kopf indexes, `Caches`):
 the Instance, its Flavor and Image, its DataVolume, VirtualMachine and VirtualMachineInstance. It writes
-only what differs from what it wants (kova.handlers.writes): the DataVolume once, the VirtualMachine when
+only what differs from what it wants (kova.writes): the DataVolume once, the VirtualMachine when
 its desired spec is not already there (a hand-edit is put back), the status when a user would see a
 change. So a reconcile of an Instance whose world did not change makes no API call at all. It runs on
 the Instance's changes, on every change of a child, and, for an Instance that waits, when its Flavor or
