@@ -45,6 +45,7 @@ def _run(args: argparse.Namespace) -> int:
         os.environ["KOVA_PEERING"] = args.peering  # read by the startup handler (kova.main)
     asyncio.run(kopf.operator(
         clusterwide=not args.namespace, namespaces=args.namespace,
+        memo=kopf.Memo(namespaces=args.namespace),  # the caches watch the same namespaces (kova.main)
         liveness_endpoint=args.liveness))
     return 0
 

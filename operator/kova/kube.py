@@ -6,7 +6,9 @@ fails and Kopf retries it (an error swallowed here would make Kopf record a succ
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -37,14 +39,16 @@ class Kube:
     def __init__(self, api: client.ApiClient) -> None:
         self.api_client = api
         self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
 
     @classmethod
-    async def connect(cls) -> Kube:
+    async def connect(cls, kubeconfig: str | None = None) -> Kube:
         configuration = client.Configuration()
-        if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+        if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG") and not kubeconfig:
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         else:
-            await config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            await config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, client_configuration=configuration)
         return cls(client.ApiClient(configuration))
 
     async def close(self) -> None:
@@ -111,3 +115,18 @@ class Kube:
                 raise
             return None
         return cast(dict[str, Any], obj)
+
+    async def post_event(self, obj: dict[str, Any], *, type: str, reason: str, message: str) -> None:
+        """A core/v1 Event about `obj`, as `kubectl describe` and `kubectl get events` show them (cluster-scoped
+        objects' Events go to `default`, as Kopf and kubectl do)."""
+        md = obj["metadata"]
+        now = dt.datetime.now(dt.UTC).isoformat()
+        event = client.CoreV1Event.from_dict({
+            "metadata": {"generateName": f"{md['name']}.", "namespace": md.get("namespace") or "default"},
+            "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": md["name"],
+                               "namespace": md.get("namespace"), "uid": md.get("uid")},
+            "type": type, "reason": reason, "message": message[:1024],
+            "source": {"component": FIELD_MANAGER}, "reportingComponent": FIELD_MANAGER,
+            "reportingInstance": socket.gethostname(), "firstTimestamp": now, "lastTimestamp": now, "count": 1})
+        assert event is not None  # from_dict returns None only for None
+        await self.core.create_namespaced_event(md.get("namespace") or "default", event)

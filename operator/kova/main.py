@@ -9,23 +9,27 @@ import asyncio
 import logging
 import os
 import random
-from typing import Any
+from collections.abc import Hashable
+from typing import Any, cast
 
 import kopf
 
 from kova import metrics
 from kova.bookkeeping import MemoryDiffBaseStorage, MemoryProgressStorage
-from kova.builders import INSTANCE_LABEL, MANAGED_BY, parse_image_ref
+from kova.builders import INSTANCE_LABEL, MANAGED_BY
 from kova.handlers import flavor, image, instance
-from kova.kube import DATA_VOLUMES, VIRTUAL_MACHINE_INSTANCES, VIRTUAL_MACHINES, Kube
+from kova.informer import Body, Coalescer, Informer, Listener, View, object_key
+from kova.kube import DATA_VOLUMES, VIRTUAL_MACHINE_INSTANCES, VIRTUAL_MACHINES, Kube, Resource
 from kova.models import FLAVOR, IMAGE, INSTANCE, VERSION
+from kova.runtime import FLAVORS as FLAVORS_RES
+from kova.runtime import IMAGES as IMAGES_RES
+from kova.runtime import INSTANCES as INSTANCES_RES
 from kova.runtime import Runtime, Settings
 from kova.store import ObjectStore
 
 FLAVORS = (FLAVOR.group, VERSION, FLAVOR.plural)
 IMAGES = (IMAGE.group, VERSION, IMAGE.plural)
 INSTANCES = (INSTANCE.group, VERSION, INSTANCE.plural)
-CHILDREN = {r.plural: r for r in (VIRTUAL_MACHINES, VIRTUAL_MACHINE_INSTANCES, DATA_VOLUMES)}
 DIFFBASE = MemoryDiffBaseStorage()
 PROGRESS = MemoryProgressStorage(prefix="kova.dev")
 
@@ -68,7 +72,9 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: Log, **_: 
     config = Settings.from_env()
     store = ObjectStore(config.store)
     await asyncio.to_thread(store.ensure_bucket)  # network I/O: not on the event loop
-    memo["runtime"] = Runtime(settings=config, kube=await Kube.connect(), store=store)
+    kube = await Kube.connect()
+    memo["runtime"] = runtime = Runtime(settings=config, kube=kube, store=store)
+    await start_caches(memo, kube, runtime)
     logger.info("kova started; images in %s at %s", config.store.bucket, config.store.endpoint)
 
 
@@ -81,77 +87,82 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.cleanup()
 async def cleanup(memo: Any, **_: Any) -> None:
+    for task in memo.get("informer_tasks", ()):
+        task.cancel()
+    if "kicks" in memo:
+        await memo["kicks"].close()
     if "runtime" in memo:
         await rt(memo).kube.close()
 
 
-def _live(event: kopf.RawEvent, **_: Any) -> bool:
-    """Not the initial listing (type None): at start-up each Instance's own resume handler reconciles it,
-    so its children's and its Flavor's and Image's listing events would only repeat that work."""
-    return event["type"] is not None
+def caches(memo: Any) -> instance.Caches:
+    caches: instance.Caches = memo["caches"]
+    return caches
 
 
-def caches(kw: dict[str, Any]) -> instance.Caches:
-    """The indexes below, as Kopf hands them to every handler."""
-    return instance.Caches(flavors=kw["flavor_index"], images=kw["image_index"], datavolumes=kw["dv_index"],
-                           vms=kw["vm_index"], vmis=kw["vmi_index"], instances=kw["instance_index"],
-                           dependants=kw["dependant_index"])
+# ----- caches: what reconciles read instead of asking the API server -----
+MANAGED_BY_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
 
 
-# ----- indexes: what reconciles read instead of asking the API server -----
-# Metadata that reconciles never read and that is large: the server's field-ownership records, and
-# kubectl's copy of the last applied manifest (they made up most of ~120 KiB per Instance at 5,000).
-_HEAVY_METADATA = ("managedFields",)
-_HEAVY_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+async def start_caches(memo: Any, kube: Kube, runtime: Runtime) -> None:
+    """One watch per kind (per served namespace), listed before Kopf starts, so that no handler ever reads a
+    cache that is not filled yet. Child events reconcile their Instance; Flavor and Image events wake the
+    Instances that wait for them; what this process remembers of an object goes with the object."""
+    namespaces: list[str | None] = list(memo.get("namespaces") or []) or [None]
 
+    def view(res: Resource, fields: tuple[str, ...], selector: str | None = None) -> View:
+        return View([Informer(kube, res, fields=fields, namespace=n, label_selector=selector)
+                     for n in (namespaces if res.namespaced else [None])])
 
-def _copy(body: kopf.Body, *fields: str) -> dict[str, Any]:
-    """The parts of an object reconciles use, as plain dicts. Not deep-copied: each watch event is freshly
-    parsed JSON that nothing changes afterwards (a deep copy per event cost ~3% of the operator's CPU)."""
-    out = {f: body.get(f) or {} for f in ("apiVersion", "kind", "metadata", *fields)}
-    metadata = {k: v for k, v in out["metadata"].items() if k not in _HEAVY_METADATA}
-    if any(a in (metadata.get("annotations") or {}) for a in _HEAVY_ANNOTATIONS):
-        metadata["annotations"] = {k: v for k, v in metadata["annotations"].items() if k not in _HEAVY_ANNOTATIONS}
-    out["metadata"] = metadata
-    return out
+    views = {"flavors": view(FLAVORS_RES, ("spec",)), "images": view(IMAGES_RES, ("spec", "status")),
+             "instances": view(INSTANCES_RES, ("spec", "status")),
+             "datavolumes": view(DATA_VOLUMES, ("status",), MANAGED_BY_SELECTOR),  # phase, progress: small
+             # The desired VirtualMachine is compared with the whole of it (kova.writes).
+             "vms": view(VIRTUAL_MACHINES, ("spec", "status"), MANAGED_BY_SELECTOR),
+             "vmis": view(VIRTUAL_MACHINE_INSTANCES, ("status",), MANAGED_BY_SELECTOR)}
+    cache = instance.Caches(flavors=views["flavors"], images=views["images"], instances=views["instances"],
+                            datavolumes=views["datavolumes"], vms=views["vms"], vmis=views["vmis"])
 
+    async def reconcile(key: Hashable) -> None:
+        namespace, name = cast(tuple[str, str], key)
+        with metrics.reconciling("Instance"):
+            await instance.reconcile(runtime, cache, namespace, name)
+    kicks = Coalescer(reconcile, "Instance reconcile")
 
-@kopf.index(*FLAVORS)
-def flavor_index(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {name: _copy(body, "spec")}
+    def child(res: Resource) -> Listener:
+        def changed(old: Body | None, new: Body | None) -> None:
+            md = (new or old or {})["metadata"]
+            runtime.writes.seen(res, md["namespace"], md["name"], deleted=new is None)
+            owner = (md.get("labels") or {}).get(INSTANCE_LABEL)
+            if owner:
+                kicks.kick((md["namespace"], owner))
+        return changed
 
+    def dependency(kind: str) -> Listener:
+        def changed(old: Body | None, new: Body | None) -> None:
+            for waiter in cache.waiters((kind, *object_key(new or old or {}))):
+                kicks.kick(waiter)
+            if new is None:
+                forget(old)
+        return changed
 
-@kopf.index(*IMAGES)
-def image_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, name): _copy(body, "spec", "status")}
+    def forget(old: Body | None) -> None:
+        uid = ((old or {}).get("metadata") or {}).get("uid")
+        if uid:
+            DIFFBASE.forget(uid)
+            PROGRESS.forget(uid)
+            runtime.writes.forget_status(uid)
 
+    for res, name in ((DATA_VOLUMES, "datavolumes"), (VIRTUAL_MACHINES, "vms"), (VIRTUAL_MACHINE_INSTANCES, "vmis")):
+        views[name].listen(child(res))
+    views["flavors"].listen(dependency("Flavor"))
+    views["images"].listen(dependency("Image"))
+    views["instances"].listen(lambda old, new: forget(old) if new is None else None)
 
-@kopf.index(*INSTANCES)
-def instance_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, name): _copy(body, "spec", "status")}
-
-
-@kopf.index(*INSTANCES)
-def dependant_index(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
-    """Which Instances need which Flavor and Image: their arrival or change wakes those Instances."""
-    image_ns, image_name = parse_image_ref(str(spec.get("imageRef", "")), ns(namespace))
-    return {("Image", image_ns, image_name): (namespace, name), ("Flavor", spec.get("flavorRef")): (namespace, name)}
-
-
-@kopf.index("cdi.kubevirt.io", "v1beta1", "datavolumes", labels=MANAGED_BY)
-def dv_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, name): _copy(body, "status")}  # phase, progress, conditions: small
-
-
-@kopf.index("kubevirt.io", "v1", "virtualmachines", labels=MANAGED_BY)
-def vm_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    # The desired VirtualMachine is compared with the whole of it (kova.writes).
-    return {(namespace, name): _copy(body, "spec", "status")}
-
-
-@kopf.index("kubevirt.io", "v1", "virtualmachineinstances", labels=MANAGED_BY)
-def vmi_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, name): _copy(body, "status")}
+    informers = [i for v in views.values() for i in v]
+    memo["caches"], memo["kicks"] = cache, kicks
+    memo["informer_tasks"] = [asyncio.create_task(i.run(), name=repr(i)) for i in informers]
+    await asyncio.gather(*(i.synced.wait() for i in informers))
 
 
 # ----- Flavor -----
@@ -163,11 +174,6 @@ async def flavor_changed(name: str, memo: Any, **_: Any) -> None:
         await flavor.reconcile(rt(memo), name)
 
 
-@kopf.on.event(*FLAVORS, when=_live)
-async def flavor_event(name: str, memo: Any, **kw: Any) -> None:
-    await instance.wake_dependants(rt(memo), caches(kw), ("Flavor", name))
-
-
 # ----- Image -----
 @kopf.on.resume(*IMAGES)
 @kopf.on.create(*IMAGES)
@@ -175,11 +181,6 @@ async def flavor_event(name: str, memo: Any, **kw: Any) -> None:
 async def image_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     with metrics.reconciling("Image"):
         await image.reconcile(rt(memo), ns(namespace), name)
-
-
-@kopf.on.event(*IMAGES, when=_live)
-async def image_event(namespace: str | None, name: str, memo: Any, **kw: Any) -> None:
-    await instance.wake_dependants(rt(memo), caches(kw), ("Image", ns(namespace), name))
 
 
 @kopf.daemon(*IMAGES, cancellation_timeout=60, initial_delay=0)
@@ -198,32 +199,7 @@ async def image_deleted(body: kopf.Body, memo: Any, logger: Log, **_: Any) -> No
 @kopf.on.resume(*INSTANCES)
 @kopf.on.create(*INSTANCES)
 @kopf.on.update(*INSTANCES)
-async def instance_changed(namespace: str | None, name: str, memo: Any, **kw: Any) -> None:
+async def instance_changed(namespace: str | None, name: str, body: kopf.Body, memo: Any, **_: Any) -> None:
+    memo["caches"].instances.offer(dict(body))  # the cache may not have this version yet
     with metrics.reconciling("Instance"):
-        await instance.reconcile(rt(memo), caches(kw), ns(namespace), name)
-
-
-@kopf.on.event("kubevirt.io", "v1", "virtualmachines", labels=MANAGED_BY, when=_live)
-@kopf.on.event("kubevirt.io", "v1", "virtualmachineinstances", labels=MANAGED_BY, when=_live)
-@kopf.on.event("cdi.kubevirt.io", "v1beta1", "datavolumes", labels=MANAGED_BY, when=_live)
-async def child_changed(event: kopf.RawEvent, resource: kopf.Resource, namespace: str | None, name: str,
-                        labels: kopf.Labels, memo: Any, **kw: Any) -> None:
-    rt(memo).writes.seen(CHILDREN[resource.plural], ns(namespace), name, deleted=event["type"] == "DELETED")
-    owner = labels.get(INSTANCE_LABEL)
-    if owner:
-        with metrics.reconciling("Instance"):
-            await instance.reconcile(rt(memo), caches(kw), ns(namespace), owner)
-
-
-def _deleted(event: kopf.RawEvent, **_: Any) -> bool:
-    return event["type"] == "DELETED"
-
-
-@kopf.on.event(*FLAVORS, when=_deleted)
-@kopf.on.event(*IMAGES, when=_deleted)
-@kopf.on.event(*INSTANCES, when=_deleted)
-async def forget_deleted(event: kopf.RawEvent, uid: str, memo: Any, **_: Any) -> None:
-    """What this process remembers of an object goes with the object."""
-    DIFFBASE.forget(uid)
-    PROGRESS.forget(uid)
-    rt(memo).writes.forget_status(uid)
+        await instance.reconcile(rt(memo), caches(memo), ns(namespace), name)

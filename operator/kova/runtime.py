@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from kova.image.fetch import ImportFilter
 from kova.image.importer import DEFAULT_SIZE_CAP, ImportProgress, parse_size
@@ -14,6 +16,8 @@ from kova.kube import Kube, Resource
 from kova.models import FLAVOR, IMAGE, INSTANCE, VERSION, KindInfo
 from kova.store import ObjectStore, StoreConfig
 from kova.writes import Writes
+
+log = logging.getLogger("kova")
 
 
 def resource(info: KindInfo) -> Resource:
@@ -65,12 +69,26 @@ class Runtime:
     imports: dict[str, ImportState] = field(default_factory=dict)
     import_slots: asyncio.Semaphore = field(init=False)
     writes: Writes = field(init=False)
+    _events: set[asyncio.Task[None]] = field(default_factory=set)
     _locks: defaultdict[tuple[str, ...], asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
 
     def __post_init__(self) -> None:
         # Each import holds up to ~3 parts of memory and two hashing threads: bound them per replica.
         self.import_slots = asyncio.Semaphore(self.settings.max_imports)
         self.writes = Writes(self.kube)
+
+    def event(self, obj: dict[str, Any], *, type: str, reason: str, message: str) -> None:
+        """Post an Event in the background: reconciles do not wait for it, and a lost Event (the API server
+        busy) loses no state. Not kopf.event: reconciles also run outside Kopf's handlers (child events)."""
+        task = asyncio.get_running_loop().create_task(self._post(obj, type, reason, message))
+        self._events.add(task)
+        task.add_done_callback(self._events.discard)
+
+    async def _post(self, obj: dict[str, Any], type: str, reason: str, message: str) -> None:
+        try:
+            await self.kube.post_event(obj, type=type, reason=reason, message=message)
+        except Exception as e:  # best effort, as Kopf's own poster
+            log.warning("could not post the Event %s about %s: %r", reason, obj["metadata"].get("name"), e)
 
     def lock(self, *key: str) -> asyncio.Lock:
         """Status of one object is written by one coroutine at a time (handlers, daemons, child events)."""

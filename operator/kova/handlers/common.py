@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
-
-import kopf
+from typing import Any
 
 from kova.conditions import Progress, summarize, utcnow
 from kova.kube import Resource
@@ -40,4 +38,4 @@ async def publish(rt: Runtime, res: Resource, obj: dict[str, Any], *, word: str 
     if previous.get("status") != word or old_ready.get("reason") != reason:
         kind = "Warning" if progress is Progress.STALLED else "Normal"
         text = f"{word}: {message}" if word is not None else message
-        kopf.event(cast(kopf.Body, obj), type=kind, reason=reason, message=text)
+        rt.event(obj, type=kind, reason=reason, message=text)

@@ -1,21 +1,19 @@
 """Instance: wait for a Flavor and an active Image, then own a DataVolume and a VirtualMachine.
 
-`reconcile` is level-based and reads only what the watches already delivered (Kopf indexes, `Caches`):
+`reconcile` is level-based and reads only what the watches already delivered (kova.informer, `Caches`):
 the Instance, its Flavor and Image, its DataVolume, VirtualMachine and VirtualMachineInstance. It writes
 only what differs from what it wants (kova.writes): the DataVolume once, the VirtualMachine when
 its desired spec is not already there (a hand-edit is put back), the status when a user would see a
 change. So a reconcile of an Instance whose world did not change makes no API call at all. It runs on
 the Instance's changes, on every change of a child, and, for an Instance that waits, when its Flavor or
-Image changes.
+Image changes (an Instance that waits says what for, `Caches.wait_for`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -26,26 +24,30 @@ from kova.kube import DATA_VOLUMES, VIRTUAL_MACHINES
 from kova.models import Fault, FlavorSpec, GlanceStatus, ImageSpec, ImageStatus, InstanceSpec, NovaStatus
 from kova.runtime import INSTANCES, Runtime
 
-WAITING = ("WaitingForFlavor", "WaitingForImage")
-WAKE_CONCURRENCY = 16
+
+class Cache(Protocol):
+    def get(self, key: tuple[str, ...]) -> dict[str, Any] | None: ...
 
 
-@dataclass(frozen=True)
+@dataclass
 class Caches:
-    """Kopf's in-memory indexes, keyed as kova.main builds them; each value is the list of matches."""
+    """What the watches delivered, keyed (namespace, name), or (name,) for Flavors."""
 
-    flavors: Mapping[Any, Any]
-    images: Mapping[Any, Any]
-    datavolumes: Mapping[Any, Any]
-    vms: Mapping[Any, Any]
-    vmis: Mapping[Any, Any]
-    instances: Mapping[Any, Any]
-    dependants: Mapping[Any, Any]
+    flavors: Cache
+    images: Cache
+    instances: Cache
+    datavolumes: Cache
+    vms: Cache
+    vmis: Cache
+    # Which Instances wait for which Flavor or Image: that object's next event wakes them.
+    waiting: dict[tuple[str, ...], set[tuple[str, str]]] = field(default_factory=dict)
 
-    @staticmethod
-    def one(index: Mapping[Any, Any], key: Any) -> dict[str, Any] | None:
-        found = index.get(key)
-        return next(iter(found), None) if found is not None else None
+    def wait_for(self, what: tuple[str, ...], namespace: str, name: str) -> None:
+        self.waiting.setdefault(what, set()).add((namespace, name))
+
+    def waiters(self, what: tuple[str, ...]) -> set[tuple[str, str]]:
+        """The Instances that wait for `what`, forgotten here: a reconcile that still waits says so again."""
+        return self.waiting.pop(what, set())
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Wait(Exception):
 
     reason: str
     message: str
+    on: tuple[str, ...] | None = None  # ("Flavor", name) or ("Image", namespace, name): wake on its events
 
 
 @dataclass
@@ -67,36 +70,20 @@ class Refuse(Exception):
 
 async def reconcile(rt: Runtime, caches: Caches, namespace: str, name: str) -> None:
     async with rt.lock("instance", namespace, name):
-        inst = Caches.one(caches.instances, (namespace, name))
+        inst = caches.instances.get((namespace, name))
         if inst is None or inst["metadata"].get("deletionTimestamp"):
             return
         try:
             await _converge(rt, caches, inst)
         except Wait as w:
+            if w.on:
+                caches.wait_for(w.on, namespace, name)
             await publish(rt, INSTANCES, inst, word=NovaStatus.build.value, progress=Progress.RECONCILING,
                           reason=w.reason, message=w.message, fields={"fault": None, "powerState": "NOSTATE"})
         except Refuse as r:
             await publish(rt, INSTANCES, inst, word=NovaStatus.error.value, progress=Progress.STALLED,
                           reason=r.reason, message=r.message,
                           fields={"fault": Fault(code=r.code, message=r.message).dump(), "powerState": "NOSTATE"})
-
-
-async def wake_dependants(rt: Runtime, caches: Caches, key: tuple[str, ...]) -> None:
-    """A Flavor or Image changed: reconcile the Instances that wait for it (the others do not need it),
-    a few at a time, so that hundreds of waiting Instances start together, not one after the other."""
-    waiting = []
-    for namespace, name in list(caches.dependants.get(key) or ()):
-        status = (Caches.one(caches.instances, (namespace, name)) or {}).get("status") or {}
-        reconciling: dict[str, Any] = next(
-            (c for c in status.get("conditions", []) if c.get("type") == "Reconciling"), {})
-        if not status or reconciling.get("reason") in WAITING:
-            waiting.append((namespace, name))
-    gate = asyncio.Semaphore(WAKE_CONCURRENCY)
-
-    async def wake(namespace: str, name: str) -> None:
-        async with gate:
-            await reconcile(rt, caches, namespace, name)
-    await asyncio.gather(*(wake(n, i) for n, i in waiting))
 
 
 async def _converge(rt: Runtime, caches: Caches, inst: dict[str, Any]) -> None:
@@ -113,7 +100,7 @@ async def _converge(rt: Runtime, caches: Caches, inst: dict[str, Any]) -> None:
         raise Refuse("FlavorTooSmall", refusal)
 
     dv_name = builders.data_volume_name(name)
-    dv = Caches.one(caches.datavolumes, (namespace, dv_name))
+    dv = caches.datavolumes.get((namespace, dv_name))
     if dv is not None and builders.image_link_expired(dv, rt.settings.presign_ttl, dt.datetime.now(dt.UTC)):
         # CDI could not read the image because the link expired: a new DataVolume gets a new link.
         rt.writes.forget(DATA_VOLUMES, namespace, dv_name)
@@ -125,14 +112,14 @@ async def _converge(rt: Runtime, caches: Caches, inst: dict[str, Any]) -> None:
                                          "for new instances", code=403)
     size = builders.root_disk_gib(flavor, image_spec, image_status)
     # The VirtualMachine first: it is what a user waits for, and KubeVirt holds it until its DataVolume is.
-    vm = Caches.one(caches.vms, (namespace, name))
+    vm = caches.vms.get((namespace, name))
     await rt.writes.ensure(VIRTUAL_MACHINES, builders.build_virtual_machine(inst, spec, flavor), vm)
     if dv is None and not rt.writes.created(DATA_VOLUMES, namespace, dv_name):
         # Signing is local work (the signer's region is fixed, so minio asks the store nothing).
         url = rt.store.presigned_get(image_uid, rt.settings.presign_ttl)
         await rt.writes.create(DATA_VOLUMES, builders.build_data_volume(
             inst, url, image_status.os_hash_value or "", size))
-    vmi = Caches.one(caches.vmis, (namespace, name))
+    vmi = caches.vmis.get((namespace, name))
     view = builders.observe_instance(spec, dv, vm, vmi, building=f"importing image {spec.image_ref} into a "
                                                                 f"{size} GiB root disk, then starting it")
     await publish(rt, INSTANCES, inst, word=view.status.value, progress=view.progress, reason=view.reason,
@@ -145,9 +132,9 @@ async def _converge(rt: Runtime, caches: Caches, inst: dict[str, Any]) -> None:
 
 
 def _flavor(caches: Caches, spec: InstanceSpec, namespace: str) -> FlavorSpec:
-    obj = Caches.one(caches.flavors, spec.flavor_ref)
+    obj = caches.flavors.get((spec.flavor_ref,))
     if obj is None:
-        raise Wait("WaitingForFlavor", f"Flavor {spec.flavor_ref} does not exist (yet)")
+        raise Wait("WaitingForFlavor", f"Flavor {spec.flavor_ref} does not exist (yet)", ("Flavor", spec.flavor_ref))
     flavor = FlavorSpec.model_validate(obj.get("spec") or {})
     if not builders.flavor_usable_in(flavor, namespace):
         raise Refuse("FlavorNotAccessible", f"Flavor {spec.flavor_ref} is not public and namespace "
@@ -157,9 +144,10 @@ def _flavor(caches: Caches, spec: InstanceSpec, namespace: str) -> FlavorSpec:
 
 def _image(caches: Caches, spec: InstanceSpec, namespace: str) -> tuple[ImageSpec, ImageStatus, str]:
     image_ns, image_name = builders.parse_image_ref(spec.image_ref, namespace)
-    obj = Caches.one(caches.images, (image_ns, image_name))
+    obj = caches.images.get((image_ns, image_name))
     if obj is None:
-        raise Wait("WaitingForImage", f"Image {image_ns}/{image_name} does not exist (yet)")
+        raise Wait("WaitingForImage", f"Image {image_ns}/{image_name} does not exist (yet)",
+                   ("Image", image_ns, image_name))
     image_spec = ImageSpec.model_validate(obj.get("spec") or {})
     if not builders.image_visible_to(image_spec, image_ns, namespace):
         # Said the way Glance says it: an image one cannot see is an image that is not found.
@@ -170,5 +158,5 @@ def _image(caches: Caches, spec: InstanceSpec, namespace: str) -> tuple[ImageSpe
         raise Refuse("ImageKilled", f"Image {image_ns}/{image_name} failed to import: {status.message}")
     if status.status not in (GlanceStatus.active, GlanceStatus.deactivated) or not status.os_hash_value:
         raise Wait("WaitingForImage", f"Image {image_ns}/{image_name} is {status.status or 'queued'}, "
-                                      "not active yet")
+                                      "not active yet", ("Image", image_ns, image_name))
     return image_spec, status, obj["metadata"]["uid"]
