@@ -72,10 +72,12 @@ async def run_import(rt: Runtime, namespace: str, name: str, stopped: kopf.Daemo
 
 async def _import_slot(rt: Runtime, namespace: str, name: str, stopped: kopf.DaemonStopped) -> bool:
     """Wait for one of KOVA_MAX_CONCURRENT_IMPORTS slots, saying so in the status; False when stopped."""
-    if rt.import_slots.locked():
-        limit = rt.settings.max_imports
-        await reconcile(rt, namespace, name, queued_message=f"waiting for an import slot: {limit} imports are "
-                                                            f"running (KOVA_MAX_CONCURRENT_IMPORTS={limit})")
+    if not rt.import_slots.locked():
+        await rt.import_slots.acquire()  # free: taken without yielding, so no other daemon slips in between
+        return True
+    limit = rt.settings.max_imports
+    await reconcile(rt, namespace, name, queued_message=f"waiting for an import slot: {limit} imports are "
+                                                        f"running (KOVA_MAX_CONCURRENT_IMPORTS={limit})")
     acquire = asyncio.ensure_future(rt.import_slots.acquire())
     stop = asyncio.ensure_future(stopped.wait())
     await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
