@@ -229,12 +229,14 @@ class ImageView:
 
 def observe_image(blob: Blob | None, location: str, previous: dict[str, Any], importing: bool,
                   done: int, total: int | None, passing_error: str | None, deactivated: bool = False,
-                  queued_message: str | None = None) -> ImageView:
+                  queued_message: str | None = None, upload_id: str | None = None) -> ImageView:
     """Glance's status word and kstatus verdict, from what the store holds and what the importer is doing.
 
     The store's record is the truth for `active`; `killed` is kept from the previous status, since an
     image's source never changes and Glance does not retry a killed image. Progress moves in 10% steps
     and the message does not count bytes, so a status write happens only when a user sees a change.
+    An image whose data comes through the image API (`upload_id`: its id there) waits in `queued` until it
+    arrives; while the API receives it the API itself says `saving`, and the operator leaves that alone.
     """
     if blob is not None:
         word, reason = (GlanceStatus.deactivated, "Deactivated") if deactivated else (GlanceStatus.active, "Active")
@@ -254,6 +256,13 @@ def observe_image(blob: Blob | None, location: str, previous: dict[str, Any], im
             message = f"import will be retried: {passing_error}"
         return ImageView(GlanceStatus.importing, Progress.RECONCILING, "Importing", message,
                          {"progress": pct, "message": passing_error})
+    if upload_id is not None:
+        if previous.get("status") == GlanceStatus.saving:
+            return ImageView(GlanceStatus.saving, Progress.RECONCILING, "Saving",
+                             "receiving the data through the image API")
+        return ImageView(GlanceStatus.queued, Progress.RECONCILING, "WaitingForData",
+                         previous.get("message") or "waiting for the data: upload it through the image API "
+                         f"(kova image upload, or PUT /v2/images/{upload_id}/file)")
     return ImageView(GlanceStatus.queued, Progress.RECONCILING, "Queued",
                      queued_message or "waiting for the import to start")
 

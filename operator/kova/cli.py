@@ -1,6 +1,7 @@
 """`kova`: the operator's command line.
 
     kova run [--namespace NS ...] [--liveness URL]   run the operator (Kopf) with a liveness endpoint
+    kova api [--listen ADDR:PORT] [--public-url URL]  the OpenStack API: Keystone v3 and Glance v2
     kova crds [--out DIR]                            print (or write) the CRDs generated from the models
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from pathlib import Path
@@ -50,6 +52,20 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from kova.openstack import app
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    host, _, port = args.listen.rpartition(":")
+    web.run_app(app.make(args.public_url or None, args.kubeconfig or None), host=host.strip("[]") or "0.0.0.0",
+                port=int(port), access_log=logging.getLogger("kova.api.access") if args.verbose else None,
+                print=None)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kova", description="Nova and Glance as a Kubernetes operator.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--log-format", choices=["full", "plain", "json"], default="full")
     run.add_argument("--verbose", "-v", action="store_true", help="log more (Kopf's verbose)")
     run.set_defaults(func=_run)
+    api = sub.add_parser("api", help="run the OpenStack API (Keystone v3 and Glance v2) over the Image objects")
+    api.add_argument("--listen", default="0.0.0.0:8780", help="address:port to listen on (default %(default)s)")
+    api.add_argument("--public-url", default="", help="the URL clients reach this API at, for the catalog "
+                                                      "(default: from each request's Host)")
+    api.add_argument("--kubeconfig", default="", help="kubeconfig for the API server's address and the API's "
+                                                      "own account (default: in-cluster or $KUBECONFIG)")
+    api.add_argument("--verbose", "-v", action="store_true", help="log every request")
+    api.set_defaults(func=_api)
     crds = sub.add_parser("crds", help="print the CRDs generated from the models")
     crds.add_argument("--out", help="write one file per CRD into this folder instead")
     crds.set_defaults(func=_crds)

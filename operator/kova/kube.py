@@ -99,10 +99,13 @@ class Kube:
             if e.status not in (404, 409):
                 raise
 
-    async def patch_status(self, res: Resource, name: str, namespace: str | None,
-                           status: dict[str, Any]) -> dict[str, Any] | None:
-        """Merge-patch the status; returns the object as the server has it now (None: it is gone)."""
-        body = {"status": status}
+    async def patch_status(self, res: Resource, name: str, namespace: str | None, status: dict[str, Any],
+                           resource_version: str | None = None) -> dict[str, Any] | None:
+        """Merge-patch the status; returns the object as the server has it now (None: it is gone). With a
+        resourceVersion, the server refuses (409) if the object changed since."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         try:
             if res.namespaced:
                 obj = await self.custom.patch_namespaced_custom_object_status(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from pydantic.alias_generators import to_camel
 
 GROUP_COMPUTE = "compute.kova.dev"
@@ -101,18 +101,39 @@ class Visibility(StrEnum):
     community = "community"
 
 
-class ImageSource(Model):
-    """Where the bytes come from (Glance's web-download import method)."""
+class UploadSource(Model):
+    """The bytes are sent through the image API (Glance's image-upload, `PUT /v2/images/{id}/file`, or
+    `kova image upload`); the Image waits in `queued` until they arrive."""
 
-    url: str = Field(pattern=r"^https?://", max_length=4096, description="http(s) URL to download once.")
+
+class ImageSource(Model):
+    """Where the bytes come from: a URL (Glance's web-download import) or an upload through the image API."""
+
+    url: str | None = Field(default=None, pattern=r"^https?://", max_length=4096,
+                            description="http(s) URL to download once.")
     checksum: str | None = Field(default=None, pattern=r"^(md5|sha256|sha512):[0-9a-fA-F]+$", description=(
-        "Expected hash, `<algorithm>:<hex>` with md5, sha256 or sha512. A mismatch kills the import."))
+        "Expected hash of a URL's data, `<algorithm>:<hex>` with md5, sha256 or sha512. A mismatch kills the "
+        "import."))
+    upload: UploadSource | None = Field(default=None, description=(
+        "The data comes through the image API: `{}` (what an Image created by `kova api` has)."))
+
+
+SOURCE_RULES: list[JsonValue] = [{"rule": "has(self.url) != has(self.upload)",
+                 "message": "source needs exactly one of url (web-download) and upload (data sent through the "
+                            "image API)"},
+                {"rule": "!has(self.checksum) || has(self.url)",
+                 "message": "checksum goes with url; an upload is hashed as it arrives"}]
 
 
 class ImageSpec(Model):
     """A Glance image. Its bytes are imported once into the object store and never change afterwards."""
 
-    disk_format: DiskFormat = Field(description="Format of the disk image; checked against the bytes.")
+    name: str | None = Field(default=None, max_length=255, description=(
+        "The Glance name, when it is not this object's name: Glance names are free text and need not be "
+        "unique, so the image API names an Image after it only when it is a valid, free Kubernetes name."))
+    disk_format: DiskFormat | None = Field(default=None, description=(
+        "Format of the disk image; checked against the bytes. Required for a url source; an upload may set it "
+        "until the data arrives, as in Glance."))
     container_format: ContainerFormat = Field(default=ContainerFormat.bare)
     min_disk: int = Field(default=0, ge=0, description="GiB of root disk the image needs to boot.")
     min_ram: int = Field(default=0, ge=0, description="MiB of RAM the image needs to boot.")
@@ -123,20 +144,42 @@ class ImageSpec(Model):
         "namespace (public ones are meant to be listed, community ones only used by name)."))
     members: list[str] = Field(default_factory=list, description="Namespaces a shared image is shared with.")
     protected: bool = Field(default=False, description="A protected image cannot be deleted.")
+    hidden: bool = Field(default=False, description="Glance's os_hidden: left out of default image lists.")
     deactivated: bool = Field(default=False, description=(
         "Glance's deactivate: an active image's data may not be used for new instances (existing ones "
         "keep running) until this is false again."))
-    source: ImageSource = Field(json_schema_extra=cel(
-        "self == oldSelf", "source is immutable: an image's data never changes; create a new Image"))
+    source: ImageSource = Field(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "self == oldSelf", "message": "source is immutable: an image's data never changes; create a new "
+                                               "Image"}, *SOURCE_RULES]})
+
+
+IMAGE_SPEC_RULES = [{"rule": "has(self.diskFormat) || !has(self.source.url)",
+                     "message": "diskFormat is required to import from a url"}]
 
 
 class GlanceStatus(StrEnum):
     queued = "queued"
+    saving = "saving"
     importing = "importing"
     active = "active"
     killed = "killed"
     deactivated = "deactivated"
     deleted = "deleted"
+
+
+class MemberStatus(StrEnum):
+    pending = "pending"
+    accepted = "accepted"
+    rejected = "rejected"
+
+
+class Member(Model):
+    """A namespace's answer to an image shared with it (Glance's image member)."""
+
+    member: str = Field(description="The member namespace (Glance's member_id, a project).")
+    status: MemberStatus = Field(default=MemberStatus.pending)
+    created_at: str | None = None
+    updated_at: str | None = None
 
 
 class ImageStatus(CommonStatus):
@@ -150,6 +193,9 @@ class ImageStatus(CommonStatus):
     progress: str | None = Field(default=None, description="Import progress, e.g. `42%`.")
     location: str | None = Field(default=None, description="Where the data is stored (s3://bucket/key).")
     message: str | None = Field(default=None, description="Why the image is not active, if it is not.")
+    members: list[Member] = Field(default_factory=list, description=(
+        "Each member's answer (pending, accepted, rejected), given through the image API by that namespace."),
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["member"]})
 
 
 # ---------------------------------------------------------------------------------------------- Instance
@@ -232,7 +278,7 @@ FLAVOR = KindInfo(
              {"name": "Public", "type": "boolean", "jsonPath": ".spec.public"}, _READY, _AGE])
 IMAGE = KindInfo(
     group=GROUP_IMAGE, kind="Image", plural="images", singular="image", short_names=["img"],
-    namespaced=True, spec=ImageSpec, status=ImageStatus,
+    namespaced=True, spec=ImageSpec, status=ImageStatus, spec_rules=IMAGE_SPEC_RULES,
     description="A Glance image: disk bytes imported once into the object store.",
     columns=[{"name": "Status", "type": "string", "jsonPath": ".status.status"},
              {"name": "Format", "type": "string", "jsonPath": ".spec.diskFormat"},

@@ -165,6 +165,10 @@ class ObjectStore:
         for key in (record_key(uid), blob_key(uid)):
             self.client.remove_object(self.bucket, key)  # S3 DELETE of a missing key succeeds
 
+    def open_blob(self, uid: str, offset: int = 0, length: int | None = None) -> Any:
+        """The image's bytes as a stream (the image API's download); the caller closes and releases it."""
+        return self.client.get_object(self.bucket, blob_key(uid), offset=offset, length=length or 0)
+
     # ----- share -----
     def presigned_get(self, uid: str, ttl: dt.timedelta) -> str:
         return str(self.signer.presigned_get_object(self.bucket, blob_key(uid), expires=ttl))

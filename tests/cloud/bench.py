@@ -287,10 +287,11 @@ class LocalCloud:
     def _start_controller_manager(self) -> None:
         # Only the controllers whose behaviour Kova relies on: owner-reference garbage collection, and
         # namespace deletion (tests delete their namespaces). The serviceaccount controllers give every
-        # namespace its `default` ServiceAccount and tokens, as in a real cluster.
+        # namespace its `default` ServiceAccount and tokens, as in a real cluster; clusterrole-aggregation
+        # fills the built-in view/edit roles from the chart's kova-image-reader/editor, as in a real cluster.
         proc = self.spawn("kube-controller-manager", [
             binary("kube-controller-manager"), f"--kubeconfig={self.kubeconfig}",
-            "--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token",
+            "--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token,clusterrole-aggregation",
             f"--service-account-private-key-file={self.workdir / 'pki' / 'sa.key'}",
             f"--root-ca-file={self.workdir / 'pki' / 'ca.crt'}",
             "--leader-elect=false", f"--bind-address={LOOPBACK}", f"--secure-port={free_port()}",
@@ -342,6 +343,16 @@ class LocalCloud:
         proc.ports = {"liveness": port, "metrics": metrics}
         self._wait(proc, lambda: _status(f"http://{LOOPBACK}:{port}/healthz") == 200,
                    "the operator's liveness endpoint", timeout=60)
+        return proc
+
+    def start_api(self, kubeconfig: Path, name: str = "api", extra_env: dict[str, str] | None = None) -> Proc:
+        """`kova api` against this cloud (its own account from `kubeconfig`); returns once it answers."""
+        port = free_port()
+        proc = self.spawn(name, [sys.executable, "-m", "kova.cli", "api", "--listen", f"{LOOPBACK}:{port}",
+                                 "--kubeconfig", str(kubeconfig)],
+                          env={**self.env(), "PYTHONPATH": str(REPO / "operator"), **(extra_env or {})})
+        proc.ports = {"http": port}
+        self._wait(proc, lambda: _status(f"http://{LOOPBACK}:{port}/identity/v3") == 200, "kova api", timeout=60)
         return proc
 
     def install_kova_crds(self) -> None:

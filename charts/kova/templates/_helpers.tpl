@@ -27,3 +27,9 @@ app.kubernetes.io/component: operator
 {{- if .Values.s3.endpoint -}}{{ .Values.s3.endpoint }}
 {{- else -}}{{ printf "%s-minio.%s.svc:9000" (include "kova.fullname" .) .Release.Namespace }}{{- end -}}
 {{- end -}}
+
+{{- define "kova.apiSelector" -}}
+app.kubernetes.io/name: kova
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: api
+{{- end -}}

@@ -10,11 +10,13 @@ from kova.runtime import Runtime
 
 
 async def publish(rt: Runtime, res: Resource, obj: dict[str, Any], *, word: str | None, progress: Progress,
-                  reason: str, message: str, fields: dict[str, Any] | None = None) -> None:
+                  reason: str, message: str, fields: dict[str, Any] | None = None,
+                  precondition: bool = False) -> None:
     """Write the status of `obj` when a user would see a change, with an Event for each milestone.
 
     `obj` may come from a watch cache that has not caught up with Kova's last write yet: the newest of
-    the two is what the change is measured against (kova.writes)."""
+    the two is what the change is measured against (kova.writes). With `precondition`, the write fails
+    (409) when the object changed since `obj` was read: a claim only one writer may win."""
     md = obj["metadata"]
     previous = rt.writes.last_status(obj)
     generation = md.get("generation")
@@ -30,7 +32,9 @@ async def publish(rt: Runtime, res: Resource, obj: dict[str, Any], *, word: str 
         {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in previous.get("conditions", [])]
     if unchanged:
         return
-    rt.writes.wrote_status(obj, await rt.kube.patch_status(res, md["name"], md.get("namespace"), status))
+    rt.writes.wrote_status(obj, await rt.kube.patch_status(
+        res, md["name"], md.get("namespace"), status,
+        resource_version=md.get("resourceVersion") if precondition else None))
     # One Event per milestone: when the status word or the verdict's reason changes (WaitingForImage →
     # Spawning → Active), not for every status write.
     old_ready: dict[str, Any] = next(

@@ -31,6 +31,7 @@ async def reconcile(rt: Runtime, namespace: str, name: str,
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return None
         uid = obj["metadata"]["uid"]
+        spec = obj.get("spec") or {}
         state = rt.imports.get(uid)
         # While this process imports, no record can exist yet: no need to ask the store every second.
         blob = None if state is not None else await asyncio.to_thread(rt.store.read_record, uid)
@@ -38,8 +39,8 @@ async def reconcile(rt: Runtime, namespace: str, name: str,
                              done=state.progress.done if state else 0,
                              total=state.progress.total if state else None,
                              passing_error=state.error if state else None,
-                             deactivated=bool((obj.get("spec") or {}).get("deactivated")),
-                             queued_message=queued_message)
+                             deactivated=bool(spec.get("deactivated")), queued_message=queued_message,
+                             upload_id=uid if "upload" in (spec.get("source") or {}) else None)
         await _write(rt, obj, view)
         return view, obj
 
@@ -57,8 +58,8 @@ async def run_import(rt: Runtime, namespace: str, name: str, stopped: kopf.Daemo
     """The import daemon: returns once the image is active or killed, or when told to stop."""
     while not stopped:
         seen = await reconcile(rt, namespace, name)
-        if seen is None or seen[0].status in DONE:
-            return
+        if seen is None or seen[0].status in DONE or not (seen[1].get("spec") or {}).get("source", {}).get("url"):
+            return  # done, or its data comes through the image API (kova.openstack), not from a URL
         if not await _import_slot(rt, namespace, name, stopped):
             return
         try:
@@ -96,6 +97,7 @@ async def _import_once(rt: Runtime, obj: dict[str, Any], stopped: kopf.DaemonSto
     """One attempt at moving the bytes; True when a passing failure asks for another."""
     namespace, name, uid = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["metadata"]["uid"]
     spec = ImageSpec.model_validate(obj["spec"])
+    assert spec.source.url is not None and spec.disk_format is not None  # the daemon imports url sources only
     state = rt.imports[uid] = ImportState()  # a new attempt: the last one's passing error is over
     again = False
     metrics.IMPORTS_IN_FLIGHT.inc()

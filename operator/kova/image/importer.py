@@ -135,6 +135,28 @@ def import_url(store: ObjectStore, uid: str, url: str, disk_format: str, checksu
         resp.close()
 
 
+def import_chunks(store: ObjectStore, uid: str, chunks: Iterator[bytes], disk_format: str, *, source: str,
+                  size: int | None = None, size_cap: int = DEFAULT_SIZE_CAP, progress: ImportProgress | None = None,
+                  part_size: int = PART_SIZE) -> Blob:
+    """Glance's image-upload: bytes sent by a client (the image API) through the same verified pipeline as
+    web-download (hashes, format and safety checks, size cap; nothing visible before it is verified)."""
+    progress = progress or ImportProgress(total=size)
+    for upload_id in store.pending_uploads(uid):
+        store.abort(uid, upload_id)
+    if size is not None and size > size_cap:
+        raise ImportFailed("SizeExceeded", f"the upload announces {size} bytes, over the image size cap of "
+                                           f"{size_cap} bytes (KOVA_IMAGE_SIZE_CAP)")
+
+    def capped() -> Iterator[bytes]:
+        for chunk in chunks:
+            progress.done += len(chunk)
+            if progress.done > size_cap:
+                raise ImportFailed("SizeExceeded", f"the upload sent more than the image size cap of {size_cap} "
+                                                   "bytes (KOVA_IMAGE_SIZE_CAP)")
+            yield chunk
+    return _stream(store, uid, source, capped(), disk_format, None, progress, part_size_for(size, part_size))
+
+
 def _read(resp: Any, url: str, progress: ImportProgress, cancelled: Callable[[], bool],
           size_cap: int) -> Iterator[bytes]:
     """The source's bytes, cut off at the size cap (a chunked source that never ends stops there too)."""
@@ -196,10 +218,10 @@ def _stream(store: ObjectStore, uid: str, url: str, chunks: Iterator[bytes], dis
         digests = {name: h.result() for name, h in hashers.items()}
         size = progress.done
         if progress.total is not None and size != progress.total:
-            raise ImportFailed("SizeMismatch", f"the source sent {size} bytes, its Content-Length said "
+            raise ImportFailed("SizeMismatch", f"{url} sent {size} bytes, its length was announced as "
                                                f"{progress.total}")
         if size == 0:
-            raise ImportFailed("EmptyImage", f"GET {url} returned no data")
+            raise ImportFailed("EmptyImage", f"{url} sent no data")
         if expected and digests[expected[0]] != expected[1]:
             raise ImportFailed("ChecksumMismatch", f"{expected[0]} of the data is {digests[expected[0]]}, "
                                                    f"expected {expected[1]}")

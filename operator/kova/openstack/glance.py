@@ -1,0 +1,508 @@
+"""Glance v2 over Image objects: pure functions from Image objects to Glance's documents and back.
+
+No HTTP and no Kubernetes here: `kova.openstack.images` turns requests into these calls. An image's Glance
+`id` is the Image's `metadata.uid`, its `owner` (project) is the namespace, its name is `spec.name` (or the
+object's name when that is not set, for Images made with kubectl).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kova.builders import image_visible_to
+from kova.models import ContainerFormat, DiskFormat, GlanceStatus, ImageSpec, MemberStatus, Visibility
+
+UUID = "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$"
+DEFAULT_LIMIT = 25
+MAX_LIMIT = 1000
+READ_ONLY = {"created_at", "updated_at", "status", "checksum", "size", "virtual_size", "direct_url", "self",
+             "file", "schema", "id", "os_hash_algo", "os_hash_value", "stores"}
+RESERVED = {"location", "locations", "deleted", "deleted_at"}
+SORT_KEYS = {"name", "status", "container_format", "disk_format", "size", "id", "created_at", "updated_at"}
+# Base attributes and the Image spec field each one is kept in.
+BASE = {"name": "name", "disk_format": "diskFormat", "container_format": "containerFormat",
+        "visibility": "visibility", "protected": "protected", "os_hidden": "hidden", "min_ram": "minRam",
+        "min_disk": "minDisk", "tags": "tags"}
+PATCH_TYPES = ("application/openstack-images-v2.1-json-patch", "application/openstack-images-v2.0-json-patch")
+K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+@dataclass
+class GlanceError(Exception):
+    """An answer Glance would give instead of the document: its HTTP status and explanation."""
+
+    status: int
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# ------------------------------------------------------------------------------------------- documents
+def _null(kind: str) -> list[str]:
+    return ["null", kind]
+
+
+def image_schema() -> dict[str, Any]:
+    """GET /v2/schemas/image: Glance's, with the formats Kova accepts (glanceclient validates against it)."""
+    props: dict[str, Any] = {
+        "id": {"type": "string", "description": "An identifier for the image", "pattern": UUID},
+        "name": {"type": _null("string"), "description": "Descriptive name for the image", "maxLength": 255},
+        "status": {"type": "string", "readOnly": True, "description": "Status of the image",
+                   "enum": ["queued", "saving", "active", "killed", "deleted", "uploading", "importing",
+                            "pending_delete", "deactivated"]},
+        "visibility": {"type": "string", "description": "Scope of image accessibility",
+                       "enum": [v.value for v in Visibility]},
+        "protected": {"type": "boolean", "description": "If true, image will not be deletable."},
+        "os_hidden": {"type": "boolean",
+                      "description": "If true, image will not appear in default image list response."},
+        "checksum": {"type": _null("string"), "readOnly": True, "description": "md5 hash of image contents.",
+                     "maxLength": 32},
+        "os_hash_algo": {"type": _null("string"), "readOnly": True, "maxLength": 64,
+                         "description": "Algorithm to calculate the os_hash_value"},
+        "os_hash_value": {"type": _null("string"), "readOnly": True, "maxLength": 128,
+                          "description": "Hexdigest of the image contents using the algorithm specified by "
+                                         "the os_hash_algo"},
+        "owner": {"type": _null("string"), "description": "Owner of the image", "maxLength": 255},
+        "size": {"type": _null("integer"), "readOnly": True, "description": "Size of image file in bytes"},
+        "virtual_size": {"type": _null("integer"), "readOnly": True,
+                         "description": "Virtual size of image in bytes"},
+        "container_format": {"type": _null("string"), "description": "Format of the container",
+                             "enum": [None, *(c.value for c in ContainerFormat)]},
+        "disk_format": {"type": _null("string"), "description": "Format of the disk",
+                        "enum": [None, *(d.value for d in DiskFormat)]},
+        "created_at": {"type": "string", "readOnly": True, "description": "Date and time of image registration"},
+        "updated_at": {"type": "string", "readOnly": True,
+                       "description": "Date and time of the last image modification"},
+        "tags": {"type": "array", "description": "List of strings related to the image",
+                 "items": {"type": "string", "maxLength": 255}},
+        "min_ram": {"type": "integer", "description": "Amount of ram (in MB) required to boot image."},
+        "min_disk": {"type": "integer", "description": "Amount of disk space (in GB) required to boot image."},
+        "self": {"type": "string", "readOnly": True, "description": "An image self url"},
+        "file": {"type": "string", "readOnly": True, "description": "An image file url"},
+        "schema": {"type": "string", "readOnly": True, "description": "An image schema url"},
+    }
+    return {"name": "image", "properties": props, "additionalProperties": {"type": "string"},
+            "links": [{"rel": "self", "href": "{self}"}, {"rel": "enclosure", "href": "{file}"},
+                      {"rel": "describedby", "href": "{schema}"}]}
+
+
+def member_schema() -> dict[str, Any]:
+    return {"name": "member", "properties": {
+        "member_id": {"type": "string", "description": "An identifier for the image member (tenantId)"},
+        "image_id": {"type": "string", "description": "An identifier for the image", "pattern": UUID},
+        "created_at": {"type": "string", "description": "Date and time of image member creation"},
+        "updated_at": {"type": "string", "description": "Date and time of last modification of image member"},
+        "status": {"type": "string", "description": "The status of this image member",
+                   "enum": [m.value for m in MemberStatus]},
+        "schema": {"readOnly": True, "type": "string"}}}
+
+
+def schemas() -> dict[str, dict[str, Any]]:
+    image, member = image_schema(), member_schema()
+    return {
+        "image": image,
+        "images": {"name": "images", "properties": {
+            "images": {"type": "array", "items": image}, "first": {"type": "string"},
+            "next": {"type": "string"}, "schema": {"type": "string"}},
+            "links": [{"rel": "first", "href": "{first}"}, {"rel": "next", "href": "{next}"},
+                      {"rel": "describedby", "href": "{schema}"}]},
+        "member": member,
+        "members": {"name": "members", "properties": {"members": {"type": "array", "items": member},
+                                                      "schema": {"type": "string"}},
+                    "links": [{"rel": "describedby", "href": "{schema}"}]},
+    }
+
+
+def versions(base_url: str) -> dict[str, Any]:
+    """The version document (Glance's shape). Only what Kova serves is announced: v2.0 up to v2.9 have no
+    import methods, stores or locations that clients would then try."""
+    link = [{"rel": "self", "href": f"{base_url.rstrip('/')}/v2/"}]
+    return {"versions": [{"id": f"v2.{n}", "status": "CURRENT" if n == 9 else "SUPPORTED", "links": link}
+                         for n in (9, 7, 6, 5, 4, 3, 2, 1, 0)]}
+
+
+def _time(value: str | None) -> str | None:
+    return value.split(".")[0].rstrip("Z") + "Z" if value else None
+
+
+def updated_at(obj: Mapping[str, Any]) -> str:
+    """The last time anyone wrote the object: the newest field-manager time (metadata.managedFields)."""
+    md = obj["metadata"]
+    times = [m.get("time") for m in md.get("managedFields") or () if m.get("time")]
+    return _time(max([md["creationTimestamp"], *times])) or ""
+
+
+def glance_status(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("status") or {}).get("status") or GlanceStatus.queued.value)
+
+
+def image_doc(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """An Image as Glance shows it: every base key present (null when unknown), extra properties on top."""
+    md, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+    uid = md["uid"]
+    doc: dict[str, Any] = {str(k): str(v) for k, v in (spec.get("properties") or {}).items()}
+    doc.update({
+        "name": spec.get("name") or md["name"], "disk_format": spec.get("diskFormat"),
+        "container_format": spec.get("containerFormat") or ContainerFormat.bare.value,
+        "visibility": spec.get("visibility") or Visibility.private.value, "size": status.get("size"),
+        "virtual_size": status.get("virtualSize"), "status": glance_status(obj),
+        "checksum": status.get("checksum"), "protected": bool(spec.get("protected")),
+        "min_ram": int(spec.get("minRam") or 0), "min_disk": int(spec.get("minDisk") or 0),
+        "owner": md["namespace"], "os_hidden": bool(spec.get("hidden")),
+        "os_hash_algo": status.get("osHashAlgo"), "os_hash_value": status.get("osHashValue"), "id": uid,
+        "created_at": _time(md.get("creationTimestamp")), "updated_at": updated_at(obj),
+        "tags": list(spec.get("tags") or []), "self": f"/v2/images/{uid}", "file": f"/v2/images/{uid}/file",
+        "schema": "/v2/schemas/image"})
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------- create
+def kubernetes_name(glance_name: str | None) -> tuple[str | None, str]:
+    """(name, generateName) for a new Image: the Glance name itself when it is a valid Kubernetes name,
+    else a lower-case slug of it (or `image`) as a prefix the API server completes. Glance names need not be
+    unique, so a taken name also falls back to the prefix (`images.create`); the Glance name is kept in
+    spec.name either way."""
+    if glance_name and K8S_NAME.match(glance_name):
+        return glance_name, f"{glance_name[:50]}-"
+    slug = re.sub(r"[^a-z0-9]+", "-", (glance_name or "").lower()).strip("-")[:50].strip("-")
+    return None, f"{slug or 'image'}-"
+
+
+def new_image(body: Any, namespace: str) -> dict[str, Any]:
+    """The spec of an Image made by POST /v2/images (its data comes through the API). Glance's defaults:
+    visibility `shared`, container `bare` once a disk format is given."""
+    if not isinstance(body, dict):
+        raise GlanceError(400, "Request body must be a JSON object.")
+    for key in body:
+        _check_writable(key)
+    if "id" in body:
+        raise GlanceError(400, "Kova chooses image ids (an Image's uid); leave id out.")
+    owner = body.get("owner")
+    if owner is not None and owner != namespace:
+        raise GlanceError(403, "You are not permitted to create images owned by another project.")
+    doc = {"visibility": Visibility.shared.value, "protected": False, "os_hidden": False, "min_ram": 0,
+           "min_disk": 0, "tags": [], **{k: v for k, v in body.items() if k != "owner"}}
+    if doc.get("visibility") == Visibility.public.value:
+        raise GlanceError(403, "You are not authorized to complete publicize_image action.")
+    spec = spec_from_doc(doc)
+    spec["source"] = {"upload": {}}
+    return spec
+
+
+# ----------------------------------------------------------------------------------------------- patch
+def _check_writable(key: str) -> None:
+    if key in READ_ONLY:
+        raise GlanceError(403, f"Attribute '{key}' is read-only.")
+    if key in RESERVED or key.startswith("os_glance"):
+        raise GlanceError(403, f"Attribute '{key}' is reserved.")
+
+
+def editable_doc(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The writable part of an image, Glance's way (base attributes and string properties)."""
+    doc: dict[str, Any] = dict(spec.get("properties") or {})
+    for attr, field in BASE.items():
+        doc[attr] = spec.get(field)
+    doc["visibility"] = doc["visibility"] or Visibility.private.value
+    doc["protected"], doc["os_hidden"] = bool(doc["protected"]), bool(doc["os_hidden"])
+    doc["min_ram"], doc["min_disk"] = int(doc["min_ram"] or 0), int(doc["min_disk"] or 0)
+    doc["tags"] = list(doc["tags"] or [])
+    return doc
+
+
+def spec_from_doc(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Image spec fields from a Glance document, validated the way Glance validates (400 with its words)."""
+    spec: dict[str, Any] = {"properties": {}}
+    for key, value in doc.items():
+        if key in BASE:
+            spec[BASE[key]] = value
+        elif not isinstance(value, str):
+            raise GlanceError(400, f"Provided object does not match schema 'image': {value!r} is not of type "
+                                   f"'string' (property {key})")
+        else:
+            spec["properties"][key] = value
+    for key in ("min_ram", "min_disk"):
+        value = doc.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise GlanceError(400, f"Provided object does not match schema 'image': {value!r} is not of type "
+                                   f"'integer' ({key})")
+        if value < 0:
+            raise GlanceError(400, f"Invalid value '{value}' for parameter '{key}': Cannot be a negative value")
+    for key in ("protected", "os_hidden"):
+        if not isinstance(doc.get(key, False), bool):
+            raise GlanceError(400, f"Provided object does not match schema 'image': {doc[key]!r} is not of "
+                                   f"type 'boolean' ({key})")
+    tags = doc.get("tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) and len(t) <= 255 for t in tags):
+        raise GlanceError(400, "Provided object does not match schema 'image': tags must be strings of at most "
+                               "255 characters")
+    spec["tags"] = sorted(set(tags))
+    name = doc.get("name")
+    if name is not None and (not isinstance(name, str) or len(name) > 255):
+        raise GlanceError(400, "Provided object does not match schema 'image': name is a string of at most 255 "
+                               "characters")
+    enums = {"disk_format": DiskFormat, "container_format": ContainerFormat, "visibility": Visibility}
+    for key, enum in enums.items():
+        value = doc.get(key)
+        if value is not None and value not in {e.value for e in enum}:
+            raise GlanceError(400, f"Provided object does not match schema 'image': {value!r} is not one of "
+                                   f"{sorted(e.value for e in enum)} ({key})")
+    return {k: v for k, v in spec.items() if v is not None}
+
+
+def apply_patch(obj: Mapping[str, Any], ops: Any, media_type: str) -> dict[str, Any]:
+    """Glance's PATCH (both JSON-patch dialects) on an Image: the spec fields to merge-patch (None: remove).
+
+    v2.1 `add` replaces a present attribute; v2.0 `add` of a present one is a 409; a path is one level
+    deep, except that `/tags/<n>` and `/tags/-` are taken as list edits (openstackclient sends them)."""
+    if not isinstance(ops, list) or not all(isinstance(o, dict) for o in ops):
+        raise GlanceError(400, "Request body must be a JSON array of operation objects.")
+    spec = obj.get("spec") or {}
+    status = glance_status(obj)
+    doc = editable_doc(spec)
+    for raw in ops:
+        op, path, value = _operation(raw, media_type)
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+        key = parts[0]
+        _check_writable(key)
+        if key == "owner":
+            if value != obj["metadata"]["namespace"] or op == "remove":
+                raise GlanceError(403, "Owner can't be updated by non admin.")
+            continue
+        if key == "tags" and len(parts) == 2:
+            tags = list(doc["tags"])
+            if op == "remove":
+                if parts[1] == "-" or not parts[1].isdigit() or int(parts[1]) >= len(tags):
+                    raise GlanceError(400, f"Invalid JSON pointer for this resource: '{path}'")
+                tags.pop(int(parts[1]))
+            else:
+                tags.append(value) if parts[1] == "-" or op == "add" else tags.__setitem__(int(parts[1]), value)
+            doc["tags"] = tags
+            continue
+        if len(parts) != 1 or not key:
+            raise GlanceError(400, f"Invalid JSON pointer for this resource: '{path}'")
+        present = key in doc and (key in BASE or doc.get(key) is not None)
+        if op == "remove":
+            if key in BASE:
+                raise GlanceError(403, "Property name may not be removed.")
+            if key not in doc:
+                raise GlanceError(409, f"Property {key} does not exist.")
+            del doc[key]
+        elif op == "replace" and not present and key not in BASE:
+            raise GlanceError(409, f"Property {key} does not exist.")
+        elif op == "add" and media_type == PATCH_TYPES[1] and key not in BASE and key in doc:
+            raise GlanceError(409, f"Property {key} already present.")
+        else:
+            if key in ("disk_format", "container_format") and status != GlanceStatus.queued.value \
+                    and value != doc.get(key):
+                raise GlanceError(403, f"Attribute {key} can be only replaced for a queued image.")
+            if key == "visibility" and value == Visibility.public.value and doc["visibility"] != value:
+                raise GlanceError(403, "You are not authorized to complete publicize_image action.")
+            doc[key] = value
+    new = spec_from_doc(doc)
+    patch: dict[str, Any] = {}
+    for field in (*BASE.values(), "properties"):
+        before = spec.get(field)
+        after = new.get(field)
+        if field == "properties":
+            if (before or {}) != (after or {}):
+                # A merge patch removes a key by giving it null.
+                patch["properties"] = {**{k: None for k in before or {}}, **(after or {})}
+        elif after != before and not (after in (None, [], 0, False, "private") and before is None):
+            patch[field] = after
+    return patch
+
+
+def _operation(raw: Mapping[str, Any], media_type: str) -> tuple[str, str, Any]:
+    op: Any
+    path: Any
+    if media_type == PATCH_TYPES[1]:  # draft-04: {"replace": "/name", "value": ...}
+        found = [o for o in ("add", "replace", "remove") if o in raw]
+        if len(found) != 1:
+            raise GlanceError(400, "Operation objects must contain exactly one member named \"add\", \"remove\", "
+                                   "or \"replace\".")
+        op, path = found[0], raw[found[0]]
+    else:
+        op, path = raw.get("op"), raw.get("path")
+        if op not in ("add", "replace", "remove"):
+            raise GlanceError(400, f"Invalid operation: `{op}`. It must be one of the following: add, remove, "
+                                   "replace.")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise GlanceError(400, f"Pointer `{path}` does not start with \"/\".")
+    if op != "remove" and "value" not in raw:
+        raise GlanceError(400, f"Operation \"{op}\" requires a member named \"value\".")
+    return str(op), path, raw.get("value")
+
+
+# ------------------------------------------------------------------------------------------------ list
+def member_status(obj: Mapping[str, Any], project: str) -> str | None:
+    """The project's membership of a shared image: pending, accepted, rejected; None if not a member."""
+    if project not in ((obj.get("spec") or {}).get("members") or []):
+        return None
+    for m in (obj.get("status") or {}).get("members") or ():
+        if m.get("member") == project:
+            return str(m.get("status") or MemberStatus.pending.value)
+    return MemberStatus.pending.value
+
+
+def visible(obj: Mapping[str, Any], project: str) -> bool:
+    """May `project` see (GET, use) this image at all: Kova's visibility rule, the one Instances obey."""
+    spec = ImageSpec.model_construct(**_spec_fields(obj))
+    return image_visible_to(spec, obj["metadata"]["namespace"], project)
+
+
+def _spec_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
+    spec = obj.get("spec") or {}
+    return {"visibility": Visibility(spec.get("visibility") or "private"), "members": spec.get("members") or []}
+
+
+def listed(obj: Mapping[str, Any], project: str, visibility: str | None, want_member: str) -> bool:
+    """Glance's default list: public ones, the project's own, shared ones it accepted (or the member status
+    asked for), community ones only its own; `visibility=` narrows it, `all` includes community."""
+    spec = obj.get("spec") or {}
+    vis = spec.get("visibility") or Visibility.private.value
+    own = obj["metadata"]["namespace"] == project
+    if glance_status(obj) in (GlanceStatus.killed.value, GlanceStatus.deleted.value) \
+            or obj["metadata"].get("deletionTimestamp"):
+        return False
+    if visibility not in (None, "all") and vis != visibility:
+        return False
+    if vis == Visibility.public.value:
+        return True
+    if vis == Visibility.community.value:
+        return own or visibility in ("community", "all")
+    if own:
+        return True
+    if vis == Visibility.shared.value:
+        status = member_status(obj, project)
+        return status is not None and (want_member == "all" or status == want_member)
+    return False
+
+
+@dataclass(frozen=True)
+class Query:
+    limit: int
+    marker: str | None
+    sort: list[tuple[str, str]]
+    visibility: str | None
+    member_status: str
+    hidden: bool
+    filters: list[tuple[str, str]]  # remaining (key, value) pairs: tag (repeatable), name, id, ...
+
+
+def parse_query(params: Sequence[tuple[str, str]]) -> Query:
+    """GET /v2/images parameters, refused with Glance's 400s."""
+    rest: list[tuple[str, str]] = []
+    limit, marker, visibility, member, hidden = DEFAULT_LIMIT, None, None, "accepted", False
+    sort_keys: list[str] = []
+    sort_dirs: list[str] = []
+    sort: list[tuple[str, str]] = []
+    for key, value in params:
+        if key == "limit":
+            if not value.lstrip("-").isdigit():
+                raise GlanceError(400, "limit param must be an integer")
+            if int(value) < 0:
+                raise GlanceError(400, "limit param must be positive")
+            limit = min(int(value), MAX_LIMIT)
+        elif key == "marker":
+            marker = value
+        elif key == "visibility":
+            if value not in {*(v.value for v in Visibility), "all"}:
+                raise GlanceError(400, f"Invalid visibility value: {value}")
+            visibility = value
+        elif key == "member_status":
+            if value not in {*(m.value for m in MemberStatus), "all"}:
+                raise GlanceError(400, f"Invalid status value: {value}")
+            member = value
+        elif key == "os_hidden":
+            if value.lower() not in ("true", "false"):
+                raise GlanceError(400, f"Invalid value for os_hidden: {value}")
+            hidden = value.lower() == "true"
+        elif key == "sort_key":
+            sort_keys.append(value)
+        elif key == "sort_dir":
+            sort_dirs.append(value)
+        elif key == "sort":
+            for part in value.split(","):
+                name, _, direction = part.partition(":")
+                sort.append((name.strip(), direction.strip() or "desc"))
+        else:
+            rest.append((key, value))
+    if sort and (sort_keys or sort_dirs):
+        raise GlanceError(400, "The sort param may not be combined with sort_key or sort_dir.")
+    if sort_keys or sort_dirs:
+        if len(sort_dirs) > 1 and len(sort_dirs) != len(sort_keys):
+            raise GlanceError(400, "Number of sort dirs does not match the number of sort keys")
+        keys = sort_keys or ["created_at"]
+        sort = [(k, sort_dirs[i] if len(sort_dirs) > 1 else (sort_dirs or ["desc"])[0]) for i, k in enumerate(keys)]
+    for key, direction in sort:
+        if key not in SORT_KEYS:
+            raise GlanceError(400, f"Invalid sort key: {key}. It must be one of the following: "
+                                   f"{', '.join(sorted(SORT_KEYS))}.")
+        if direction not in ("asc", "desc"):
+            raise GlanceError(400, f"Invalid sort direction: {direction}")
+    for key, value in rest:
+        if key in ("size_min", "size_max", "size") and not value.isdigit():
+            raise GlanceError(400, f"Invalid value for {key}: {value}")
+        if key == "protected" and value.lower() not in ("true", "false"):
+            raise GlanceError(400, f"Invalid value for protected: {value}")
+    return Query(limit, marker, sort or [("created_at", "desc")], visibility, member, hidden, rest)
+
+
+def _matches(doc: Mapping[str, Any], filters: Sequence[tuple[str, str]]) -> bool:
+    for key, value in filters:
+        if key == "tag":
+            if value not in doc["tags"]:
+                return False
+        elif key == "size_min":
+            if (doc["size"] or 0) < int(value):
+                return False
+        elif key == "size_max":
+            if (doc["size"] or 0) > int(value):
+                return False
+        elif key == "size":
+            if doc["size"] != int(value):
+                return False
+        elif key == "protected":
+            if doc["protected"] != (value.lower() == "true"):
+                return False
+        elif key in ("name", "id", "status", "container_format", "disk_format", "owner", "visibility"):
+            op, _, rest = value.partition(":") if value.startswith(("in:", "eq:")) else ("eq", "", value)
+            wanted = [w.strip().strip('"') for w in rest.split(",")] if op == "in" else [rest]
+            if str(doc.get(key)) not in wanted:
+                return False
+        elif doc.get(key) != value:  # any other key: an extra property
+            return False
+    return True
+
+
+def select(objs: Sequence[Mapping[str, Any]], project: str, query: Query) -> tuple[list[dict[str, Any]], bool]:
+    """One page of what the project sees, sorted, after the marker; and whether a next page may exist."""
+    docs = [image_doc(o) for o in objs if listed(o, project, query.visibility, query.member_status)]
+    docs = [d for d in docs if d["os_hidden"] == query.hidden and _matches(d, query.filters)]
+    for key, direction in reversed([*query.sort, ("created_at", "desc"), ("id", "desc")]):
+        docs.sort(key=lambda d: (d.get(key) is not None, d.get(key) or 0), reverse=direction == "desc")
+    if query.marker is not None:
+        at = next((i for i, d in enumerate(docs) if d["id"] == query.marker), None)
+        if at is None:
+            raise GlanceError(400, f"Invalid marker. Image {query.marker} could not be found.")
+        docs = docs[at + 1:]
+    page = docs[: query.limit]
+    return page, len(page) == query.limit and query.limit > 0
+
+
+def member_doc(image_id: str, member: Mapping[str, Any], created: str) -> dict[str, Any]:
+    return {"member_id": member["member"], "image_id": image_id, "status": member.get("status") or "pending",
+            "created_at": member.get("createdAt") or created, "updated_at": member.get("updatedAt") or created,
+            "schema": "/v2/schemas/member"}
+
+
+def members(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each member of a shared image with its answer (pending until the member says otherwise)."""
+    answers = {m.get("member"): m for m in (obj.get("status") or {}).get("members") or ()}
+    created = _time(obj["metadata"].get("creationTimestamp")) or ""
+    return [member_doc(obj["metadata"]["uid"], answers.get(m) or {"member": m}, created)
+            for m in (obj.get("spec") or {}).get("members") or ()]

@@ -1,0 +1,139 @@
+"""kube-apiserver as the caller of the OpenStack facade: every request carries the caller's own bearer
+token, so Kubernetes RBAC decides what the caller may read and write (STYLE 14: no confused deputy)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from kova.models import IMAGE, VERSION
+
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+IMAGES_PATH = f"/apis/{IMAGE.group}/{VERSION}"
+
+
+@dataclass
+class ApiError(Exception):
+    """kube-apiserver's answer to the caller: 401, 403, 404, 409, 422..."""
+
+    status: int
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class Cluster:
+    server: str
+    ssl: ssl.SSLContext | bool
+
+    @classmethod
+    def load(cls, kubeconfig: str | None = None) -> Cluster:
+        """The API server's address and CA: in-cluster, or the kubeconfig's current context. Only those:
+        the facade's calls carry each caller's token, never the kubeconfig's credentials."""
+        path = kubeconfig or os.environ.get("KUBECONFIG")
+        if not path and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+            return cls(f"https://{host}:{port}", ssl.create_default_context(cafile=str(SA_DIR / "ca.crt")))
+        config = yaml.safe_load(Path(path or Path.home() / ".kube" / "config").read_text())
+        context = next(c["context"] for c in config["contexts"] if c["name"] == config["current-context"])
+        cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
+        if cluster.get("insecure-skip-tls-verify"):
+            return cls(cluster["server"], False)
+        if "certificate-authority-data" in cluster:
+            ctx = ssl.create_default_context(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
+        elif "certificate-authority" in cluster:
+            ctx = ssl.create_default_context(cafile=cluster["certificate-authority"])
+        else:
+            ctx = ssl.create_default_context()
+        return cls(cluster["server"], ctx)
+
+
+class Apiserver:
+    """One connection pool to kube-apiserver, shared by all callers."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=cluster.ssl, limit=64),
+                                             timeout=aiohttp.ClientTimeout(total=30))
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    def caller(self, token: str) -> Caller:
+        return Caller(self, token)
+
+
+class Caller:
+    def __init__(self, api: Apiserver, token: str) -> None:
+        self.api, self.token = api, token
+
+    async def request(self, method: str, path: str, *, body: Any = None, params: dict[str, str] | None = None,
+                      content_type: str = "application/json") -> Any:
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        async with self.api.session.request(method, self.api.cluster.server + path, json=body, params=params,
+                                            headers=headers) as resp:
+            data = await resp.json(content_type=None) if resp.content_length != 0 else None
+            if resp.status >= 400:
+                message = (data or {}).get("message") if isinstance(data, dict) else None
+                raise ApiError(resp.status, message or resp.reason or str(resp.status))
+            return data
+
+    # ----- who is calling, and what may they do -----
+    async def whoami(self) -> dict[str, Any]:
+        """The user behind the token (SelfSubjectReview): username, uid, groups. 401 for a bad token."""
+        review = await self.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", body={
+            "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+        return dict(review.get("status", {}).get("userInfo") or {})
+
+    async def can(self, verb: str, namespace: str, resource: str = IMAGE.plural, subresource: str = "") -> bool:
+        """A SelfSubjectAccessReview: Kubernetes says what this token may do (images/file included, a
+        subresource that exists only in RBAC rules, as KubeVirt's virt-api checks its own)."""
+        review = await self.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body={
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": {"group": IMAGE.group, "resource": resource, "verb": verb,
+                                            "namespace": namespace, "subresource": subresource}}})
+        return bool(review.get("status", {}).get("allowed"))
+
+    # ----- Images, as the caller -----
+    async def images(self, namespace: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            params = {"limit": "500", **({"continue": token} if token else {})}
+            page = await self.request("GET", f"{IMAGES_PATH}/namespaces/{namespace}/{IMAGE.plural}", params=params)
+            out += page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return out
+
+    async def image(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(await self.request("GET", f"{IMAGES_PATH}/namespaces/{namespace}/{IMAGE.plural}/{name}"))
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def create_image(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(await self.request("POST", f"{IMAGES_PATH}/namespaces/{namespace}/{IMAGE.plural}", body=body,
+                                       params={"fieldValidation": "Strict"}))
+
+    async def patch_image(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return dict(await self.request("PATCH", f"{IMAGES_PATH}/namespaces/{namespace}/{IMAGE.plural}/{name}",
+                                       body=patch, content_type="application/merge-patch+json"))
+
+    async def delete_image(self, namespace: str, name: str, uid: str) -> None:
+        await self.request("DELETE", f"{IMAGES_PATH}/namespaces/{namespace}/{IMAGE.plural}/{name}", body={
+            "apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}})
+

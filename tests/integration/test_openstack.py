@@ -1,0 +1,213 @@
+"""`kova api` with real OpenStack clients (the `openstack` CLI, openstacksdk, glanceclient) on the local
+cloud, authenticated with ServiceAccount tokens; a namespace is a project."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import openstack
+import pytest
+import yaml
+
+from tests.cloud.bench import LocalCloud
+from tests.conftest import Kubectl, tenant_token, wait_for
+from tests.qcow2 import make_qcow2
+
+OPENSTACK = str(Path(sys.executable).parent / "openstack")
+GLANCE = str(Path(sys.executable).parent / "glance")
+
+
+def qcow2(tag: str, kib: int = 256) -> bytes:
+    return make_qcow2(1 << 30, (tag.encode() * 1024)[:1024] * kib)
+
+
+class Cli:
+    """The `openstack` command through a clouds.yaml with auth_type v3token, as a user would run it."""
+
+    def __init__(self, api: str, token: str, project: str, tmp: Path) -> None:
+        self.config = tmp / "clouds.yaml"
+        self.config.write_text(yaml.safe_dump({"clouds": {"kova": {
+            "auth_type": "v3token", "region_name": "RegionOne", "identity_api_version": 3,
+            "auth": {"auth_url": f"{api}/identity/v3", "token": token, "project_name": project,
+                     "project_domain_name": "Default"}}}}))
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(self.config), "HOME": str(self.config.parent)}
+        res = subprocess.run([OPENSTACK, "--os-cloud", "kova", *args], capture_output=True, text=True, env=env,
+                             stdin=subprocess.DEVNULL, timeout=120)
+        if check and res.returncode != 0:
+            debug = subprocess.run([OPENSTACK, "--debug", "--os-cloud", "kova", *args], capture_output=True, text=True,
+                                   env=env, stdin=subprocess.DEVNULL, timeout=120)
+            raise AssertionError(f"openstack {' '.join(args)}: {res.returncode}\n{res.stdout}\n{res.stderr}\n"
+                                 f"--debug: {debug.stderr[-3000:]}")
+        return res
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "-f", "json").stdout)
+
+
+def active(kubectl: Kubectl, name: str) -> dict[str, Any] | None:
+    status = kubectl.status("image", name)
+    return status if status.get("status") == "active" else None
+
+
+def test_openstack_cli_image_lifecycle(operator: Any, api: str, cloud: LocalCloud, kubectl: Kubectl, namespace: str,
+                                       tmp_path: Path) -> None:
+    cli = Cli(api, tenant_token(cloud, namespace), namespace, tmp_path)
+    data = qcow2("cli")
+    (tmp_path / "disk.qcow2").write_bytes(data)
+    created = cli.json("image", "create", "--file", str(tmp_path / "disk.qcow2"), "--disk-format", "qcow2",
+                       "Ubuntu 24.04 (test)")
+    assert created["status"] == "active" and created["owner"] == namespace
+    assert created["checksum"] == hashlib.md5(data).hexdigest()
+    # The same image through kubectl: the Glance id is the uid, the Glance name is kept in spec.name.
+    images = json.loads(kubectl("get", "images", "-o", "json"))["items"]
+    obj = next(i for i in images if i["metadata"]["uid"] == created["id"])
+    assert obj["spec"]["name"] == "Ubuntu 24.04 (test)" and obj["metadata"]["name"].startswith("ubuntu-24-04-test-")
+    assert obj["spec"]["source"] == {"upload": {}} and obj["status"]["osHashValue"] == hashlib.sha512(data).hexdigest()
+    # The bytes in the store are the file's, and `image save` (which checks os_hash_value) gives them back.
+    stored = cloud.s3_client().get_object("kova-images", f"images/{created['id']}")
+    assert stored.read() == data
+    cli.run("image", "save", "--file", str(tmp_path / "saved"), created["id"])
+    assert (tmp_path / "saved").read_bytes() == data
+
+    # A kubectl-made Image shows up in the API at once, and what the API changes shows in kubectl.
+    cli.json("image", "create", "--file", str(tmp_path / "disk.qcow2"), "--disk-format", "qcow2", "second")
+    cli.json("image", "create", "--file", str(tmp_path / "disk.qcow2"), "--disk-format", "qcow2", "third")
+    listed = cli.json("image", "list")
+    assert {"Ubuntu 24.04 (test)", "second", "third"} <= {i["Name"] for i in listed}
+    assert len(cli.json("image", "list", "--limit", "2")) == 2
+    shown = cli.json("image", "show", "second")
+    assert shown["disk_format"] == "qcow2" and shown["visibility"] == "shared"
+
+    cli.run("image", "set", "--tag", "t1", "--property", "os_distro=ubuntu", "--min-disk", "2", "second")
+    second = kubectl.get("image", "second")
+    assert second is not None
+    assert second["spec"]["tags"] == ["t1"] and second["spec"]["properties"]["os_distro"] == "ubuntu"
+    assert second["spec"]["minDisk"] == 2
+    cli.run("image", "set", "--private", "second")
+    assert kubectl.get("image", "second")["spec"]["visibility"] == "private"  # type: ignore[index]
+    cli.run("image", "set", "--shared", "second")
+    cli.run("image", "add", "project", "second", "other-project")
+    assert kubectl.get("image", "second")["spec"]["members"] == ["other-project"]  # type: ignore[index]
+
+    cli.run("image", "delete", "third")
+    wait_for(lambda: kubectl.get("image", "third") is None, what="the deleted image gone")
+    assert "third" not in {i["Name"] for i in cli.json("image", "list")}
+
+
+def test_upload_that_is_not_its_disk_format_gets_glances_error(operator: Any, api: str, cloud: LocalCloud,
+                                                                kubectl: Kubectl, namespace: str,
+                                                                tmp_path: Path) -> None:
+    cli = Cli(api, tenant_token(cloud, namespace), namespace, tmp_path)
+    (tmp_path / "raw.img").write_bytes(os.urandom(256 * 1024))
+    res = cli.run("image", "create", "--file", str(tmp_path / "raw.img"), "--disk-format", "qcow2", "liar",
+                  check=False)
+    assert res.returncode != 0
+    assert "415" in res.stderr or "does not match" in res.stderr, res.stderr
+    # openstacksdk deletes the image after a failed upload, as it does with Glance; nothing is left in the store.
+    wait_for(lambda: not [i for i in json.loads(kubectl("get", "images", "-o", "json"))["items"]
+                          if i["spec"].get("name") == "liar"], what="the refused image removed")
+
+
+def test_openstacksdk_password_auth_and_glanceclient_chunked_upload(operator: Any, api: str, cloud: LocalCloud,
+                                                                   kubectl: Kubectl, namespace: str,
+                                                                   tmp_path: Path) -> None:
+    token = tenant_token(cloud, namespace)
+    conn = openstack.connect(auth_type="password", auth={
+        "auth_url": f"{api}/identity/v3", "username": "someone", "password": token, "project_name": namespace,
+        "user_domain_name": "Default", "project_domain_name": "Default"}, region_name="RegionOne")
+    data = qcow2("sdk")
+    image = conn.image.create_image(name="sdk-image", data=data, disk_format="qcow2", container_format="bare")
+    image = conn.image.get_image(image.id)
+    assert image.status == "active" and image.checksum == hashlib.md5(data).hexdigest()
+    assert conn.image.download_image(image).content == data  # checked against os_hash_value by the SDK
+    assert any(i.id == image.id for i in conn.image.images())
+    conn.image.update_image(image, name="renamed", min_ram=512)
+    assert conn.image.get_image(image.id).min_ram == 512
+    conn.image.delete_image(image)
+    wait_for(lambda: conn.image.find_image(image.id) is None, what="image gone")
+
+    # glanceclient uploads with chunked transfer encoding.
+    chunked = qcow2("glance")
+    (tmp_path / "g.qcow2").write_bytes(chunked)
+    # Its shell takes a token and the image endpoint directly (as it does with Glance behind a proxy).
+    env = {**os.environ, "OS_AUTH_TOKEN": token, "OS_IMAGE_URL": f"{api}/projects/{namespace}/image",
+           "HOME": str(tmp_path)}
+    out = subprocess.run([GLANCE, "image-create", "--name", "via-glanceclient", "--disk-format", "qcow2",
+                          "--container-format", "bare", "--file", str(tmp_path / "g.qcow2")],
+                         capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    obj = wait_for(lambda: active(kubectl, "via-glanceclient"), what="the glanceclient upload active")
+    assert obj["checksum"] == hashlib.md5(chunked).hexdigest()
+
+
+def _get(url: str, token: str | None) -> int:
+    req = urllib.request.Request(url, headers={"X-Auth-Token": token} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_authorization(api: str, cloud: LocalCloud, kubectl: Kubectl, namespace: str, tmp_path: Path) -> None:
+    editor = tenant_token(cloud, namespace)
+    nobody = tenant_token(cloud, namespace, role="none")
+    images = f"{api}/projects/{namespace}/image/v2/images"
+    assert _get(images, None) == 401
+    assert _get(images, "not-a-token") == 401
+    assert _get(images, nobody) == 403
+    assert _get(images, editor) == 200
+    # Keystone refuses a token that may neither create nor list Images in the project.
+    req = urllib.request.Request(f"{api}/identity/v3/auth/tokens", method="POST", data=json.dumps({"auth": {
+        "identity": {"methods": ["token"], "token": {"id": nobody}},
+        "scope": {"project": {"name": namespace}}}}).encode(), headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=10)
+    assert refused.value.code == 401
+
+    # Another namespace's private image is neither listed, shown nor downloadable.
+    cli = Cli(api, editor, namespace, tmp_path)
+    (tmp_path / "d").write_bytes(qcow2("private"))
+    private = cli.json("image", "create", "--file", str(tmp_path / "d"), "--disk-format", "qcow2", "--private",
+                       "mine")
+    other = f"{namespace[:50]}-b"
+    cloud.kubectl("create", "namespace", other)
+    try:
+        stranger = tenant_token(cloud, other)
+        theirs = f"{api}/projects/{other}/image/v2/images"
+        with urllib.request.urlopen(urllib.request.Request(theirs, headers={"X-Auth-Token": stranger})) as resp:
+            assert private["id"] not in {i["id"] for i in json.loads(resp.read())["images"]}
+        assert _get(f"{theirs}/{private['id']}", stranger) == 404
+        assert _get(f"{theirs}/{private['id']}/file", stranger) == 404
+        # ...nor reached through the owner's project URL with the stranger's token.
+        assert _get(f"{images}/{private['id']}/file", stranger) == 403
+    finally:
+        cloud.kubectl("delete", "namespace", other, "--wait=false", check=False)
+    # A reader (view) may download but not upload.
+    reader = tenant_token(cloud, namespace, role="view")
+    assert _get(f"{images}/{private['id']}/file", reader) == 200
+    req = urllib.request.Request(f"{images}/{private['id']}/file", method="PUT", data=b"x",
+                                 headers={"X-Auth-Token": reader, "Content-Type": "application/octet-stream"})
+    with pytest.raises(urllib.error.HTTPError) as forbidden:
+        urllib.request.urlopen(req, timeout=10)
+    assert forbidden.value.code == 403
+
+
+def test_the_api_account_cannot_write_images(cloud: LocalCloud, api: str) -> None:
+    account = "system:serviceaccount:kova-system:kova-api"
+    for verb in ("create", "update", "patch", "delete"):
+        assert cloud.kubectl("auth", "can-i", verb, "images.image.kova.dev", "--as", account, "-A",
+                             check=False).strip().startswith("no"), verb
+    assert cloud.kubectl("auth", "can-i", "patch", "images.image.kova.dev", "--subresource=status", "--as", account,
+                         "-A", check=False).strip() == "yes"
+    assert cloud.kubectl("auth", "can-i", "get", "secrets", "--as", account, "-A", check=False).strip() == "no"
