@@ -88,32 +88,8 @@ def chart_rbac_kubeconfig(cloud: LocalCloud, namespace: str = "kova-system") -> 
     return path
 
 
-def api_kubeconfig(cloud: LocalCloud, namespace: str = "kova-system") -> Path:
-    """The chart's `kova api` ServiceAccount, roles and the aggregated image roles, installed; a kubeconfig
-    with that account's token (the API under test has exactly what `helm install` gives it)."""
-    rendered = subprocess.run(
-        [binary("helm"), "template", "kova", str(REPO / "charts" / "kova"), "--namespace", namespace,
-         "--show-only", "templates/api.yaml", "--show-only", "templates/image-roles.yaml"],
-        capture_output=True, text=True, check=True).stdout
-    docs = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] not in ("Deployment", "Service")]
-    cloud.kubectl("create", "namespace", namespace, check=False)
-    cloud.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
-    token = cloud.kubectl("-n", namespace, "create", "token", "kova-api", "--duration=24h").strip()
-    path = cloud.workdir / "api.kubeconfig"
-    path.write_text(yaml.safe_dump(kubeconfig_dict(
-        cloud.api_url, (cloud.workdir / "pki" / "ca.crt").read_text(), token=token, user="kova-api")))
-    return path
-
-
 def tenant_token(cloud: LocalCloud, namespace: str, role: str = "edit", name: str | None = None) -> str:
-    """A token of a ServiceAccount bound to the built-in `role` (edit, view, or none) in `namespace`: an
-    OpenStack user of that project."""
-    name = name or f"os-{role}"
-    cloud.kubectl("-n", namespace, "create", "serviceaccount", name)
-    if role != "none":
-        cloud.kubectl("-n", namespace, "create", "rolebinding", name, f"--clusterrole={role}",
-                      f"--serviceaccount={namespace}:{name}")
-    return cloud.kubectl("-n", namespace, "create", "token", name, "--duration=2h").strip()
+    return cloud.tenant_token(namespace, role, name)
 
 
 class Operator:
@@ -170,7 +146,7 @@ def operator(cloud: LocalCloud, source: Source) -> Iterator[Operator]:
 @pytest.fixture(scope="session")
 def api(cloud: LocalCloud) -> Iterator[str]:
     """`kova api` on loopback, with the chart's account; its base URL."""
-    proc = cloud.start_api(api_kubeconfig(cloud))
+    proc = cloud.start_api(cloud.api_kubeconfig())
     yield f"http://127.0.0.1:{proc.ports['http']}"
     proc.popen.terminate()
     proc.popen.wait(timeout=30)

@@ -1,4 +1,5 @@
-"""`make demo`: the local cloud, the operator, and examples/ applied with kubectl, until all is Ready.
+"""`make demo`: the local cloud, the operator, and examples/ applied with kubectl, until all is Ready; then
+`kova api` with a clouds.yaml (.cache/demo/clouds.yaml, cloud `kova-demo`) that the `openstack` CLI uses.
 
 It serves a small qcow2 (made by tests/qcow2.py) on 127.0.0.1:8321, the URL examples/image.yaml names,
 then prints what a user would look at. `--keep` leaves everything running until Ctrl-C.
@@ -8,12 +9,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
+import subprocess
 import sys
 import threading
 import time
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import yaml
 
 from tests.cloud.bench import REPO, LocalCloud, binary
 from tests.qcow2 import make_qcow2
@@ -36,6 +42,27 @@ def serve_demo_image(folder: str) -> ThreadingHTTPServer:
         sys.exit(f"port {DEMO_PORT} is taken ({e}); examples/image.yaml downloads from it")
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+OPENSTACK = str(Path(sys.executable).parent / "openstack")
+
+
+def start_openstack_api(cloud: LocalCloud, workdir: Path) -> Path:
+    """`kova api` on loopback, and a clouds.yaml (cloud `kova-demo`) with a token of a ServiceAccount that
+    may edit the `default` namespace; `openstack image list` through it shows the demo image."""
+    proc = cloud.start_api(cloud.api_kubeconfig())
+    token = cloud.tenant_token("default", "edit", name="demo")
+    clouds = workdir / "clouds.yaml"
+    clouds.write_text(yaml.safe_dump({"clouds": {"kova-demo": {
+        "auth_type": "v3token", "region_name": "RegionOne", "identity_api_version": 3,
+        "auth": {"auth_url": f"http://127.0.0.1:{proc.ports['http']}/identity/v3", "token": token,
+                 "project_name": "default", "project_domain_name": "Default"}}}}))
+    print(f"\n$ OS_CLIENT_CONFIG_FILE={clouds.relative_to(REPO)} openstack --os-cloud kova-demo image list")
+    listed = subprocess.run([OPENSTACK, "--os-cloud", "kova-demo", "image", "list"], capture_output=True, text=True,
+                            env={**os.environ, "OS_CLIENT_CONFIG_FILE": str(clouds)}, stdin=subprocess.DEVNULL,
+                            timeout=120)
+    print(listed.stdout or listed.stderr)
+    return clouds
 
 
 def main() -> int:
@@ -65,8 +92,11 @@ def main() -> int:
         print(cloud.kubectl("get", "vm,vmi,dv", "-o", "wide", "-n", "default"))
         print("$ kubectl describe instance web-1 | tail (events)")
         print("\n".join(cloud.kubectl("describe", "instance", "web-1", "-n", "default").splitlines()[-8:]))
+        clouds = start_openstack_api(cloud, workdir)
         print(f"\ndemo done in {time.monotonic() - started:.0f}s")
         if args.keep:
+            print(f"\nOpenStack clients work too, while this runs:\n  OS_CLIENT_CONFIG_FILE={clouds} "
+                  f"{OPENSTACK} --os-cloud kova-demo image list")
             print(f"\nstill running; in another shell:\n  source {workdir / 'env'}\n"
                   f"  {binary('kubectl')} get instances -A\nCtrl-C stops it")
             with contextlib.suppress(KeyboardInterrupt):

@@ -2,6 +2,8 @@
 
     kova run [--namespace NS ...] [--liveness URL]   run the operator (Kopf) with a liveness endpoint
     kova api [--listen ADDR:PORT] [--public-url URL]  the OpenStack API: Keystone v3 and Glance v2
+    kova image upload NAME FILE --disk-format F      upload through kova api (token: kubeconfig or $KOVA_TOKEN)
+    kova image download NAME -o FILE                 download through kova api
     kova crds [--out DIR]                            print (or write) the CRDs generated from the models
 """
 
@@ -66,6 +68,29 @@ def _api(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image(args: argparse.Namespace) -> int:
+    from kova.openstack import client
+
+    try:
+        token, namespace = client.credentials(args.namespace or None)
+        api = client.ImageApi(args.api or os.environ.get("KOVA_API_URL", ""), token, namespace)
+        if args.image_command == "upload":
+            image = client.upload(api, args.name, Path(args.file), args.disk_format, args.container_format)
+            print(f"{image['name']} {image['id']} {image['status']} {image['size']} bytes "
+                  f"sha512:{image['os_hash_value']}")
+        else:
+            out = Path(args.output) if args.output and args.output != "-" else None
+            if out is None and sys.stdout.isatty():
+                raise client.ClientError("say where to write the image: -o FILE (or -o - to pipe it)")
+            done = client.download(api, args.name, sys.stdout.buffer, out)
+            if out:
+                print(f"wrote {done} bytes to {out}", file=sys.stderr)
+    except client.ClientError as e:
+        print(f"kova image {args.image_command}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kova", description="Nova and Glance as a Kubernetes operator.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +115,21 @@ def main(argv: list[str] | None = None) -> int:
                                                       "own account (default: in-cluster or $KUBECONFIG)")
     api.add_argument("--verbose", "-v", action="store_true", help="log every request")
     api.set_defaults(func=_api)
+    img = sub.add_parser("image", help="move image data through kova api (upload, download)")
+    img_sub = img.add_subparsers(dest="image_command", required=True)
+    for name, what in (("upload", "upload FILE as image NAME (created if missing)"),
+                       ("download", "download image NAME")):
+        cmd = img_sub.add_parser(name, help=what)
+        cmd.add_argument("name", help="image name (Glance name or Image name) or id")
+        if name == "upload":
+            cmd.add_argument("file", help="the disk image file")
+            cmd.add_argument("--disk-format", required=True, help="qcow2, raw, iso, vmdk, vhd, vhdx or vdi")
+            cmd.add_argument("--container-format", default="bare")
+        else:
+            cmd.add_argument("-o", "--output", default="", help="file to write (- for standard output)")
+        cmd.add_argument("--namespace", "-n", default="", help="project (default: the kubeconfig context's)")
+        cmd.add_argument("--api", default="", help="kova api URL (default: $KOVA_API_URL)")
+        cmd.set_defaults(func=_image)
     crds = sub.add_parser("crds", help="print the CRDs generated from the models")
     crds.add_argument("--out", help="write one file per CRD into this folder instead")
     crds.set_defaults(func=_crds)

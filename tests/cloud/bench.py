@@ -355,6 +355,32 @@ class LocalCloud:
         self._wait(proc, lambda: _status(f"http://{LOOPBACK}:{port}/identity/v3") == 200, "kova api", timeout=60)
         return proc
 
+    def api_kubeconfig(self, namespace: str = "kova-system") -> Path:
+        """The chart's `kova api` ServiceAccount, its roles and the aggregated image roles, installed; a
+        kubeconfig with that account's token (the API runs with what `helm install` gives it, no more)."""
+        rendered = subprocess.run(
+            [binary("helm"), "template", "kova", str(REPO / "charts" / "kova"), "--namespace", namespace,
+             "--show-only", "templates/api.yaml", "--show-only", "templates/image-roles.yaml"],
+            capture_output=True, text=True, check=True).stdout
+        docs = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] not in ("Deployment", "Service")]
+        self.kubectl("create", "namespace", namespace, check=False)
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+        token = self.kubectl("-n", namespace, "create", "token", "kova-api", "--duration=24h").strip()
+        path = self.workdir / "api.kubeconfig"
+        path.write_text(yaml.safe_dump(kubeconfig_dict(
+            self.api_url, (self.workdir / "pki" / "ca.crt").read_text(), token=token, user="kova-api")))
+        return path
+
+    def tenant_token(self, namespace: str, role: str = "edit", name: str | None = None) -> str:
+        """A token of a ServiceAccount bound to the built-in `role` (edit, view, or none) in `namespace`: an
+        OpenStack user of that project."""
+        name = name or f"os-{role}"
+        self.kubectl("-n", namespace, "create", "serviceaccount", name)
+        if role != "none":
+            self.kubectl("-n", namespace, "create", "rolebinding", name, f"--clusterrole={role}",
+                         f"--serviceaccount={namespace}:{name}")
+        return self.kubectl("-n", namespace, "create", "token", name, "--duration=24h").strip()
+
     def install_kova_crds(self) -> None:
         self.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")

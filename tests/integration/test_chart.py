@@ -52,7 +52,7 @@ def test_rendered_chart_is_accepted_by_the_api_server(cloud: LocalCloud, sets: t
 
 def test_defaults_bundle_minio_and_harden_the_pods() -> None:
     docs = render()
-    deploy = find(docs, "Deployment")
+    deploy = find(docs, "Deployment", "kova")
     pod = deploy["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -75,7 +75,7 @@ def test_external_store_and_ha() -> None:
                   "s3.existingSecret=store")
     kinds = {d["kind"] for d in docs}
     assert "StatefulSet" not in kinds and "Secret" not in kinds
-    container = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    container = find(docs, "Deployment", "kova")["spec"]["template"]["spec"]["containers"][0]
     assert "--peering=kova" in container["args"]
     assert find(docs, "ClusterKopfPeering", "kova")
     env = {e["name"]: e for e in container["env"]}
@@ -89,7 +89,7 @@ def test_import_filter_and_size_cap_values_reach_the_operator() -> None:
     from kova.image.importer import DEFAULT_SIZE_CAP
 
     def env_of(*sets: str) -> dict[str, str]:
-        container = find(render(*sets), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+        container = find(render(*sets), "Deployment", "kova")["spec"]["template"]["spec"]["containers"][0]
         return {e["name"]: e.get("value", "") for e in container["env"]}
 
     default = env_of()
@@ -115,10 +115,37 @@ def test_values_schema_rejects_bad_values(bad: str) -> None:
 
 
 def test_rbac_grants_no_secrets_and_no_wildcards() -> None:
-    role = find(render(), "ClusterRole")
-    for rule in role["rules"]:
-        assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
-        assert "secrets" not in rule["resources"], rule
+    for role in (d for d in render() if d["kind"] == "ClusterRole"):
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
+            assert "secrets" not in rule["resources"], rule
+
+
+def test_the_api_is_its_own_hardened_deployment_with_a_read_only_account() -> None:
+    docs = render("api.publicUrl=https://cloud.example", "api.ingress.enabled=true", "api.ingress.host=cloud.example")
+    deploy = find(docs, "Deployment", "kova-api")
+    pod = deploy["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert deploy["spec"]["replicas"] == 2 and pod["serviceAccountName"] == "kova-api"
+    assert container["args"] == ["api", "--listen=0.0.0.0:8780", "--public-url=https://cloud.example"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True and pod["securityContext"]["runAsNonRoot"]
+    # Its pods are not the operator's: neither Deployment's selector matches the other's pods.
+    operator = find(docs, "Deployment", "kova")
+    assert operator["spec"]["selector"]["matchLabels"] != deploy["spec"]["selector"]["matchLabels"]
+    assert not operator["spec"]["selector"]["matchLabels"].items() <= pod.get("labels", deploy["spec"]["template"][
+        "metadata"]["labels"]).items()
+    env = {e["name"]: e for e in container["env"]}
+    assert env["KOVA_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "kova-s3"
+    assert find(docs, "Service", "kova-api")["spec"]["ports"][0]["port"] == 8780
+    assert find(docs, "Ingress", "kova-api")["spec"]["rules"][0]["host"] == "cloud.example"
+    rules = find(docs, "ClusterRole", "kova-api")["rules"]
+    assert {v for r in rules if "images" in r["resources"] for v in r["verbs"]} == {"get", "list", "watch"}
+    reader, editor = find(docs, "ClusterRole", "kova-image-reader"), find(docs, "ClusterRole", "kova-image-editor")
+    assert reader["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert editor["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert "images/file" in reader["rules"][0]["resources"] and editor["rules"][1] == {
+        "apiGroups": ["image.kova.dev"], "resources": ["images/file"], "verbs": ["update"]}
+    assert not [d for d in render("api.enabled=false") if d["metadata"]["name"] == "kova-api"]
 
 
 def test_the_operator_under_test_has_only_the_charts_permissions(cloud: LocalCloud) -> None:

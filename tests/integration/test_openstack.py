@@ -17,7 +17,7 @@ import openstack
 import pytest
 import yaml
 
-from tests.cloud.bench import LocalCloud
+from tests.cloud.bench import REPO, LocalCloud
 from tests.conftest import Kubectl, tenant_token, wait_for
 from tests.qcow2 import make_qcow2
 
@@ -211,3 +211,40 @@ def test_the_api_account_cannot_write_images(cloud: LocalCloud, api: str) -> Non
     assert cloud.kubectl("auth", "can-i", "patch", "images.image.kova.dev", "--subresource=status", "--as", account,
                          "-A", check=False).strip() == "yes"
     assert cloud.kubectl("auth", "can-i", "get", "secrets", "--as", account, "-A", check=False).strip() == "no"
+
+
+def kova(*args: str, token: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KOVA_TOKEN": token, "KUBECONFIG": str(cwd / "none"), "PYTHONPATH": str(REPO / "operator")}
+    return subprocess.run([sys.executable, "-m", "kova.cli", "image", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=120, stdin=subprocess.DEVNULL)
+
+
+def test_kova_image_upload_and_download(operator: Any, api: str, cloud: LocalCloud, kubectl: Kubectl,
+                                        namespace: str, tmp_path: Path) -> None:
+    token = tenant_token(cloud, namespace)
+    data = qcow2("kova-cli", kib=2048)
+    (tmp_path / "disk.qcow2").write_bytes(data)
+    up = kova("upload", "cli-image", str(tmp_path / "disk.qcow2"), "--disk-format", "qcow2", "-n", namespace,
+              "--api", api, token=token, cwd=tmp_path)
+    assert up.returncode == 0, up.stderr
+    assert "active" in up.stdout and hashlib.sha512(data).hexdigest() in up.stdout
+    obj = kubectl.get("image", "cli-image")  # a valid Kubernetes name is kept as the Image's name
+    assert obj is not None and obj["status"]["status"] == "active"
+    down = kova("download", "cli-image", "-o", str(tmp_path / "back"), "-n", namespace, "--api", api, token=token,
+                cwd=tmp_path)
+    assert down.returncode == 0, down.stderr
+    assert (tmp_path / "back").read_bytes() == data
+    # Clear errors: data that is not its format, an active image, an image that is not there, a bad token.
+    (tmp_path / "junk").write_bytes(os.urandom(4096))
+    bad = kova("upload", "junk", str(tmp_path / "junk"), "--disk-format", "qcow2", "-n", namespace, "--api", api,
+               token=token, cwd=tmp_path)
+    assert bad.returncode == 1 and "not what its disk format says" in bad.stderr, bad.stderr
+    again = kova("upload", "cli-image", str(tmp_path / "junk"), "--disk-format", "qcow2", "-n", namespace,
+                 "--api", api, token=token, cwd=tmp_path)
+    assert again.returncode == 1 and "is active" in again.stderr, again.stderr
+    missing = kova("download", "nope", "-o", str(tmp_path / "x"), "-n", namespace, "--api", api, token=token,
+                   cwd=tmp_path)
+    assert missing.returncode == 1 and "no image 'nope'" in missing.stderr, missing.stderr
+    refused = kova("download", "cli-image", "-o", str(tmp_path / "x"), "-n", namespace, "--api", api,
+                   token="not-a-token", cwd=tmp_path)
+    assert refused.returncode == 1 and "token was refused" in refused.stderr, refused.stderr

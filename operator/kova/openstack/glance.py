@@ -137,7 +137,15 @@ def updated_at(obj: Mapping[str, Any]) -> str:
 
 
 def glance_status(obj: Mapping[str, Any]) -> str:
-    return str((obj.get("status") or {}).get("status") or GlanceStatus.queued.value)
+    """The status word; a (re)activation shows at once, before the operator has written it: the API refuses
+    a deactivated image's data from the moment the spec says so."""
+    word = str((obj.get("status") or {}).get("status") or GlanceStatus.queued.value)
+    deactivated = bool((obj.get("spec") or {}).get("deactivated"))
+    if word == GlanceStatus.active.value and deactivated:
+        return GlanceStatus.deactivated.value
+    if word == GlanceStatus.deactivated.value and not deactivated:
+        return GlanceStatus.active.value
+    return word
 
 
 def image_doc(obj: Mapping[str, Any]) -> dict[str, Any]:
