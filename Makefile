@@ -80,6 +80,7 @@ demo: venv bins
 
 bench: venv bins
 	$(PY) -m bench.import_bench
+	$(PY) -m bench.upload_bench
 
 bench-scale: venv bins
 	$(PY) -m bench.scale_bench

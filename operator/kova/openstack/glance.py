@@ -185,10 +185,10 @@ def new_image(body: Any, namespace: str) -> dict[str, Any]:
     visibility `shared`, container `bare` once a disk format is given."""
     if not isinstance(body, dict):
         raise GlanceError(400, "Request body must be a JSON object.")
-    for key in body:
-        _check_writable(key)
     if "id" in body:
         raise GlanceError(400, "Kova chooses image ids (an Image's uid); leave id out.")
+    for key in body:
+        _check_writable(key)
     owner = body.get("owner")
     if owner is not None and owner != namespace:
         raise GlanceError(403, "You are not permitted to create images owned by another project.")

@@ -1,0 +1,94 @@
+"""`make bench`, second part: Glance's image-upload through `kova api` against a plain PUT, in the same run.
+
+On the local cloud (kube-apiserver for the Image, MinIO for the bytes), a file of random bytes is (1) PUT
+straight into MinIO with minio-py, then (2) sent as `PUT /v2/images/{id}/file` to `kova api`, which streams
+it through the verified pipeline (md5 + sha512, format inspection, size cap) into MinIO. `kova api`'s RSS
+before and its peak (VmHWM) are read from /proc. Nothing is asserted; figures and ratios are printed.
+
+    KOVA_BENCH_UPLOAD_MIB=1024 make bench     # default 1024
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.cloud.bench import S3_BUCKET, LocalCloud
+
+from bench.import_bench import MiB, make_file, plain_put, process_cpu
+
+
+def vm(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def upload(port: int, token: str, namespace: str, path: Path) -> tuple[str, float]:
+    """(image id, wall seconds of the PUT file)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    prefix = f"/projects/{namespace}/image/v2"
+    conn.request("POST", f"{prefix}/images", body=json.dumps({"name": "bench", "disk_format": "raw",
+                                                               "container_format": "bare"}),
+                 headers={"X-Auth-Token": token, "Content-Type": "application/json"})
+    resp = conn.getresponse()
+    image = json.loads(resp.read())
+    assert resp.status == 201, image
+    size = path.stat().st_size
+    start = time.perf_counter()
+    with path.open("rb") as f:
+        conn.request("PUT", f"{prefix}/images/{image['id']}/file", body=f, headers={
+            "X-Auth-Token": token, "Content-Type": "application/octet-stream", "Content-Length": str(size)})
+        resp = conn.getresponse()
+        answer = resp.read()
+    seconds = time.perf_counter() - start
+    assert resp.status == 204, answer
+    return str(image["id"]), seconds
+
+
+def main() -> int:
+    size = int(os.environ.get("KOVA_BENCH_UPLOAD_MIB", "1024")) * MiB
+    workdir = Path(tempfile.mkdtemp(prefix="kova-upload-bench-"))
+    cloud = LocalCloud(workdir / "cloud", with_simulator=False).start()
+    try:
+        cloud.install_kova_crds()
+        api = cloud.start_api(cloud.api_kubeconfig())
+        cloud.kubectl("create", "namespace", "bench")
+        token = cloud.tenant_token("bench", "edit")
+        path = workdir / "disk.raw"
+        make_file(path, size)
+        minio = cloud.procs[[p.name for p in cloud.procs].index("minio")].popen.pid
+        store_cpu = process_cpu(minio)
+        put_s, put_cpu = plain_put(cloud, path, "bench/plain")
+        put_store = process_cpu(minio) - store_cpu
+        pid = api.popen.pid
+        rss_before, api_cpu, store_cpu = vm(pid, "VmRSS"), process_cpu(pid), process_cpu(minio)
+        image_id, up_s = upload(api.ports["http"], token, "bench", path)
+        api_cpu, up_store = process_cpu(pid) - api_cpu, process_cpu(minio) - store_cpu
+        peak = vm(pid, "VmHWM")
+        obj = cloud.s3_client().stat_object(S3_BUCKET, f"images/{image_id}")
+        assert obj.size == size
+    finally:
+        cloud.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    mib, gib = size / MiB, size / (1 << 30)
+    print(f"\nimage upload through kova api, {mib:.0f} MiB of random bytes as raw:")
+    print(f"  plain PUT to MinIO      {mib / put_s:6.0f} MiB/s   client {put_cpu / gib:.2f} CPU-s/GiB, "
+          f"MinIO {put_store / gib:.2f} CPU-s/GiB")
+    print(f"  PUT /v2/images/ID/file  {mib / up_s:6.0f} MiB/s   kova api {api_cpu / gib:.2f} CPU-s/GiB, "
+          f"MinIO {up_store / gib:.2f} CPU-s/GiB")
+    print(f"  ratio {put_s / up_s:.2f}x of the plain PUT")
+    print(f"  kova api RSS {rss_before / MiB:.0f} MiB before, peak {peak / MiB:.0f} MiB: growth "
+          f"{(peak - rss_before) / MiB:.0f} MiB (target <= 100 MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

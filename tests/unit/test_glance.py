@@ -1,0 +1,169 @@
+"""kova.openstack.glance and keystone: Glance's documents, rules and answers as pure functions."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+
+from kova.openstack import glance, keystone
+from kova.openstack.glance import PATCH_TYPES, GlanceError
+
+
+def image(obj_name: str, ns: str = "a", uid: str | None = None, created: str = "2026-01-01T00:00:00Z",
+          **spec: Any) -> dict[str, Any]:
+    status = spec.pop("status", {"status": "active", "size": 10})
+    return {"metadata": {"name": obj_name, "namespace": ns, "uid": uid or f"uid-{ns}-{obj_name}",
+                         "creationTimestamp": created},
+            "spec": {"diskFormat": "raw", "source": {"upload": {}}, **spec}, "status": status}
+
+
+def test_image_doc_has_every_base_key_and_string_properties() -> None:
+    doc = glance.image_doc(image("x", properties={"os_distro": "ubuntu"}, tags=["b", "a"], name="My Image"))
+    for key in ("name", "disk_format", "container_format", "visibility", "size", "virtual_size", "status",
+                "checksum", "protected", "min_ram", "min_disk", "owner", "os_hidden", "os_hash_algo",
+                "os_hash_value", "id", "created_at", "updated_at", "tags", "self", "file", "schema"):
+        assert key in doc
+    assert doc["name"] == "My Image" and doc["owner"] == "a" and doc["os_distro"] == "ubuntu"
+    assert doc["self"] == "/v2/images/uid-a-x" and doc["created_at"] == "2026-01-01T00:00:00Z"
+    assert glance.image_doc(image("plain"))["name"] == "plain"  # made with kubectl: the object's name
+
+
+def test_new_image_follows_glance_defaults_and_refusals() -> None:
+    spec = glance.new_image({"name": "n", "disk_format": "qcow2", "ramdisk_id": "r"}, "a")
+    assert spec["visibility"] == "shared" and spec["source"] == {"upload": {}}
+    assert spec["properties"] == {"ramdisk_id": "r"}
+    for body, code in (({"status": "active"}, 403), ({"os_glance_x": "1"}, 403), ({"id": "x"}, 400),
+                       ({"disk_format": "wrong"}, 400), ({"container_format": "wrong"}, 400),
+                       ({"visibility": "public"}, 403), ({"owner": "b"}, 403), ({"prop": 1}, 400),
+                       ({"min_ram": -1}, 400), ([], 400)):
+        with pytest.raises(GlanceError) as e:
+            glance.new_image(body, "a")
+        assert e.value.status == code, body
+
+
+@pytest.mark.parametrize("name, expected", [("cirros", ("cirros", "cirros-")),
+                                            ("Ubuntu 24.04", (None, "ubuntu-24-04-")),
+                                            (None, (None, "image-")), ("!!!", (None, "image-"))])
+def test_kubernetes_name(name: str | None, expected: tuple[str | None, str]) -> None:
+    assert glance.kubernetes_name(name) == expected
+
+
+def test_patch_both_dialects_and_glances_codes() -> None:
+    obj = image("x", properties={"k": "v"}, tags=["t"], status={"status": "queued"})
+    v21, v20 = PATCH_TYPES
+    assert glance.apply_patch(obj, [{"op": "replace", "path": "/name", "value": "new"}], v21) == {"name": "new"}
+    assert glance.apply_patch(obj, [{"replace": "/min_ram", "value": 512}], v20) == {"minRam": 512}
+    assert glance.apply_patch(obj, [{"op": "remove", "path": "/k"}], v21) == {"properties": {"k": None}}
+    assert glance.apply_patch(obj, [{"op": "add", "path": "/tags/1", "value": "u"}], v21) == {"tags": ["t", "u"]}
+    assert glance.apply_patch(obj, [], v21) == {}
+    for ops, media, code in (([{"op": "replace", "path": "/status", "value": "active"}], v21, 403),
+                             ([{"op": "add", "path": "/os_glance_foo", "value": "x"}], v21, 403),
+                             ([{"op": "remove", "path": "/name"}], v21, 403),
+                             ([{"op": "replace", "path": "/nope", "value": "x"}], v21, 409),
+                             ([{"add": "/k", "value": "x"}], v20, 409),
+                             ([{"op": "move", "path": "/name"}], v21, 400),
+                             ([{"op": "add", "path": "/a/b", "value": "x"}], v21, 400),
+                             ([{"op": "replace", "path": "/protected", "value": "yes"}], v21, 400),
+                             ({"op": "add"}, v21, 400)):
+        with pytest.raises(GlanceError) as e:
+            glance.apply_patch(obj, ops, media)
+        assert e.value.status == code, ops
+    active = image("y")  # its format cannot change once the data is there
+    with pytest.raises(GlanceError) as e:
+        glance.apply_patch(active, [{"op": "replace", "path": "/disk_format", "value": "qcow2"}], v21)
+    assert e.value.status == 403
+
+
+def test_visibility_in_lists() -> None:
+    mine = image("mine", "a", visibility="private")
+    public = image("pub", "b", visibility="public")
+    private = image("priv", "b", visibility="private")
+    community = image("comm", "b", visibility="community")
+    shared = image("sh", "b", visibility="shared", members=["a"],
+                   status={"status": "active", "members": [{"member": "a", "status": "accepted"}]})
+    pending = image("pend", "b", visibility="shared", members=["a"])
+    killed = image("dead", "a", status={"status": "killed"})
+    objs = [mine, public, private, community, shared, pending, killed]
+
+    def names(*params: tuple[str, str]) -> set[str]:
+        page, _ = glance.select(objs, "a", glance.parse_query(list(params)))
+        return {d["name"] for d in page}
+    assert names() == {"mine", "pub", "sh"}
+    assert names(("member_status", "pending"), ("visibility", "shared")) == {"pend"}
+    assert names(("visibility", "all")) == {"mine", "pub", "comm", "sh"}
+    assert names(("visibility", "community")) == {"comm"}
+    assert glance.visible(private, "a") is False and glance.visible(pending, "a") is True
+
+
+def test_filters_sorting_and_paging() -> None:
+    objs = [image(f"i{n}", uid=f"u{n}", created=f"2026-01-0{n}T00:00:00Z", tags=["x"] if n % 2 else [],
+                  status={"status": "active", "size": n * 10}) for n in range(1, 6)]
+
+    def run(*params: tuple[str, str]) -> tuple[list[str], bool]:
+        page, more = glance.select(objs, "a", glance.parse_query(list(params)))
+        return [d["name"] for d in page], more
+    assert run()[0] == ["i5", "i4", "i3", "i2", "i1"]  # newest first
+    assert run(("limit", "2")) == (["i5", "i4"], True)
+    assert run(("limit", "2"), ("marker", "u4")) == (["i3", "i2"], True)
+    assert run(("sort_key", "size"), ("sort_dir", "asc"))[0] == ["i1", "i2", "i3", "i4", "i5"]
+    assert run(("sort", "name:asc"))[0][0] == "i1"
+    assert run(("tag", "x"))[0] == ["i5", "i3", "i1"]
+    assert run(("size_min", "20"), ("size_max", "30"))[0] == ["i3", "i2"]
+    assert run(("id", "in:u1,u2"))[0] == ["i2", "i1"]
+    for params in ([("limit", "x")], [("limit", "-1")], [("marker", "nope")], [("sort_key", "owner")],
+                   [("sort_dir", "sideways")], [("visibility", "everyone")], [("member_status", "maybe")],
+                   [("sort", "name:asc"), ("sort_key", "size")], [("size_min", "big")]):
+        with pytest.raises(GlanceError) as e:
+            glance.select(objs, "a", glance.parse_query(params))
+        assert e.value.status == 400, params
+
+
+def test_status_follows_deactivation_at_once() -> None:
+    assert glance.glance_status(image("x", deactivated=True)) == "deactivated"
+    assert glance.glance_status(image("x", status={"status": "deactivated"})) == "active"
+    assert glance.glance_status(image("x", status={})) == "queued"
+
+
+def test_members_and_schemas() -> None:
+    obj = image("s", visibility="shared", members=["b", "c"],
+                status={"status": "active", "members": [{"member": "b", "status": "accepted"}]})
+    assert [(m["member_id"], m["status"]) for m in glance.members(obj)] == [("b", "accepted"), ("c", "pending")]
+    assert glance.member_status(obj, "c") == "pending" and glance.member_status(obj, "d") is None
+    schemas = glance.schemas()
+    assert {s["name"] for s in schemas.values()} == {"image", "images", "member", "members"}
+    assert schemas["image"]["additionalProperties"] == {"type": "string"}
+    assert None in schemas["image"]["properties"]["disk_format"]["enum"]
+
+
+def jwt(claims: dict[str, Any]) -> str:
+    body = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+    return f"e30.{body}.sig"
+
+
+def test_keystone_credentials_and_token() -> None:
+    token = jwt({"sub": "system:serviceaccount:ns1:sa", "exp": 2_000_000_000,
+                 "kubernetes.io": {"namespace": "ns1"}})
+    by_password = keystone.credential({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "name": "x", "password": token}}}, "scope": {"project": {"name": "p"}}}})
+    assert (by_password.token, by_password.project) == (token, "p")
+    by_token = keystone.credential({"auth": {"identity": {"methods": ["token"], "token": {"id": token}}}})
+    assert by_token.project is None and keystone.token_namespace(token) == "ns1"
+    app = keystone.credential({"auth": {"identity": {"methods": ["application_credential"],
+                                                     "application_credential": {"id": "ns2", "secret": token}}}})
+    assert (app.token, app.project) == (token, "ns2")
+    with pytest.raises(keystone.AuthError):
+        keystone.credential({"auth": {"identity": {"methods": ["password"], "password": {"user": {}}}}})
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    body = keystone.token_body(by_password, {"username": "system:serviceaccount:ns1:sa", "uid": "u1"}, "p",
+                               ["member", "reader"], "http://h:1", now)["token"]
+    assert body["expires_at"] == "2033-05-18T03:33:20.000000Z"  # the JWT's exp
+    assert keystone.expires_at("opaque", now) == now + dt.timedelta(hours=1)
+    image_eps = next(s for s in body["catalog"] if s["type"] == "image")["endpoints"]
+    assert {e["interface"] for e in image_eps} == {"public", "internal", "admin"}
+    assert all(e["region"] == e["region_id"] == "RegionOne" and e["url"] == "http://h:1/projects/p/image"
+               for e in image_eps)
+    assert body["project"] == {"id": "p", "name": "p", "domain": {"id": "default", "name": "Default"}}
