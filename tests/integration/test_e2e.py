@@ -306,6 +306,23 @@ def test_crd_validation_rejects_bad_specs(operator: Operator, kubectl: Kubectl) 
     listed = json.loads(kubectl("get", "kova", "-o", "json"))["items"]  # the `kova` category
     assert unique(kubectl, "fixed") in {i["metadata"]["name"] for i in listed if i["kind"] == "Flavor"}
     assert kubectl.get("image", "bad") is None, "the invalid Image was not stored"
+    # source is url (with a diskFormat) or upload, never both or neither; a checksum goes with a url.
+    no_format = image("nofmt", "http://example/x")
+    del no_format["spec"]["diskFormat"]
+    assert "diskFormat is required to import from a url" in kubectl.apply(no_format, check=False)
+    both = image("both", "http://example/x")
+    both["spec"]["source"]["upload"] = {}
+    assert "exactly one of url" in kubectl.apply(both, check=False)
+    upload_sum = image("upsum", "http://example/x")
+    upload_sum["spec"]["source"] = {"upload": {}, "checksum": "md5:00"}
+    assert "checksum goes with url" in kubectl.apply(upload_sum, check=False)
+    # An Image waiting for an upload says so, and the operator does not try to import it.
+    waiting = image("waits", "http://example/x")
+    waiting["spec"]["source"] = {"upload": {}}
+    kubectl.apply(waiting)
+    status = wait_for(lambda: (s := kubectl.status("image", "waits")).get("status") and s, 30, "a status")
+    assert status["status"] == "queued" and "PUT /v2/images/" in condition({"status": status},
+                                                                           "Reconciling")["message"]
 
 
 def test_expired_image_link_is_renewed(cloud: LocalCloud, operator: Operator, source: Source,
