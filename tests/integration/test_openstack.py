@@ -193,9 +193,21 @@ def test_authorization(api: str, cloud: LocalCloud, kubectl: Kubectl, namespace:
         assert _get(f"{images}/{private['id']}/file", stranger) == 403
     finally:
         cloud.kubectl("delete", "namespace", other, "--wait=false", check=False)
-    # A reader (view) may download but not upload.
+    # Without rights in the project: no download, no upload either.
+    assert _get(f"{images}/{private['id']}/file", nobody) == 403
+    put = urllib.request.Request(f"{images}/{private['id']}/file", method="PUT", data=b"x",
+                                 headers={"X-Auth-Token": nobody, "Content-Type": "application/octet-stream"})
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(put, timeout=10)
+    assert denied.value.code == 403
+    # A reader (view) may download (a Range too) but not upload.
     reader = tenant_token(cloud, namespace, role="view")
     assert _get(f"{images}/{private['id']}/file", reader) == 200
+    ranged = urllib.request.Request(f"{images}/{private['id']}/file",
+                                    headers={"X-Auth-Token": reader, "Range": "bytes=4-11"})
+    with urllib.request.urlopen(ranged, timeout=10) as resp:
+        assert resp.status == 206 and resp.headers["Content-Range"] == f"bytes 4-11/{private['size']}"
+        assert resp.read() == (tmp_path / "d").read_bytes()[4:12]
     req = urllib.request.Request(f"{images}/{private['id']}/file", method="PUT", data=b"x",
                                  headers={"X-Auth-Token": reader, "Content-Type": "application/octet-stream"})
     with pytest.raises(urllib.error.HTTPError) as forbidden:
