@@ -157,7 +157,11 @@ async def start_caches(memo: Any, kube: Kube, runtime: Runtime) -> None:
         views[name].listen(child(res))
     views["flavors"].listen(dependency("Flavor"))
     views["images"].listen(dependency("Image"))
-    views["instances"].listen(lambda old, new: forget(old) if new is None else None)
+    def instance_gone(old: Body | None, new: Body | None) -> None:
+        if new is None and old is not None:
+            forget(old)
+            cache.forget(old["metadata"]["namespace"], old["metadata"]["name"])
+    views["instances"].listen(instance_gone)
 
     informers = [i for v in views.values() for i in v]
     memo["caches"], memo["kicks"] = cache, kicks

@@ -17,7 +17,7 @@ import openstack
 import pytest
 import yaml
 
-from tests.cloud.bench import REPO, LocalCloud
+from tests.cloud.bench import REPO, LocalCloud, kubeconfig_dict
 from tests.conftest import Kubectl, tenant_token, wait_for
 from tests.qcow2 import make_qcow2
 
@@ -246,6 +246,17 @@ def test_kova_image_upload_and_download(operator: Any, api: str, cloud: LocalClo
                 cwd=tmp_path)
     assert down.returncode == 0, down.stderr
     assert (tmp_path / "back").read_bytes() == data
+    # With no $KOVA_TOKEN and no -n: the kubeconfig's user and its context's namespace, as kubectl uses them.
+    config = kubeconfig_dict(cloud.api_url, (cloud.workdir / "pki" / "ca.crt").read_text(), token=token)
+    config["contexts"][0]["context"]["namespace"] = namespace
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "KUBECONFIG": str(tmp_path / "kubeconfig"), "KOVA_API_URL": api,
+           "PYTHONPATH": str(REPO / "operator")}
+    env.pop("KOVA_TOKEN", None)
+    via_kubeconfig = subprocess.run([sys.executable, "-m", "kova.cli", "image", "download", "cli-image", "-o",
+                                     str(tmp_path / "again")], capture_output=True, text=True, env=env, timeout=120)
+    assert via_kubeconfig.returncode == 0, via_kubeconfig.stderr
+    assert (tmp_path / "again").read_bytes() == data
     # Clear errors: data that is not its format, an active image, an image that is not there, a bad token.
     (tmp_path / "junk").write_bytes(os.urandom(4096))
     bad = kova("upload", "junk", str(tmp_path / "junk"), "--disk-format", "qcow2", "-n", namespace, "--api", api,

@@ -59,7 +59,12 @@ def test_patch_both_dialects_and_glances_codes() -> None:
     assert glance.apply_patch(obj, [{"replace": "/min_ram", "value": 512}], v20) == {"minRam": 512}
     assert glance.apply_patch(obj, [{"op": "remove", "path": "/k"}], v21) == {"properties": {"k": None}}
     assert glance.apply_patch(obj, [{"op": "add", "path": "/tags/1", "value": "u"}], v21) == {"tags": ["t", "u"]}
+    assert glance.apply_patch(obj, [{"op": "replace", "path": "/tags/0", "value": "x"}], v21) == {"tags": ["x"]}
+    assert glance.apply_patch(obj, [{"op": "remove", "path": "/tags/0"}], v21) == {"tags": []}
+    assert glance.apply_patch(obj, [{"op": "add", "path": "/tags/-", "value": "t"}], v21) == {}  # a set
     assert glance.apply_patch(obj, [], v21) == {}
+    assert glance.apply_patch(image("bare", status={"status": "queued"}),  # defaults are not written
+                              [{"op": "replace", "path": "/visibility", "value": "private"}], v21) == {}
     for ops, media, code in (([{"op": "replace", "path": "/status", "value": "active"}], v21, 403),
                              ([{"op": "add", "path": "/os_glance_foo", "value": "x"}], v21, 403),
                              ([{"op": "remove", "path": "/name"}], v21, 403),
@@ -67,6 +72,8 @@ def test_patch_both_dialects_and_glances_codes() -> None:
                              ([{"add": "/k", "value": "x"}], v20, 409),
                              ([{"op": "move", "path": "/name"}], v21, 400),
                              ([{"op": "add", "path": "/a/b", "value": "x"}], v21, 400),
+                             ([{"op": "add", "path": "/tags/3", "value": "x"}], v21, 400),
+                             ([{"op": "remove", "path": "/tags/-"}], v21, 400),
                              ([{"op": "replace", "path": "/protected", "value": "yes"}], v21, 400),
                              ({"op": "add"}, v21, 400)):
         with pytest.raises(GlanceError) as e:

@@ -45,6 +45,13 @@ class Caches:
     def wait_for(self, what: tuple[str, ...], namespace: str, name: str) -> None:
         self.waiting.setdefault(what, set()).add((namespace, name))
 
+    def forget(self, namespace: str, name: str) -> None:
+        """A deleted Instance waits for nothing."""
+        for key in [k for k, v in self.waiting.items() if (namespace, name) in v]:
+            self.waiting[key].discard((namespace, name))
+            if not self.waiting[key]:
+                del self.waiting[key]
+
     def waiters(self, what: tuple[str, ...]) -> set[tuple[str, str]]:
         """The Instances that wait for `what`, forgotten here: a reconcile that still waits says so again."""
         return self.waiting.pop(what, set())

@@ -101,7 +101,7 @@ class Api:
         subject = request.headers.get("X-Subject-Token")
         if not request.headers.get("X-Auth-Token") or not subject:
             return _keystone_error(401, "The request you have made requires authentication.")
-        cred = keystone.Credential(subject, request.query.get("project") or None, ("token",))
+        cred = keystone.Credential(subject, None, ("token",))  # its project: a ServiceAccount token's own
         answer = await self._token_answer(request, cred, status=200)
         if request.method == "HEAD":
             return web.Response(status=answer.status, headers={"X-Subject-Token": subject})
@@ -597,5 +597,6 @@ async def make(public_url: str | None = None, kubeconfig: str | None = None) -> 
     from kova.store import ObjectStore
 
     settings = Settings.from_env()
-    rt = Runtime(settings=settings, kube=await Kube.connect(kubeconfig), store=ObjectStore(settings.store))
-    return application(Api(Apiserver(Cluster.load(kubeconfig)), rt, public_url))
+    kube = await Kube.connect(kubeconfig)
+    rt = Runtime(settings=settings, kube=kube, store=ObjectStore(settings.store))
+    return application(Api(Apiserver(Cluster.of(kube.api_client.configuration)), rt, public_url))

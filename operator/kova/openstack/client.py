@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import yaml
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
 from tqdm import tqdm
 
 CHUNK = 1 << 20
@@ -24,27 +25,26 @@ class ClientError(Exception):
     """A failure said in one line, for the command line."""
 
 
-def _kubeconfig() -> dict[str, Any]:
-    path = Path(os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or Path.home() / ".kube" / "config")
-    if not path.exists():
-        return {}
-    return dict(yaml.safe_load(path.read_text()) or {})
-
-
 def credentials(namespace: str | None) -> tuple[str, str]:
-    """(token, namespace): $KOVA_TOKEN or the kubeconfig's current user, and --namespace or its context's."""
-    config = _kubeconfig()
-    context: dict[str, Any] = next((c.get("context") or {} for c in config.get("contexts") or ()
-                                    if c.get("name") == config.get("current-context")), {})
+    """(token, namespace): $KOVA_TOKEN or the kubeconfig's current user (the Kubernetes client resolves it:
+    a token, a token file or an exec plugin), and --namespace or the current context's."""
     token = os.environ.get("KOVA_TOKEN")
-    if not token:
-        user = next((u.get("user") or {} for u in config.get("users") or () if u.get("name") == context.get("user")),
-                    {})
-        token = user.get("token") or (Path(user["tokenFile"]).read_text().strip() if user.get("tokenFile") else None)
+    path = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or str(Path.home() / ".kube" / "config")
+    if Path(path).is_file() and (not token or not namespace):
+        try:
+            _, active = k8s_config.list_kube_config_contexts(config_file=path)  # type: ignore[no-untyped-call]
+            namespace = namespace or (active.get("context") or {}).get("namespace")
+            if not token:
+                conf = k8s_client.Configuration()
+                k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+                    config_file=path, client_configuration=conf, persist_config=False)
+                token = str((conf.api_key or {}).get("BearerToken") or "").removeprefix("Bearer ") or None
+        except k8s_config.ConfigException as e:
+            raise ClientError(f"{path}: {e}") from e
     if not token:
         raise ClientError("no token: set KOVA_TOKEN (e.g. KOVA_TOKEN=$(kubectl create token NAME)), or use a "
                           "kubeconfig whose user has a token")
-    return token, namespace or context.get("namespace") or "default"
+    return token, namespace or "default"
 
 
 class ImageApi:

@@ -280,14 +280,17 @@ def apply_patch(obj: Mapping[str, Any], ops: Any, media_type: str) -> dict[str, 
             if value != obj["metadata"]["namespace"] or op == "remove":
                 raise GlanceError(403, "Owner can't be updated by non admin.")
             continue
-        if key == "tags" and len(parts) == 2:
+        if key == "tags" and len(parts) == 2:  # one element of the list, as JSON patch says
             tags = list(doc["tags"])
+            index = len(tags) if parts[1] == "-" else int(parts[1]) if parts[1].isdigit() else -1
+            if not 0 <= index <= len(tags) - (op != "add"):
+                raise GlanceError(400, f"Invalid JSON pointer for this resource: '{path}'")
             if op == "remove":
-                if parts[1] == "-" or not parts[1].isdigit() or int(parts[1]) >= len(tags):
-                    raise GlanceError(400, f"Invalid JSON pointer for this resource: '{path}'")
-                tags.pop(int(parts[1]))
+                tags.pop(index)
+            elif op == "add":
+                tags.insert(index, value)
             else:
-                tags.append(value) if parts[1] == "-" or op == "add" else tags.__setitem__(int(parts[1]), value)
+                tags[index] = value
             doc["tags"] = tags
             continue
         if len(parts) != 1 or not key:
@@ -310,17 +313,12 @@ def apply_patch(obj: Mapping[str, Any], ops: Any, media_type: str) -> dict[str, 
             if key == "visibility" and value == Visibility.public.value and doc["visibility"] != value:
                 raise GlanceError(403, "You are not authorized to complete publicize_image action.")
             doc[key] = value
-    new = spec_from_doc(doc)
-    patch: dict[str, Any] = {}
-    for field in (*BASE.values(), "properties"):
-        before = spec.get(field)
-        after = new.get(field)
-        if field == "properties":
-            if (before or {}) != (after or {}):
-                # A merge patch removes a key by giving it null.
-                patch["properties"] = {**{k: None for k in before or {}}, **(after or {})}
-        elif after != before and not (after in (None, [], 0, False, "private") and before is None):
-            patch[field] = after
+    # Compared with the spec read the same way, so defaults the spec leaves out are not written.
+    before, after = spec_from_doc(editable_doc(spec)), spec_from_doc(doc)
+    patch: dict[str, Any] = {f: after.get(f) for f in BASE.values() if after.get(f) != before.get(f)}
+    if after["properties"] != before["properties"]:
+        # A merge patch removes a key by giving it null.
+        patch["properties"] = {**{k: None for k in before["properties"]}, **after["properties"]}
     return patch
 
 

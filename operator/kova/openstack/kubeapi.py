@@ -3,19 +3,14 @@ token, so Kubernetes RBAC decides what the caller may read and write (STYLE 14: 
 
 from __future__ import annotations
 
-import base64
-import os
 import ssl
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
 from kova.models import IMAGE, VERSION
 
-SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 IMAGES_PATH = f"/apis/{IMAGE.group}/{VERSION}"
 
 
@@ -36,25 +31,12 @@ class Cluster:
     ssl: ssl.SSLContext | bool
 
     @classmethod
-    def load(cls, kubeconfig: str | None = None) -> Cluster:
-        """The API server's address and CA: in-cluster, or the kubeconfig's current context. Only those:
-        the facade's calls carry each caller's token, never the kubeconfig's credentials."""
-        path = kubeconfig or os.environ.get("KUBECONFIG")
-        if not path and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-            return cls(f"https://{host}:{port}", ssl.create_default_context(cafile=str(SA_DIR / "ca.crt")))
-        config = yaml.safe_load(Path(path or Path.home() / ".kube" / "config").read_text())
-        context = next(c["context"] for c in config["contexts"] if c["name"] == config["current-context"])
-        cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
-        if cluster.get("insecure-skip-tls-verify"):
-            return cls(cluster["server"], False)
-        if "certificate-authority-data" in cluster:
-            ctx = ssl.create_default_context(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
-        elif "certificate-authority" in cluster:
-            ctx = ssl.create_default_context(cafile=cluster["certificate-authority"])
-        else:
-            ctx = ssl.create_default_context()
-        return cls(cluster["server"], ctx)
+    def of(cls, configuration: Any) -> Cluster:
+        """The API server's address and CA, from the client configuration Kova loaded for its own account
+        (in-cluster or kubeconfig): only those, since the facade's calls carry each caller's token."""
+        if not configuration.verify_ssl:
+            return cls(configuration.host, False)
+        return cls(configuration.host, ssl.create_default_context(cafile=configuration.ssl_ca_cert))
 
 
 class Apiserver:
