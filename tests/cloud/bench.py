@@ -1,5 +1,7 @@
 """The local cloud Kova is tested on: real etcd, kube-apiserver, kube-controller-manager, MinIO, the
-KubeVirt/CDI CRDs and the KubeVirt/CDI simulator, all on 127.0.0.1.
+KubeVirt/CDI CRDs, a default StorageClass and the KubeVirt/CDI simulator, all on 127.0.0.1. kube-apiserver
+runs with the aggregation layer (front-proxy CA and client certificate): the simulator's virt-api is an
+aggregated API server behind the APIService v1.subresources.kubevirt.io, reached on loopback.
 
 It starts the way controller-runtime's envtest does (a CA, a serving certificate, an admin client
 certificate, a service-account signing key, then the processes with flags), from binaries the Makefile
@@ -11,10 +13,9 @@ started it, even when that process is killed.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
-import datetime as dt
-import ipaddress
 import json
 import os
 import re
@@ -30,15 +31,15 @@ from pathlib import Path
 from typing import IO, Any
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+
+from tests.cloud.pki import leaf, new_ca, new_key, pem_cert, pem_key
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = Path(__file__).resolve().parent / "crds" / "kubevirt-cdi.yaml"
 LOOPBACK = "127.0.0.1"
 S3_BUCKET = "kova-images"
+FRONT_PROXY_CLIENT = "front-proxy-client"
 WRITE_VERBS = {"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"}
 _PR_SET_PDEATHSIG = 1
 
@@ -65,40 +66,6 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _pem_cert(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _pem_key(key: rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                             serialization.NoEncryption())
-
-
-def _issue(subject: x509.Name, key: rsa.RSAPrivateKey, issuer: tuple[x509.Name, rsa.RSAPrivateKey] | None,
-           *, ca: bool = False, server: bool = False) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    issuer_name, issuer_key = issuer or (subject, key)
-    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if server:
-        builder = builder.add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(LOOPBACK))]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _name(cn: str, org: str | None = None) -> x509.Name:
-    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
-    if org:
-        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
-    return x509.Name(attrs)
-
-
-def _key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
 @dataclass
 class Proc:
     name: str
@@ -117,6 +84,8 @@ class LocalCloud:
     procs: list[Proc] = field(default_factory=list)
     api_port: int = 0
     s3_port: int = 0
+    virt_api_port: int = 0  # the simulator's aggregated API (subresources.kubevirt.io), behind an APIService
+    export_port: int = 0  # the simulator's VirtualMachineExport server
     s3_access_key: str = "kova-bench"
     s3_secret_key: str = "kova-bench-secret"
 
@@ -156,9 +125,11 @@ class LocalCloud:
             self._write_pki()
             self._start_etcd()
             self._start_apiserver()
+            # CRDs before the controller manager: its garbage collector watches their kinds from the start
+            # (it discovers kinds added later only every 30 s, and owner references to them wait until then).
+            self._install_crds()
             self._start_controller_manager()
             self._start_minio()
-            self._install_crds()
             if self.with_simulator:
                 self.start_simulator()
             (self.workdir / "env").write_text("".join(f"export {k}={v}\n" for k, v in self.env().items()))
@@ -179,11 +150,12 @@ class LocalCloud:
         return self
 
     def stop(self) -> None:
+        # One after the other, newest first: kube-apiserver stops in about a second while etcd is still
+        # there, but waits out the whole deadline for an etcd that went away under it.
+        deadline = time.monotonic() + 10
         for proc in reversed(self.procs):
             if proc.popen.poll() is None:
                 proc.popen.terminate()
-        deadline = time.monotonic() + 10
-        for proc in reversed(self.procs):
             try:
                 proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -238,20 +210,26 @@ class LocalCloud:
     def _write_pki(self) -> None:
         pki = self.workdir / "pki"
         pki.mkdir(exist_ok=True)
-        ca_key = _key()
-        ca_cert = _issue(_name("kova-bench-ca"), ca_key, None, ca=True)
-        serving_key = _key()
-        serving = _issue(_name("kube-apiserver"), serving_key, (ca_cert.subject, ca_key), server=True)
-        admin_key = _key()
-        admin = _issue(_name("kova-bench-admin", "system:masters"), admin_key, (ca_cert.subject, ca_key))
-        sa_key = _key()
-        files = {"ca.crt": _pem_cert(ca_cert), "ca.key": _pem_key(ca_key),
-                 "apiserver.crt": _pem_cert(serving), "apiserver.key": _pem_key(serving_key),
-                 "admin.crt": _pem_cert(admin), "admin.key": _pem_key(admin_key), "sa.key": _pem_key(sa_key),
+        ca = new_ca("kova-bench-ca")
+        serving = leaf("kube-apiserver", ca, server=True)
+        admin = leaf("kova-bench-admin", ca, org="system:masters")
+        # The aggregation layer, as kubeadm sets it up: kube-apiserver proxies to aggregated API servers
+        # (the simulator's virt-api) with the front-proxy client certificate, and they trust only the
+        # front-proxy CA (published in kube-system/extension-apiserver-authentication) for X-Remote-User.
+        front_proxy_ca = new_ca("front-proxy-ca")
+        front_proxy = leaf(FRONT_PROXY_CLIENT, front_proxy_ca)
+        sa_key = new_key()
+        files = {"ca.crt": pem_cert(ca[0]), "ca.key": pem_key(ca[1]),
+                 "apiserver.crt": pem_cert(serving[0]), "apiserver.key": pem_key(serving[1]),
+                 "admin.crt": pem_cert(admin[0]), "admin.key": pem_key(admin[1]),
+                 "front-proxy-ca.crt": pem_cert(front_proxy_ca[0]),
+                 "front-proxy-client.crt": pem_cert(front_proxy[0]),
+                 "front-proxy-client.key": pem_key(front_proxy[1]),
+                 "sa.key": pem_key(sa_key),
                  "sa.pub": sa_key.public_key().public_bytes(
                      serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)}
-        for name, data in files.items():
-            (pki / name).write_bytes(data)
+        for filename, data in files.items():
+            (pki / filename).write_bytes(data)
         self.api_port = free_port()
         self.kubeconfig.write_text(yaml.safe_dump(kubeconfig_dict(
             self.api_url, (pki / "ca.crt").read_text(), client_cert=(pki / "admin.crt").read_text(),
@@ -281,7 +259,13 @@ class LocalCloud:
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             "--service-cluster-ip-range=10.0.0.0/24", "--authorization-mode=RBAC", "--allow-privileged=true",
-            "--endpoint-reconciler-type=none", "--v=1"])
+            "--endpoint-reconciler-type=none",
+            f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+            f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-", "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-username-headers=X-Remote-User",
+            f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+            f"--proxy-client-key-file={pki / 'front-proxy-client.key'}", "--v=1"])
         self._wait(proc, lambda: self._api_get("/readyz") == "ok", "/readyz", timeout=120)
 
     def _start_controller_manager(self) -> None:
@@ -289,9 +273,12 @@ class LocalCloud:
         # namespace deletion (tests delete their namespaces). The serviceaccount controllers give every
         # namespace its `default` ServiceAccount and tokens, as in a real cluster; clusterrole-aggregation
         # fills the built-in view/edit roles from the chart's kova-image-reader/editor, as in a real cluster.
+        # pvc-protection takes the kubernetes.io/pvc-protection finalizer off claims no pod uses (the
+        # simulator's PVCs), or no namespace holding one could ever be deleted.
         proc = self.spawn("kube-controller-manager", [
             binary("kube-controller-manager"), f"--kubeconfig={self.kubeconfig}",
-            "--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token,clusterrole-aggregation",
+            "--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token,clusterrole-aggregation,"
+            "pvc-protection",
             f"--service-account-private-key-file={self.workdir / 'pki' / 'sa.key'}",
             f"--root-ca-file={self.workdir / 'pki' / 'ca.crt'}",
             "--leader-elect=false", f"--bind-address={LOOPBACK}", f"--secure-port={free_port()}",
@@ -319,16 +306,35 @@ class LocalCloud:
 
     def _install_crds(self) -> None:
         self.kubectl("apply", "--server-side", "-f", str(CRDS))
+        self.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(STORAGE_CLASS))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd",
                      "virtualmachines.kubevirt.io", "virtualmachineinstances.kubevirt.io",
-                     "datavolumes.cdi.kubevirt.io")
+                     "datavolumes.cdi.kubevirt.io", "virtualmachineexports.export.kubevirt.io")
 
     def start_simulator(self) -> Proc:
-        proc = self.spawn("simulator", [sys.executable, "-m", "tests.cloud.sim", "--delay", str(self.sim_delay)],
+        """The KubeVirt/CDI simulator; returns once its caches are synced and kube-apiserver finds its
+        aggregated API (the APIService v1.subresources.kubevirt.io) Available."""
+        # Ports stay the same across restarts: the APIService and export links keep pointing at them.
+        self.virt_api_port = self.virt_api_port or free_port()
+        self.export_port = self.export_port or free_port()
+        log = self.logs / "simulator.log"
+        offset = log.stat().st_size if log.exists() else 0
+        proc = self.spawn("simulator", [sys.executable, "-m", "tests.cloud.sim", "--delay", str(self.sim_delay),
+                                        "--virt-api-port", str(self.virt_api_port),
+                                        "--export-port", str(self.export_port)],
                           env={**self.env(), "PYTHONPATH": str(REPO)})
-        self._wait(proc, lambda: (self.logs / "simulator.log").read_text().find("simulator ready") >= 0,
-                   "the simulator")
+        self._wait(proc, lambda: log.read_bytes()[offset:].find(b"simulator ready") >= 0, "the simulator")
+        self._wait(proc, lambda: self._apiservice_available(), "APIService v1.subresources.kubevirt.io Available")
         return proc
+
+    def _apiservice_available(self) -> bool:
+        apiservice = json.loads(self._api_get("/apis/apiregistration.k8s.io/v1/apiservices/"
+                                              "v1.subresources.kubevirt.io"))
+        ca_bundle = (self.workdir / "virt-api-ca.crt").read_bytes()
+        # A restarted simulator has a new CA: Available must be about the APIService that carries it.
+        return base64.b64decode(apiservice["spec"].get("caBundle", "")) == ca_bundle and any(
+            c["type"] == "Available" and c["status"] == "True" for c in apiservice.get("status", {}).get(
+                "conditions", []))
 
     def start_operator(self, name: str = "operator", extra_env: dict[str, str] | None = None,
                        args: tuple[str, ...] = ("--standalone",)) -> Proc:
@@ -416,10 +422,17 @@ class LocalCloud:
             return str(resp.read().decode())
 
 
+# The simulator's CSI driver: the default class, as a cluster's storage vendor installs it.
+STORAGE_CLASS: dict[str, Any] = {
+    "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+    "metadata": {"name": "sim-local", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+    "provisioner": "sim.kova.dev/local", "allowVolumeExpansion": True, "reclaimPolicy": "Delete",
+    "volumeBindingMode": "Immediate",
+}
+
+
 def kubeconfig_dict(server: str, ca_pem: str, *, client_cert: str | None = None, client_key: str | None = None,
                     token: str | None = None, user: str = "admin") -> dict[str, Any]:
-    import base64
-
     def b64(s: str) -> str:
         return base64.b64encode(s.encode()).decode()
 

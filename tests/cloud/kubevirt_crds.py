@@ -1,7 +1,7 @@
 """Build structural CRDs for KubeVirt and CDI from their official OpenAPI (swagger 2.0) documents.
 
-The bench has no KubeVirt or CDI installed, but the API server must still validate every VirtualMachine
-and DataVolume Kova emits exactly as a real cluster would. So the kinds are declared from the projects'
+The bench has no KubeVirt or CDI installed, but the API server must still validate every VirtualMachine,
+DataVolume and VirtualMachineExport exactly as a real cluster would. So the kinds are declared from the projects'
 published schemas (vendored in third_party/, see its README), inlined into the structural form that
 apiextensions requires.
 
@@ -32,6 +32,13 @@ KINDS: list[tuple[str, str, str, str, str, str, list[str], list[dict[str, str]]]
      "virtualmachineinstances", ["vmi", "vmis"], [
          {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
          {"name": "IP", "type": "string", "jsonPath": ".status.interfaces[0].ipAddress"},
+     ]),
+    # As virt-operator installs it (served as v1; v1beta1 is deprecated and left out).
+    ("kubevirt", "v1.VirtualMachineExport", "export.kubevirt.io", "v1", "VirtualMachineExport",
+     "virtualmachineexports", ["vmexport", "vmexports"], [
+         {"name": "SourceKind", "type": "string", "jsonPath": ".spec.source.kind"},
+         {"name": "SourceName", "type": "string", "jsonPath": ".spec.source.name"},
+         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
      ]),
     ("cdi", "v1beta1.DataVolume", "cdi.kubevirt.io", "v1beta1", "DataVolume", "datavolumes",
      ["dv", "dvs"], [

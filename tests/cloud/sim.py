@@ -4,18 +4,31 @@ CDI: a DataVolume is imported for real. For an `http` source the simulator GETs 
 URL, say) and checks `checksum` (`sha256:`/`sha512:`) when given; for an `s3` source it reads the Secret
 named by `secretRef` (accessKeyId / secretKey) and downloads the object. The bytes land in a file that
 stands for the PVC (`<volumes>/<namespace>/<name>.img`). Phases: ImportScheduled → ImportInProgress (with
-progress) → Succeeded, or Failed with a reason and message.
+progress) → Succeeded, or Failed with a reason and message. As CDI does, each DataVolume gets a
+PersistentVolumeClaim of its name that it controls, with its labels and annotations (and CDI's own), asking
+for the DataVolume's size; `status.claimName` names it.
 
-KubeVirt: a VirtualMachine that should run (runStrategy Always/RerunOnFailure/Once, or `running: true`)
-waits for its DataVolumes (Provisioning), gets a VirtualMachineInstance it controls, and moves Starting →
-Running with `ready` and an interface IP on the VMI; Halted removes the VMI (Stopping → Stopped). A VMI
-that asks for more than the simulated node has stays Scheduling, and the VM says ErrorUnschedulable.
+CSI driver (`sim.kova.dev/local`, StorageClass `sim-local`, the default): claims of the class are bound at
+once (capacity = request; no PersistentVolume object). A grown request is played as external-resizer and
+kubelet do: Resizing → FileSystemResizePending → the new capacity. The file on disk keeps its bytes.
+
+KubeVirt: a VirtualMachine that should run (runStrategy Always/RerunOnFailure/Once, or `running: true`;
+Manual on a start request) waits for its DataVolumes (Provisioning), gets a VirtualMachineInstance it
+controls, and moves Starting → Running with `ready` and an interface IP on the VMI; Halted removes the VMI
+(Stopping → Stopped). `status.stateChangeRequests` (Stop of a VMI uid, then Start) are carried out as
+virt-controller does: that is how a restart replaces the VMI. A VMI whose `Paused` condition is True makes
+the VM `Paused` (not ready; the VMI's conditions are mirrored on the VM). A VMI that asks for more than the
+simulated node has stays Scheduling, and the VM says ErrorUnschedulable.
+
+virt-api: the aggregated API subresources.kubevirt.io (tests/cloud/virtapi.py), behind a real APIService.
+virt-exportproxy and the export controller: VirtualMachineExports (tests/cloud/exportserver.py).
 
 Like KubeVirt's and CDI's controllers, it works from informer-style caches: one watch per kind keeps an
-in-memory copy of every DataVolume, VirtualMachine and VirtualMachineInstance, and its own status writes
-update that copy at once. A pass over the caches costs the API server nothing.
+in-memory copy of every DataVolume, PersistentVolumeClaim, VirtualMachine, VirtualMachineInstance and
+VirtualMachineExport, and its own writes update that copy at once. A pass over the caches costs the API
+server nothing.
 
-    python -m tests.cloud.sim [--delay SECONDS]      # uses $KUBECONFIG
+    python -m tests.cloud.sim [--delay SECONDS] [--virt-api-port N] [--export-port N]     # uses $KUBECONFIG
 """
 
 from __future__ import annotations
@@ -24,15 +37,18 @@ import argparse
 import base64
 import datetime as dt
 import hashlib
+import json
 import logging
 import os
 import re
+import secrets
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +58,26 @@ from kubernetes.client.exceptions import ApiException
 log = logging.getLogger("sim")
 KV = ("kubevirt.io", "v1")
 CDI = ("cdi.kubevirt.io", "v1beta1")
+EXPORT = ("export.kubevirt.io", "v1")
 NODE = {"name": "sim-node-0", "cpu": 64, "memory": 256 * 1024**3}
 RUNNING_STRATEGIES = {"Always", "RerunOnFailure", "Once"}
+STORAGE_CLASS = "sim-local"
+EXPORT_TTL = dt.timedelta(hours=2)  # exportv1.DefaultDurationTTL
 _UNITS = {"": 1, "k": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
           "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
+_DURATION = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+# What kubelet says of a pod whose readiness gate is False: virt-controller copies it to the VMI (and the VM).
+PAUSED_NOT_READY = ("ReadinessGatesNotReady",
+                    'the status of pod readiness gate "kubevirt.io/virtual-machine-unpaused" is not "True", '
+                    'but False')
 
 
 def now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def quantity(value: Any) -> float:
@@ -60,9 +88,45 @@ def quantity(value: Any) -> float:
     return num / 1000 if unit == "m" else num * _UNITS[unit]
 
 
+def duration(value: str) -> dt.timedelta:
+    """A Go duration (metav1.Duration) such as 2h, 90s or 1h30m."""
+    parts = re.findall(r"([0-9.]+)(ms|h|m|s)", value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        raise ValueError(f"not a duration: {value!r}")
+    return dt.timedelta(seconds=sum(float(n) * _DURATION[u] for n, u in parts))
+
+
 def condition(type_: str, status: bool, reason: str = "", message: str = "") -> dict[str, str]:
     return {"type": type_, "status": "True" if status else "False", "reason": reason, "message": message,
             "lastTransitionTime": now(), "lastProbeTime": now()}
+
+
+def find_condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    return next((c for c in (obj or {}).get("status", {}).get("conditions") or [] if c.get("type") == type_), None)
+
+
+def has_condition(obj: dict[str, Any] | None, type_: str) -> bool:
+    return (find_condition(obj, type_) or {}).get("status") == "True"
+
+
+def signature(conditions: list[dict[str, Any]] | None) -> list[tuple[str, str, str, str]]:
+    """Conditions without their timestamps: what decides whether a status write is needed."""
+    return sorted((c.get("type", ""), c.get("status", ""), c.get("reason", ""), c.get("message", ""))
+                  for c in conditions or [])
+
+
+def claim_names(vm_or_vmi_spec: dict[str, Any]) -> list[str]:
+    """The PersistentVolumeClaims behind a VM's (or VMI's) volumes: a DataVolume's claim has its name."""
+    out = []
+    for volume in vm_or_vmi_spec.get("volumes", []):
+        name = volume.get("dataVolume", {}).get("name") or volume.get("persistentVolumeClaim", {}).get("claimName")
+        if name:
+            out.append(name)
+    return out
+
+
+def vmi_final(vmi: dict[str, Any]) -> bool:
+    return vmi.get("status", {}).get("phase") in ("Succeeded", "Failed")
 
 
 class ImportFailed(Exception):
@@ -81,25 +145,57 @@ class Simulator:
         self.last_step: dict[str, float] = {}
         self.lock = threading.Lock()
         self.caches: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
-            "datavolumes": {}, "virtualmachines": {}, "virtualmachineinstances": {}}
+            "datavolumes": {}, "virtualmachines": {}, "virtualmachineinstances": {},
+            "virtualmachineexports": {}, "persistentvolumeclaims": {}}
         self.synced = {plural: threading.Event() for plural in self.caches}
+        self.soft_reboots: dict[str, int] = {}  # by VMI uid: the guest rebooted this often
+        self.exports: Any = None  # the export server (exportserver.ExportServer), once started
+        self.export_links: Callable[[dict[str, Any], list[str]], dict[str, Any]] | None = None
+
+    # ----- raw API calls -----
+    def rest(self, method: str, path: str, body: Any = None,
+             content_type: str = "application/merge-patch+json") -> dict[str, Any]:
+        """One call to the API server, JSON in and out, with the kubeconfig's credentials."""
+        api = self.api.api_client
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        _, url, headers, data, _ = api.param_serialize(method, path, header_params=headers, body=body,
+                                                       auth_settings=["BearerToken"])
+        resp = api.call_api(method, url, headers, data)
+        raw = resp.read()
+        if not 200 <= resp.status <= 299:
+            raise ApiException.from_response(http_resp=resp, body=raw.decode(errors="replace"), data=None)
+        return json.loads(raw) if raw else {}
+
+    def event(self, obj: dict[str, Any], reason: str, message: str, component: str,
+              type_: str = "Normal") -> None:
+        """An Event about `obj`, as a KubeVirt component's event recorder writes it."""
+        md = obj["metadata"]
+        stamp = now()
+        self.rest("POST", f"/api/v1/namespaces/{md['namespace']}/events", {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{md['name']}.", "namespace": md["namespace"]},
+            "involvedObject": {"apiVersion": obj.get("apiVersion", ""), "kind": obj.get("kind", ""),
+                               "name": md["name"], "namespace": md["namespace"], "uid": md["uid"],
+                               "resourceVersion": md.get("resourceVersion", "")},
+            "reason": reason, "message": message, "type": type_, "count": 1,
+            "firstTimestamp": stamp, "lastTimestamp": stamp,
+            "source": {"component": component, "host": NODE["name"]}}, "application/json")
 
     # ----- informers -----
-    def informer(self, gv: tuple[str, str], plural: str) -> None:
+    def informer(self, plural: str, path: str, watch_fn: Callable[..., Any], *watch_args: str) -> None:
         """List once, then watch from that resourceVersion; list again when the watch expires (410)."""
         cache = self.caches[plural]
         while True:
             try:
-                listed = self.api.list_cluster_custom_object(*gv, plural)
+                listed = self.rest("GET", path)
                 with self.lock:
                     cache.clear()
                     for obj in listed["items"]:
                         cache[self._key(obj)] = obj
                 self.synced[plural].set()
                 rv = listed["metadata"]["resourceVersion"]
-                for event in watch.Watch().stream(self.api.list_cluster_custom_object, *gv, plural,
-                                                  resource_version=rv, timeout_seconds=300):
-                    obj = event["object"]
+                for event in watch.Watch().stream(watch_fn, *watch_args, resource_version=rv, timeout_seconds=300):
+                    obj = event["raw_object"]
                     with self.lock:
                         if event["type"] == "DELETED":
                             cache.pop(self._key(obj), None)
@@ -123,6 +219,10 @@ class Simulator:
         with self.lock:
             return list(self.caches[plural].values())
 
+    def get_cached(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        with self.lock:
+            return self.caches[plural].get((namespace, name))
+
     # ----- helpers -----
     def patch_status(self, gv: tuple[str, str], plural: str, obj: dict[str, Any], status: dict[str, Any]) -> None:
         md = obj["metadata"]
@@ -135,6 +235,17 @@ class Simulator:
             return
         self.remember(plural, written)
 
+    def patch_claim_status(self, pvc: dict[str, Any], status: dict[str, Any]) -> None:
+        md = pvc["metadata"]
+        try:
+            written = self.rest("PATCH", f"/api/v1/namespaces/{md['namespace']}/persistentvolumeclaims/"
+                                         f"{md['name']}/status", {"status": status})
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            return
+        self.remember("persistentvolumeclaims", written)
+
     def remember(self, plural: str, obj: dict[str, Any]) -> None:
         """Put what the server answered into the cache, unless the watch already brought something newer."""
         def rv(o: dict[str, Any] | None) -> int:
@@ -143,6 +254,13 @@ class Simulator:
             cache = self.caches[plural]
             if rv(obj) > rv(cache.get(self._key(obj))):
                 cache[self._key(obj)] = obj
+
+    def forget(self, plural: str, obj: dict[str, Any]) -> None:
+        """Drop an object this simulator deleted, before the watch says so."""
+        with self.lock:
+            cached = self.caches[plural].get(self._key(obj))
+            if cached is not None and cached["metadata"]["uid"] == obj["metadata"]["uid"]:
+                del self.caches[plural][self._key(obj)]
 
     def due(self, key: str) -> bool:
         """True at most once per `delay` for `key`: each call that returns True is one step of progress."""
@@ -168,6 +286,7 @@ class Simulator:
     def import_dv(self, dv: dict[str, Any]) -> None:
         md = dv["metadata"]
         try:
+            self.ensure_claim(dv)
             self.patch_status(CDI, "datavolumes", dv, {
                 "phase": "ImportScheduled", "progress": "N/A", "claimName": md["name"],
                 "conditions": [condition("Bound", True, "Bound"), condition("Ready", False, "ImportScheduled"),
@@ -278,6 +397,88 @@ class Simulator:
             resp.close()
             resp.release_conn()
 
+    # ----- CDI: claims; the CSI driver: binding and expansion -----
+    def ensure_claim(self, dv: dict[str, Any]) -> None:
+        """The DataVolume's PersistentVolumeClaim, as CDI's newPersistentVolumeClaim makes it."""
+        md = dv["metadata"]
+        if self.get_cached("persistentvolumeclaims", md["namespace"], md["name"]) is not None:
+            return
+        spec = dv["spec"]
+        storage = spec.get("storage") or spec.get("pvc") or {}
+        volume_mode = storage.get("volumeMode") or "Filesystem"
+        labels = {"app": "containerized-data-importer"}
+        if volume_mode == "Filesystem":
+            labels["alerts.k8s.io/KubePersistentVolumeFillingUp"] = "disabled"
+        labels.update(md.get("labels") or {})
+        annotations = {**(md.get("annotations") or {}),
+                       "cdi.kubevirt.io/storage.pod.restarts": "0",
+                       "cdi.kubevirt.io/storage.contentType": spec.get("contentType") or "kubevirt",
+                       "cdi.kubevirt.io/storage.preallocation.requested": "false",
+                       "cdi.kubevirt.io/createdForDataVolume": md["uid"]}
+        claim_spec: dict[str, Any] = {
+            # CDI takes access modes the storage API leaves out from the StorageProfile; this class's is RWO.
+            "accessModes": storage.get("accessModes") or ["ReadWriteOnce"],
+            "volumeMode": volume_mode,
+            "resources": {"requests": {
+                "storage": (storage.get("resources") or {}).get("requests", {}).get("storage", "1Gi")}},
+        }
+        if storage.get("storageClassName"):
+            claim_spec["storageClassName"] = storage["storageClassName"]
+        body = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": md["name"], "namespace": md["namespace"], "labels": labels,
+                             "annotations": annotations,
+                             "ownerReferences": [{"apiVersion": "/".join(CDI), "kind": "DataVolume",
+                                                  "name": md["name"], "uid": md["uid"], "controller": True,
+                                                  "blockOwnerDeletion": True}]},
+                "spec": claim_spec}
+        try:
+            created = self.rest("POST", f"/api/v1/namespaces/{md['namespace']}/persistentvolumeclaims", body,
+                                "application/json")
+        except ApiException as e:
+            if e.status not in (404, 409):  # the namespace is going away, or the claim is there already
+                raise
+            return
+        self.remember("persistentvolumeclaims", created)
+        log.info("pvc %s/%s created for its datavolume", md["namespace"], md["name"])
+
+    def reconcile_claims(self) -> None:
+        claims = {self._key(c) for c in self.cached("persistentvolumeclaims")}
+        for dv in self.cached("datavolumes"):
+            # DataVolumes imported before the simulator made claims get theirs now.
+            if self._key(dv) not in claims and not dv["metadata"].get("deletionTimestamp"):
+                self.ensure_claim(dv)
+        for pvc in self.cached("persistentvolumeclaims"):
+            if pvc["spec"].get("storageClassName") != STORAGE_CLASS or pvc["metadata"].get("deletionTimestamp"):
+                continue
+            status = pvc.get("status") or {}
+            requested = pvc["spec"]["resources"]["requests"]["storage"]
+            if status.get("phase") != "Bound":
+                self.patch_claim_status(pvc, {"phase": "Bound", "accessModes": pvc["spec"].get("accessModes"),
+                                              "capacity": {"storage": requested}})
+                log.info("pvc %s/%s bound (%s)", *self._key(pvc), requested)
+            elif quantity(requested) > quantity((status.get("capacity") or {}).get("storage", 0)):
+                self.expand(pvc, requested)
+
+    def expand(self, pvc: dict[str, Any], requested: str) -> None:
+        """external-resizer, then kubelet: the claim's capacity grows in steps; the disk file does not (a
+        sparse file of GiBs would only slow tests down)."""
+        key = f"resize/{pvc['metadata']['uid']}"
+        types = {c.get("type") for c in pvc.get("status", {}).get("conditions") or []}
+        if not types & {"Resizing", "FileSystemResizePending"}:
+            self.last_step[key] = time.monotonic()
+            self.patch_claim_status(pvc, {
+                "conditions": [condition("Resizing", True)], "allocatedResources": {"storage": requested},
+                "allocatedResourceStatuses": {"storage": "ControllerResizeInProgress"}})
+        elif "Resizing" in types and self.due(key):
+            self.patch_claim_status(pvc, {
+                "conditions": [condition("FileSystemResizePending", True, "", "Waiting for user to (re-)start a "
+                                         "pod to finish file system resize of volume on node.")],
+                "allocatedResourceStatuses": {"storage": "NodeResizePending"}})
+        elif "FileSystemResizePending" in types and self.due(key):
+            self.patch_claim_status(pvc, {"capacity": {"storage": requested}, "conditions": None,
+                                          "allocatedResourceStatuses": None})
+            log.info("pvc %s/%s expanded to %s", *self._key(pvc), requested)
+
     # ----- KubeVirt -----
     def reconcile_vms(self) -> None:
         vmis = {self._key(v): v for v in self.cached("virtualmachineinstances")}
@@ -298,13 +499,26 @@ class Simulator:
         spec = vm["spec"]
         strategy = spec.get("runStrategy") or ("Always" if spec.get("running") else "Halted")
         status = vm.get("status", {})
-        if strategy not in RUNNING_STRATEGIES:
+        requests = status.get("stateChangeRequests") or []
+        if requests and requests[0].get("action") == "Stop":
+            # A stop (or the first half of a restart) of one VMI: delete it; once it is gone, the request is done.
+            uid = requests[0].get("uid")
+            if vmi is not None and uid in (None, vmi["metadata"]["uid"]):
+                self.delete_vmi(vmi)
+                self.set_vm(vm, "Stopping", ready=False, created=True)
+            else:
+                self.set_requests(vm, requests[1:])
+            return
+        start_requested = bool(requests) and requests[0].get("action") == "Start"
+        wants_vmi = strategy in RUNNING_STRATEGIES or (strategy == "Manual" and (vmi is not None or start_requested))
+        if not wants_vmi:
             if vmi is not None:
-                if vmi["metadata"].get("deletionTimestamp") is None:
-                    self.api.delete_namespaced_custom_object(*KV, ns, "virtualmachineinstances", name)
+                self.delete_vmi(vmi)
                 self.set_vm(vm, "Stopping", ready=False, created=True)
             elif status.get("printableStatus") != "Stopped":
                 self.set_vm(vm, "Stopped", ready=False, created=False)
+            if start_requested and strategy == "Halted":
+                self.set_requests(vm, requests[1:])  # a paused start is not simulated
             return
         # Volumes first: a VM waits for its DataVolumes the way virt-controller does.
         for volume in spec["template"]["spec"].get("volumes", []):
@@ -323,11 +537,22 @@ class Simulator:
         if vmi is None:
             self.create_vmi(vm)
             self.last_step[f"vmi/{ns}/{name}"] = time.monotonic()
+            if start_requested:
+                self.set_requests(vm, requests[1:])
             self.set_vm(vm, "Starting", ready=False, created=True)
             return
+        if start_requested:
+            self.set_requests(vm, requests[1:])  # already running: nothing to start
         phase = vmi.get("status", {}).get("phase", "Pending")
         if phase == "Running":
-            self.set_vm(vm, "Running", ready=True, created=True)
+            # virt-controller mirrors the VMI's conditions on the VM (syncConditions): Ready as it is on the
+            # VMI (False, ReadinessGatesNotReady while paused), and the others (LiveMigratable, Paused, ...).
+            mirrored = [c for c in vmi.get("status", {}).get("conditions") or [] if c.get("type") != "Ready"]
+            if has_condition(vmi, "Paused"):
+                self.set_vm(vm, "Paused", ready=False, created=True, ready_condition=find_condition(vmi, "Ready"),
+                            extra=mirrored)
+            else:
+                self.set_vm(vm, "Running", ready=True, created=True, extra=mirrored)
             return
         if not self.due(f"vmi/{ns}/{name}"):
             return
@@ -349,6 +574,20 @@ class Simulator:
                 "interfaces": [{"name": "default", "ipAddress": ip, "ipAddresses": [ip],
                                 "mac": "52:54:00:" + ":".join(f"{b:02x}" for b in os.urandom(3)),
                                 "infoSource": "domain, guest-agent", "interfaceName": "eth0"}]})
+
+    def delete_vmi(self, vmi: dict[str, Any]) -> None:
+        if vmi["metadata"].get("deletionTimestamp") is None:
+            md = vmi["metadata"]
+            try:
+                self.api.delete_namespaced_custom_object(*KV, md["namespace"], "virtualmachineinstances", md["name"])
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+            self.forget("virtualmachineinstances", vmi)
+            log.info("vmi %s/%s deleted", md["namespace"], md["name"])
+
+    def set_requests(self, vm: dict[str, Any], rest: list[dict[str, Any]]) -> None:
+        self.patch_status(KV, "virtualmachines", vm, {"stateChangeRequests": rest or None})
 
     def fits(self, vmi: dict[str, Any]) -> bool:
         domain = vmi["spec"]["domain"]
@@ -376,26 +615,163 @@ class Simulator:
                       self.api.create_namespaced_custom_object(*KV, md["namespace"], "virtualmachineinstances", body))
         log.info("vmi %s/%s created", md["namespace"], md["name"])
 
-    def set_vm(self, vm: dict[str, Any], printable: str, *, ready: bool, created: bool, message: str = "") -> None:
+    def set_vm(self, vm: dict[str, Any], printable: str, *, ready: bool, created: bool, message: str = "",
+               ready_condition: dict[str, Any] | None = None, extra: Sequence[dict[str, Any]] = ()) -> None:
         status = vm.get("status", {})
-        if (status.get("printableStatus"), status.get("ready", False), status.get("created", False)) == (
-                printable, ready, created):
+        ready_cond = ({**condition("Ready", False), **{k: ready_condition.get(k, "") for k in ("reason", "message")}}
+                      if ready_condition else condition("Ready", ready, "" if ready else printable, message))
+        conditions = [ready_cond, *(c for c in extra if c)]
+        if (status.get("printableStatus"), status.get("ready", False), status.get("created", False),
+                signature(status.get("conditions"))) == (printable, ready, created, signature(conditions)):
             return
-        reason = "" if ready else printable
         self.patch_status(KV, "virtualmachines", vm, {
-            "printableStatus": printable, "ready": ready, "created": created,
-            "conditions": [condition("Ready", ready, reason, message)]})
+            "printableStatus": printable, "ready": ready, "created": created, "conditions": conditions})
         log.info("vm %s/%s %s", vm["metadata"]["namespace"], vm["metadata"]["name"], printable)
 
+    # ----- the export controller -----
+    def reconcile_exports(self) -> None:
+        vms = {self._key(v): v for v in self.cached("virtualmachines")}
+        vmis = {self._key(v): v for v in self.cached("virtualmachineinstances")}
+        dvs = {self._key(d): d for d in self.cached("datavolumes")}
+        claims = {self._key(c): c for c in self.cached("persistentvolumeclaims")}
+        ready: dict[tuple[str, str], tuple[str, list[str], str]] = {}
+        for export in self.cached("virtualmachineexports"):
+            if export["metadata"].get("deletionTimestamp"):
+                continue
+            try:
+                volumes = self.reconcile_export(export, vms, vmis, dvs, claims)
+            except ApiException as e:
+                if e.status not in (404, 409):
+                    raise
+                continue
+            if volumes is not None:
+                md = export["metadata"]
+                ready[self._key(export)] = (md["uid"], volumes, self.token_secret_name(export))
+        if self.exports is not None:
+            self.exports.publish(ready)  # what is no longer Ready (or is gone) is no longer served
+
+    @staticmethod
+    def token_secret_name(export: dict[str, Any]) -> str:
+        # naming.GetName("export-token", name, 63) in KubeVirt
+        return export["spec"].get("tokenSecretRef") or f"export-token-{export['metadata']['name']}"[:63]
+
+    def reconcile_export(self, export: dict[str, Any], vms: dict[tuple[str, str], dict[str, Any]],
+                         vmis: dict[tuple[str, str], dict[str, Any]], dvs: dict[tuple[str, str], dict[str, Any]],
+                         claims: dict[tuple[str, str], dict[str, Any]]) -> list[str] | None:
+        """One pass of KubeVirt's VMExportController over an export; the claims it serves when Ready."""
+        md, spec = export["metadata"], export["spec"]
+        ns, name = md["namespace"], md["name"]
+        status = export.get("status") or {}
+        try:
+            ttl = duration(spec["ttlDuration"]) if spec.get("ttlDuration") else EXPORT_TTL
+        except ValueError:
+            ttl = EXPORT_TTL
+        expires = parse_time(md["creationTimestamp"]) + ttl
+        if dt.datetime.now(dt.UTC) >= expires:  # the TTL is over: the controller deletes the export
+            self.api.delete_namespaced_custom_object(*EXPORT, ns, "virtualmachineexports", name)
+            self.forget("virtualmachineexports", export)
+            log.info("virtualmachineexport %s/%s expired", ns, name)
+            return None
+        token_secret = self.token_secret_name(export)
+        if not spec.get("tokenSecretRef") and status.get("tokenSecretRef") != token_secret:
+            self.create_token_secret(export, token_secret)
+        source = spec["source"]
+        kind, src = source.get("kind"), source.get("name", "")
+        group = source.get("apiGroup") or ""
+        desired: dict[str, Any] = {"tokenSecretRef": token_secret, "serviceName": f"virt-export-{name}"[:63],
+                                   "ttlExpirationTime": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        conditions: list[dict[str, str]] = []
+        volumes: list[str] = []
+        not_ready: tuple[str, str] | None = None
+        phase = "Pending"
+        if kind == "VirtualMachine" and group == "kubevirt.io":
+            desired["virtualMachineName"] = src
+            vm = vms.get((ns, src))
+            volumes = claim_names(vm["spec"]["template"]["spec"]) if vm else []
+            populated = all(self.populated(claims.get((ns, v)), dvs.get((ns, v))) for v in volumes)
+            vmi = vmis.get((ns, src))
+            if vm is None:
+                not_ready, phase = ("VMNotFound", f"Virtual Machine {ns}/{src} not found"), "Skipped"
+            elif not volumes:
+                not_ready, phase = ("VMNoVolumes", f"Virtual Machine {ns}/{src} has no volumes"), "Skipped"
+            elif not populated:
+                not_ready = ("VolumesNotPopulated", f"Not all volumes in the Virtual Machine {ns}/{src} are populated")
+            elif vmi is not None and not vmi_final(vmi):
+                not_ready = ("InUse", f"Virtual Machine {ns}/{src} is running")
+        elif kind == "PersistentVolumeClaim" and group == "":
+            pvc = claims.get((ns, src))
+            volumes = [src] if pvc else []
+            if pvc is None:
+                not_ready = ("Initializing", "")
+                conditions.append(condition("PVC", False, "PVCNotFound", f"PersistentVolumeClaim {ns}/{src} not found"))
+            else:
+                bound = (pvc.get("status") or {}).get("phase") == "Bound"
+                conditions.append(condition("PVC", bound, "PVCBound" if bound else "PVCPending"))
+                # In use: a pod mounts it; here, a VMI not yet finished whose volumes name it.
+                in_use = any(v["metadata"]["namespace"] == ns and not vmi_final(v) and src in claim_names(v["spec"])
+                             for v in vmis.values())
+                if in_use:
+                    not_ready = ("InUse", f"PersistentVolumeClaim {ns}/{src} is in use")
+                elif not self.populated(pvc, dvs.get((ns, src))):
+                    not_ready = ("PVCPending", f"PersistentVolumeClaim {ns}/{src} is not populated")
+        else:
+            not_ready = ("Initializing", "")  # snapshots and templates are not simulated
+        if not_ready is None:
+            phase = "Ready"
+            conditions.insert(0, condition("Ready", True, "PodReady"))
+            desired["links"] = self.export_links(export, volumes) if self.export_links else None
+        else:
+            conditions.insert(0, condition("Ready", False, *not_ready))
+        desired["phase"] = phase
+        desired["conditions"] = conditions
+        current = {k: v for k, v in status.items() if k != "conditions"}
+        wanted = {k: v for k, v in desired.items() if k != "conditions" and v is not None}
+        if current != wanted or signature(status.get("conditions")) != signature(conditions):
+            patch = {**{k: None for k in status}, **desired}  # merge patch: what is no longer wanted goes
+            self.patch_status(EXPORT, "virtualmachineexports", export, patch)
+            log.info("virtualmachineexport %s/%s %s %s", ns, name, phase, not_ready[0] if not_ready else "")
+        return volumes if phase == "Ready" else None
+
+    @staticmethod
+    def populated(pvc: dict[str, Any] | None, dv: dict[str, Any] | None) -> bool:
+        """A claim is populated once bound and, when a DataVolume fills it, once the import succeeded."""
+        if pvc is None or (pvc.get("status") or {}).get("phase") != "Bound":
+            return False
+        return dv is None or dv.get("status", {}).get("phase") == "Succeeded"
+
+    def create_token_secret(self, export: dict[str, Any], secret_name: str) -> None:
+        """KubeVirt's generated export token (kutil.GenerateVMExportToken), in a Secret the export controls."""
+        md = export["metadata"]
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": secret_name, "namespace": md["namespace"],
+                             "ownerReferences": [{"apiVersion": "/".join(EXPORT), "kind": "VirtualMachineExport",
+                                                  "name": md["name"], "uid": md["uid"], "controller": True,
+                                                  "blockOwnerDeletion": True}]},
+                "stringData": {"token": secrets.token_urlsafe(24)}}
+        try:
+            self.rest("POST", f"/api/v1/namespaces/{md['namespace']}/secrets", body, "application/json")
+        except ApiException as e:
+            if e.status != 409:
+                raise
+
     # ----- loop -----
-    def run(self, interval: float) -> None:
-        for gv, plural in ((CDI, "datavolumes"), (KV, "virtualmachines"), (KV, "virtualmachineinstances")):
-            threading.Thread(target=self.informer, args=(gv, plural), daemon=True, name=plural).start()
+    def start_informers(self) -> None:
+        crds = ((CDI, "datavolumes"), (KV, "virtualmachines"), (KV, "virtualmachineinstances"),
+                (EXPORT, "virtualmachineexports"))
+        for gv, plural in crds:
+            threading.Thread(target=self.informer, daemon=True, name=plural,
+                             args=(plural, f"/apis/{gv[0]}/{gv[1]}/{plural}", self.api.list_cluster_custom_object,
+                                   *gv, plural)).start()
+        threading.Thread(target=self.informer, daemon=True, name="persistentvolumeclaims",
+                         args=("persistentvolumeclaims", "/api/v1/persistentvolumeclaims",
+                               self.core.list_persistent_volume_claim_for_all_namespaces)).start()
         for synced in self.synced.values():
             synced.wait()
-        log.info("simulator ready (delay %.2fs)", self.delay)
+
+    def run(self, interval: float) -> None:
         while True:
-            for step in (self.reconcile_datavolumes, self.reconcile_vms):
+            for step in (self.reconcile_datavolumes, self.reconcile_claims, self.reconcile_vms,
+                         self.reconcile_exports):
                 try:
                     step()
                 except Exception:
@@ -404,15 +780,29 @@ class Simulator:
 
 
 def main() -> None:
+    from tests.cloud.exportserver import ExportServer
+    from tests.cloud.virtapi import VirtAPI
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--delay", type=float, default=0.3, help="seconds between simulated phases")
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between passes")
-    parser.add_argument("--volumes", type=Path,
-                        default=Path(os.environ.get("KUBECONFIG", ".")).parent / "volumes")
+    state = Path(os.environ.get("KUBECONFIG", "./kubeconfig")).resolve().parent
+    parser.add_argument("--volumes", type=Path, default=state / "volumes")
+    parser.add_argument("--state-dir", type=Path, default=state,
+                        help="where the simulator writes its CAs (virt-api-ca.crt, export-ca.crt)")
+    parser.add_argument("--virt-api-port", type=int, default=0, help="0: no aggregated API")
+    parser.add_argument("--export-port", type=int, default=0, help="0: no export server")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config.load_kube_config()
-    Simulator(args.delay, args.volumes).run(args.interval)
+    sim = Simulator(args.delay, args.volumes)
+    sim.start_informers()
+    if args.export_port:
+        ExportServer(sim, args.export_port, args.state_dir).start()
+    if args.virt_api_port:
+        VirtAPI(sim, args.virt_api_port, args.state_dir).start()
+    log.info("simulator ready (delay %.2fs)", args.delay)
+    sim.run(args.interval)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,329 @@
+"""The local cloud's KubeVirt/CDI simulator behaves as the real projects do where Kova may lean on them:
+virt-api's aggregated subresources behind a real APIService (and kube-apiserver's RBAC in front of it),
+CDI's PersistentVolumeClaims and their expansion, and VirtualMachineExport downloads."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import os
+import ssl
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from tests.cloud.bench import LocalCloud
+from tests.conftest import Kubectl, condition, wait_for
+from tests.httpsource import Source
+
+pytestmark = pytest.mark.integration
+SUB = "/apis/subresources.kubevirt.io/v1"
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def call(cloud: LocalCloud, method: str, path: str, body: dict[str, Any] | None = None,
+         token: str | None = None) -> tuple[int, dict[str, Any]]:
+    """One request to kube-apiserver, as the admin or with a bearer token; (status, JSON body or {})."""
+    pki = cloud.workdir / "pki"
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    else:
+        ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    data = json.dumps(body or {}).encode() if method in ("PUT", "POST") else None
+    req = urllib.request.Request(cloud.api_url + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw else {}
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        return e.code, json.loads(raw) if raw.strip() else {}
+
+
+def vmi_sub(ns: str, name: str, sub: str) -> str:
+    return f"{SUB}/namespaces/{ns}/virtualmachineinstances/{name}/{sub}"
+
+
+def vm_sub(ns: str, name: str, sub: str) -> str:
+    return f"{SUB}/namespaces/{ns}/virtualmachines/{name}/{sub}"
+
+
+def data_volume(name: str, url: str, size: str = "1Gi", labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+            "metadata": {"name": name, "labels": labels or {}},
+            "spec": {"source": {"http": {"url": url}}, "storage": {"resources": {"requests": {"storage": size}}}}}
+
+
+def virtual_machine(name: str, dv: str, strategy: str = "Always") -> dict[str, Any]:
+    return {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": name},
+            "spec": {"runStrategy": strategy, "template": {"spec": {
+                "domain": {"devices": {"disks": [{"name": "root", "disk": {"bus": "virtio"}}]},
+                           "resources": {"requests": {"memory": "64Mi"}}},
+                "volumes": [{"name": "root", "dataVolume": {"name": dv}}]}}}}
+
+
+def vm_with_disk(kubectl: Kubectl, source: Source, name: str, strategy: str = "Always",
+                 data: bytes | None = None) -> bytes:
+    """A VM whose root disk is imported from loopback; returns once it is Running (or Stopped)."""
+    data = data if data is not None else os.urandom(300_000)
+    url = source.add(f"/{kubectl.namespace}/{name}.img", data)
+    kubectl.apply([data_volume(f"{name}-root", url), virtual_machine(name, f"{name}-root", strategy)])
+    want = "Running" if strategy == "Always" else "Stopped"
+    wait_for(lambda: kubectl.status("dv", f"{name}-root").get("phase") == "Succeeded", 30, "the import")
+    wait_for(lambda: kubectl.status("vm", name).get("printableStatus") == want, 30, f"the VM {want}")
+    return data
+
+
+def simulator_log(cloud: LocalCloud) -> str:
+    return (cloud.logs / "simulator.log").read_text()
+
+
+# --------------------------------------------------------------------------------------------- virt-api
+def test_aggregated_api_is_available_on_loopback(cloud: LocalCloud) -> None:
+    apiservice = json.loads(cloud.kubectl("get", "apiservice", "v1.subresources.kubevirt.io", "-o", "json"))
+    assert condition(apiservice, "Available")["status"] == "True"
+    assert apiservice["spec"]["service"] == {"namespace": "kubevirt", "name": "virt-api",
+                                             "port": cloud.virt_api_port}
+    service = json.loads(cloud.kubectl("-n", "kubevirt", "get", "service", "virt-api", "-o", "json"))
+    assert (service["spec"]["type"], service["spec"]["externalName"]) == ("ExternalName", "localhost")
+    listing = json.loads(cloud.kubectl("get", "--raw", SUB))
+    names = {r["name"] for r in listing["resources"]}
+    assert {"virtualmachineinstances/pause", "virtualmachineinstances/unpause", "virtualmachineinstances/softreboot",
+            "virtualmachines/restart", "virtualmachines/start", "virtualmachines/stop"} <= names
+    assert all(r["namespaced"] for r in listing["resources"])
+    group = json.loads(cloud.kubectl("get", "--raw", "/apis/subresources.kubevirt.io"))
+    assert group["preferredVersion"]["version"] == "v1"
+    # Only kube-apiserver's front proxy gets in: a client without the front-proxy certificate does not.
+    ca = (cloud.workdir / "virt-api-ca.crt").read_text()
+    ctx = ssl.create_default_context(cadata=ca)
+    ctx.check_hostname = False
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"https://127.0.0.1:{cloud.virt_api_port}{SUB}", context=ctx, timeout=5).read()
+    # kube-apiserver reached the simulator on loopback, through its front proxy, saying who asks.
+    assert "virt-api 127.0.0.1:" in simulator_log(cloud)
+    assert "GET /apis/subresources.kubevirt.io/v1 user=kova-bench-admin" in simulator_log(cloud)
+
+
+def test_subresources_are_authorized_by_kube_apiserver(cloud: LocalCloud, namespace: str) -> None:
+    none = cloud.tenant_token(namespace, "none", "nobody")
+    status, body = call(cloud, "PUT", vmi_sub(namespace, "ghost", "pause"), token=none)
+    assert status == 403 and 'cannot update resource "virtualmachineinstances/pause" in API group ' \
+                              '"subresources.kubevirt.io"' in body["message"]
+    pauser = cloud.tenant_token(namespace, "none", "pauser")
+    Kubectl(cloud, namespace).apply([
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "pause"},
+         "rules": [{"apiGroups": ["subresources.kubevirt.io"], "resources": ["virtualmachineinstances/pause"],
+                    "verbs": ["update"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "pause"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pause"},
+         "subjects": [{"kind": "ServiceAccount", "name": "pauser", "namespace": namespace}]}])
+    # Authorized: the request reaches virt-api, which finds no such VMI.
+    def through() -> tuple[int, dict[str, Any]] | None:
+        answer = call(cloud, "PUT", vmi_sub(namespace, "ghost", "pause"), token=pauser)
+        return answer if answer[0] != 403 else None
+    status, body = wait_for(through, 10, "the role to apply")
+    assert (status, body["reason"], body["message"]) == (
+        404, "NotFound", 'virtualmachineinstance.kubevirt.io "ghost" not found')
+    assert call(cloud, "PUT", vmi_sub(namespace, "ghost", "unpause"), token=pauser)[0] == 403
+    assert f"user=system:serviceaccount:{namespace}:pauser groups=system:serviceaccounts," in simulator_log(cloud)
+
+
+def test_pause_unpause_softreboot_and_restart(cloud: LocalCloud, source: Source, kubectl: Kubectl,
+                                              namespace: str) -> None:
+    ns = namespace
+    vm_with_disk(kubectl, source, "vm")
+    first = kubectl.get("vmi", "vm")
+    assert first is not None
+    assert call(cloud, "PUT", vmi_sub(ns, "vm", "pause"), {"dryRun": ["All"]})[0] == 200
+    assert kubectl.status("vm", "vm")["printableStatus"] == "Running"  # a dry run changes nothing
+
+    assert call(cloud, "PUT", vmi_sub(ns, "vm", "pause"))[0] == 200
+    vm = wait_for(lambda: (v := kubectl.get("vm", "vm")) and v["status"]["printableStatus"] == "Paused" and v,
+                  10, "the VM Paused")
+    assert vm["status"]["ready"] is False
+    assert (condition(vm, "Paused")["status"], condition(vm, "Paused")["reason"]) == ("True", "PausedByUser")
+    assert (condition(vm, "Ready")["status"], condition(vm, "Ready")["reason"]) == ("False", "ReadinessGatesNotReady")
+    vmi = kubectl.get("vmi", "vm")
+    assert condition(vmi, "Paused")["message"] == "VMI was paused by user"
+    assert vmi is not None and vmi["status"]["phase"] == "Running"
+
+    status, body = call(cloud, "PUT", vmi_sub(ns, "vm", "pause"))
+    assert (status, body["reason"]) == (409, "Conflict")
+    assert body["message"] == 'Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io "vm": ' \
+                              'VMI is already paused'
+    status, body = call(cloud, "PUT", vmi_sub(ns, "vm", "softreboot"))
+    assert status == 409 and body["message"].endswith("VMI is paused")
+
+    assert call(cloud, "PUT", vmi_sub(ns, "vm", "unpause"))[0] == 200
+    vm = wait_for(lambda: (v := kubectl.get("vm", "vm")) and v["status"]["printableStatus"] == "Running" and v,
+                  10, "the VM Running again")
+    assert vm["status"]["ready"] is True and not condition(vm, "Paused")
+    assert condition(vm, "LiveMigratable")["status"] == "True"  # mirrored from the VMI
+    status, body = call(cloud, "PUT", vmi_sub(ns, "vm", "unpause"))
+    assert status == 409 and body["message"].endswith("VMI is not paused")
+
+    assert call(cloud, "PUT", vmi_sub(ns, "vm", "softreboot"))[0] == 200
+    reasons = [e["reason"] for e in kubectl.events("vm") if e["involvedObject"]["kind"] == "VirtualMachineInstance"]
+    assert {"Paused", "Unpaused", "SoftRebooted"} <= set(reasons)
+    assert kubectl.status("vmi", "vm")["phase"] == "Running"
+
+    status, body = call(cloud, "PUT", vm_sub(ns, "vm", "restart"), {"gracePeriodSeconds": 5})
+    assert (status, body["message"]) == (400, "For force restart, only gracePeriod=0 is supported for now")
+    assert call(cloud, "PUT", vm_sub(ns, "vm", "restart"))[0] == 202
+    second = wait_for(lambda: (v := kubectl.get("vmi", "vm")) and v["metadata"]["uid"] != first["metadata"]["uid"]
+                      and v.get("status", {}).get("phase") == "Running" and v, 20, "a new VMI running")
+    assert second["metadata"]["ownerReferences"][0]["uid"] == vm["metadata"]["uid"]
+    wait_for(lambda: kubectl.status("vm", "vm").get("printableStatus") == "Running", 10, "the VM Running")
+    assert not kubectl.status("vm", "vm").get("stateChangeRequests")
+    assert call(cloud, "PUT", vm_sub(ns, "ghost", "restart"))[0] == 404
+
+
+def test_stop_and_start(cloud: LocalCloud, source: Source, kubectl: Kubectl, namespace: str) -> None:
+    ns = namespace
+    vm_with_disk(kubectl, source, "vm")
+    status, body = call(cloud, "PUT", vm_sub(ns, "vm", "start"))
+    assert status == 409 and body["message"].endswith("VM is already running")
+    assert call(cloud, "PUT", vm_sub(ns, "vm", "stop"))[0] == 202
+    wait_for(lambda: kubectl.status("vm", "vm").get("printableStatus") == "Stopped", 10, "the VM Stopped")
+    assert kubectl.get("vm", "vm")["spec"]["runStrategy"] == "Halted"  # type: ignore[index]
+    assert kubectl.get("vmi", "vm") is None
+    status, body = call(cloud, "PUT", vm_sub(ns, "vm", "restart"))
+    assert status == 409 and body["message"].endswith("RunStategy Halted does not support manual restart requests")
+    status, body = call(cloud, "PUT", vmi_sub(ns, "vm", "pause"))
+    assert status == 404
+    assert call(cloud, "PUT", vm_sub(ns, "vm", "start"))[0] == 202
+    wait_for(lambda: kubectl.status("vm", "vm").get("printableStatus") == "Running", 20, "the VM Running")
+    assert kubectl.get("vm", "vm")["spec"]["runStrategy"] == "Always"  # type: ignore[index]
+
+
+# ---------------------------------------------------------------------------------------- CDI and CSI
+def test_data_volume_claims_are_bound_and_grow(cloud: LocalCloud, source: Source, kubectl: Kubectl,
+                                               namespace: str) -> None:
+    data = os.urandom(200_000)
+    kubectl.apply(data_volume("disk", source.add(f"/{kubectl.namespace}/disk", data), "1Gi",
+                              labels={"kova.dev/instance": "vm1"}))
+    dv = wait_for(lambda: (d := kubectl.get("dv", "disk")) and d.get("status", {}).get("phase") == "Succeeded" and d,
+                  30, "the import")
+    assert dv["status"]["claimName"] == "disk"
+    pvc = wait_for(lambda: (p := kubectl.get("pvc", "disk")) and p.get("status", {}).get("phase") == "Bound" and p,
+                   10, "the claim bound")
+    assert pvc["metadata"]["labels"]["kova.dev/instance"] == "vm1"
+    assert pvc["metadata"]["labels"]["app"] == "containerized-data-importer"
+    owner = pvc["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+        "DataVolume", "disk", dv["metadata"]["uid"], True)
+    assert pvc["spec"]["storageClassName"] == "sim-local"  # the default class, set by kube-apiserver
+    assert pvc["spec"]["resources"]["requests"]["storage"] == pvc["status"]["capacity"]["storage"] == "1Gi"
+    volume = cloud.workdir / "volumes" / namespace / "disk.img"
+
+    kubectl("patch", "pvc", "disk", "--type=merge", "-p", '{"spec":{"resources":{"requests":{"storage":"3Gi"}}}}')
+    seen: set[str] = set()
+
+    def grown() -> bool:
+        status = kubectl.status("pvc", "disk")
+        seen.update(c["type"] for c in status.get("conditions") or [])
+        return bool(status["capacity"]["storage"] == "3Gi")
+    wait_for(grown, 15, "the claim to grow", interval=0.05)
+    assert {"Resizing", "FileSystemResizePending"} <= seen
+    assert volume.stat().st_size == len(data)  # the bytes stay; only the capacity is recorded
+    out = kubectl("patch", "pvc", "disk", "--type=merge", "-p",
+                  '{"spec":{"resources":{"requests":{"storage":"1Gi"}}}}', check=False)
+    assert "can not be less than status.capacity" in out or "field can not be less than" in out, out
+
+    kubectl("delete", "dv", "disk", "--wait=false")
+    wait_for(lambda: kubectl.get("pvc", "disk") is None, 30, "the claim to go with its DataVolume")
+
+
+# ---------------------------------------------------------------------------------------------- export
+def download(url: str, ca: str, token: str | None = None, header: bool = True,
+             headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    ctx = ssl.create_default_context(cadata=ca)
+    hdrs = dict(headers or {})
+    if token and header:
+        hdrs["x-kubevirt-export-token"] = token
+    elif token:
+        url += f"?x-kubevirt-export-token={token}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=hdrs), context=ctx, timeout=30) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def export(name: str, kind: str, source: str, token_secret: str | None = None, ttl: str | None = None
+           ) -> dict[str, Any]:
+    spec: dict[str, Any] = {"source": {"apiGroup": "kubevirt.io" if kind == "VirtualMachine" else "",
+                                       "kind": kind, "name": source}}
+    if token_secret:
+        spec["tokenSecretRef"] = token_secret
+    if ttl:
+        spec["ttlDuration"] = ttl
+    return {"apiVersion": "export.kubevirt.io/v1", "kind": "VirtualMachineExport", "metadata": {"name": name},
+            "spec": spec}
+
+
+def test_export_of_a_stopped_vm(cloud: LocalCloud, source: Source, kubectl: Kubectl) -> None:
+    data = vm_with_disk(kubectl, source, "vm", strategy="Halted")
+    kubectl("create", "secret", "generic", "my-token", "--from-literal=token=s3cret-t0ken")
+    kubectl.apply(export("out", "VirtualMachine", "vm", token_secret="my-token"))
+    ex = wait_for(lambda: (e := kubectl.get("vmexport", "out")) and e.get("status", {}).get("phase") == "Ready" and e,
+                  15, "the export Ready")
+    status = ex["status"]
+    assert (condition(ex, "Ready")["status"], condition(ex, "Ready")["reason"]) == ("True", "PodReady")
+    assert (status["serviceName"], status["tokenSecretRef"], status["virtualMachineName"]) == (
+        "virt-export-out", "my-token", "vm")
+    link = status["links"]["internal"]
+    [volume] = link["volumes"]
+    formats = {f["format"]: f["url"] for f in volume["formats"]}
+    base = f"https://127.0.0.1:{cloud.export_port}/api/export.kubevirt.io/v1/namespaces/{kubectl.namespace}/out"
+    assert volume["name"] == "vm-root"
+    assert formats == {"raw": f"{base}/volumes/vm-root/disk.img", "gzip": f"{base}/volumes/vm-root/disk.img.gz"}
+
+    code, body = download(formats["raw"], link["cert"], "s3cret-t0ken")
+    assert code == 200 and hashlib.sha256(body).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert download(formats["raw"], link["cert"], "s3cret-t0ken", header=False) == (200, data)
+    code, body = download(formats["gzip"], link["cert"], "s3cret-t0ken")
+    assert code == 200 and gzip.decompress(body) == data
+    assert download(formats["raw"], link["cert"], "s3cret-t0ken", headers={"Range": "bytes=10-19"}) == (
+        206, data[10:20])
+    assert download(formats["raw"], link["cert"])[0] == 401
+    assert download(formats["raw"], link["cert"], "wrong")[0] == 401
+
+    kubectl("delete", "vmexport", "out")
+    wait_for(lambda: download(formats["raw"], link["cert"], "s3cret-t0ken")[0] == 404, 10, "the export to go")
+
+
+def test_export_waits_for_a_running_vm_to_stop(cloud: LocalCloud, source: Source, kubectl: Kubectl) -> None:
+    data = vm_with_disk(kubectl, source, "vm")
+    kubectl.apply([export("of-vm", "VirtualMachine", "vm"), export("of-pvc", "PersistentVolumeClaim", "vm-root"),
+                   export("no-vm", "VirtualMachine", "ghost"), export("brief", "VirtualMachine", "vm", ttl="2s")])
+    ex = wait_for(lambda: (e := kubectl.get("vmexport", "of-vm")) and condition(e, "Ready").get("reason") == "InUse"
+                  and e, 15, "the export to see the VM running")
+    assert ex["status"]["phase"] == "Pending" and "links" not in ex["status"]
+    assert condition(ex, "Ready")["message"] == f"Virtual Machine {kubectl.namespace}/vm is running"
+    pvc_ex = wait_for(lambda: (e := kubectl.get("vmexport", "of-pvc")) and condition(e, "Ready").get("reason")
+                      == "InUse" and e, 10, "the claim export to see the claim in use")
+    assert (condition(pvc_ex, "PVC")["status"], condition(pvc_ex, "PVC")["reason"]) == ("True", "PVCBound")
+    missing = wait_for(lambda: (e := kubectl.get("vmexport", "no-vm")) and e.get("status", {}).get("phase") and e,
+                       10, "a status")
+    assert (missing["status"]["phase"], condition(missing, "Ready")["reason"]) == ("Skipped", "VMNotFound")
+    # Without tokenSecretRef KubeVirt makes a token Secret of its own, which the export controls.
+    assert ex["status"]["tokenSecretRef"] == "export-token-of-vm"
+    secret = kubectl.get("secret", "export-token-of-vm")
+    assert secret is not None and secret["metadata"]["ownerReferences"][0]["name"] == "of-vm"
+    token = json.loads(kubectl("get", "secret", "export-token-of-vm", "-o", "jsonpath={.data}"))["token"]
+
+    kubectl("patch", "vm", "vm", "--type=merge", "-p", '{"spec":{"runStrategy":"Halted"}}')
+    ex = wait_for(lambda: (e := kubectl.get("vmexport", "of-vm")) and e.get("status", {}).get("phase") == "Ready" and e,
+                  15, "the export Ready once the VM stopped")
+    link = ex["status"]["links"]["internal"]
+    assert download(link["volumes"][0]["formats"][0]["url"], link["cert"], base64.b64decode(token).decode()) == (
+        200, data)
+    wait_for(lambda: kubectl.status("vmexport", "of-pvc").get("phase") == "Ready", 10, "the claim export Ready")
+    wait_for(lambda: kubectl.get("vmexport", "brief") is None, 15, "the export's TTL to end it")
