@@ -245,6 +245,7 @@ class Api:
         except ApiError as e:
             raise GlanceError(400 if e.status == 422 else e.status, e.message) from e
         self._index(None, obj)
+        self.images.offer(obj)  # read-your-writes: another project may ask for it before the watch says so
         doc = glance.image_doc(obj)
         return web.json_response(doc, status=201, headers={"Location": f"{self.base(request)}/projects/{project}/image"
                                                                        f"{doc['self']}"})
@@ -261,9 +262,11 @@ class Api:
 
     async def _patch(self, caller: Caller, obj: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
         try:
-            return await caller.patch_image(obj["metadata"]["namespace"], obj["metadata"]["name"], patch)
+            patched = await caller.patch_image(obj["metadata"]["namespace"], obj["metadata"]["name"], patch)
         except ApiError as e:
             raise GlanceError(400 if e.status == 422 else e.status, e.message) from e
+        self.images.offer(patched)  # a member added is seen by that member's next request, as in Glance
+        return patched
 
     async def delete_image(self, request: web.Request) -> web.Response:
         caller, project = await self.caller(request)
@@ -494,6 +497,7 @@ class Api:
                                                 {"members": [*answers, mine]})
         if fresh is None:
             raise GlanceError(404, f"No image found with ID {md['uid']}")
+        self.images.offer(fresh)
         return web.json_response(next(d for d in glance.members(fresh) if d["member_id"] == member))
 
     async def delete_member(self, request: web.Request) -> web.Response:
