@@ -8,22 +8,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from kova.conditions import Progress
 from kova.models import (
     GROUP_COMPUTE,
-    Address,
-    Fault,
     FlavorSpec,
     GlanceStatus,
     ImageSpec,
-    ImageStatus,
     InstanceSpec,
-    NovaStatus,
-    PowerState,
     Visibility,
 )
 from kova.store import Blob
@@ -32,6 +26,7 @@ GiB = 1024**3
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kova"}
 INSTANCE_LABEL = f"{GROUP_COMPUTE}/instance"
 SERVER_METADATA = f"{GROUP_COMPUTE}/server-metadata"
+DISK_IMAGE_ANNOTATION = f"{GROUP_COMPUTE}/image-uid"
 
 
 # ---------------------------------------------------------------------------------------------- rules
@@ -52,23 +47,6 @@ def flavor_usable_in(spec: FlavorSpec, namespace: str) -> bool:
     return spec.public or namespace in spec.access
 
 
-def root_disk_gib(flavor: FlavorSpec, image: ImageSpec, status: ImageStatus) -> int:
-    """Nova's rule: the flavor's disk, or the image's own size when the flavor says 0; never below minDisk."""
-    image_bytes = max(status.virtual_size or 0, status.size or 0)
-    return max(flavor.disk, math.ceil(image_bytes / GiB), image.min_disk, 1)
-
-
-def boot_refusal(flavor: FlavorSpec, image: ImageSpec, status: ImageStatus) -> str | None:
-    """Why this image cannot boot on this flavor (Nova's FlavorDiskTooSmall / FlavorMemoryTooSmall)."""
-    if flavor.ram < image.min_ram:
-        return f"flavor has {flavor.ram} MiB of RAM, the image needs minRam {image.min_ram} MiB"
-    if flavor.disk:
-        needed = max(image.min_disk, math.ceil((status.virtual_size or 0) / GiB))
-        if flavor.disk < needed:
-            return f"flavor disk is {flavor.disk} GiB, the image needs {needed} GiB"
-    return None
-
-
 # ---------------------------------------------------------------------------------------------- children
 def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
@@ -86,13 +64,18 @@ def data_volume_name(instance_name: str) -> str:
     return f"{instance_name}-root"
 
 
-def build_data_volume(instance: dict[str, Any], url: str, sha512: str, size_gib: int) -> dict[str, Any]:
+def build_data_volume(instance: dict[str, Any], url: str, sha512: str, size_gib: int,
+                      image_uid: str | None = None) -> dict[str, Any]:
     """The root disk: CDI imports the image over HTTP from a presigned URL and checks its sha512, so the
-    tenant namespace never holds store credentials, only a short-lived read link to this one object."""
+    tenant namespace never holds store credentials, only a short-lived read link to this one object. The
+    image's uid is kept on it: a rebuild knows which disk is the old one."""
+    metadata = child_metadata(instance, data_volume_name(instance["metadata"]["name"]))
+    if image_uid:
+        metadata["annotations"] = {DISK_IMAGE_ANNOTATION: image_uid}
     return {
         "apiVersion": "cdi.kubevirt.io/v1beta1",
         "kind": "DataVolume",
-        "metadata": child_metadata(instance, data_volume_name(instance["metadata"]["name"])),
+        "metadata": metadata,
         "spec": {
             "source": {"http": {"url": url, "checksum": f"sha512:{sha512}"}},
             "storage": {"resources": {"requests": {"storage": f"{size_gib}Gi"}}},
@@ -100,7 +83,8 @@ def build_data_volume(instance: dict[str, Any], url: str, sha512: str, size_gib:
     }
 
 
-def build_virtual_machine(instance: dict[str, Any], spec: InstanceSpec, flavor: FlavorSpec) -> dict[str, Any]:
+def build_virtual_machine(instance: dict[str, Any], spec: InstanceSpec, flavor: FlavorSpec,
+                          running: bool) -> dict[str, Any]:
     name = instance["metadata"]["name"]
     cpu: dict[str, Any] = {"cores": flavor.vcpus, "sockets": 1, "threads": 1}
     memory: dict[str, Any] = {"guest": f"{flavor.ram}Mi"}
@@ -149,7 +133,7 @@ def build_virtual_machine(instance: dict[str, Any], spec: InstanceSpec, flavor: 
         "kind": "VirtualMachine",
         "metadata": metadata,
         "spec": {
-            "runStrategy": "Always" if spec.power_state is PowerState.running else "Halted",
+            "runStrategy": "Always" if running else "Halted",
             "template": {"metadata": template_metadata, "spec": template_spec},
         },
     }
@@ -167,56 +151,6 @@ def image_link_expired(dv: dict[str, Any], ttl: dt.timedelta, now: dt.datetime) 
 
 
 # ---------------------------------------------------------------------------------------------- status
-@dataclass
-class InstanceView:
-    """What the children say, folded into Nova's words."""
-
-    status: NovaStatus
-    power_state: str
-    progress: Progress
-    reason: str
-    message: str
-    fault: Fault | None = None
-    addresses: list[Address] = field(default_factory=list)
-    node: str | None = None
-
-
-def observe_instance(spec: InstanceSpec, dv: dict[str, Any] | None, vm: dict[str, Any] | None,
-                     vmi: dict[str, Any] | None, building: str = "spawning") -> InstanceView:
-    """Nova's view of the children. Messages of the passing states do not follow every step of CDI and
-    KubeVirt (import percentages, Provisioning, Starting): each change would be a status write, and Nova
-    shows BUILD until the server is ACTIVE. `building` is what BUILD says while the server spawns."""
-    dv_status = (dv or {}).get("status", {})
-    vm_status = (vm or {}).get("status", {})
-    vmi_status = (vmi or {}).get("status", {})
-    printable = vm_status.get("printableStatus", "")
-    addresses = [Address(interface=i.get("name", ""), ip=i["ipAddress"], mac=i.get("mac"))
-                 for i in vmi_status.get("interfaces", []) if i.get("ipAddress")]
-    node = vmi_status.get("nodeName")
-    if dv_status.get("phase") == "Failed":
-        ready: dict[str, Any] = next(
-            (c for c in dv_status.get("conditions", []) if c.get("type") == "Running"), {})
-        msg = f"root disk import failed: {ready.get('reason', 'Failed')}: {ready.get('message', '')}".rstrip(": ")
-        return InstanceView(NovaStatus.error, "NOSTATE", Progress.STALLED, "DiskImportFailed", msg,
-                            Fault(code=500, message=msg))
-    if printable in ("ErrorUnschedulable", "ErrorPvcNotFound", "DataVolumeError", "CrashLoopBackOff",
-                     "ErrorImagePull", "ImagePullBackOff"):
-        conds = vm_status.get("conditions", [])
-        detail = next((c.get("message") for c in conds if c.get("message")), "") or printable
-        return InstanceView(NovaStatus.error, "NOSTATE", Progress.STALLED, printable, detail,
-                            Fault(code=500, message=f"{printable}: {detail}"))
-    want_running = spec.power_state is PowerState.running
-    if want_running:
-        if printable == "Running" and vm_status.get("ready"):
-            return InstanceView(NovaStatus.active, "Running", Progress.READY, "Active",
-                                "the instance is running", addresses=addresses, node=node)
-        return InstanceView(NovaStatus.build, "NOSTATE", Progress.RECONCILING, "Spawning", building)
-    if printable == "Stopped" or (vm is not None and vmi is None and printable in ("", "Stopped")):
-        return InstanceView(NovaStatus.shutoff, "Shutdown", Progress.READY, "Shutoff", "the instance is stopped")
-    return InstanceView(NovaStatus.active, "Running", Progress.RECONCILING, "PoweringOff",
-                        "stopping the virtual machine", addresses=addresses, node=node)
-
-
 # ---------------------------------------------------------------------------------------------- Image
 @dataclass
 class ImageView:

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from kova.models import GROUP_IMAGE, KINDS, VERSION, KindInfo, Model
+from kova.models import GROUP_COMPUTE, GROUP_IMAGE, KINDS, VERSION, KindInfo, Model
 
 _DROP = {"title"}
 
@@ -98,28 +98,37 @@ def render(crd: dict[str, Any]) -> str:
 
 
 PROTECTION_POLICY = "kova-protected-images"
+LOCK_POLICY = "kova-locked-instances"
 
 
-def protection_policy() -> list[dict[str, Any]]:
-    """Glance refuses to delete a protected image (403). The API server does the same here, before any
-    finalizer runs, with a ValidatingAdmissionPolicy (CEL, no webhook to run). The operator's finalizer
-    still keeps the data if the policy is missing."""
+def _deny_delete(name: str, group: str, resource: str, expression: str, message: str) -> list[dict[str, Any]]:
     return [
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
-         "metadata": {"name": PROTECTION_POLICY},
+         "metadata": {"name": name},
          "spec": {
              "failurePolicy": "Fail",
              "matchConstraints": {"resourceRules": [{
-                 "apiGroups": [GROUP_IMAGE], "apiVersions": ["*"], "operations": ["DELETE"],
-                 "resources": ["images"]}]},
-             "validations": [{
-                 "expression": "!has(oldObject.spec.protected) || !oldObject.spec.protected",
-                 "messageExpression": "'Image ' + oldObject.metadata.name + ' is protected: set "
-                                      "spec.protected to false before deleting it'",
-                 "reason": "Forbidden"}]}},
+                 "apiGroups": [group], "apiVersions": ["*"], "operations": ["DELETE"], "resources": [resource]}]},
+             "validations": [{"expression": expression, "messageExpression": message, "reason": "Forbidden"}]}},
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-         "metadata": {"name": PROTECTION_POLICY},
-         "spec": {"policyName": PROTECTION_POLICY, "validationActions": ["Deny"]}},
+         "metadata": {"name": name},
+         "spec": {"policyName": name, "validationActions": ["Deny"]}},
+    ]
+
+
+def protection_policy() -> list[dict[str, Any]]:
+    """Glance refuses to delete a protected image (403), and Nova a locked server (409). The API server does
+    the same here, before any finalizer runs, with ValidatingAdmissionPolicies (CEL, no webhook to run). The
+    operator's finalizer still keeps an image's data if the policy is missing."""
+    return [
+        *_deny_delete(PROTECTION_POLICY, GROUP_IMAGE, "images",
+                      "!has(oldObject.spec.protected) || !oldObject.spec.protected",
+                      "'Image ' + oldObject.metadata.name + ' is protected: set spec.protected to false before "
+                      "deleting it'"),
+        *_deny_delete(LOCK_POLICY, GROUP_COMPUTE, "instances",
+                      "!has(oldObject.spec.locked) || !oldObject.spec.locked",
+                      "'Instance ' + oldObject.metadata.name + ' is locked: set spec.locked to false before "
+                      "deleting it'"),
     ]
 
 

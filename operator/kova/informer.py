@@ -125,6 +125,8 @@ class Informer:
         custom, res = self.kube.custom, self.res
         if self.label_selector:
             kw["label_selector"] = self.label_selector
+        if not res.group:  # the core group (PersistentVolumeClaims) has no custom-object calls
+            return self.kube.list_core(res, self.namespace, **kw)
         if self.namespace:
             return custom.list_namespaced_custom_object_without_preload_content(
                 res.group, res.version, self.namespace, res.plural, **kw) if kw.get("watch") else \

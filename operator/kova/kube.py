@@ -7,6 +7,7 @@ fails and Kopf retries it (an error swallowed here would make Kopf record a succ
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import socket
 from dataclasses import dataclass
@@ -33,6 +34,17 @@ class Resource:
 VIRTUAL_MACHINES = Resource("kubevirt.io", "v1", "virtualmachines")
 VIRTUAL_MACHINE_INSTANCES = Resource("kubevirt.io", "v1", "virtualmachineinstances")
 DATA_VOLUMES = Resource("cdi.kubevirt.io", "v1beta1", "datavolumes")
+VIRTUAL_MACHINE_EXPORTS = Resource("export.kubevirt.io", "v1", "virtualmachineexports")
+PERSISTENT_VOLUME_CLAIMS = Resource("", "v1", "persistentvolumeclaims")  # the core group
+SUBRESOURCES = "/apis/subresources.kubevirt.io/v1"  # virt-api's aggregated API: pause, softreboot, restart
+
+
+class Refused(Exception):
+    """virt-api answered 4xx to an action (409: not in a state for it; 404: no such VMI): `status`, `message`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Kube:
@@ -99,6 +111,68 @@ class Kube:
             if e.status not in (404, 409):
                 raise
 
+    async def list_core(self, res: Resource, namespace: str | None, *, watch: bool = False,
+                        _request_timeout: float | None = None, **query: Any) -> Any:
+        """List (a dict) or watch (the streaming aiohttp response) a core-group kind with the query the
+        custom-object calls take (label_selector, resource_version, _continue, ...), so one informer serves
+        both."""
+        path = f"/api/{res.version}/" + (f"namespaces/{namespace}/" if namespace else "") + res.plural
+        params = [(_camel(k.removeprefix("_")), v) for k, v in query.items() if v is not None]
+        if watch:
+            params.append(("watch", "true"))
+        resp = await self._call("GET", path, query=params, request_timeout=_request_timeout)
+        if watch:
+            return resp
+        try:
+            return json.loads(await resp.read())
+        finally:
+            resp.release()
+
+    async def _call(self, method: str, path: str, *, query: list[tuple[str, Any]] | None = None, body: Any = None,
+                    content_type: str = "application/json", request_timeout: float | None = None) -> Any:
+        """A request the generated client has no method for; raises ApiException on 4xx/5xx like the others."""
+        params = await self.api_client.param_serialize(
+            method=method, resource_path=path, query_params=query or [], body=body, auth_settings=["BearerToken"],
+            header_params={"Accept": "application/json", "Content-Type": content_type})
+        resp = await self.api_client.call_api(*params, _request_timeout=request_timeout, _preload_content=False)
+        if resp.status >= 400:
+            text = (await resp.read()).decode(errors="replace")  # type: ignore[no-untyped-call]
+            resp.response.release()
+            raise ApiException(status=resp.status, reason=text[:1000])
+        return resp.response
+
+    async def put_subresource(self, res: Resource, name: str, namespace: str, action: str) -> None:
+        """PUT one of KubeVirt's actions (`pause`, `unpause`, `softreboot` on a VMI, `restart` on a VM), served
+        by virt-api behind the API server; a 4xx answer is `Refused` with virt-api's message."""
+        path = f"{SUBRESOURCES}/namespaces/{namespace}/{res.plural}/{name}/{action}"
+        try:
+            resp = await self._call("PUT", path, body={})
+        except ApiException as e:
+            if e.status is not None and 400 <= e.status < 500 and e.status not in (401, 403):
+                raise Refused(e.status, _message(e.reason)) from e
+            raise
+        resp.release()
+
+    async def resize_claim(self, name: str, namespace: str, gib: int) -> None:
+        """Grow a PersistentVolumeClaim (the storage class must allow expansion; the API server refuses a
+        shrink)."""
+        await self.core.patch_namespaced_persistent_volume_claim(
+            name, namespace, {"spec": {"resources": {"requests": {"storage": f"{gib}Gi"}}}},
+            field_manager=FIELD_MANAGER, _content_type="application/merge-patch+json")
+
+    async def create_secret(self, body: dict[str, Any]) -> None:
+        """Create a Secret. Kova writes the few it needs (export tokens it generated) and never reads any."""
+        secret = client.V1Secret.from_dict(body)
+        assert secret is not None
+        await self.core.create_namespaced_secret(body["metadata"]["namespace"], secret, field_manager=FIELD_MANAGER)
+
+    async def delete_secret(self, name: str, namespace: str) -> None:
+        try:
+            await self.core.delete_namespaced_secret(name, namespace)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
     async def patch_status(self, res: Resource, name: str, namespace: str | None, status: dict[str, Any],
                            resource_version: str | None = None) -> dict[str, Any] | None:
         """Merge-patch the status; returns the object as the server has it now (None: it is gone). With a
@@ -133,3 +207,16 @@ class Kube:
             "reportingInstance": socket.gethostname(), "firstTimestamp": now, "lastTimestamp": now, "count": 1})
         assert event is not None  # from_dict returns None only for None
         await self.core.create_namespaced_event(md.get("namespace") or "default", event)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w.title() for w in rest)
+
+
+def _message(text: str | None) -> str:
+    """The message of a Status answer, or the text as it came (virt-api answers plain text too)."""
+    try:
+        return str(json.loads(text or "").get("message") or text)
+    except (ValueError, AttributeError):
+        return (text or "").strip()

@@ -17,9 +17,16 @@ import kopf
 from kova import metrics
 from kova.bookkeeping import MemoryDiffBaseStorage, MemoryProgressStorage
 from kova.builders import INSTANCE_LABEL, MANAGED_BY
-from kova.handlers import flavor, image, instance
+from kova.handlers import flavor, image, instance, snapshot
 from kova.informer import Body, Coalescer, Informer, Listener, View, object_key
-from kova.kube import DATA_VOLUMES, VIRTUAL_MACHINE_INSTANCES, VIRTUAL_MACHINES, Kube, Resource
+from kova.kube import (
+    DATA_VOLUMES,
+    PERSISTENT_VOLUME_CLAIMS,
+    VIRTUAL_MACHINE_INSTANCES,
+    VIRTUAL_MACHINES,
+    Kube,
+    Resource,
+)
 from kova.models import FLAVOR, IMAGE, INSTANCE, VERSION
 from kova.runtime import FLAVORS as FLAVORS_RES
 from kova.runtime import IMAGES as IMAGES_RES
@@ -119,15 +126,22 @@ async def start_caches(memo: Any, kube: Kube, runtime: Runtime) -> None:
              "datavolumes": view(DATA_VOLUMES, ("status",), MANAGED_BY_SELECTOR),  # phase, progress: small
              # The desired VirtualMachine is compared with the whole of it (kova.writes).
              "vms": view(VIRTUAL_MACHINES, ("spec", "status"), MANAGED_BY_SELECTOR),
-             "vmis": view(VIRTUAL_MACHINE_INSTANCES, ("status",), MANAGED_BY_SELECTOR)}
+             "vmis": view(VIRTUAL_MACHINE_INSTANCES, ("status",), MANAGED_BY_SELECTOR),
+             # Root disks' claims (CDI gives them the DataVolume's labels): their size, for resizes.
+             "pvcs": view(PERSISTENT_VOLUME_CLAIMS, ("spec", "status"), MANAGED_BY_SELECTOR)}
     cache = instance.Caches(flavors=views["flavors"], images=views["images"], instances=views["instances"],
-                            datavolumes=views["datavolumes"], vms=views["vms"], vmis=views["vmis"])
+                            datavolumes=views["datavolumes"], vms=views["vms"], vmis=views["vmis"],
+                            pvcs=views["pvcs"])
 
     async def reconcile(key: Hashable) -> None:
         namespace, name = cast(tuple[str, str], key)
         with metrics.reconciling("Instance"):
             await instance.reconcile(runtime, cache, namespace, name)
     kicks = Coalescer(reconcile, "Instance reconcile")
+
+    def wake(key: tuple[str, str], seconds: float) -> None:
+        asyncio.get_running_loop().call_later(seconds, kicks.kick, key)
+    cache.wake = wake
 
     def child(res: Resource) -> Listener:
         def changed(old: Body | None, new: Body | None) -> None:
@@ -153,10 +167,26 @@ async def start_caches(memo: Any, kube: Kube, runtime: Runtime) -> None:
             PROGRESS.forget(uid)
             runtime.writes.forget_status(uid)
 
-    for res, name in ((DATA_VOLUMES, "datavolumes"), (VIRTUAL_MACHINES, "vms"), (VIRTUAL_MACHINE_INSTANCES, "vmis")):
+    def snapshot(old: Body | None, new: Body | None) -> None:
+        """An Image made from an Instance stops that Instance while it runs (kova.compute.lifecycle)."""
+        for body in (old, new):
+            source = ((body or {}).get("spec") or {}).get("source") or {}
+            if body is not None and source.get("instance"):
+                key = (body["metadata"]["namespace"], source["instance"])
+                names = cache.snapshots.setdefault(key, set())
+                names.discard(body["metadata"]["name"])
+                if body is new and snapshot_running(new):
+                    names.add(body["metadata"]["name"])
+                if not names:
+                    cache.snapshots.pop(key, None)
+                kicks.kick(key)
+
+    for res, name in ((DATA_VOLUMES, "datavolumes"), (VIRTUAL_MACHINES, "vms"), (VIRTUAL_MACHINE_INSTANCES, "vmis"),
+                      (PERSISTENT_VOLUME_CLAIMS, "pvcs")):
         views[name].listen(child(res))
     views["flavors"].listen(dependency("Flavor"))
     views["images"].listen(dependency("Image"))
+    views["images"].listen(snapshot)
     def instance_gone(old: Body | None, new: Body | None) -> None:
         if new is None and old is not None:
             forget(old)
@@ -167,6 +197,15 @@ async def start_caches(memo: Any, kube: Kube, runtime: Runtime) -> None:
     memo["caches"], memo["kicks"] = cache, kicks
     memo["informer_tasks"] = [asyncio.create_task(i.run(), name=repr(i)) for i in informers]
     await asyncio.gather(*(i.synced.wait() for i in informers))
+    for informer in views["images"]:  # the first list announces nothing: snapshots under way are found here
+        for body in informer:
+            snapshot(None, body)
+
+
+def snapshot_running(body: Body | None) -> bool:
+    status = ((body or {}).get("status") or {}).get("status")
+    return body is not None and not body["metadata"].get("deletionTimestamp") and status not in (
+        "active", "killed", "deactivated", "deleted")
 
 
 # ----- Flavor -----
@@ -190,7 +229,7 @@ async def image_changed(namespace: str | None, name: str, memo: Any, **_: Any) -
 @kopf.daemon(*IMAGES, cancellation_timeout=60, initial_delay=0)
 async def image_import(namespace: str | None, name: str, stopped: kopf.DaemonStopped, memo: Any,
                        logger: Log, **_: Any) -> None:
-    await image.run_import(rt(memo), ns(namespace), name, stopped, logger)
+    await image.run_import(rt(memo), ns(namespace), name, stopped, logger, snapshot=snapshot.run)
 
 
 @kopf.on.delete(*IMAGES)

@@ -116,11 +116,15 @@ class ImageSource(Model):
         "import."))
     upload: UploadSource | None = Field(default=None, description=(
         "The data comes through the image API: `{}` (what an Image created by `kova api` has)."))
+    instance: str | None = Field(default=None, min_length=1, max_length=253, description=(
+        "Nova's createImage: a snapshot of the root disk of this Instance (same namespace), exported by "
+        "KubeVirt (VirtualMachineExport) and imported through the same checks as a download."))
 
 
-SOURCE_RULES: list[JsonValue] = [{"rule": "has(self.url) != has(self.upload)",
-                 "message": "source needs exactly one of url (web-download) and upload (data sent through the "
-                            "image API)"},
+SOURCE_RULES: list[JsonValue] = [{"rule": "[has(self.url), has(self.upload), has(self.instance)]"
+                                          ".filter(x, x).size() == 1",
+                 "message": "source needs exactly one of url (web-download), upload (data sent through the "
+                            "image API) and instance (a snapshot of an Instance)"},
                 {"rule": "!has(self.checksum) || has(self.url)",
                  "message": "checksum goes with url; an upload is hashed as it arrives"}]
 
@@ -182,6 +186,15 @@ class Member(Model):
     updated_at: str | None = None
 
 
+class SnapshotOrigin(Model):
+    """Where a snapshot came from, as Nova records it in the image's properties."""
+
+    instance_uuid: str = Field(description="uid of the Instance (Nova's instance_uuid).")
+    base_image_ref: str | None = Field(default=None, description="uid of the Image the Instance was booted "
+                                                                 "from (Nova's base_image_ref).")
+    export: str | None = Field(default=None, description="The VirtualMachineExport the data is read from.")
+
+
 class ImageStatus(CommonStatus):
     status: GlanceStatus | None = Field(default=None, description="Glance status word.")
     size: int | None = Field(default=None, description="Bytes stored.")
@@ -196,23 +209,80 @@ class ImageStatus(CommonStatus):
     members: list[Member] = Field(default_factory=list, description=(
         "Each member's answer (pending, accepted, rejected), given through the image API by that namespace."),
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["member"]})
+    snapshot: SnapshotOrigin | None = Field(default=None, description="For an Instance snapshot: its origin.")
 
 
 # ---------------------------------------------------------------------------------------------- Instance
 class PowerState(StrEnum):
     running = "Running"
     stopped = "Stopped"
+    paused = "Paused"
+    suspended = "Suspended"
+
+
+class RebootType(StrEnum):
+    soft = "SOFT"
+    hard = "HARD"
+
+
+class RebootRequest(Model):
+    """A one-shot reboot, like `kubectl rollout restart`: a new `token` asks for a new reboot."""
+
+    type: RebootType = Field(default=RebootType.soft, description=(
+        "SOFT: the guest is asked to reboot (ACPI); HARD: the virtual machine is restarted."))
+    token: str = Field(min_length=1, max_length=253, description=(
+        "Any value; each new one is one reboot (a timestamp or a counter). The last one served is "
+        "status.requests.reboot."))
+
+
+class ResizeAction(StrEnum):
+    confirm = "Confirm"
+    revert = "Revert"
+
+
+class ResizeRequest(Model):
+    """A one-shot answer to a resize in VERIFY_RESIZE: Confirm keeps the new flavor, Revert goes back."""
+
+    action: ResizeAction
+    token: str = Field(min_length=1, max_length=253, description=(
+        "Any value; each new one is one request. The last one served is status.requests.resize."))
+
+
+_SAME_ACTIONS = " && ".join([
+    "self.flavorRef == oldSelf.flavorRef", "self.imageRef == oldSelf.imageRef",
+    *(f"(has(self.{f}) ? has(oldSelf.{f}) && self.{f} == oldSelf.{f} : !has(oldSelf.{f}))"
+      for f in ("powerState", "metadata", "rebootRequest", "resizeRequest", "userData"))])
+INSTANCE_SPEC_RULES = [
+    {"rule": f"!(has(oldSelf.locked) && oldSelf.locked && has(self.locked) && self.locked) || ({_SAME_ACTIONS})",
+     "message": "the instance is locked (Nova answers 409): set locked to false first; only lockedReason "
+                "may change while it is locked"},
+]
 
 
 class InstanceSpec(Model):
     """A Nova server: boots `imageRef` on a `flavorRef`-sized KubeVirt VirtualMachine."""
 
-    flavor_ref: str = Field(min_length=1, max_length=253, description="Name of a Flavor.")
+    flavor_ref: str = Field(min_length=1, max_length=253, description=(
+        "Name of a Flavor. Changing it resizes the instance (Nova resize: RESIZE, then VERIFY_RESIZE until "
+        "confirmed, reverted, or the confirm window passes)."))
     image_ref: str = Field(min_length=1, max_length=507, pattern=r"^([a-z0-9-]+/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
                            description="Image name in this namespace, or namespace/name of an image "
-                                       "visible here (public, community, or shared with this namespace).",
-                           json_schema_extra=cel("self == oldSelf", "imageRef is immutable; use rebuild"))
-    power_state: PowerState = Field(default=PowerState.running, description="Desired power state.")
+                                       "visible here (public, community, or shared with this namespace). "
+                                       "Changing it rebuilds the instance onto the new image (Nova rebuild).")
+    power_state: PowerState = Field(default=PowerState.running, description=(
+        "Desired power state: Stopped (Nova stop), Paused (pause: the guest is frozen in memory), "
+        "Suspended (suspend: the resources are freed), Running (start, unpause, resume). Pause, suspend and "
+        "stop act on a Running instance, and only Running follows them, as in Nova."),
+        json_schema_extra=cel("self == oldSelf || oldSelf == 'Running' || self == 'Running'",
+                              "Nova answers 409: Paused, Suspended and Stopped are reached from Running, "
+                              "and left for Running"))
+    locked: bool = Field(default=False, description=(
+        "Nova lock: while true no action may change the instance, and it cannot be deleted."))
+    locked_reason: str | None = Field(default=None, max_length=255, description="Why it is locked (Nova 2.73).")
+    reboot_request: RebootRequest | None = Field(default=None, description="Ask for a reboot (one per token).")
+    resize_request: ResizeRequest | None = Field(default=None, description=(
+        "Confirm or revert a resize that waits in VERIFY_RESIZE (one per token). Setting flavorRef back to the "
+        "old flavor reverts it too."))
     user_data: str | None = Field(default=None, max_length=65535,
                                   description="cloud-init user data (plain text), as Nova user_data.")
     metadata: dict[str, str] = Field(default_factory=dict, description=(
@@ -224,6 +294,14 @@ class NovaStatus(StrEnum):
     build = "BUILD"
     active = "ACTIVE"
     shutoff = "SHUTOFF"
+    paused = "PAUSED"
+    suspended = "SUSPENDED"
+    reboot = "REBOOT"
+    hard_reboot = "HARD_REBOOT"
+    resize = "RESIZE"
+    verify_resize = "VERIFY_RESIZE"
+    revert_resize = "REVERT_RESIZE"
+    rebuild = "REBUILD"
     error = "ERROR"
     deleted = "DELETED"
 
@@ -239,6 +317,58 @@ class Address(Model):
     mac: str | None = None
 
 
+class AppliedFlavor(Model):
+    """The flavor an instance runs with, copied when it is applied (Nova embeds it in the server too)."""
+
+    name: str
+    vcpus: int
+    ram: int
+    disk: int
+    ephemeral: int = 0
+    swap: int = 0
+    extra_specs: dict[str, str] = Field(default_factory=dict)
+
+
+class ResizeState(Model):
+    old_flavor: AppliedFlavor
+    new_flavor: str
+    finished_at: str | None = Field(default=None, description="When VERIFY_RESIZE began (the confirm window "
+                                                              "counts from here).")
+
+
+class Task(Model):
+    action: str = Field(description="reboot, resize, confirmResize, revertResize, rebuild or createImage.")
+    request_id: str = Field(description="The request it serves (a token, a flavor, an image).")
+    replaces_vmi: str | None = Field(default=None, description="uid of the VMI a restart replaces.")
+    step: str | None = None
+    hard: bool = False
+
+
+class ServedRequests(Model):
+    reboot: str | None = None
+    resize: str | None = None
+    power: str | None = Field(default=None, description="The powerState last acted on.")
+    locked: bool | None = None
+    reverted_flavor: str | None = Field(default=None, description=(
+        "A flavorRef that a Revert request undid: not applied again until flavorRef changes."))
+
+
+MAX_ACTIONS = 20
+
+
+class InstanceAction(Model):
+    """One of Nova's instance actions: what was asked, when, and how it ended."""
+
+    action: str = Field(description="Nova's action name: create, reboot, pause, unpause, suspend, resume, stop, "
+                                    "start, lock, unlock, resize, confirmResize, revertResize, rebuild, "
+                                    "createImage.")
+    request_id: str
+    start_time: str
+    finish_time: str | None = None
+    result: Literal["Success", "Error"] | None = None
+    message: str | None = None
+
+
 class InstanceStatus(CommonStatus):
     status: NovaStatus | None = Field(default=None, description="Nova status word.")
     power_state: str | None = Field(default=None, description="Observed power state (Running, Shutdown, NOSTATE).")
@@ -248,6 +378,20 @@ class InstanceStatus(CommonStatus):
     data_volume: str | None = Field(default=None, description="Name of the CDI DataVolume of the root disk.")
     node: str | None = Field(default=None, description="Node the instance runs on (Nova host).")
     image_checksum: str | None = Field(default=None, description="sha512 of the image the disk was made from.")
+    vm_state: str | None = Field(default=None, description=(
+        "Nova's vm_state: building, active, stopped, paused, suspended, resized, error."))
+    task_state: str | None = Field(default=None, description=(
+        "Nova's task_state while an action runs (rebooting, pausing, resize_migrating, rebuilding, "
+        "image_snapshot, ...); absent when none does."))
+    flavor: AppliedFlavor | None = Field(default=None, description="The flavor the instance runs with.")
+    image_ref: str | None = Field(default=None, description="The image the root disk was made from.")
+    root_disk_gib: int | None = Field(default=None, description="Size of the root disk in GiB.")
+    resize: ResizeState | None = Field(default=None, description="A resize that is not confirmed yet.")
+    task: Task | None = Field(default=None, description="The action under way, with what it waits for.")
+    requests: ServedRequests = Field(default_factory=lambda: ServedRequests(), description=(
+        "The last one-shot requests served (tokens of spec.rebootRequest and spec.resizeRequest)."))
+    actions: list[InstanceAction] = Field(default_factory=list, description=(
+        f"The last {MAX_ACTIONS} actions, oldest first (Nova's os-instance-actions)."))
 
 
 # ---------------------------------------------------------------------------------------------- kinds
@@ -289,12 +433,14 @@ IMAGE = KindInfo(
              _READY, _AGE])
 INSTANCE = KindInfo(
     group=GROUP_COMPUTE, kind="Instance", plural="instances", singular="instance", short_names=["inst", "server"],
-    namespaced=True, spec=InstanceSpec, status=InstanceStatus,
+    namespaced=True, spec=InstanceSpec, status=InstanceStatus, spec_rules=INSTANCE_SPEC_RULES,
     description="A Nova server, run as a KubeVirt VirtualMachine with its root disk imported by CDI.",
     columns=[{"name": "Status", "type": "string", "jsonPath": ".status.status"},
+             {"name": "Task", "type": "string", "jsonPath": ".status.taskState"},
              {"name": "Power", "type": "string", "jsonPath": ".status.powerState"},
              {"name": "Flavor", "type": "string", "jsonPath": ".spec.flavorRef"},
              {"name": "Image", "type": "string", "jsonPath": ".spec.imageRef"},
+             {"name": "Locked", "type": "boolean", "jsonPath": ".spec.locked", "priority": 1},
              {"name": "IP", "type": "string", "jsonPath": ".status.addresses[0].ip"},
              {"name": "Node", "type": "string", "jsonPath": ".status.node", "priority": 1},
              _READY, _AGE])

@@ -37,6 +37,7 @@ class Settings:
     import_filter: ImportFilter = field(default_factory=ImportFilter)  # what web-download may reach (SSRF)
     size_cap: int = DEFAULT_SIZE_CAP  # bytes; a larger image is killed (Glance's image_size_cap)
     max_imports: int = 4  # imports running at once in this replica; the others wait in `queued`
+    resize_confirm_window: float = 0.0  # seconds before VERIFY_RESIZE confirms itself; 0: never (Nova's)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -45,7 +46,8 @@ class Settings:
                    import_retry_delay=float(os.environ.get("KOVA_IMPORT_RETRY_DELAY", "30")),
                    import_filter=ImportFilter.from_env(),
                    size_cap=_size_cap(os.environ.get("KOVA_IMAGE_SIZE_CAP") or str(DEFAULT_SIZE_CAP)),
-                   max_imports=max(1, int(os.environ.get("KOVA_MAX_CONCURRENT_IMPORTS", "4"))))
+                   max_imports=max(1, int(os.environ.get("KOVA_MAX_CONCURRENT_IMPORTS", "4"))),
+                   resize_confirm_window=float(os.environ.get("KOVA_RESIZE_CONFIRM_WINDOW", "0")))
 
 
 def _size_cap(text: str) -> int:

@@ -79,6 +79,8 @@ class Writes:
     _created: set[Key] = field(default_factory=set)
     _applied: dict[Key, Applied] = field(default_factory=dict)
     _status: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)  # uid → (rv, status)
+    # KubeVirt actions asked and not shown yet: (namespace, name) → (action, VMI uid).
+    last_call: dict[tuple[str, str], tuple[str, str | None]] = field(default_factory=dict)
 
     @staticmethod
     def key(res: Resource, namespace: str | None, name: str) -> Key:

@@ -9,7 +9,7 @@ import pytest
 
 from kova import builders
 from kova.conditions import Progress, get_condition, set_condition, summarize
-from kova.models import FlavorSpec, ImageSpec, ImageStatus, InstanceSpec, NovaStatus, PowerState
+from kova.models import FlavorSpec, ImageSpec, InstanceSpec
 from kova.store import Blob
 
 INSTANCE: dict[str, Any] = {
@@ -51,24 +51,6 @@ def test_private_flavor_needs_access() -> None:
     assert builders.flavor_usable_in(flavor(public=False, access=["x"]), "x")
 
 
-@pytest.mark.parametrize(("disk", "virtual", "min_disk", "expected"), [
-    (10, 1 << 30, 0, 10),  # the flavor's disk
-    (0, 5 * (1 << 30) + 1, 0, 6),  # 0: the image's own size, rounded up
-    (0, 1 << 20, 3, 3),  # never below minDisk
-    (0, 0, 0, 1),
-])
-def test_root_disk_size(disk: int, virtual: int, min_disk: int, expected: int) -> None:
-    status = ImageStatus(virtual_size=virtual, size=virtual)
-    assert builders.root_disk_gib(flavor(disk=disk), image(minDisk=min_disk), status) == expected
-
-
-def test_boot_refusal_explains_flavor_too_small() -> None:
-    status = ImageStatus(virtual_size=20 * (1 << 30))
-    assert "minRam 4096" in (builders.boot_refusal(flavor(), image(minRam=4096), status) or "")
-    assert "needs 20 GiB" in (builders.boot_refusal(flavor(disk=10), image(), status) or "")
-    assert builders.boot_refusal(flavor(disk=0), image(), status) is None
-
-
 def test_data_volume_imports_by_presigned_url_with_checksum() -> None:
     dv = builders.build_data_volume(INSTANCE, "http://s3/bucket/images/u?X-Amz-Signature=s", "ab" * 64, 12)
     assert dv["metadata"]["name"] == "web-root" and dv["metadata"]["namespace"] == "team-a"
@@ -85,7 +67,7 @@ def test_virtual_machine_from_flavor() -> None:
                                         "metadata": {"role": "web", "owner": "team-a"}})
     fl = flavor(ephemeral=5, swap=512, extraSpecs={"hw:cpu_policy": "dedicated", "hw:mem_page_size": "1GB",
                                                     "kova:node_selector:zone": "az1"})
-    vm = builders.build_virtual_machine(INSTANCE, spec, fl)
+    vm = builders.build_virtual_machine(INSTANCE, spec, fl, running=True)
     tpl = vm["spec"]["template"]["spec"]
     assert vm["spec"]["runStrategy"] == "Always"
     assert tpl["domain"]["cpu"] == {"cores": 2, "sockets": 1, "threads": 1, "dedicatedCpuPlacement": True}
@@ -103,49 +85,9 @@ def test_virtual_machine_from_flavor() -> None:
     assert vm["spec"]["template"]["metadata"]["annotations"] == {"compute.kova.dev/server-metadata": meta}
 
 
-def test_stopped_instance_halts_the_vm() -> None:
-    spec = InstanceSpec.model_validate({**INSTANCE["spec"], "powerState": "Stopped"})
-    assert builders.build_virtual_machine(INSTANCE, spec, flavor())["spec"]["runStrategy"] == "Halted"
-
-
-def _vm(printable: str, ready: bool = False) -> dict[str, Any]:
-    return {"status": {"printableStatus": printable, "ready": ready}}
-
-
-RUNNING = InstanceSpec.model_validate(INSTANCE["spec"])
-STOPPED = InstanceSpec.model_validate({**INSTANCE["spec"], "powerState": PowerState.stopped})
-DV_OK = {"status": {"phase": "Succeeded"}}
-VMI = {"status": {"phase": "Running", "nodeName": "n1",
-                  "interfaces": [{"name": "default", "ipAddress": "10.0.0.5", "mac": "52:54:00:00:00:01"}]}}
-
-
-@pytest.mark.parametrize(("spec", "dv", "vm", "vmi", "word", "progress"), [
-    (RUNNING, {"status": {"phase": "ImportInProgress", "progress": "40%"}}, _vm("Provisioning"), None,
-     NovaStatus.build, Progress.RECONCILING),
-    (RUNNING, DV_OK, _vm("Starting"), None, NovaStatus.build, Progress.RECONCILING),
-    (RUNNING, DV_OK, _vm("Running", True), VMI, NovaStatus.active, Progress.READY),
-    (RUNNING, {"status": {"phase": "Failed", "conditions": [
-        {"type": "Running", "reason": "ChecksumMismatch", "message": "bad"}]}}, _vm("DataVolumeError"), None,
-     NovaStatus.error, Progress.STALLED),
-    (RUNNING, DV_OK, _vm("ErrorUnschedulable"), None, NovaStatus.error, Progress.STALLED),
-    (STOPPED, DV_OK, _vm("Stopped"), None, NovaStatus.shutoff, Progress.READY),
-    (STOPPED, DV_OK, _vm("Stopping"), VMI, NovaStatus.active, Progress.RECONCILING),
-])
-def test_nova_status_from_children(spec: InstanceSpec, dv: dict[str, Any], vm: dict[str, Any],
-                                   vmi: dict[str, Any] | None, word: NovaStatus, progress: Progress) -> None:
-    view = builders.observe_instance(spec, dv, vm, vmi)
-    assert (view.status, view.progress) == (word, progress)
-    if word is NovaStatus.active and progress is Progress.READY:
-        assert [a.ip for a in view.addresses] == ["10.0.0.5"] and view.node == "n1"
-    if word is NovaStatus.error:
-        assert view.fault is not None and view.fault.message
-
-
-def test_failed_disk_import_names_the_cause() -> None:
-    dv = {"status": {"phase": "Failed", "conditions": [
-        {"type": "Running", "reason": "ChecksumMismatch", "message": "sha512 differs"}]}}
-    view = builders.observe_instance(RUNNING, dv, _vm("DataVolumeError"), None)
-    assert "ChecksumMismatch" in view.message and "sha512 differs" in view.message
+def test_a_vm_not_wanted_running_is_halted() -> None:
+    spec = InstanceSpec.model_validate(INSTANCE["spec"])
+    assert builders.build_virtual_machine(INSTANCE, spec, flavor(), running=False)["spec"]["runStrategy"] == "Halted"
 
 
 def test_image_status_from_store_record() -> None:
@@ -196,12 +138,3 @@ def test_image_link_expired_only_for_an_old_forbidden_failure() -> None:
     assert not builders.image_link_expired(dv("Failed", "Forbidden", "2026-01-01T11:30:00Z"), ttl, now)
     assert not builders.image_link_expired(dv("Failed", "ChecksumMismatch", "2026-01-01T10:00:00Z"), ttl, now)
     assert not builders.image_link_expired(dv("ImportInProgress", "Forbidden", "2026-01-01T10:00:00Z"), ttl, now)
-
-
-def test_build_says_the_same_through_every_step_of_cdi_and_kubevirt() -> None:
-    """Each distinct message would be one more status write: BUILD stays one message until ACTIVE."""
-    steps = [({"status": {"phase": "ImportScheduled"}}, _vm("Provisioning"), None),
-             ({"status": {"phase": "ImportInProgress", "progress": "40%"}}, _vm("Provisioning"), None),
-             (DV_OK, _vm("Starting"), None), (DV_OK, _vm("Starting"), VMI)]
-    views = [builders.observe_instance(RUNNING, dv, vm, vmi, building="spawning os") for dv, vm, vmi in steps]
-    assert all(v == views[0] for v in views) and views[0].message == "spawning os"

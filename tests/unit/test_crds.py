@@ -59,7 +59,7 @@ def test_image_defaults_enums_and_immutable_source() -> None:
     assert spec["properties"]["containerFormat"]["default"] == "bare"
     assert set(spec["properties"]["diskFormat"]["enum"]) == {"raw", "qcow2", "iso", "vmdk", "vhd", "vhdx", "vdi"}
     rules = [r["rule"] for r in spec["properties"]["source"]["x-kubernetes-validations"]]
-    assert rules[0] == "self == oldSelf" and "has(self.url) != has(self.upload)" in rules
+    assert rules[0] == "self == oldSelf" and any("has(self.instance)" in r for r in rules)
     assert "source" in spec["required"] and "diskFormat" not in spec["required"]  # an upload may set it later
     assert spec["x-kubernetes-validations"][0]["rule"] == "has(self.diskFormat) || !has(self.source.url)"
 
@@ -77,11 +77,14 @@ def test_status_conditions_are_a_map_keyed_by_type() -> None:
     assert conditions["x-kubernetes-list-map-keys"] == ["type"]
 
 
-def test_protected_image_policy_guards_delete_only() -> None:
-    policy, binding = yaml.safe_load_all(crdgen.files()["protected-images.policy.yaml"])
-    rule = policy["spec"]["matchConstraints"]["resourceRules"][0]
-    assert rule["operations"] == ["DELETE"] and rule["resources"] == ["images"]
-    assert binding["spec"]["validationActions"] == ["Deny"]
+def test_protected_image_and_locked_instance_policies_guard_delete_only() -> None:
+    images, image_binding, instances, instance_binding = yaml.safe_load_all(
+        crdgen.files()["protected-images.policy.yaml"])
+    for policy, binding, resource in ((images, image_binding, "images"), (instances, instance_binding, "instances")):
+        rule = policy["spec"]["matchConstraints"]["resourceRules"][0]
+        assert rule["operations"] == ["DELETE"] and rule["resources"] == [resource]
+        assert binding["spec"]["validationActions"] == ["Deny"]
+        assert binding["spec"]["policyName"] == policy["metadata"]["name"]
 
 
 def test_chart_carries_the_same_crds_and_policy() -> None:

@@ -32,6 +32,16 @@ def test_image_doc_has_every_base_key_and_string_properties() -> None:
     assert glance.image_doc(image("plain"))["name"] == "plain"  # made with kubectl: the object's name
 
 
+def test_a_snapshot_shows_novas_properties() -> None:
+    snap = image("snap", status={"status": "active", "detectedFormat": "raw",
+                                 "snapshot": {"instanceUuid": "i-1", "baseImageRef": "img-0"}})
+    snap["spec"] = {"source": {"instance": "web"}}
+    doc = glance.image_doc(snap)
+    assert (doc["image_type"], doc["instance_uuid"], doc["base_image_ref"], doc["disk_format"]) == (
+        "snapshot", "i-1", "img-0", "raw")
+    assert "image_type" not in glance.image_doc(image("plain"))
+
+
 def test_new_image_follows_glance_defaults_and_refusals() -> None:
     spec = glance.new_image({"name": "n", "disk_format": "qcow2", "ramdisk_id": "r"}, "a")
     assert spec["visibility"] == "shared" and spec["source"] == {"upload": {}}

@@ -27,7 +27,7 @@ async def publish(rt: Runtime, res: Resource, obj: dict[str, Any], *, word: str 
     }
     if word is not None:
         status["status"] = word
-    unchanged = all(previous.get(k) == v for k, v in status.items() if k != "conditions") and [
+    unchanged = all(previous.get(k) == pruned(v) for k, v in status.items() if k != "conditions") and [
         {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status["conditions"]] == [
         {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in previous.get("conditions", [])]
     if unchanged:
@@ -43,3 +43,12 @@ async def publish(rt: Runtime, res: Resource, obj: dict[str, Any], *, word: str 
         kind = "Warning" if progress is Progress.STALLED else "Normal"
         text = f"{word}: {message}" if word is not None else message
         rt.event(obj, type=kind, reason=reason, message=text)
+
+
+def pruned(value: Any) -> Any:
+    """`value` as the API server keeps it: nulls are dropped from objects (a CRD's fields are not nullable)."""
+    if isinstance(value, dict):
+        return {k: pruned(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [pruned(v) for v in value]
+    return value

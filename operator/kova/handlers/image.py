@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
@@ -16,7 +17,7 @@ from kova import metrics
 from kova.builders import ImageView, killed_view, observe_image
 from kova.handlers.common import publish
 from kova.image import importer
-from kova.image.fetch import Fetcher
+from kova.image.fetch import ExportFetcher, Fetcher
 from kova.models import GlanceStatus, ImageSpec
 from kova.runtime import IMAGES, ImportState, Runtime
 
@@ -53,22 +54,44 @@ async def _write(rt: Runtime, obj: dict[str, Any], view: ImageView) -> None:
 DONE = (GlanceStatus.active, GlanceStatus.killed, GlanceStatus.deactivated)
 
 
-async def run_import(rt: Runtime, namespace: str, name: str, stopped: kopf.DaemonStopped,
-                     logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+Log = logging.Logger | logging.LoggerAdapter[Any]
+# Moves a snapshot's bytes (kova.handlers.snapshot); True when it asks for another attempt.
+Snapshotter = Callable[[Runtime, dict[str, Any], kopf.DaemonStopped, Log], Awaitable[bool]]
+
+
+async def run_import(rt: Runtime, namespace: str, name: str, stopped: kopf.DaemonStopped, logger: Log,
+                     snapshot: Snapshotter | None = None) -> None:
     """The import daemon: returns once the image is active or killed, or when told to stop."""
     while not stopped:
         seen = await reconcile(rt, namespace, name)
-        if seen is None or seen[0].status in DONE or not (seen[1].get("spec") or {}).get("source", {}).get("url"):
+        source = ((seen[1].get("spec") or {}).get("source") or {}) if seen else {}
+        if seen is None or seen[0].status in DONE or not (source.get("url") or source.get("instance")):
             return  # done, or its data comes through the image API (kova.openstack), not from a URL
-        if not await _import_slot(rt, namespace, name, stopped):
-            return
-        try:
-            again = await _import_once(rt, seen[1], stopped, logger)
-        finally:
-            rt.import_slots.release()
+        if source.get("instance"):
+            if snapshot is None:
+                return
+            again = await snapshot(rt, seen[1], stopped, logger)
+        else:
+            spec = ImageSpec.model_validate(seen[1]["spec"])
+            assert spec.source.url is not None and spec.disk_format is not None  # the API server's rules
+            again = await import_from(rt, seen[1], stopped, logger, spec.source.url, spec.disk_format.value,
+                                      spec.source.checksum, Fetcher(rt.settings.import_filter))
         if not again:
             return
         await stopped.wait(rt.settings.import_retry_delay)  # the slot is free for others meanwhile
+
+
+async def import_from(rt: Runtime, obj: dict[str, Any], stopped: kopf.DaemonStopped,
+                      logger: logging.Logger | logging.LoggerAdapter[Any], url: str, disk_format: str,
+                      checksum: str | None, fetcher: Fetcher | ExportFetcher) -> bool:
+    """One import in one of the replica's slots; True when a passing failure asks for another attempt."""
+    md = obj["metadata"]
+    if not await _import_slot(rt, md["namespace"], md["name"], stopped):
+        return False
+    try:
+        return await _import_once(rt, obj, stopped, logger, url, disk_format, checksum, fetcher)
+    finally:
+        rt.import_slots.release()
 
 
 async def _import_slot(rt: Runtime, namespace: str, name: str, stopped: kopf.DaemonStopped) -> bool:
@@ -93,18 +116,16 @@ async def _import_slot(rt: Runtime, namespace: str, name: str, stopped: kopf.Dae
 
 
 async def _import_once(rt: Runtime, obj: dict[str, Any], stopped: kopf.DaemonStopped,
-                       logger: logging.Logger | logging.LoggerAdapter[Any]) -> bool:
+                       logger: logging.Logger | logging.LoggerAdapter[Any], url: str, disk_format: str,
+                       checksum: str | None, fetcher: Fetcher | ExportFetcher) -> bool:
     """One attempt at moving the bytes; True when a passing failure asks for another."""
     namespace, name, uid = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["metadata"]["uid"]
-    spec = ImageSpec.model_validate(obj["spec"])
-    assert spec.source.url is not None and spec.disk_format is not None  # the daemon imports url sources only
     state = rt.imports[uid] = ImportState()  # a new attempt: the last one's passing error is over
     again = False
     metrics.IMPORTS_IN_FLIGHT.inc()
     work = asyncio.create_task(asyncio.to_thread(
-        importer.import_url, rt.store, uid, spec.source.url, spec.disk_format.value, spec.source.checksum,
-        fetcher=Fetcher(rt.settings.import_filter), size_cap=rt.settings.size_cap, progress=state.progress,
-        cancelled=lambda: bool(stopped)))
+        importer.import_url, rt.store, uid, url, disk_format, checksum, fetcher=fetcher,
+        size_cap=rt.settings.size_cap, progress=state.progress, cancelled=lambda: bool(stopped)))
     try:
         while not work.done():
             await asyncio.wait({work}, timeout=PROGRESS_EVERY)
@@ -112,16 +133,13 @@ async def _import_once(rt: Runtime, obj: dict[str, Any], stopped: kopf.DaemonSto
         blob = work.result()
         metrics.IMPORTED_BYTES.inc(blob.size)
         metrics.IMPORTS.labels("active").inc()
-        logger.info("imported %d bytes from %s", blob.size, spec.source.url)
+        logger.info("imported %d bytes from %s", blob.size, url.split("?")[0])
     except importer.Cancelled:
         return False
     except importer.ImportFailed as e:
         metrics.IMPORTS.labels("killed").inc()
         logger.warning("import failed: %s: %s", e.reason, e)
-        async with rt.lock("image", namespace, name):
-            fresh = await rt.kube.get(IMAGES, name, namespace)
-            if fresh is not None:
-                await _write(rt, fresh, killed_view(e.reason, str(e)))
+        await kill(rt, namespace, name, e.reason, str(e))
         return False
     except Exception as e:
         # A failure that may pass: the source (5xx, network) or the object store (down, refusing).
@@ -140,6 +158,14 @@ async def _import_once(rt: Runtime, obj: dict[str, Any], stopped: kopf.DaemonSto
             rt.imports.pop(uid, None)
     await reconcile(rt, namespace, name)
     return False
+
+
+async def kill(rt: Runtime, namespace: str, name: str, reason: str, message: str) -> None:
+    """Glance's killed: the source cannot give a good image; not tried again."""
+    async with rt.lock("image", namespace, name):
+        fresh = await rt.kube.get(IMAGES, name, namespace)
+        if fresh is not None:
+            await _write(rt, fresh, killed_view(reason, message))
 
 
 async def delete(rt: Runtime, body: kopf.Body, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:

@@ -1,27 +1,40 @@
-"""Instance: wait for a Flavor and an active Image, then own a DataVolume and a VirtualMachine.
+"""Instance: Nova's server over a KubeVirt VirtualMachine and a CDI DataVolume, through its whole life.
 
 `reconcile` is level-based and reads only what the watches already delivered (kova.informer, `Caches`):
-the Instance, its Flavor and Image, its DataVolume, VirtualMachine and VirtualMachineInstance. It writes
-only what differs from what it wants (kova.writes): the DataVolume once, the VirtualMachine when
-its desired spec is not already there (a hand-edit is put back), the status when a user would see a
-change. So a reconcile of an Instance whose world did not change makes no API call at all. It runs on
-the Instance's changes, on every change of a child, and, for an Instance that waits, when its Flavor or
-Image changes (an Instance that waits says what for, `Caches.wait_for`).
+the Instance, its Flavor and Image, its DataVolume, claim, VirtualMachine and VirtualMachineInstance.
+kova.compute.lifecycle decides the next step (pure); this module carries it out: the VirtualMachine
+applied when its desired spec is not already there (a hand-edit is put back), the DataVolume created once
+(deleted for a rebuild), the claim grown for a resize, at most one KubeVirt action through virt-api, and the
+status written when a user would see a change (kova.writes). A reconcile of an Instance whose world did not
+change makes no API call at all. It runs on the Instance's changes, on every change of a child, when a
+snapshot of it starts or ends, and, for an Instance that waits, when its Flavor or Image changes.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from kova import builders
+from kova.compute import lifecycle
 from kova.conditions import Progress
 from kova.handlers.common import publish
-from kova.kube import DATA_VOLUMES, VIRTUAL_MACHINES
-from kova.models import Fault, FlavorSpec, GlanceStatus, ImageSpec, ImageStatus, InstanceSpec, NovaStatus
+from kova.kube import DATA_VOLUMES, VIRTUAL_MACHINE_INSTANCES, VIRTUAL_MACHINES, Refused
+from kova.models import (
+    Address,
+    Fault,
+    FlavorSpec,
+    GlanceStatus,
+    ImageSpec,
+    ImageStatus,
+    InstanceSpec,
+    InstanceStatus,
+    NovaStatus,
+)
 from kova.runtime import INSTANCES, Runtime
 
 
@@ -39,6 +52,10 @@ class Caches:
     datavolumes: Cache
     vms: Cache
     vmis: Cache
+    pvcs: Cache
+    # Instance snapshots under way: (namespace, instance) → names of the Images being made from it.
+    snapshots: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    wake: Callable[[tuple[str, str], float], None] | None = None  # reconcile an Instance after some seconds
     # Which Instances wait for which Flavor or Image: that object's next event wakes them.
     waiting: dict[tuple[str, ...], set[tuple[str, str]]] = field(default_factory=dict)
 
@@ -57,113 +74,147 @@ class Caches:
         return self.waiting.pop(what, set())
 
 
-@dataclass
-class Wait(Exception):
-    """Something the instance needs is not there yet; it will be (and its arrival wakes the instance)."""
-
-    reason: str
-    message: str
-    on: tuple[str, ...] | None = None  # ("Flavor", name) or ("Image", namespace, name): wake on its events
-
-
-@dataclass
-class Refuse(Exception):
-    """The request cannot be served as written (Nova would answer 4xx): ERROR with a fault."""
-
-    reason: str
-    message: str
-    code: int = 400
+MAX_STEPS = 8  # steps of one action carried out in a row (each writes its task before it acts)
 
 
 async def reconcile(rt: Runtime, caches: Caches, namespace: str, name: str) -> None:
     async with rt.lock("instance", namespace, name):
-        inst = caches.instances.get((namespace, name))
-        if inst is None or inst["metadata"].get("deletionTimestamp"):
-            return
-        try:
-            await _converge(rt, caches, inst)
-        except Wait as w:
-            if w.on:
-                caches.wait_for(w.on, namespace, name)
-            await publish(rt, INSTANCES, inst, word=NovaStatus.build.value, progress=Progress.RECONCILING,
-                          reason=w.reason, message=w.message, fields={"fault": None, "powerState": "NOSTATE"})
-        except Refuse as r:
-            await publish(rt, INSTANCES, inst, word=NovaStatus.error.value, progress=Progress.STALLED,
-                          reason=r.reason, message=r.message,
-                          fields={"fault": Fault(code=r.code, message=r.message).dump(), "powerState": "NOSTATE"})
+        for _ in range(MAX_STEPS):
+            inst = caches.instances.get((namespace, name))
+            if inst is None or inst["metadata"].get("deletionTimestamp"):
+                return
+            if not await _step(rt, caches, inst):
+                return
 
 
-async def _converge(rt: Runtime, caches: Caches, inst: dict[str, Any]) -> None:
+async def _step(rt: Runtime, caches: Caches, inst: dict[str, Any]) -> bool:
+    """One step of the life cycle (kova.compute.lifecycle): carry it out, write the status. True: decide
+    again at once."""
     md = inst["metadata"]
     namespace, name = md["namespace"], md["name"]
     try:
         spec = InstanceSpec.model_validate(inst.get("spec") or {})
+        status = InstanceStatus.model_validate(rt.writes.last_status(inst))
     except ValidationError as e:
-        raise Refuse("InvalidSpec", str(e)) from e
-    flavor = _flavor(caches, spec, namespace)
-    image_spec, image_status, image_uid = _image(caches, spec, namespace)
-    refusal = builders.boot_refusal(flavor, image_spec, image_status)
-    if refusal:
-        raise Refuse("FlavorTooSmall", refusal)
-
+        await publish(rt, INSTANCES, inst, word=NovaStatus.error.value, progress=Progress.STALLED,
+                      reason="InvalidSpec", message=str(e), fields={"fault": Fault(code=400, message=str(e)).dump()})
+        return False
     dv_name = builders.data_volume_name(name)
     dv = caches.datavolumes.get((namespace, dv_name))
     if dv is not None and builders.image_link_expired(dv, rt.settings.presign_ttl, dt.datetime.now(dt.UTC)):
         # CDI could not read the image because the link expired: a new DataVolume gets a new link.
         rt.writes.forget(DATA_VOLUMES, namespace, dv_name)
         await rt.kube.delete(DATA_VOLUMES, dv_name, namespace, uid=dv["metadata"]["uid"])
-        raise Wait("RenewingImageLink", "the image link expired before the import finished; renewing it")
-    if dv is None and image_status.status is GlanceStatus.deactivated:
-        # Only new boots are refused: an instance whose disk already exists keeps running.
-        raise Refuse("ImageDeactivated", f"Image {spec.image_ref} is deactivated: its data may not be used "
-                                         "for new instances", code=403)
-    size = builders.root_disk_gib(flavor, image_spec, image_status)
-    # The VirtualMachine first: it is what a user waits for, and KubeVirt holds it until its DataVolume is.
-    vm = caches.vms.get((namespace, name))
-    await rt.writes.ensure(VIRTUAL_MACHINES, builders.build_virtual_machine(inst, spec, flavor), vm)
-    if dv is None and not rt.writes.created(DATA_VOLUMES, namespace, dv_name):
+        dv = None
+    children = lifecycle.Children(dv=dv, pvc=caches.pvcs.get((namespace, dv_name)),
+                                  vm=caches.vms.get((namespace, name)), vmi=caches.vmis.get((namespace, name)))
+    snapshots = caches.snapshots.get((namespace, name), set())
+    step = lifecycle.decide(lifecycle.Inputs(
+        spec=spec, status=status, generation=int(md.get("generation") or 0), children=children,
+        flavor=_flavor(caches, spec.flavor_ref, namespace), image=_image(caches, spec.image_ref, namespace),
+        disk_image=_image(caches, status.image_ref, namespace)
+        if status.image_ref and status.image_ref != spec.image_ref else None,
+        snapshots=sorted(snapshots), snapshot_uploading=any(
+            (caches.images.get((namespace, s)) or {}).get("status", {}).get("status") == GlanceStatus.importing
+            for s in snapshots),
+        confirm_window=rt.settings.resize_confirm_window))
+    if step.wait_on:
+        caches.wait_for(step.wait_on, namespace, name)
+    if step.wake_after is not None and caches.wake is not None:
+        caches.wake((namespace, name), step.wake_after)
+    if step.delete_disk and dv is not None:
+        rt.writes.forget(DATA_VOLUMES, namespace, dv_name)
+        await rt.kube.delete(DATA_VOLUMES, dv_name, namespace, uid=dv["metadata"]["uid"])
+        dv = None
+    if step.flavor is not None:
+        # The VirtualMachine first: it is what a user waits for, and KubeVirt holds it until its DataVolume is.
+        await rt.writes.ensure(VIRTUAL_MACHINES, builders.build_virtual_machine(
+            inst, spec, lifecycle.flavor_spec(step.flavor), step.running), children.vm)
+    if step.disk is not None and dv is None and not step.delete_disk and \
+            not rt.writes.created(DATA_VOLUMES, namespace, dv_name):
         # Signing is local work (the signer's region is fixed, so minio asks the store nothing).
-        url = rt.store.presigned_get(image_uid, rt.settings.presign_ttl)
+        url = rt.store.presigned_get(step.disk.uid, rt.settings.presign_ttl)
         await rt.writes.create(DATA_VOLUMES, builders.build_data_volume(
-            inst, url, image_status.os_hash_value or "", size))
-    vmi = caches.vmis.get((namespace, name))
-    view = builders.observe_instance(spec, dv, vm, vmi, building=f"importing image {spec.image_ref} into a "
-                                                                f"{size} GiB root disk, then starting it")
-    await publish(rt, INSTANCES, inst, word=view.status.value, progress=view.progress, reason=view.reason,
-                  message=view.message, fields={
-                      "powerState": view.power_state,
-                      "addresses": [a.dump() for a in view.addresses],
-                      "fault": view.fault.dump() if view.fault else None,
-                      "node": view.node, "virtualMachine": name, "dataVolume": dv_name,
-                      "imageChecksum": image_status.os_hash_value})
+            inst, url, step.disk.sha512, step.disk_gib, step.disk.uid))
+    if step.grow_disk and children.pvc is not None and lifecycle.gib(
+            children.pvc.get("spec", {}).get("resources", {}).get("requests", {}).get("storage", "0")) < step.grow_disk:
+        await rt.kube.resize_claim(dv_name, namespace, step.grow_disk)
+    if step.call is not None:
+        step = await _call(rt, inst, children, step)
+    await publish(rt, INSTANCES, inst, word=step.word.value, progress=step.progress, reason=step.reason,
+                  message=step.message, fields={
+                      **step.fields(), "virtualMachine": name, "dataVolume": dv_name,
+                      "addresses": _addresses(children) if step.word in RUNNING else [],
+                      "node": (children.vmi or {}).get("status", {}).get("nodeName") if step.word in RUNNING else None})
+    if step.warning:
+        rt.event(inst, type="Warning", reason=step.warning[0], message=step.warning[1])
+    return step.again
 
 
-def _flavor(caches: Caches, spec: InstanceSpec, namespace: str) -> FlavorSpec:
-    obj = caches.flavors.get((spec.flavor_ref,))
+RUNNING = {NovaStatus.active, NovaStatus.paused, NovaStatus.reboot, NovaStatus.hard_reboot, NovaStatus.resize,
+           NovaStatus.verify_resize, NovaStatus.revert_resize}
+
+
+async def _call(rt: Runtime, inst: dict[str, Any], children: lifecycle.Children,
+                step: lifecycle.Step) -> lifecycle.Step:
+    """One KubeVirt action through virt-api. pause/unpause are asked once per VMI until the VMI shows it (the
+    watch lags behind the answer); a refusal ends the action it served, with virt-api's reason."""
+    assert step.call is not None
+    kind, action = step.call
+    md = inst["metadata"]
+    res, target = (VIRTUAL_MACHINE_INSTANCES, md["name"]) if kind == "vmi" else (VIRTUAL_MACHINES, md["name"])
+    once = (md["namespace"], md["name"])
+    if action in ("pause", "unpause") and rt.writes.last_call.get(once) == (action, children.vmi_uid):
+        return step
+    try:
+        await rt.kube.put_subresource(res, target, md["namespace"], action)
+    except Refused as e:
+        if action in ("pause", "unpause") and e.status == 409:
+            return step  # already so: the VMI's next event shows it
+        return lifecycle.call_refused(step, f"KubeVirt refused {action} (HTTP {e.status}): {e}")
+    if action in ("pause", "unpause"):
+        rt.writes.last_call[once] = (action, children.vmi_uid)
+    if step.called is not None:
+        step.status = step.called
+    return step
+
+
+def _addresses(children: lifecycle.Children) -> list[dict[str, Any]]:
+    interfaces = (children.vmi or {}).get("status", {}).get("interfaces", [])
+    return [Address(interface=i.get("name", ""), ip=i["ipAddress"], mac=i.get("mac")).dump()
+            for i in interfaces if i.get("ipAddress")]
+
+
+def _flavor(caches: Caches, ref: str, namespace: str) -> FlavorSpec | lifecycle.Blocked:
+    obj = caches.flavors.get((ref,))
     if obj is None:
-        raise Wait("WaitingForFlavor", f"Flavor {spec.flavor_ref} does not exist (yet)", ("Flavor", spec.flavor_ref))
+        return lifecycle.Blocked("WaitingForFlavor", f"Flavor {ref} does not exist (yet)", on=("Flavor", ref))
     flavor = FlavorSpec.model_validate(obj.get("spec") or {})
     if not builders.flavor_usable_in(flavor, namespace):
-        raise Refuse("FlavorNotAccessible", f"Flavor {spec.flavor_ref} is not public and namespace "
-                                            f"{namespace} is not in its access list", code=403)
+        return lifecycle.Blocked("FlavorNotAccessible", f"Flavor {ref} is not public and namespace {namespace} is "
+                                 "not in its access list", refused=True, code=403)
     return flavor
 
 
-def _image(caches: Caches, spec: InstanceSpec, namespace: str) -> tuple[ImageSpec, ImageStatus, str]:
-    image_ns, image_name = builders.parse_image_ref(spec.image_ref, namespace)
+def _image(caches: Caches, ref: str, namespace: str) -> lifecycle.ImageInfo | lifecycle.Blocked:
+    image_ns, image_name = builders.parse_image_ref(ref, namespace)
     obj = caches.images.get((image_ns, image_name))
+    on = ("Image", image_ns, image_name)
     if obj is None:
-        raise Wait("WaitingForImage", f"Image {image_ns}/{image_name} does not exist (yet)",
-                   ("Image", image_ns, image_name))
-    image_spec = ImageSpec.model_validate(obj.get("spec") or {})
-    if not builders.image_visible_to(image_spec, image_ns, namespace):
+        return lifecycle.Blocked("WaitingForImage", f"Image {image_ns}/{image_name} does not exist (yet)", on=on)
+    spec = ImageSpec.model_validate(obj.get("spec") or {})
+    if not builders.image_visible_to(spec, image_ns, namespace):
         # Said the way Glance says it: an image one cannot see is an image that is not found.
-        raise Refuse("ImageNotFound", f"Image {image_ns}/{image_name} is not visible to namespace {namespace}",
-                     code=404)
+        return lifecycle.Blocked("ImageNotFound", f"Image {image_ns}/{image_name} is not visible to namespace "
+                                 f"{namespace}", refused=True, code=404)
     status = ImageStatus.model_validate(obj.get("status") or {})
     if status.status is GlanceStatus.killed:
-        raise Refuse("ImageKilled", f"Image {image_ns}/{image_name} failed to import: {status.message}")
+        return lifecycle.Blocked("ImageKilled", f"Image {image_ns}/{image_name} failed to import: {status.message}",
+                                 refused=True)
     if status.status not in (GlanceStatus.active, GlanceStatus.deactivated) or not status.os_hash_value:
-        raise Wait("WaitingForImage", f"Image {image_ns}/{image_name} is {status.status or 'queued'}, "
-                                      "not active yet", ("Image", image_ns, image_name))
-    return image_spec, status, obj["metadata"]["uid"]
+        return lifecycle.Blocked("WaitingForImage", f"Image {image_ns}/{image_name} is {status.status or 'queued'}, "
+                                 "not active yet", on=on)
+    return lifecycle.ImageInfo(ref=ref, uid=obj["metadata"]["uid"], sha512=status.os_hash_value,
+                               size=status.size or 0, virtual_size=status.virtual_size or 0,
+                               min_disk=spec.min_disk, min_ram=spec.min_ram,
+                               deactivated=status.status is GlanceStatus.deactivated)

@@ -262,3 +262,26 @@ class Fetcher:
                                               retries=False)
         return pool.urlopen("GET", target.path, headers=headers, redirect=False, retries=False,
                             preload_content=False, enforce_content_length=True, assert_same_host=False)
+
+
+@dataclass
+class ExportFetcher:
+    """KubeVirt's export server (a snapshot's source). Its URL and CA come from the VirtualMachineExport's
+    status, which KubeVirt writes (a tenant cannot), so it is not passed through the tenant-URL filter above:
+    it is the cluster's own service, reached with TLS verified against that CA, the token Kova generated in
+    the `x-kubevirt-export-token` header, and no redirects."""
+
+    ca_pem: str
+    token: str
+    timeout: urllib3.Timeout = field(default_factory=lambda: urllib3.Timeout(connect=10, read=60))
+
+    def open(self, url: str) -> Any:
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise NotAllowed(f"an export link must be https, not {url}")
+        pool = urllib3.HTTPSConnectionPool(parts.hostname, parts.port or 443, timeout=self.timeout, maxsize=1,
+                                           retries=False, cert_reqs="CERT_REQUIRED", ca_cert_data=self.ca_pem)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        return pool.urlopen("GET", path, headers={"x-kubevirt-export-token": self.token,
+                                                  "User-Agent": "kova-image-snapshot"},
+                            redirect=False, retries=False, preload_content=False, enforce_content_length=True)

@@ -26,7 +26,7 @@ import urllib3
 from minio.datatypes import Part
 
 from kova.image import formats
-from kova.image.fetch import Fetcher, NotAllowed
+from kova.image.fetch import ExportFetcher, Fetcher, NotAllowed
 from kova.store import Blob, ObjectStore
 
 PART_SIZE = 16 * 1024 * 1024
@@ -103,8 +103,9 @@ def part_size_for(total: int | None, minimum: int = PART_SIZE) -> int:
 
 
 def import_url(store: ObjectStore, uid: str, url: str, disk_format: str, checksum: str | None, *,
-               fetcher: Fetcher, size_cap: int = DEFAULT_SIZE_CAP, progress: ImportProgress | None = None,
-               cancelled: Callable[[], bool] = lambda: False, part_size: int = PART_SIZE) -> Blob:
+               fetcher: Fetcher | ExportFetcher, size_cap: int = DEFAULT_SIZE_CAP,
+               progress: ImportProgress | None = None, cancelled: Callable[[], bool] = lambda: False,
+               part_size: int = PART_SIZE) -> Blob:
     progress = progress or ImportProgress()
     # An upload left open by an import that died (operator restart) is abandoned first: no orphans.
     for upload_id in store.pending_uploads(uid):

@@ -165,6 +165,13 @@ def image_doc(obj: Mapping[str, Any]) -> dict[str, Any]:
         "created_at": _time(md.get("creationTimestamp")), "updated_at": updated_at(obj),
         "tags": list(spec.get("tags") or []), "self": f"/v2/images/{uid}", "file": f"/v2/images/{uid}/file",
         "schema": "/v2/schemas/image"})
+    snapshot = status.get("snapshot") or {}
+    if snapshot.get("instanceUuid"):
+        # What Nova writes on the images createImage makes.
+        doc.update({"image_type": "snapshot", "instance_uuid": snapshot["instanceUuid"]})
+        if snapshot.get("baseImageRef"):
+            doc["base_image_ref"] = snapshot["baseImageRef"]
+        doc["disk_format"] = doc["disk_format"] or status.get("detectedFormat") or "raw"
     return doc
 
 

@@ -1,0 +1,1 @@
+"""Compute: Nova servers (Instances) and their life cycle over KubeVirt."""
