@@ -126,6 +126,16 @@ def test_nova_status_from_children(children: Children, word: NovaStatus, progres
         assert step.fault is not None and step.fault.message
 
 
+def test_requests_made_while_building_wait_for_the_build() -> None:
+    building = settle(inputs(spec(), InstanceStatus(), Children(dv=dv(phase="ImportInProgress"))))
+    sp = spec(flavorRef="large", rebootRequest={"token": "t"})
+    still = settle(inputs(sp, building.status, Children(dv=dv(), vm=vm("Starting", False))))
+    assert still.word is NovaStatus.build and still.status.task is None and still.flavor is not None
+    assert still.flavor.name == "small"
+    built = settle(inputs(sp, still.status, RUNNING))
+    assert built.word is NovaStatus.resize  # then served
+
+
 # ---------------------------------------------------------------------------------------------- power
 def test_pause_calls_kubevirt_once_running_and_says_paused() -> None:
     st = booted()

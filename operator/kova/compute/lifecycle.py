@@ -265,7 +265,16 @@ def decide(i: Inputs) -> Step:
         return _verify_resize(i, st, st.resize)
     if i.snapshots:
         return _snapshot(i, st)
+    if not _built(st):
+        # Requests made while it builds are served once it is built: at once, not at the next event.
+        step = _steady(i, st)
+        step.again = _built(st)
+        return step
     return _new_request(i, st) or _steady(i, st)
+
+
+def _built(st: InstanceStatus) -> bool:
+    return any(a.action == "create" and a.finish_time for a in st.actions)
 
 
 def _bookkeeping(i: Inputs, st: InstanceStatus) -> None:
@@ -341,7 +350,7 @@ def _observe(i: Inputs, st: InstanceStatus) -> Step:
         finish(st, "create", i.now, "Error", message)
         return Step(NovaStatus.error, Progress.STALLED, reason, message, fault=Fault(code=500, message=message),
                     power_state="NOSTATE", **base)  # type: ignore[arg-type]
-    booted = any(a.action == "create" and a.finish_time for a in st.actions)
+    booted = _built(st)
     if running:
         if ch.running and (booted or ch.ready):
             if want is PowerState.paused:
