@@ -1,5 +1,6 @@
 """The local cloud Kova is tested on: real etcd, kube-apiserver, kube-controller-manager, MinIO, the
-KubeVirt/CDI CRDs, a default StorageClass and the KubeVirt/CDI simulator, all on 127.0.0.1. kube-apiserver
+KubeVirt/CDI and Multus NetworkAttachmentDefinition CRDs, a default StorageClass and the KubeVirt/CDI
+simulator (which registers three Nodes in two zones and schedules VMIs on them), all on 127.0.0.1. kube-apiserver
 runs with the aggregation layer (front-proxy CA and client certificate): the simulator's virt-api is an
 aggregated API server behind the APIService v1.subresources.kubevirt.io, reached on loopback.
 
@@ -37,6 +38,8 @@ from tests.cloud.pki import leaf, new_ca, new_key, pem_cert, pem_key
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = Path(__file__).resolve().parent / "crds" / "kubevirt-cdi.yaml"
+# Multus' NetworkAttachmentDefinition, as its project publishes it (vendored, see third_party/README.md).
+NAD_CRD = REPO / "third_party" / "network-attachment-definition" / "networks-crd.yaml"
 LOOPBACK = "127.0.0.1"
 S3_BUCKET = "kova-images"
 FRONT_PROXY_CLIENT = "front-proxy-client"
@@ -305,11 +308,12 @@ class LocalCloud:
                      secure=False)
 
     def _install_crds(self) -> None:
-        self.kubectl("apply", "--server-side", "-f", str(CRDS))
+        self.kubectl("apply", "--server-side", "-f", str(CRDS), "-f", str(NAD_CRD))
         self.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(STORAGE_CLASS))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd",
                      "virtualmachines.kubevirt.io", "virtualmachineinstances.kubevirt.io",
-                     "datavolumes.cdi.kubevirt.io", "virtualmachineexports.export.kubevirt.io")
+                     "datavolumes.cdi.kubevirt.io", "virtualmachineexports.export.kubevirt.io",
+                     "network-attachment-definitions.k8s.cni.cncf.io")
 
     def start_simulator(self) -> Proc:
         """The KubeVirt/CDI simulator; returns once its caches are synced and kube-apiserver finds its

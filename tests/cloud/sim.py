@@ -3,8 +3,9 @@
 CDI: a DataVolume is imported for real. For an `http` source the simulator GETs the URL (a presigned MinIO
 URL, say) and checks `checksum` (`sha256:`/`sha512:`) when given; for an `s3` source it reads the Secret
 named by `secretRef` (accessKeyId / secretKey) and downloads the object. The bytes land in a file that
-stands for the PVC (`<volumes>/<namespace>/<name>.img`). Phases: ImportScheduled → ImportInProgress (with
-progress) → Succeeded, or Failed with a reason and message. As CDI does, each DataVolume gets a
+stands for the PVC (`<volumes>/<namespace>/<name>.img`). A `blank` source downloads nothing: the file is
+empty (0 bytes; the claim records the size). Phases: ImportScheduled → ImportInProgress (with progress) →
+Succeeded, or Failed with a reason and message. As CDI does, each DataVolume gets a
 PersistentVolumeClaim of its name that it controls, with its labels and annotations (and CDI's own), asking
 for the DataVolume's size; `status.claimName` names it.
 
@@ -12,20 +13,42 @@ CSI driver (`sim.kova.dev/local`, StorageClass `sim-local`, the default): claims
 once (capacity = request; no PersistentVolume object). A grown request is played as external-resizer and
 kubelet do: Resizing → FileSystemResizePending → the new capacity. The file on disk keeps its bytes.
 
+Nodes (kubelet, the node lifecycle controller): three Node objects, registered at start and kept Ready
+(no kubelet heartbeats them, and no controller of the local cloud marks nodes NotReady): sim-node-0 in
+zone-a, sim-node-1 and sim-node-2 in zone-b (`topology.kubernetes.io/zone`), each 256 CPUs, 256 GiB, 250
+pods, podCIDR 10.244.<n>.0/24. The admission's not-ready taint is removed once Ready.
+
+kube-scheduler (tests/cloud/scheduler.py, pure functions): a VMI's virt-launcher pod carries the VMI's
+labels, nodeSelector, affinity, tolerations and requests; it is placed on a node that passes the filters
+(taints, nodeSelector and required node affinity, the sum of requests already on the node, required pod
+affinity and anti-affinity over the placed VMIs' labels by topologyKey, and other VMIs' anti-affinity),
+best by preferred (anti-)affinity weights, then fewest VMIs, then name. When none fits, the VMI stays
+Scheduling with PodScheduled False / Unschedulable and kube-scheduler's message ("0/3 nodes are available:
+..."), the VM says ErrorUnschedulable; it is retried every step, so a freed node takes it.
+
 KubeVirt: a VirtualMachine that should run (runStrategy Always/RerunOnFailure/Once, or `running: true`;
 Manual on a start request) waits for its DataVolumes (Provisioning), gets a VirtualMachineInstance it
-controls, and moves Starting → Running with `ready` and an interface IP on the VMI; Halted removes the VMI
-(Stopping → Stopped). `status.stateChangeRequests` (Stop of a VMI uid, then Start) are carried out as
-virt-controller does: that is how a restart replaces the VMI. A VMI whose `Paused` condition is True makes
-the VM `Paused` (not ready; the VMI's conditions are mirrored on the VM). A VMI that asks for more than the
-simulated node has stays Scheduling, and the VM says ErrorUnschedulable.
+controls, is scheduled (status.nodeName and the `kubevirt.io/nodeName` label) and moves Starting → Running
+with `ready`; Halted removes the VMI (Stopping → Stopped). `status.stateChangeRequests` (Stop of a VMI
+uid, then Start) are carried out as virt-controller does: that is how a restart replaces the VMI. A VMI
+whose `Paused` condition is True makes the VM `Paused` (not ready; the VMI's conditions are mirrored on the
+VM). Disks, CD-ROMs, firmware (EFI, secure boot), machine type, rng, video and interface models are taken
+as written: only networks and resources matter here.
+
+Networks (tests/cloud/networks.py): `status.interfaces` has one entry per interface (eth0, eth1, ...): the
+pod network's address from the node's podCIDR; a Multus network's from its NetworkAttachmentDefinition's
+IPAM (`range`, `subnet`, `ranges`) or else a 192.168.<crc32(ns/name) % 250>.0/24 of its own; the lowest free
+address, unique per network. A VMI naming a NAD that does not exist stays Pending with Synchronized False /
+FailedCreate ("failed to render launch manifest: failed to locate network attachment definition ns/name")
+and a Warning event, as virt-controller leaves it; the VM shows Starting with that condition mirrored; once
+the NAD exists the VMI starts.
 
 virt-api: the aggregated API subresources.kubevirt.io (tests/cloud/virtapi.py), behind a real APIService.
 virt-exportproxy and the export controller: VirtualMachineExports (tests/cloud/exportserver.py).
 
 Like KubeVirt's and CDI's controllers, it works from informer-style caches: one watch per kind keeps an
-in-memory copy of every DataVolume, PersistentVolumeClaim, VirtualMachine, VirtualMachineInstance and
-VirtualMachineExport, and its own writes update that copy at once. A pass over the caches costs the API
+in-memory copy of every DataVolume, PersistentVolumeClaim, VirtualMachine, VirtualMachineInstance,
+VirtualMachineExport and Node, and its own writes update that copy at once. A pass over the caches costs the API
 server nothing.
 
     python -m tests.cloud.sim [--delay SECONDS] [--virt-api-port N] [--export-port N]     # uses $KUBECONFIG
@@ -35,7 +58,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -47,7 +72,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,16 +79,23 @@ from typing import Any
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
+from tests.cloud import networks, scheduler
+from tests.cloud.scheduler import quantity
+
 log = logging.getLogger("sim")
 KV = ("kubevirt.io", "v1")
 CDI = ("cdi.kubevirt.io", "v1beta1")
 EXPORT = ("export.kubevirt.io", "v1")
-NODE = {"name": "sim-node-0", "cpu": 64, "memory": 256 * 1024**3}
+NAD = ("k8s.cni.cncf.io", "v1", "network-attachment-definitions")
+# The nodes: (name, zone). Each is big enough that bench-scale's ~700 one-vCPU Instances fit on three, and
+# small enough that a VMI asking 512 GiB fits on none (the e2e test of ErrorUnschedulable). 250 pods: a
+# /24 podCIDR holds that many addresses.
+NODES = (("sim-node-0", "zone-a"), ("sim-node-1", "zone-b"), ("sim-node-2", "zone-b"))
+NODE_CAPACITY = {"cpu": "256", "memory": "256Gi", "pods": "250", "ephemeral-storage": "1Ti"}
+NODE_NAME_LABEL = "kubevirt.io/nodeName"  # virt-controller's label on a scheduled VMI
 RUNNING_STRATEGIES = {"Always", "RerunOnFailure", "Once"}
 STORAGE_CLASS = "sim-local"
 EXPORT_TTL = dt.timedelta(hours=2)  # exportv1.DefaultDurationTTL
-_UNITS = {"": 1, "k": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
-          "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
 _DURATION = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 # What kubelet says of a pod whose readiness gate is False: virt-controller copies it to the VMI (and the VM).
 PAUSED_NOT_READY = ("ReadinessGatesNotReady",
@@ -78,14 +109,6 @@ def now() -> str:
 
 def parse_time(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def quantity(value: Any) -> float:
-    m = re.fullmatch(r"([0-9.]+)(m|[kMGT]i?|)", str(value))
-    if not m:
-        return 0.0
-    num, unit = float(m.group(1)), m.group(2)
-    return num / 1000 if unit == "m" else num * _UNITS[unit]
 
 
 def duration(value: str) -> dt.timedelta:
@@ -125,8 +148,75 @@ def claim_names(vm_or_vmi_spec: dict[str, Any]) -> list[str]:
     return out
 
 
+def moot(e: ApiException) -> bool:
+    """An error a controller shrugs off: the object is gone or changed, or its namespace is going away."""
+    return e.status in (404, 409) or (e.status == 403 and "NamespaceTerminating" in str(e.body or ""))
+
+
 def vmi_final(vmi: dict[str, Any]) -> bool:
     return vmi.get("status", {}).get("phase") in ("Succeeded", "Failed")
+
+
+def node_object(index: int, name: str, zone: str) -> dict[str, Any]:
+    """A Node as kubelet registers it and virt-handler labels it (kubevirt.io/schedulable)."""
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {
+                "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                "topology.kubernetes.io/zone": zone, "topology.kubernetes.io/region": "sim",
+                scheduler.SCHEDULABLE_LABEL: "true"}},
+            "spec": {"podCIDR": networks.pod_cidr(index), "podCIDRs": [networks.pod_cidr(index)],
+                     "providerID": f"sim://{name}"}}
+
+
+def node_status(index: int) -> dict[str, Any]:
+    stamp = now()
+
+    def cond(type_: str, status: str, reason: str, message: str) -> dict[str, str]:
+        return {"type": type_, "status": status, "reason": reason, "message": message,
+                "lastHeartbeatTime": stamp, "lastTransitionTime": stamp}
+    return {"capacity": NODE_CAPACITY, "allocatable": NODE_CAPACITY,
+            "conditions": [cond("MemoryPressure", "False", "KubeletHasSufficientMemory",
+                                "kubelet has sufficient memory available"),
+                           cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+                           cond("PIDPressure", "False", "KubeletHasSufficientPID",
+                                "kubelet has sufficient PID available"),
+                           cond("Ready", "True", "KubeletReady", "kubelet is posting ready status")],
+            "addresses": [{"type": "InternalIP", "address": f"172.18.0.{index + 2}"},
+                          {"type": "Hostname", "address": NODES[index][0]}],
+            "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "osImage": "Kova simulated node",
+                         "kernelVersion": "6.8.0", "kubeletVersion": "v1.37.2", "kubeProxyVersion": "",
+                         "containerRuntimeVersion": "containerd://2.1.0", "bootID": "", "machineID": "",
+                         "systemUUID": ""}}
+
+
+class Cluster:
+    """One pass's view for kube-scheduler and the IPAM, built when first needed and kept current as the
+    pass binds VMIs and hands out addresses (the caches only see those writes on the next pass)."""
+
+    def __init__(self, nodes: list[dict[str, Any]], vmis: list[dict[str, Any]]) -> None:
+        self.node_objects = sorted(nodes, key=lambda n: n["metadata"]["name"])
+        self.vmis = vmis
+
+    @functools.cached_property
+    def nodes(self) -> list[scheduler.Node]:
+        return [scheduler.node_from_object(n) for n in self.node_objects]
+
+    @functools.cached_property
+    def placed(self) -> list[scheduler.Pod]:
+        # A pod that has finished holds nothing; one that is being deleted still does, until it is gone.
+        return [scheduler.pod_from_vmi(v) for v in self.vmis
+                if (v.get("status") or {}).get("nodeName") and not vmi_final(v)]
+
+    @functools.cached_property
+    def used(self) -> dict[str, set[str]]:
+        return networks.used_addresses([v for v in self.vmis if not vmi_final(v)])
+
+    def bind(self, pod: scheduler.Pod, node: str) -> None:
+        self.placed.append(dataclasses.replace(pod, node=node))
+
+    def pod_cidr(self, node: str) -> str:
+        found = next((n for n in self.node_objects if n["metadata"]["name"] == node), None)
+        return ((found or {}).get("spec") or {}).get("podCIDR") or networks.pod_cidr(0)
 
 
 class ImportFailed(Exception):
@@ -146,11 +236,12 @@ class Simulator:
         self.lock = threading.Lock()
         self.caches: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
             "datavolumes": {}, "virtualmachines": {}, "virtualmachineinstances": {},
-            "virtualmachineexports": {}, "persistentvolumeclaims": {}}
+            "virtualmachineexports": {}, "persistentvolumeclaims": {}, "nodes": {}}
         self.synced = {plural: threading.Event() for plural in self.caches}
         self.soft_reboots: dict[str, int] = {}  # by VMI uid: the guest rebooted this often
         self.exports: Any = None  # the export server (exportserver.ExportServer), once started
         self.export_links: Callable[[dict[str, Any], list[str]], dict[str, Any]] | None = None
+        self.warned: set[str] = set()  # VMI uid + reason: Warning events already recorded
 
     # ----- raw API calls -----
     def rest(self, method: str, path: str, body: Any = None,
@@ -179,7 +270,8 @@ class Simulator:
                                "resourceVersion": md.get("resourceVersion", "")},
             "reason": reason, "message": message, "type": type_, "count": 1,
             "firstTimestamp": stamp, "lastTimestamp": stamp,
-            "source": {"component": component, "host": NODE["name"]}}, "application/json")
+            "source": {"component": component, "host": (obj.get("status") or {}).get("nodeName", "")}},
+            "application/json")
 
     # ----- informers -----
     def informer(self, plural: str, path: str, watch_fn: Callable[..., Any], *watch_args: str) -> None:
@@ -213,7 +305,7 @@ class Simulator:
 
     @staticmethod
     def _key(obj: dict[str, Any]) -> tuple[str, str]:
-        return (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        return (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
 
     def cached(self, plural: str) -> list[dict[str, Any]]:
         with self.lock:
@@ -270,6 +362,22 @@ class Simulator:
             return True
         return False
 
+    # ----- nodes: kubelet registering them, the node lifecycle controller -----
+    def ensure_nodes(self) -> None:
+        """Register the nodes, Ready. The TaintNodesByCondition admission gives a new Node the not-ready
+        taint; the node lifecycle controller takes it off once the node is Ready, and so does this."""
+        for index, (name, zone) in enumerate(NODES):
+            body = node_object(index, name, zone)
+            try:
+                self.rest("POST", "/api/v1/nodes", body, "application/json")
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+                self.rest("PATCH", f"/api/v1/nodes/{name}", {"metadata": {"labels": body["metadata"]["labels"]}})
+            self.rest("PATCH", f"/api/v1/nodes/{name}/status", {"status": node_status(index)})
+            self.rest("PATCH", f"/api/v1/nodes/{name}", {"spec": {"taints": None}})
+        log.info("nodes %s registered", ", ".join(f"{n} ({z})" for n, z in NODES))
+
     # ----- CDI -----
     def reconcile_datavolumes(self) -> None:
         for dv in self.cached("datavolumes"):
@@ -317,7 +425,14 @@ class Simulator:
             return self.download_http(dv, source["http"], target)
         if "s3" in source:
             return self.download_s3(dv, source["s3"], target)
-        raise ImportFailed("UnsupportedSource", f"the simulator imports http and s3 sources, not {list(source)}")
+        if "blank" in source:
+            # CDI's blank source: an empty disk, no download. The file stays empty (0 bytes) rather than
+            # sparse at the requested size, like the claim's capacity it only records the size.
+            self.progress(dv, 0, None)
+            target.write_bytes(b"")
+            return 0
+        raise ImportFailed("UnsupportedSource",
+                           f"the simulator imports http, s3 and blank sources, not {list(source)}")
 
     def progress(self, dv: dict[str, Any], done: int, total: int | None) -> None:
         pct = f"{100.0 * done / total:.2f}%" if total else "N/A"
@@ -435,7 +550,7 @@ class Simulator:
             created = self.rest("POST", f"/api/v1/namespaces/{md['namespace']}/persistentvolumeclaims", body,
                                 "application/json")
         except ApiException as e:
-            if e.status not in (404, 409):  # the namespace is going away, or the claim is there already
+            if not moot(e):  # the namespace is going away, or the claim is there already
                 raise
             return
         self.remember("persistentvolumeclaims", created)
@@ -483,18 +598,19 @@ class Simulator:
     def reconcile_vms(self) -> None:
         vmis = {self._key(v): v for v in self.cached("virtualmachineinstances")}
         dvs = {self._key(d): d for d in self.cached("datavolumes")}
+        cluster = Cluster(self.cached("nodes"), list(vmis.values()))
         for vm in self.cached("virtualmachines"):
             if vm["metadata"].get("deletionTimestamp"):
                 continue
             key = (vm["metadata"]["namespace"], vm["metadata"]["name"])
             try:
-                self.reconcile_vm(vm, vmis.get(key), dvs)
+                self.reconcile_vm(vm, vmis.get(key), dvs, cluster)
             except ApiException as e:
-                if e.status not in (404, 409):
+                if not moot(e):
                     raise
 
     def reconcile_vm(self, vm: dict[str, Any], vmi: dict[str, Any] | None,
-                     dvs: dict[tuple[str, str], dict[str, Any]]) -> None:
+                     dvs: dict[tuple[str, str], dict[str, Any]], cluster: Cluster) -> None:
         ns, name = vm["metadata"]["namespace"], vm["metadata"]["name"]
         spec = vm["spec"]
         strategy = spec.get("runStrategy") or ("Always" if spec.get("running") else "Halted")
@@ -556,24 +672,84 @@ class Simulator:
             return
         if not self.due(f"vmi/{ns}/{name}"):
             return
-        if phase == "Pending":
-            if not self.fits(vmi):
-                self.patch_status(KV, "virtualmachineinstances", vmi, {"phase": "Scheduling", "conditions": [
-                    condition("PodScheduled", False, "Unschedulable",
-                              f"0/1 nodes are available: 1 Insufficient memory or cpu on {NODE['name']}.")]})
-                self.set_vm(vm, "ErrorUnschedulable", ready=False, created=True,
-                            message="0/1 nodes are available: insufficient memory or cpu")
-                return
-            self.patch_status(KV, "virtualmachineinstances", vmi, {"phase": "Scheduled", "nodeName": NODE["name"]})
-            self.set_vm(vm, "Starting", ready=False, created=True)
+        if phase in ("Pending", "Scheduling"):
+            self.schedule_vmi(vm, vmi, cluster)
         elif phase == "Scheduled":
-            ip = f"10.244.0.{zlib.crc32(vmi['metadata']['uid'].encode()) % 250 + 2}"
-            self.patch_status(KV, "virtualmachineinstances", vmi, {
-                "phase": "Running", "nodeName": NODE["name"],
-                "conditions": [condition("Ready", True), condition("LiveMigratable", True)],
-                "interfaces": [{"name": "default", "ipAddress": ip, "ipAddresses": [ip],
-                                "mac": "52:54:00:" + ":".join(f"{b:02x}" for b in os.urandom(3)),
-                                "infoSource": "domain, guest-agent", "interfaceName": "eth0"}]})
+            self.run_vmi(vmi, cluster)
+
+    def schedule_vmi(self, vm: dict[str, Any], vmi: dict[str, Any], cluster: Cluster) -> None:
+        """virt-controller renders the launcher pod (every NAD it names must exist), kube-scheduler binds it."""
+        status = vmi.get("status") or {}
+        missing = [ref for ref, nad in self.nads(vmi).items() if nad is None]
+        if missing:
+            # What virt-controller's VMI controller does when RenderLaunchManifest fails: no pod, the VMI
+            # stays Pending with Synchronized False / FailedCreate (the VM shows Starting, mirroring it).
+            message = f"failed to render launch manifest: failed to locate network attachment definition {missing[0]}"
+            sync = condition("Synchronized", False, "FailedCreate", message)
+            if signature(status.get("conditions")) != signature([sync]):
+                self.patch_status(KV, "virtualmachineinstances", vmi, {"phase": "Pending", "conditions": [sync]})
+                self.warn_once(vmi, "FailedCreate", message, "virtualmachine-controller")
+            self.set_vm(vm, "Starting", ready=False, created=True, extra=[sync])
+            return
+        pod = scheduler.pod_from_vmi(vmi)
+        decision = scheduler.schedule(pod, cluster.nodes, cluster.placed, self.namespace_labels(pod))
+        if decision.node is None:
+            unschedulable = condition("PodScheduled", False, "Unschedulable", decision.message)
+            if status.get("phase") != "Scheduling" or signature(status.get("conditions")) != signature(
+                    [unschedulable]):
+                self.patch_status(KV, "virtualmachineinstances", vmi,
+                                  {"phase": "Scheduling", "conditions": [unschedulable]})
+                log.info("vmi %s/%s unschedulable: %s", *self._key(vmi), decision.message)
+            self.set_vm(vm, "ErrorUnschedulable", ready=False, created=True, message=decision.message,
+                        extra=[unschedulable])
+            return
+        md = vmi["metadata"]
+        # virt-controller records the launcher pod's node on the VMI: status.nodeName and a label.
+        self.remember("virtualmachineinstances", self.api.patch_namespaced_custom_object(
+            *KV, md["namespace"], "virtualmachineinstances", md["name"],
+            {"metadata": {"labels": {NODE_NAME_LABEL: decision.node}}}))
+        self.patch_status(KV, "virtualmachineinstances", vmi, {
+            "phase": "Scheduled", "nodeName": decision.node, "conditions": [condition("PodScheduled", True)]})
+        cluster.bind(pod, decision.node)
+        log.info("vmi %s/%s scheduled on %s", md["namespace"], md["name"], decision.node)
+        self.set_vm(vm, "Starting", ready=False, created=True)
+
+    def run_vmi(self, vmi: dict[str, Any], cluster: Cluster) -> None:
+        """virt-handler starts the domain; the guest agent reports one address per interface."""
+        node = (vmi.get("status") or {}).get("nodeName", "")
+        interfaces = networks.interface_status(vmi, cluster.pod_cidr(node), self.nads(vmi), cluster.used)
+        self.patch_status(KV, "virtualmachineinstances", vmi, {
+            "phase": "Running", "nodeName": node,
+            "conditions": [condition("Ready", True), condition("LiveMigratable", True)],
+            "interfaces": interfaces})
+
+    def nads(self, vmi: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+        """The NetworkAttachmentDefinitions a VMI's Multus networks name, by `ns/name` (None: missing)."""
+        out: dict[str, dict[str, Any] | None] = {}
+        for net in (vmi.get("spec") or {}).get("networks") or []:
+            if "multus" not in net:
+                continue
+            ns, name = networks.nad_ref(vmi["metadata"]["namespace"], net["multus"].get("networkName", ""))
+            try:
+                out[f"{ns}/{name}"] = self.rest("GET", f"/apis/{NAD[0]}/{NAD[1]}/namespaces/{ns}/{NAD[2]}/{name}")
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+                out[f"{ns}/{name}"] = None
+        return out
+
+    def namespace_labels(self, pod: scheduler.Pod) -> dict[str, dict[str, str]]:
+        """Namespaces' labels, read only for a pod whose affinity terms have a namespaceSelector."""
+        if "namespaceSelector" not in json.dumps(pod.affinity):
+            return {}
+        listed = self.rest("GET", "/api/v1/namespaces")
+        return {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in listed["items"]}
+
+    def warn_once(self, obj: dict[str, Any], reason: str, message: str, component: str) -> None:
+        key = f"{obj['metadata']['uid']}/{reason}"
+        if key not in self.warned:
+            self.warned.add(key)
+            self.event(obj, reason, message, component, "Warning")
 
     def delete_vmi(self, vmi: dict[str, Any]) -> None:
         if vmi["metadata"].get("deletionTimestamp") is None:
@@ -588,14 +764,6 @@ class Simulator:
 
     def set_requests(self, vm: dict[str, Any], rest: list[dict[str, Any]]) -> None:
         self.patch_status(KV, "virtualmachines", vm, {"stateChangeRequests": rest or None})
-
-    def fits(self, vmi: dict[str, Any]) -> bool:
-        domain = vmi["spec"]["domain"]
-        requests = domain.get("resources", {}).get("requests", {})
-        memory = quantity(requests.get("memory") or domain.get("memory", {}).get("guest", 0))
-        cpu = domain.get("cpu", {})
-        cores = cpu.get("cores", 1) * cpu.get("sockets", 1) * cpu.get("threads", 1)
-        return memory <= NODE["memory"] and cores <= NODE["cpu"]
 
     def create_vmi(self, vm: dict[str, Any]) -> None:
         md = vm["metadata"]
@@ -765,6 +933,8 @@ class Simulator:
         threading.Thread(target=self.informer, daemon=True, name="persistentvolumeclaims",
                          args=("persistentvolumeclaims", "/api/v1/persistentvolumeclaims",
                                self.core.list_persistent_volume_claim_for_all_namespaces)).start()
+        threading.Thread(target=self.informer, daemon=True, name="nodes",
+                         args=("nodes", "/api/v1/nodes", self.core.list_node)).start()
         for synced in self.synced.values():
             synced.wait()
 
@@ -796,6 +966,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config.load_kube_config()
     sim = Simulator(args.delay, args.volumes)
+    sim.ensure_nodes()
     sim.start_informers()
     if args.export_port:
         ExportServer(sim, args.export_port, args.state_dir).start()

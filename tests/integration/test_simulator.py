@@ -1,17 +1,20 @@
 """The local cloud's KubeVirt/CDI simulator behaves as the real projects do where Kova may lean on them:
 virt-api's aggregated subresources behind a real APIService (and kube-apiserver's RBAC in front of it),
-CDI's PersistentVolumeClaims and their expansion, and VirtualMachineExport downloads."""
+CDI's PersistentVolumeClaims and their expansion (and blank disks), VirtualMachineExport downloads, three
+zoned Nodes with kube-scheduler's placement of VMIs, and pod and Multus network interfaces."""
 
 from __future__ import annotations
 
 import base64
 import gzip
 import hashlib
+import ipaddress
 import json
 import os
 import ssl
 import urllib.error
 import urllib.request
+import zlib
 from typing import Any
 
 import pytest
@@ -327,3 +330,156 @@ def test_export_waits_for_a_running_vm_to_stop(cloud: LocalCloud, source: Source
         200, data)
     wait_for(lambda: kubectl.status("vmexport", "of-pvc").get("phase") == "Ready", 10, "the claim export Ready")
     wait_for(lambda: kubectl.get("vmexport", "brief") is None, 15, "the export's TTL to end it")
+
+
+# -------------------------------------------------------------------------------- nodes and scheduling
+HOST, ZONE = "kubernetes.io/hostname", "topology.kubernetes.io/zone"
+
+
+def bare_vm(name: str, labels: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+    """A VM without disks: nothing to import, so it reaches the scheduler at once."""
+    return {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": name},
+            "spec": {"runStrategy": "Always", "template": {
+                "metadata": {"labels": labels or {}},
+                "spec": {"domain": {"devices": {}, "resources": {"requests": {"memory": "64Mi"}}}, **spec}}}}
+
+
+def running_vmi(kubectl: Kubectl, name: str, timeout: float = 20) -> dict[str, Any]:
+    return wait_for(lambda: (v := kubectl.get("vmi", name)) and v.get("status", {}).get("phase") == "Running" and v,
+                    timeout, f"the VMI {name} Running")
+
+
+def test_three_nodes_in_two_zones_stay_ready(cloud: LocalCloud) -> None:
+    nodes = {n["metadata"]["name"]: n for n in json.loads(cloud.kubectl("get", "nodes", "-o", "json"))["items"]}
+    assert {name: n["metadata"]["labels"][ZONE] for name, n in nodes.items()} == {
+        "sim-node-0": "zone-a", "sim-node-1": "zone-b", "sim-node-2": "zone-b"}
+    for index, (name, node) in enumerate(sorted(nodes.items())):
+        labels = node["metadata"]["labels"]
+        assert (labels[HOST], labels["kubernetes.io/os"]) == (name, "linux")
+        assert condition(node, "Ready")["status"] == "True"
+        assert not node["spec"].get("taints")  # the admission's not-ready taint is gone, as once Ready
+        assert node["spec"]["podCIDR"] == f"10.244.{index}.0/24"
+        assert node["status"]["allocatable"]["cpu"] == node["status"]["capacity"]["cpu"]
+
+
+def test_required_anti_affinity_spreads_vms_and_the_fourth_is_unschedulable(kubectl: Kubectl) -> None:
+    anti = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"group": "db"}}, "topologyKey": HOST}]}}
+    kubectl.apply([bare_vm(f"db-{i}", {"group": "db"}, affinity=anti) for i in range(3)])
+    vmis = [running_vmi(kubectl, f"db-{i}") for i in range(3)]
+    hosts = [v["status"]["nodeName"] for v in vmis]
+    assert sorted(hosts) == ["sim-node-0", "sim-node-1", "sim-node-2"]
+    assert [v["metadata"]["labels"]["kubevirt.io/nodeName"] for v in vmis] == hosts  # as virt-controller labels it
+    kubectl.apply(bare_vm("db-3", {"group": "db"}, affinity=anti))
+    vm = wait_for(lambda: (v := kubectl.get("vm", "db-3")) and v.get("status", {}).get("printableStatus")
+                  == "ErrorUnschedulable" and v, 15, "the fourth VM ErrorUnschedulable")
+    vmi = kubectl.get("vmi", "db-3")
+    assert vmi is not None and vmi["status"]["phase"] == "Scheduling" and not vmi["status"].get("nodeName")
+    scheduled = condition(vmi, "PodScheduled")
+    assert (scheduled["status"], scheduled["reason"]) == ("False", "Unschedulable")
+    assert scheduled["message"].startswith("0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules. ")
+    assert condition(vm, "PodScheduled")["message"] == scheduled["message"]  # mirrored on the VM
+    assert condition(vm, "Ready")["message"] == scheduled["message"]
+    # As kube-scheduler retries: once a node is free again, the pending one goes there.
+    freed = hosts[0]
+    kubectl("delete", "vm", "db-0", "--wait=false")
+    assert running_vmi(kubectl, "db-3")["status"]["nodeName"] == freed
+    wait_for(lambda: kubectl.status("vm", "db-3").get("printableStatus") == "Running", 10, "the VM Running")
+
+
+def test_node_selector_and_required_pod_affinity(kubectl: Kubectl) -> None:
+    kubectl.apply([bare_vm("in-a", nodeSelector={ZONE: "zone-a"}),
+                   bare_vm("anchor", {"role": "anchor"}, nodeSelector={HOST: "sim-node-2"}),
+                   bare_vm("nowhere", nodeSelector={ZONE: "zone-z"})])
+    assert running_vmi(kubectl, "in-a")["status"]["nodeName"] == "sim-node-0"
+    assert running_vmi(kubectl, "anchor")["status"]["nodeName"] == "sim-node-2"
+    near = {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchExpressions": [{"key": "role", "operator": "In", "values": ["anchor"]}]},
+         "topologyKey": HOST}]}}
+    kubectl.apply(bare_vm("follower", affinity=near))
+    assert running_vmi(kubectl, "follower")["status"]["nodeName"] == "sim-node-2"
+    wait_for(lambda: kubectl.status("vm", "nowhere").get("printableStatus") == "ErrorUnschedulable", 10,
+             "the VM ErrorUnschedulable")
+    assert condition(kubectl.get("vmi", "nowhere"), "PodScheduled")["message"].startswith(
+        "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector. ")
+
+
+# ------------------------------------------------------------------------------------------------ networks
+def nad(name: str, ipam: dict[str, Any] | None = None) -> dict[str, Any]:
+    config = {"cniVersion": "0.3.1", "name": name, "type": "bridge", "bridge": "br1", "ipam": ipam or {}}
+    return {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition", "metadata": {"name": name},
+            "spec": {"config": json.dumps(config)}}
+
+
+def multus_vm(name: str, *nads: str) -> dict[str, Any]:
+    interfaces = [{"name": "default", "masquerade": {}, "model": "virtio"},
+                  *({"name": f"net{i}", "bridge": {}} for i, _ in enumerate(nads, 1))]
+    nets = [{"name": "default", "pod": {}},
+            *({"name": f"net{i}", "multus": {"networkName": n}} for i, n in enumerate(nads, 1))]
+    vm = bare_vm(name, networks=nets)
+    vm["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"] = interfaces
+    return vm
+
+
+def test_pod_and_multus_networks_get_an_address_each(kubectl: Kubectl) -> None:
+    ns = kubectl.namespace
+    assert ns
+    kubectl.apply([nad("data"), nad("storage", {"type": "whereabouts", "range": "10.77.0.0/24"}),
+                   multus_vm("vm", "data", f"{ns}/storage")])
+    vmi = running_vmi(kubectl, "vm")
+    interfaces = vmi["status"]["interfaces"]
+    assert [(i["name"], i["interfaceName"]) for i in interfaces] == [("default", "eth0"), ("net1", "eth1"),
+                                                                      ("net2", "eth2")]
+    pod, data, storage = (ipaddress.ip_address(i["ipAddress"]) for i in interfaces)
+    node = vmi["status"]["nodeName"]
+    assert pod in ipaddress.ip_network(f"10.244.{node[-1]}.0/24")  # the node's podCIDR
+    assert data in ipaddress.ip_network(f"192.168.{zlib.crc32(f'{ns}/data'.encode()) % 250}.0/24")
+    assert storage in ipaddress.ip_network("10.77.0.0/24")  # the NAD's own IPAM range
+    assert all(i["ipAddresses"] == [i["ipAddress"]] and i["mac"] and i["infoSource"] for i in interfaces)
+    kubectl.apply(multus_vm("second", "data"))
+    second = running_vmi(kubectl, "second")["status"]["interfaces"]
+    assert second[1]["ipAddress"] != interfaces[1]["ipAddress"]  # one network, distinct addresses
+
+
+def test_a_missing_network_attachment_definition_keeps_the_vmi_pending(kubectl: Kubectl) -> None:
+    kubectl.apply(multus_vm("vm", "ghost"))
+    want = f"failed to render launch manifest: failed to locate network attachment definition " \
+           f"{kubectl.namespace}/ghost"
+    vmi = wait_for(lambda: (v := kubectl.get("vmi", "vm")) and condition(v, "Synchronized").get("message") == want
+                   and v, 15, "the render failure")
+    assert (vmi["status"]["phase"], condition(vmi, "Synchronized")["reason"]) == ("Pending", "FailedCreate")
+    vm = kubectl.get("vm", "vm")
+    assert vm is not None and vm["status"]["printableStatus"] == "Starting"  # what KubeVirt shows
+    assert condition(vm, "Synchronized")["message"] == want
+    assert any(e["reason"] == "FailedCreate" and e["type"] == "Warning" for e in kubectl.events("vm"))
+    kubectl.apply(nad("ghost"))  # virt-controller retries: once the NAD exists, the pod is made
+    assert running_vmi(kubectl, "vm")["status"]["interfaces"][1]["ipAddress"].startswith("192.168.")
+
+
+# ------------------------------------------------------------------------------------- boot devices, blank
+def test_blank_data_volume_and_boot_devices(cloud: LocalCloud, source: Source, kubectl: Kubectl,
+                                            namespace: str) -> None:
+    url = source.add(f"/{namespace}/installer.iso", os.urandom(100_000))
+    blank = {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": {"name": "blank"},
+             "spec": {"source": {"blank": {}}, "storage": {"resources": {"requests": {"storage": "5Gi"}}}}}
+    vm = bare_vm("installer", volumes=[{"name": "cd", "dataVolume": {"name": "iso"}},
+                                       {"name": "root", "dataVolume": {"name": "blank"}},
+                                       {"name": "scratch", "emptyDisk": {"capacity": "1Gi"}}])
+    vm["spec"]["template"]["spec"]["domain"] = {
+        "machine": {"type": "q35"}, "features": {"smm": {"enabled": True}},
+        "firmware": {"bootloader": {"efi": {"secureBoot": True}}},
+        "resources": {"requests": {"memory": "128Mi"}},
+        "devices": {"disks": [{"name": "cd", "cdrom": {"bus": "sata"}, "bootOrder": 1},
+                              {"name": "root", "disk": {"bus": "virtio"}, "bootOrder": 2},
+                              {"name": "scratch", "disk": {"bus": "virtio"}}],
+                    "interfaces": [{"name": "default", "masquerade": {}, "model": "e1000e"}],
+                    "rng": {}, "autoattachGraphicsDevice": True, "video": {"type": "vga"}}}
+    vm["spec"]["template"]["spec"]["networks"] = [{"name": "default", "pod": {}}]
+    kubectl.apply([data_volume("iso", url), blank, vm])
+    dv = wait_for(lambda: (d := kubectl.get("dv", "blank")) and d.get("status", {}).get("phase") == "Succeeded"
+                  and d, 15, "the blank DataVolume")
+    assert condition(dv, "Ready")["status"] == "True"
+    assert (cloud.workdir / "volumes" / namespace / "blank.img").stat().st_size == 0  # nothing downloaded
+    assert kubectl.get("pvc", "blank")["spec"]["resources"]["requests"]["storage"] == "5Gi"  # type: ignore[index]
+    assert running_vmi(kubectl, "installer")["status"]["interfaces"][0]["interfaceName"] == "eth0"
+    wait_for(lambda: kubectl.status("vm", "installer").get("printableStatus") == "Running", 10, "the VM Running")
