@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from kova.compute import guest
 from kova.conditions import Progress
 from kova.models import (
     GROUP_COMPUTE,
@@ -18,6 +19,7 @@ from kova.models import (
     GlanceStatus,
     ImageSpec,
     InstanceSpec,
+    ServerGroupPolicy,
     Visibility,
 )
 from kova.store import Blob
@@ -64,27 +66,48 @@ def data_volume_name(instance_name: str) -> str:
     return f"{instance_name}-root"
 
 
-def build_data_volume(instance: dict[str, Any], url: str, sha512: str, size_gib: int,
-                      image_uid: str | None = None) -> dict[str, Any]:
-    """The root disk: CDI imports the image over HTTP from a presigned URL and checks its sha512, so the
-    tenant namespace never holds store credentials, only a short-lived read link to this one object. The
-    image's uid is kept on it: a rebuild knows which disk is the old one."""
-    metadata = child_metadata(instance, data_volume_name(instance["metadata"]["name"]))
+def iso_volume_name(instance_name: str) -> str:
+    return f"{instance_name}-iso"
+
+
+def build_data_volume(instance: dict[str, Any], url: str | None, sha512: str, size_gib: int,
+                      image_uid: str | None = None, name: str | None = None) -> dict[str, Any]:
+    """A disk: CDI imports the image over HTTP from a presigned URL and checks its sha512, so the tenant
+    namespace never holds store credentials, only a short-lived read link to this one object. Without a URL
+    the disk is blank (the root disk of an ISO boot). The image's uid is kept on it: a rebuild knows which
+    disk is the old one."""
+    metadata = child_metadata(instance, name or data_volume_name(instance["metadata"]["name"]))
     if image_uid:
         metadata["annotations"] = {DISK_IMAGE_ANNOTATION: image_uid}
+    source: dict[str, Any] = {"http": {"url": url, "checksum": f"sha512:{sha512}"}} if url else {"blank": {}}
     return {
         "apiVersion": "cdi.kubevirt.io/v1beta1",
         "kind": "DataVolume",
         "metadata": metadata,
         "spec": {
-            "source": {"http": {"url": url, "checksum": f"sha512:{sha512}"}},
+            "source": source,
             "storage": {"resources": {"requests": {"storage": f"{size_gib}Gi"}}},
         },
     }
 
 
+@dataclass
+class Guest:
+    """What the VM gets besides its flavor (kova.compute.guest): keys, networks, groups, placement, devices."""
+
+    keys: list[str] = field(default_factory=list)
+    nics: list[guest.Nic] = field(default_factory=lambda: guest.nics([]))
+    security_groups: list[str] = field(default_factory=list)
+    server_group: str | None = None
+    policy: ServerGroupPolicy | None = None
+    zone: str | None = None
+    devices: guest.Devices = field(default_factory=guest.Devices)
+    iso: bool = False
+
+
 def build_virtual_machine(instance: dict[str, Any], spec: InstanceSpec, flavor: FlavorSpec,
-                          running: bool) -> dict[str, Any]:
+                          running: bool, g: Guest | None = None) -> dict[str, Any]:
+    g = g or Guest()
     name = instance["metadata"]["name"]
     cpu: dict[str, Any] = {"cores": flavor.vcpus, "sockets": 1, "threads": 1}
     memory: dict[str, Any] = {"guest": f"{flavor.ram}Mi"}
@@ -95,36 +118,51 @@ def build_virtual_machine(instance: dict[str, Any], spec: InstanceSpec, flavor: 
         specs.get("hw:mem_page_size", ""))
     if page:
         memory["hugepages"] = {"pageSize": page}
-    disks: list[dict[str, Any]] = [{"name": "root", "disk": {"bus": "virtio"}, "bootOrder": 1}]
+    bus = g.devices.disk_bus
+    disks: list[dict[str, Any]] = [{"name": "root", "disk": {"bus": bus}, "bootOrder": 2 if g.iso else 1}]
     volumes: list[dict[str, Any]] = [{"name": "root", "dataVolume": {"name": data_volume_name(name)}}]
+    if g.iso:  # Nova boots an ISO image as a CD-ROM, with a blank root disk of the flavor's size to install on
+        disks.insert(0, {"name": "cdrom", "cdrom": {"bus": g.devices.cdrom_bus, "readonly": True}, "bootOrder": 1})
+        volumes.insert(0, {"name": "cdrom", "dataVolume": {"name": iso_volume_name(name)}})
     if flavor.ephemeral:
-        disks.append({"name": "ephemeral", "disk": {"bus": "virtio"}})
+        disks.append({"name": "ephemeral", "disk": {"bus": bus}})
         volumes.append({"name": "ephemeral", "emptyDisk": {"capacity": f"{flavor.ephemeral}Gi"}})
     if flavor.swap:
-        disks.append({"name": "swap", "disk": {"bus": "virtio"}})
+        disks.append({"name": "swap", "disk": {"bus": bus}})
         volumes.append({"name": "swap", "emptyDisk": {"capacity": f"{flavor.swap}Mi"}})
-    if spec.user_data is not None:
+    data = guest.user_data(spec.user_data, g.keys)
+    if data is not None:
         disks.append({"name": "cloudinit", "disk": {"bus": "virtio"}})
-        volumes.append({"name": "cloudinit", "cloudInitNoCloud": {"userData": spec.user_data}})
+        volumes.append({"name": "cloudinit", "cloudInitNoCloud": {"userData": data}})
+    interfaces, networks = guest.interfaces(g.nics, g.devices.vif_model)
     template_spec: dict[str, Any] = {
         "domain": {
             "cpu": cpu,
             "memory": memory,
             "resources": {"requests": {"memory": f"{flavor.ram}Mi", "cpu": str(flavor.vcpus)}},
-            "devices": {"disks": disks, "interfaces": [{"name": "default", "masquerade": {}}]},
+            "devices": {"disks": disks, "interfaces": interfaces},
         },
-        "networks": [{"name": "default", "pod": {}}],
+        "networks": networks,
         "volumes": volumes,
     }
+    guest.apply_devices(template_spec["domain"], g.devices)
     # Nova server metadata: KubeVirt's NoCloud source has no free-form meta-data, so it travels as a JSON
     # annotation on the VM and on the VMI (from the template), where guest tooling can read it.
     annotations = {SERVER_METADATA: json.dumps(spec.metadata, sort_keys=True)} if spec.metadata else {}
     selector = {k.removeprefix("kova:node_selector:"): v for k, v in specs.items()
                 if k.startswith("kova:node_selector:")}
+    if g.zone:
+        selector[guest.ZONE_LABEL] = g.zone
     if selector:
         template_spec["nodeSelector"] = selector
+    placement = guest.affinity(g.server_group, g.policy)
+    if placement:
+        template_spec["affinity"] = placement
     metadata = child_metadata(instance, name)
-    template_metadata: dict[str, Any] = {"labels": {**MANAGED_BY, INSTANCE_LABEL: name}}
+    labels = {**MANAGED_BY, INSTANCE_LABEL: name, **guest.group_labels(g.security_groups)}
+    if g.server_group:
+        labels[guest.SERVER_GROUP_LABEL] = g.server_group
+    template_metadata: dict[str, Any] = {"labels": labels}
     if annotations:
         metadata["annotations"] = annotations
         template_metadata["annotations"] = annotations

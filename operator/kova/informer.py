@@ -245,6 +245,11 @@ class View:
     def __iter__(self) -> Iterator[Informer]:
         return iter(self.informers.values())
 
+    def objects(self) -> Iterator[Body]:
+        """Every cached object, of every namespace."""
+        for informer in self.informers.values():
+            yield from informer
+
 
 class Coalescer:
     """Runs `fn(key)` for each kicked key, one run per key at a time; kicks that arrive during a run make

@@ -36,6 +36,8 @@ VIRTUAL_MACHINE_INSTANCES = Resource("kubevirt.io", "v1", "virtualmachineinstanc
 DATA_VOLUMES = Resource("cdi.kubevirt.io", "v1beta1", "datavolumes")
 VIRTUAL_MACHINE_EXPORTS = Resource("export.kubevirt.io", "v1", "virtualmachineexports")
 PERSISTENT_VOLUME_CLAIMS = Resource("", "v1", "persistentvolumeclaims")  # the core group
+NODES = Resource("", "v1", "nodes", namespaced=False)
+NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies")
 SUBRESOURCES = "/apis/subresources.kubevirt.io/v1"  # virt-api's aggregated API: pause, softreboot, restart
 
 
@@ -95,18 +97,26 @@ class Kube:
         """Server-side apply: the child is put back to what Kova wants, whoever changed it. Returns the
         object, or None when the apply created it (the client does not decode the 201 answer)."""
         md = body["metadata"]
+        if not res.namespaced:
+            obj = await self.custom.patch_cluster_custom_object(
+                res.group, res.version, res.plural, md["name"], body, field_manager=FIELD_MANAGER, force=True,
+                field_validation="Strict", _content_type="application/apply-patch+yaml")
+            return cast(dict[str, Any] | None, obj)
         obj = await self.custom.patch_namespaced_custom_object(
             res.group, res.version, md["namespace"], res.plural, md["name"], body,
             field_manager=FIELD_MANAGER, force=True, field_validation="Strict",
             _content_type="application/apply-patch+yaml")
         return cast(dict[str, Any] | None, obj)
 
-    async def delete(self, res: Resource, name: str, namespace: str, uid: str | None = None) -> None:
+    async def delete(self, res: Resource, name: str, namespace: str | None, uid: str | None = None) -> None:
         body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid),
                                       propagation_policy="Background") if uid else None
         try:
-            await self.custom.delete_namespaced_custom_object(
-                res.group, res.version, namespace, res.plural, name, body=body)
+            if res.namespaced:
+                await self.custom.delete_namespaced_custom_object(
+                    res.group, res.version, namespace or "", res.plural, name, body=body)
+            else:
+                await self.custom.delete_cluster_custom_object(res.group, res.version, res.plural, name, body=body)
         except ApiException as e:
             if e.status not in (404, 409):
                 raise
@@ -160,11 +170,18 @@ class Kube:
             name, namespace, {"spec": {"resources": {"requests": {"storage": f"{gib}Gi"}}}},
             field_manager=FIELD_MANAGER, _content_type="application/merge-patch+json")
 
-    async def create_secret(self, body: dict[str, Any]) -> None:
+    async def create_secret(self, body: dict[str, Any]) -> bool:
         """Create a Secret. Kova writes the few it needs (export tokens it generated) and never reads any."""
         secret = client.V1Secret.from_dict(body)
         assert secret is not None
-        await self.core.create_namespaced_secret(body["metadata"]["namespace"], secret, field_manager=FIELD_MANAGER)
+        try:
+            await self.core.create_namespaced_secret(body["metadata"]["namespace"], secret,
+                                                     field_manager=FIELD_MANAGER)
+        except ApiException as e:
+            if e.status == 409:  # it exists: not Kova's to overwrite (nor to read)
+                return False
+            raise
+        return True
 
     async def delete_secret(self, name: str, namespace: str) -> None:
         try:

@@ -17,10 +17,11 @@ import kopf
 from kova import metrics
 from kova.bookkeeping import MemoryDiffBaseStorage, MemoryProgressStorage
 from kova.builders import INSTANCE_LABEL, MANAGED_BY
-from kova.handlers import flavor, image, instance, snapshot
+from kova.handlers import access, flavor, image, instance, snapshot
 from kova.informer import Body, Coalescer, Informer, Listener, View, object_key
 from kova.kube import (
     DATA_VOLUMES,
+    NODES,
     PERSISTENT_VOLUME_CLAIMS,
     VIRTUAL_MACHINE_INSTANCES,
     VIRTUAL_MACHINES,
@@ -28,9 +29,13 @@ from kova.kube import (
     Resource,
 )
 from kova.models import FLAVOR, IMAGE, INSTANCE, VERSION
+from kova.runtime import AVAILABILITY_ZONES as AVAILABILITY_ZONES_RES
 from kova.runtime import FLAVORS as FLAVORS_RES
 from kova.runtime import IMAGES as IMAGES_RES
 from kova.runtime import INSTANCES as INSTANCES_RES
+from kova.runtime import KEYPAIRS as KEYPAIRS_RES
+from kova.runtime import SECURITY_GROUPS as SECURITY_GROUPS_RES
+from kova.runtime import SERVER_GROUPS as SERVER_GROUPS_RES
 from kova.runtime import Runtime, Settings
 from kova.store import ObjectStore
 
@@ -98,6 +103,8 @@ async def cleanup(memo: Any, **_: Any) -> None:
         task.cancel()
     if "kicks" in memo:
         await memo["kicks"].close()
+    for kicks in memo.get("other_kicks", ()):
+        await kicks.close()
     if "runtime" in memo:
         await rt(memo).kube.close()
 
@@ -128,10 +135,14 @@ async def start_caches(memo: Any, kube: Kube, runtime: Runtime) -> None:
              "vms": view(VIRTUAL_MACHINES, ("spec", "status"), MANAGED_BY_SELECTOR),
              "vmis": view(VIRTUAL_MACHINE_INSTANCES, ("status",), MANAGED_BY_SELECTOR),
              # Root disks' claims (CDI gives them the DataVolume's labels): their size, for resizes.
-             "pvcs": view(PERSISTENT_VOLUME_CLAIMS, ("spec", "status"), MANAGED_BY_SELECTOR)}
+             "pvcs": view(PERSISTENT_VOLUME_CLAIMS, ("spec", "status"), MANAGED_BY_SELECTOR),
+             "keypairs": view(KEYPAIRS_RES, ("status",)), "servergroups": view(SERVER_GROUPS_RES, ("spec",)),
+             "zones": view(AVAILABILITY_ZONES_RES, ("status",)),
+             "nodes": view(NODES, ("spec", "status"))}
     cache = instance.Caches(flavors=views["flavors"], images=views["images"], instances=views["instances"],
                             datavolumes=views["datavolumes"], vms=views["vms"], vmis=views["vmis"],
-                            pvcs=views["pvcs"])
+                            pvcs=views["pvcs"], keypairs=views["keypairs"], servergroups=views["servergroups"],
+                            zones=views["zones"])
 
     async def reconcile(key: Hashable) -> None:
         namespace, name = cast(tuple[str, str], key)
@@ -187,6 +198,29 @@ async def start_caches(memo: Any, kube: Kube, runtime: Runtime) -> None:
     views["flavors"].listen(dependency("Flavor"))
     views["images"].listen(dependency("Image"))
     views["images"].listen(snapshot)
+    views["keypairs"].listen(dependency("KeyPair"))
+    views["servergroups"].listen(dependency("ServerGroup"))
+    views["zones"].listen(dependency("AvailabilityZone"))
+
+    async def zones_changed(_: Hashable) -> None:
+        await access.reconcile_zones(runtime, list(views["nodes"].objects()), list(views["zones"].objects()))
+    zone_kicks = Coalescer(zones_changed, "AvailabilityZone reconcile")
+    views["nodes"].listen(lambda old, new: zone_kicks.kick("zones"))
+
+    async def group_changed(key: Hashable) -> None:
+        namespace, name = cast(tuple[str, str], key)
+        members = [i["metadata"]["name"] for i in views["instances"].objects()
+                   if i["metadata"]["namespace"] == namespace and (i.get("spec") or {}).get("serverGroup") == name]
+        await access.reconcile_server_group(runtime, namespace, name, members)
+    group_kicks = Coalescer(group_changed, "ServerGroup reconcile")
+
+    def member(old: Body | None, new: Body | None) -> None:
+        for body in (old, new):
+            group = ((body or {}).get("spec") or {}).get("serverGroup")
+            if body is not None and group and (old is None or new is None or old.get("spec") != new.get("spec")):
+                group_kicks.kick((body["metadata"]["namespace"], group))
+    views["instances"].listen(member)
+    views["servergroups"].listen(lambda old, new: group_kicks.kick(object_key(new or old or {})))
     def instance_gone(old: Body | None, new: Body | None) -> None:
         if new is None and old is not None:
             forget(old)
@@ -195,11 +229,12 @@ async def start_caches(memo: Any, kube: Kube, runtime: Runtime) -> None:
 
     informers = [i for v in views.values() for i in v]
     memo["caches"], memo["kicks"] = cache, kicks
+    memo["other_kicks"] = [zone_kicks, group_kicks]
     memo["informer_tasks"] = [asyncio.create_task(i.run(), name=repr(i)) for i in informers]
     await asyncio.gather(*(i.synced.wait() for i in informers))
-    for informer in views["images"]:  # the first list announces nothing: snapshots under way are found here
-        for body in informer:
-            snapshot(None, body)
+    zone_kicks.kick("zones")  # the first list announces nothing
+    for body in views["images"].objects():  # the first list announces nothing: snapshots under way are found here
+        snapshot(None, body)
 
 
 def snapshot_running(body: Body | None) -> bool:
@@ -246,3 +281,22 @@ async def instance_changed(namespace: str | None, name: str, body: kopf.Body, me
     memo["caches"].instances.offer(dict(body))  # the cache may not have this version yet
     with metrics.reconciling("Instance"):
         await instance.reconcile(rt(memo), caches(memo), ns(namespace), name)
+
+
+# ----- KeyPair, SecurityGroup, ServerGroup -----
+KEYPAIRS = (KEYPAIRS_RES.group, VERSION, KEYPAIRS_RES.plural)
+SECURITY_GROUPS = (SECURITY_GROUPS_RES.group, VERSION, SECURITY_GROUPS_RES.plural)
+SERVER_GROUPS = (SERVER_GROUPS_RES.group, VERSION, SERVER_GROUPS_RES.plural)
+
+
+@kopf.on.resume(*KEYPAIRS)
+@kopf.on.create(*KEYPAIRS)
+async def keypair_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    await access.reconcile_keypair(rt(memo), ns(namespace), name)
+
+
+@kopf.on.resume(*SECURITY_GROUPS)
+@kopf.on.create(*SECURITY_GROUPS)
+@kopf.on.update(*SECURITY_GROUPS)
+async def security_group_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    await access.reconcile_security_group(rt(memo), ns(namespace), name)

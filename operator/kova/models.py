@@ -288,6 +288,25 @@ class InstanceSpec(Model):
     metadata: dict[str, str] = Field(default_factory=dict, description=(
         "Nova server metadata; carried to the VM and VMI as the JSON annotation "
         "compute.kova.dev/server-metadata."))
+    key_name: str | None = Field(default=None, max_length=253, description=(
+        "A KeyPair in this namespace: its public key reaches the guest through cloud-init (with userData, "
+        "combined as cloud-init accepts). The instance waits for it, as for its Flavor."),
+        json_schema_extra=cel("self == oldSelf", "keyName is immutable, as in Nova"))
+    networks: list[str] = Field(default_factory=list, max_length=16, description=(
+        "Networks, in order: `pod` (the cluster's pod network, masquerade) or the name of a Multus "
+        "NetworkAttachmentDefinition (`name` or `namespace/name`, bridge). Empty: the pod network."),
+        json_schema_extra={"items": {"type": "string", "maxLength": 253,
+                                     "pattern": r"^([a-z0-9-]+/)?[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+                           **cel("self == oldSelf", "networks are fixed at boot")})
+    security_groups: list[str] = Field(default_factory=list, max_length=16, description=(
+        "SecurityGroups in this namespace; empty: the namespace's `default` group (Neutron's default)."),
+        json_schema_extra={"x-kubernetes-list-type": "set"})
+    server_group: str | None = Field(default=None, max_length=253, description=(
+        "A ServerGroup in this namespace (Nova's scheduler hint group): its policy places this instance."),
+        json_schema_extra=cel("self == oldSelf", "serverGroup is fixed at boot, as in Nova"))
+    availability_zone: str | None = Field(default=None, max_length=63, description=(
+        "Nodes labelled topology.kubernetes.io/zone with this value (see the AvailabilityZone objects)."),
+        json_schema_extra=cel("self == oldSelf", "availabilityZone is fixed at boot"))
 
 
 class NovaStatus(StrEnum):
@@ -312,7 +331,7 @@ class Fault(Model):
 
 
 class Address(Model):
-    interface: str
+    interface: str = Field(description="The network: `pod`, or the NetworkAttachmentDefinition's name.")
     ip: str
     mac: str | None = None
 
@@ -377,6 +396,11 @@ class InstanceStatus(CommonStatus):
     virtual_machine: str | None = Field(default=None, description="Name of the KubeVirt VirtualMachine.")
     data_volume: str | None = Field(default=None, description="Name of the CDI DataVolume of the root disk.")
     node: str | None = Field(default=None, description="Node the instance runs on (Nova host).")
+    availability_zone: str | None = Field(default=None, description="The zone of its node (Nova's "
+                                                                    "OS-EXT-AZ:availability_zone).")
+    public_key: str | None = Field(default=None, description=(
+        "The keyName's public key as it was at boot (Nova copies it too: deleting the KeyPair changes no "
+        "server)."))
     image_checksum: str | None = Field(default=None, description="sha512 of the image the disk was made from.")
     vm_state: str | None = Field(default=None, description=(
         "Nova's vm_state: building, active, stopped, paused, suspended, resized, error."))
@@ -392,6 +416,117 @@ class InstanceStatus(CommonStatus):
         "The last one-shot requests served (tokens of spec.rebootRequest and spec.resizeRequest)."))
     actions: list[InstanceAction] = Field(default_factory=list, description=(
         f"The last {MAX_ACTIONS} actions, oldest first (Nova's os-instance-actions)."))
+
+
+# ---------------------------------------------------------------------------------------------- KeyPair
+class KeyPairType(StrEnum):
+    ssh = "ssh"
+    x509 = "x509"
+
+
+class KeyPairSpec(Model):
+    """A Nova key pair. With `publicKey` it is imported; without, Kova generates one and delivers the
+    private key once, in a Secret the user owns (`privateKeySecret`)."""
+
+    public_key: str | None = Field(default=None, max_length=16384, description="OpenSSH public key to import.")
+    type: KeyPairType = Field(default=KeyPairType.ssh)
+    private_key_secret: str | None = Field(default=None, max_length=253, description=(
+        "For a generated key: the Secret Kova creates with it (default `<name>-private-key`). Kova never "
+        "reads it back; delete it once the key is saved elsewhere."))
+
+
+KEYPAIR_SPEC_RULES = [{"rule": "self == oldSelf", "message": "a KeyPair is immutable, as in Nova: create another"}]
+
+
+class KeyPairStatus(CommonStatus):
+    fingerprint: str | None = Field(default=None, description="MD5 fingerprint of the public key, as Nova shows.")
+    public_key: str | None = Field(default=None, description="The public key (imported or generated).")
+    private_key_secret: str | None = Field(default=None, description="The Secret that received a generated "
+                                                                     "private key.")
+
+
+# ---------------------------------------------------------------------------------------------- SecurityGroup
+class Direction(StrEnum):
+    ingress = "ingress"
+    egress = "egress"
+
+
+class Ethertype(StrEnum):
+    ipv4 = "IPv4"
+    ipv6 = "IPv6"
+
+
+class Protocol(StrEnum):
+    tcp = "tcp"
+    udp = "udp"
+    sctp = "sctp"
+    icmp = "icmp"
+
+
+SG_RULE_RULES: list[JsonValue] = [
+    {"rule": "!(has(self.remoteIpPrefix) && has(self.remoteGroup))",
+     "message": "a rule takes remoteIpPrefix or remoteGroup, not both (Neutron)"},
+    {"rule": "!has(self.portRangeMax) || (has(self.portRangeMin) && self.portRangeMin <= self.portRangeMax)",
+     "message": "portRangeMax needs a portRangeMin not above it"},
+    {"rule": "!has(self.portRangeMin) || (has(self.protocol) && self.protocol != 'icmp')",
+     "message": "ports need protocol tcp, udp or sctp"},
+]
+
+
+class SecurityGroupRule(Model):
+    """A Neutron security group rule: what may come in (ingress) or go out (egress)."""
+
+    model_config = ConfigDict(**Model.model_config, json_schema_extra={"x-kubernetes-validations": SG_RULE_RULES})
+
+    direction: Direction = Field(default=Direction.ingress)
+    ethertype: Ethertype = Field(default=Ethertype.ipv4)
+    protocol: Protocol | None = Field(default=None, description="Absent: any protocol.")
+    port_range_min: int | None = Field(default=None, ge=1, le=65535)
+    port_range_max: int | None = Field(default=None, ge=1, le=65535)
+    remote_ip_prefix: str | None = Field(default=None, max_length=43, description="A CIDR; absent (and no "
+                                                                                  "remoteGroup): anywhere.")
+    remote_group: str | None = Field(default=None, max_length=63, description=(
+        "Instances of this SecurityGroup (same namespace)."))
+
+
+class SecurityGroupSpec(Model):
+    """A Neutron security group: Instances that name it get its rules, as a NetworkPolicy."""
+
+    description: str | None = Field(default=None, max_length=255)
+    rules: list[SecurityGroupRule] = Field(default_factory=list, max_length=200)
+
+
+class SecurityGroupStatus(CommonStatus):
+    network_policy: str | None = Field(default=None, description="The NetworkPolicy that carries the rules.")
+    notes: list[str] = Field(default_factory=list, description="Where NetworkPolicy says less than Neutron.")
+
+
+# ---------------------------------------------------------------------------------------------- ServerGroup
+class ServerGroupPolicy(StrEnum):
+    affinity = "affinity"
+    anti_affinity = "anti-affinity"
+    soft_affinity = "soft-affinity"
+    soft_anti_affinity = "soft-anti-affinity"
+
+
+class ServerGroupSpec(Model):
+    """A Nova server group: its members are placed together (affinity) or apart (anti-affinity), per node."""
+
+    policy: ServerGroupPolicy = Field(json_schema_extra=cel("self == oldSelf", "policy is immutable, as in Nova"))
+
+
+class ServerGroupStatus(CommonStatus):
+    members: list[str] = Field(default_factory=list, description="Instances that name this group.")
+
+
+# ---------------------------------------------------------------------------------------------- AvailabilityZone
+class AvailabilityZoneSpec(Model):
+    """Kept by Kova from the nodes' topology.kubernetes.io/zone labels (Nova's os-availability-zone)."""
+
+
+class AvailabilityZoneStatus(CommonStatus):
+    hosts: list[str] = Field(default_factory=list, description="Nodes in the zone.")
+    available: bool = Field(default=False, description="At least one of its nodes is Ready and schedulable.")
 
 
 # ---------------------------------------------------------------------------------------------- kinds
@@ -444,4 +579,26 @@ INSTANCE = KindInfo(
              {"name": "IP", "type": "string", "jsonPath": ".status.addresses[0].ip"},
              {"name": "Node", "type": "string", "jsonPath": ".status.node", "priority": 1},
              _READY, _AGE])
-KINDS = [FLAVOR, IMAGE, INSTANCE]
+KEYPAIR = KindInfo(
+    group=GROUP_COMPUTE, kind="KeyPair", plural="keypairs", singular="keypair", short_names=["kp"],
+    namespaced=True, spec=KeyPairSpec, status=KeyPairStatus, spec_rules=KEYPAIR_SPEC_RULES,
+    description="A Nova key pair: an SSH public key that Instances put into their guests.",
+    columns=[{"name": "Type", "type": "string", "jsonPath": ".spec.type"},
+             {"name": "Fingerprint", "type": "string", "jsonPath": ".status.fingerprint"}, _READY, _AGE])
+SECURITY_GROUP = KindInfo(
+    group=GROUP_COMPUTE, kind="SecurityGroup", plural="securitygroups", singular="securitygroup",
+    short_names=["sg"], namespaced=True, spec=SecurityGroupSpec, status=SecurityGroupStatus,
+    description="A Neutron security group, enforced as a NetworkPolicy on the Instances that name it.",
+    columns=[{"name": "Policy", "type": "string", "jsonPath": ".status.networkPolicy"}, _READY, _AGE])
+SERVER_GROUP = KindInfo(
+    group=GROUP_COMPUTE, kind="ServerGroup", plural="servergroups", singular="servergroup", short_names=["sgrp"],
+    namespaced=True, spec=ServerGroupSpec, status=ServerGroupStatus,
+    description="A Nova server group: (anti-)affinity of its members, as pod (anti-)affinity.",
+    columns=[{"name": "Policy", "type": "string", "jsonPath": ".spec.policy"}, _READY, _AGE])
+AVAILABILITY_ZONE = KindInfo(
+    group=GROUP_COMPUTE, kind="AvailabilityZone", plural="availabilityzones", singular="availabilityzone",
+    short_names=["az"], namespaced=False, spec=AvailabilityZoneSpec, status=AvailabilityZoneStatus,
+    description="A zone of nodes (topology.kubernetes.io/zone), kept by Kova: Nova's availability zones.",
+    columns=[{"name": "Available", "type": "boolean", "jsonPath": ".status.available"},
+             {"name": "Hosts", "type": "string", "jsonPath": ".status.hosts"}, _READY, _AGE])
+KINDS = [FLAVOR, IMAGE, INSTANCE, KEYPAIR, SECURITY_GROUP, SERVER_GROUP, AVAILABILITY_ZONE]

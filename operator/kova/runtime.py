@@ -13,7 +13,17 @@ from typing import Any
 from kova.image.fetch import ImportFilter
 from kova.image.importer import DEFAULT_SIZE_CAP, ImportProgress, parse_size
 from kova.kube import Kube, Resource
-from kova.models import FLAVOR, IMAGE, INSTANCE, VERSION, KindInfo
+from kova.models import (
+    AVAILABILITY_ZONE,
+    FLAVOR,
+    IMAGE,
+    INSTANCE,
+    KEYPAIR,
+    SECURITY_GROUP,
+    SERVER_GROUP,
+    VERSION,
+    KindInfo,
+)
 from kova.store import ObjectStore, StoreConfig
 from kova.writes import Writes
 
@@ -27,6 +37,10 @@ def resource(info: KindInfo) -> Resource:
 FLAVORS = resource(FLAVOR)
 IMAGES = resource(IMAGE)
 INSTANCES = resource(INSTANCE)
+KEYPAIRS = resource(KEYPAIR)
+SECURITY_GROUPS = resource(SECURITY_GROUP)
+SERVER_GROUPS = resource(SERVER_GROUP)
+AVAILABILITY_ZONES = resource(AVAILABILITY_ZONE)
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,7 @@ class Runtime:
     kube: Kube
     store: ObjectStore
     imports: dict[str, ImportState] = field(default_factory=dict)
+    default_groups: set[str] = field(default_factory=set)  # namespaces whose default SecurityGroup is made
     import_slots: asyncio.Semaphore = field(init=False)
     writes: Writes = field(init=False)
     _events: set[asyncio.Task[None]] = field(default_factory=set)

@@ -272,7 +272,8 @@ def test_unschedulable_instance_is_an_error(operator: Operator, source: Source, 
     fl = unique(kubectl, "huge")
     kubectl.apply([flavor(fl, vcpus=2, ram=512 * 1024), image("os", url), instance("vm", fl, "os")])
     err = wait_instance(kubectl, "vm", "ERROR")
-    assert condition(err)["reason"] == "ErrorUnschedulable" and err["status"]["fault"]["code"] == 500
+    assert condition(err)["reason"] == "NoValidHost" and err["status"]["fault"]["code"] == 500
+    assert err["status"]["fault"]["message"].startswith("No valid host was found.")
 
 
 def test_operator_killed_mid_import_converges(cloud: LocalCloud, operator: Operator, source: Source,

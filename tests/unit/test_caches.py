@@ -6,7 +6,8 @@ from kova.handlers.instance import Caches
 
 
 def test_waiters_are_woken_once_and_deleted_instances_forgotten() -> None:
-    caches = Caches(flavors={}, images={}, instances={}, datavolumes={}, vms={}, vmis={}, pvcs={})  # type: ignore[arg-type]
+    caches = Caches(flavors={}, images={}, instances={}, datavolumes={}, vms={}, vmis={}, pvcs={},
+                    keypairs={}, servergroups={}, zones={})  # type: ignore[arg-type]
     caches.wait_for(("Flavor", "m1"), "ns", "a")
     caches.wait_for(("Flavor", "m1"), "ns", "b")
     caches.wait_for(("Image", "ns", "os"), "ns", "b")

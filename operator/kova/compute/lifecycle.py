@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from kova.builders import DISK_IMAGE_ANNOTATION
+from kova.builders import DISK_IMAGE_ANNOTATION, Guest
 from kova.conditions import Progress
 from kova.models import (
     MAX_ACTIONS,
@@ -77,6 +77,8 @@ class ImageInfo:
     min_disk: int
     min_ram: int
     deactivated: bool = False
+    disk_format: str | None = None
+    properties: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -148,7 +150,10 @@ def gib(quantity: str) -> int:
 
 
 def root_disk_gib(flavor: FlavorSpec | AppliedFlavor, image: ImageInfo) -> int:
-    """Nova's rule: the flavor's disk, or the image's own size when the flavor says 0; never below minDisk."""
+    """Nova's rule: the flavor's disk, or the image's own size when the flavor says 0; never below minDisk.
+    An ISO is not the root disk but a CD-ROM beside a blank one: the flavor's size."""
+    if image.disk_format == "iso":
+        return max(flavor.disk, image.min_disk, 1)
     return max(flavor.disk, math.ceil(max(image.virtual_size, image.size) / GiB), image.min_disk, 1)
 
 
@@ -157,7 +162,7 @@ def boot_refusal(flavor: FlavorSpec | AppliedFlavor, image: ImageInfo) -> str | 
     if flavor.ram < image.min_ram:
         return f"flavor has {flavor.ram} MiB of RAM, the image needs minRam {image.min_ram} MiB"
     if flavor.disk:
-        needed = max(image.min_disk, math.ceil(image.virtual_size / GiB))
+        needed = max(image.min_disk, 0 if image.disk_format == "iso" else math.ceil(image.virtual_size / GiB))
         if flavor.disk < needed:
             return f"flavor disk is {flavor.disk} GiB, the image needs {needed} GiB"
     return None
@@ -172,6 +177,7 @@ class Inputs:
     flavor: FlavorSpec | Blocked  # the Flavor spec.flavorRef names
     image: ImageInfo | Blocked  # the Image spec.imageRef names
     disk_image: ImageInfo | Blocked | None = None  # the Image status.imageRef names, when it differs
+    guest: Guest | Blocked | None = None  # keys, networks, placement, devices (kova.compute.guest)
     snapshots: list[str] = field(default_factory=list)  # Images being made from this instance, by name
     snapshot_uploading: bool = False  # KubeVirt exports the disk and Kova reads it
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
@@ -307,6 +313,8 @@ def _boot(i: Inputs, st: InstanceStatus) -> Step:
         return _blocked_step(i, st, i.flavor)
     if isinstance(i.image, Blocked):
         return _blocked_step(i, st, i.image)
+    if isinstance(i.guest, Blocked):
+        return _blocked_step(i, st, i.guest)
     refusal = boot_refusal(i.flavor, i.image)
     if refusal:
         return _blocked_step(i, st, Blocked("FlavorTooSmall", refusal, refused=True))
@@ -317,6 +325,7 @@ def _boot(i: Inputs, st: InstanceStatus) -> Step:
     st.flavor = applied(i.spec.flavor_ref, i.flavor)
     st.image_ref, st.root_disk_gib = i.spec.image_ref, size
     st.image_checksum = i.image.sha512
+    st.public_key = i.guest.keys[0] if i.guest is not None and i.guest.keys else None
     st.requests = ServedRequests(power=i.spec.power_state.value, locked=i.spec.locked,
                                  reboot=i.spec.reboot_request.token if i.spec.reboot_request else None,
                                  resize=i.spec.resize_request.token if i.spec.resize_request else None)
@@ -410,7 +419,17 @@ def _failure(ch: Children) -> tuple[str, str] | None:
     if printable in ("ErrorUnschedulable", "ErrorPvcNotFound", "DataVolumeError", "CrashLoopBackOff",
                      "ErrorImagePull", "ImagePullBackOff"):
         detail = next((c.get("message") for c in vm_status.get("conditions", []) if c.get("message")), "") or printable
+        if printable == "ErrorUnschedulable":  # Nova's scheduler says it this way
+            return "NoValidHost", f"No valid host was found. {detail}"
         return printable, f"{printable}: {detail}" if detail != printable else printable
+    # KubeVirt keeps retrying a VMI whose launcher cannot be made (a NetworkAttachmentDefinition missing,
+    # say) and says so only in a condition; Nova answers such a server with ERROR. It recovers by itself.
+    failed = next((c for c in vm_status.get("conditions", []) if c.get("reason") == "FailedCreate"
+                   and c.get("status") == "False"), None)
+    if failed is not None:
+        message = failed.get("message") or "KubeVirt cannot create the virtual machine's pod"
+        reason = "NetworkNotFound" if "network attachment definition" in message else "FailedCreate"
+        return reason, message
     return None
 
 

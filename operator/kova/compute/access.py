@@ -1,0 +1,123 @@
+"""Access to servers, as pure functions: Neutron security groups as NetworkPolicies, Nova key pairs
+(fingerprint, generation), availability zones from node labels.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from kova.compute.guest import DEFAULT_GROUP, SG_LABEL, ZONE_LABEL
+from kova.models import Direction, Protocol, SecurityGroupRule, SecurityGroupSpec
+
+NETWORK_POLICY_PREFIX = "kova-sg-"
+
+
+# ---------------------------------------------------------------------------------------------- security groups
+def policy_name(group: str) -> str:
+    return f"{NETWORK_POLICY_PREFIX}{group}"[:253]
+
+
+def members(group: str) -> dict[str, Any]:
+    return {"matchLabels": {f"{SG_LABEL}{group}": ""}}
+
+
+def _peer(rule: SecurityGroupRule) -> list[dict[str, Any]] | None:
+    """The rule's remote side; None: anywhere (no `from`/`to`)."""
+    if rule.remote_group:
+        return [{"podSelector": members(rule.remote_group)}]
+    if rule.remote_ip_prefix:
+        return [{"ipBlock": {"cidr": rule.remote_ip_prefix}}]
+    return None
+
+
+def _ports(rule: SecurityGroupRule) -> list[dict[str, Any]] | None:
+    if rule.protocol is None:
+        return None
+    port: dict[str, Any] = {"protocol": rule.protocol.value.upper()}
+    if rule.port_range_min is not None:
+        port["port"] = rule.port_range_min
+        if rule.port_range_max is not None and rule.port_range_max > rule.port_range_min:
+            port["endPort"] = rule.port_range_max
+    return [port]
+
+
+def network_policy(namespace: str, group: str, spec: SecurityGroupSpec) -> tuple[dict[str, Any], list[str]]:
+    """The NetworkPolicy that enforces a group on its members, and notes where NetworkPolicy says less than
+    Neutron. Rules are allow-lists in both, and several policies on one pod add up, as several groups on one
+    port do. A group with no egress rule keeps the two allow-all egress rules Neutron gives every new group."""
+    ingress: list[dict[str, Any]] = []
+    egress: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for n, rule in enumerate(spec.rules):
+        if rule.protocol is Protocol.icmp:
+            notes.append(f"rule {n}: NetworkPolicy cannot select ICMP; the rule is left out (nothing is opened)")
+            continue
+        entry: dict[str, Any] = {}
+        peer, ports = _peer(rule), _ports(rule)
+        if peer is not None:
+            entry["from" if rule.direction is Direction.ingress else "to"] = peer
+        if ports is not None:
+            entry["ports"] = ports
+        (ingress if rule.direction is Direction.ingress else egress).append(entry)
+    if not any(r.direction is Direction.egress for r in spec.rules):
+        egress = [{}]
+    body = {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": policy_name(group), "namespace": namespace},
+        "spec": {"podSelector": members(group), "policyTypes": ["Ingress", "Egress"],
+                 "ingress": ingress, "egress": egress},
+    }
+    return body, notes
+
+
+def default_group() -> SecurityGroupSpec:
+    """Neutron's `default` group: ingress from its own members, any egress."""
+    return SecurityGroupSpec(description="Default security group", rules=[
+        SecurityGroupRule(direction=Direction.ingress, remote_group=DEFAULT_GROUP)])
+
+
+# ---------------------------------------------------------------------------------------------- key pairs
+def fingerprint(public_key: str) -> str:
+    """Nova's fingerprint of an OpenSSH public key: MD5 of the key blob, colon-separated; ValueError if the
+    text is not one."""
+    parts = public_key.strip().split()
+    if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-", "sk-")):
+        raise ValueError("not an OpenSSH public key (`ssh-ed25519 AAAA...`, `ssh-rsa AAAA...`)")
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+        serialization.load_ssh_public_key(public_key.strip().encode())
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"not a valid OpenSSH public key: {e}") from e
+    digest = hashlib.md5(blob, usedforsecurity=False).hexdigest()
+    return ":".join(digest[i:i + 2] for i in range(0, 32, 2))
+
+
+def generate(comment: str) -> tuple[str, str]:
+    """A new key pair: (OpenSSH public key, OpenSSH private key PEM). Ed25519, as ssh-keygen makes today."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+    return f"{public.decode()} {comment}", private.decode()
+
+
+# ---------------------------------------------------------------------------------------------- zones
+def zones(nodes: list[dict[str, Any]]) -> dict[str, tuple[list[str], bool]]:
+    """zone → (its nodes, whether one of them is Ready and schedulable), from topology.kubernetes.io/zone."""
+    out: dict[str, tuple[list[str], bool]] = {}
+    for node in nodes:
+        md = node.get("metadata") or {}
+        zone = (md.get("labels") or {}).get(ZONE_LABEL)
+        if not zone:
+            continue
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in (node.get("status") or {}).get("conditions") or [])
+        usable = ready and not (node.get("spec") or {}).get("unschedulable")
+        hosts, available = out.get(zone, ([], False))
+        out[zone] = (sorted([*hosts, md["name"]]), available or usable)
+    return out

@@ -1,0 +1,129 @@
+"""KeyPair, SecurityGroup, ServerGroup and AvailabilityZone: the objects around an Instance.
+
+- KeyPair: an imported key gets its fingerprint; a generated one is made here, its private key written
+  once into a Secret the user owns (Kova never reads it back), its public key and fingerprint in status.
+- SecurityGroup: one NetworkPolicy per group, owned by it (kova.compute.access); the namespace's `default`
+  group is Neutron's, made when its first Instance boots, unless a SecurityGroup of that name exists.
+- ServerGroup: its members in status.
+- AvailabilityZone: one object per zone label value on the nodes, kept from the nodes' watch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from kova.builders import MANAGED_BY, owner_reference
+from kova.compute import access
+from kova.compute.guest import DEFAULT_GROUP
+from kova.conditions import Progress
+from kova.handlers.common import publish
+from kova.kube import NETWORK_POLICIES
+from kova.models import KeyPairSpec, SecurityGroupSpec
+from kova.runtime import AVAILABILITY_ZONES, KEYPAIRS, SECURITY_GROUPS, SERVER_GROUPS, Runtime
+
+
+async def reconcile_keypair(rt: Runtime, namespace: str, name: str) -> None:
+    async with rt.lock("keypair", namespace, name):
+        obj = await rt.kube.get(KEYPAIRS, name, namespace)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return
+        status = obj.get("status") or {}
+        if status.get("fingerprint"):
+            await publish(rt, KEYPAIRS, obj, word=None, progress=Progress.READY, reason="Ready",
+                          message=f"fingerprint {status['fingerprint']}")
+            return  # a KeyPair is immutable: done once
+        spec = KeyPairSpec.model_validate(obj.get("spec") or {})
+        if spec.public_key:
+            try:
+                fp = access.fingerprint(spec.public_key)
+            except ValueError as e:
+                await publish(rt, KEYPAIRS, obj, word=None, progress=Progress.STALLED, reason="InvalidPublicKey",
+                              message=str(e))
+                return
+            await publish(rt, KEYPAIRS, obj, word=None, progress=Progress.READY, reason="Imported",
+                          message=f"fingerprint {fp}", fields={"fingerprint": fp, "publicKey": spec.public_key.strip()})
+            return
+        secret = spec.private_key_secret or f"{name}-private-key"
+        public, private = access.generate(f"{name}@{namespace}")
+        created = await rt.kube.create_secret({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/ssh-auth",
+            "metadata": {"name": secret, "namespace": namespace,
+                         "labels": {**MANAGED_BY, "compute.kova.dev/keypair": name}},
+            "stringData": {"ssh-privatekey": private, "ssh-publickey": public}})
+        if not created:
+            await publish(rt, KEYPAIRS, obj, word=None, progress=Progress.STALLED, reason="SecretExists",
+                          message=f"Secret {secret} exists already: Kova does not overwrite it (nor read it). Delete "
+                                  "it, or name another in spec.privateKeySecret, to get a new key")
+            return
+        fp = access.fingerprint(public)
+        await publish(rt, KEYPAIRS, obj, word=None, progress=Progress.READY, reason="Generated",
+                      message=f"fingerprint {fp}; the private key is in Secret {secret} (key ssh-privatekey)",
+                      fields={"fingerprint": fp, "publicKey": public, "privateKeySecret": secret})
+
+
+async def reconcile_security_group(rt: Runtime, namespace: str, name: str) -> None:
+    async with rt.lock("securitygroup", namespace, name):
+        obj = await rt.kube.get(SECURITY_GROUPS, name, namespace)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return
+        try:
+            spec = SecurityGroupSpec.model_validate(obj.get("spec") or {})
+        except ValidationError as e:
+            await publish(rt, SECURITY_GROUPS, obj, word=None, progress=Progress.STALLED, reason="InvalidRules",
+                          message=str(e))
+            return
+        policy, notes = access.network_policy(namespace, name, spec)
+        policy["metadata"]["labels"] = dict(MANAGED_BY)
+        policy["metadata"]["ownerReferences"] = [owner_reference(obj)]  # deleted with the group
+        await rt.writes.ensure(NETWORK_POLICIES, policy, None)
+        await publish(rt, SECURITY_GROUPS, obj, word=None, progress=Progress.READY, reason="Enforced",
+                      message=f"NetworkPolicy {policy['metadata']['name']} selects its Instances"
+                              + (f"; {len(notes)} note(s)" if notes else ""),
+                      fields={"networkPolicy": policy["metadata"]["name"], "notes": notes})
+
+
+async def ensure_default_group(rt: Runtime, namespace: str) -> None:
+    """Neutron's `default` group, for Instances that name none: made once per namespace and process, and
+    only when no SecurityGroup of that name says otherwise."""
+    if namespace in rt.default_groups:
+        return
+    if await rt.kube.get(SECURITY_GROUPS, DEFAULT_GROUP, namespace) is None:
+        policy, _ = access.network_policy(namespace, DEFAULT_GROUP, access.default_group())
+        policy["metadata"]["labels"] = dict(MANAGED_BY)
+        await rt.writes.ensure(NETWORK_POLICIES, policy, None)
+    rt.default_groups.add(namespace)
+
+
+async def reconcile_server_group(rt: Runtime, namespace: str, name: str, members: list[str]) -> None:
+    async with rt.lock("servergroup", namespace, name):
+        obj = await rt.kube.get(SERVER_GROUPS, name, namespace)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return
+        policy = (obj.get("spec") or {}).get("policy")
+        await publish(rt, SERVER_GROUPS, obj, word=None, progress=Progress.READY, reason="Ready",
+                      message=f"{len(members)} member(s), policy {policy}", fields={"members": sorted(members)})
+
+
+async def reconcile_zones(rt: Runtime, nodes: list[dict[str, Any]], existing: list[dict[str, Any]]) -> None:
+    """AvailabilityZone objects follow the nodes' zone labels: one per zone, gone with its last node."""
+    wanted = access.zones(nodes)
+    for zone, (hosts, available) in wanted.items():
+        current = next((z for z in existing if z["metadata"]["name"] == zone), None)
+        if current is None:
+            current = await rt.kube.apply(AVAILABILITY_ZONES, {
+                "apiVersion": AVAILABILITY_ZONES.api_version, "kind": "AvailabilityZone",
+                "metadata": {"name": zone, "labels": dict(MANAGED_BY)}, "spec": {}}) or await rt.kube.get(
+                AVAILABILITY_ZONES, zone)
+            if current is None:
+                continue
+        await publish(rt, AVAILABILITY_ZONES, current, word=None,
+                      progress=Progress.READY if available else Progress.STALLED,
+                      reason="Available" if available else "NoReadyHost",
+                      message=f"{len(hosts)} host(s)" + ("" if available else ", none Ready and schedulable"),
+                      fields={"hosts": hosts, "available": available})
+    for obj in existing:
+        if obj["metadata"]["name"] not in wanted and (obj["metadata"].get("labels") or {}).items() >= \
+                MANAGED_BY.items():
+            await rt.kube.delete(AVAILABILITY_ZONES, obj["metadata"]["name"], None)
