@@ -65,8 +65,9 @@ def user_data(user: str | None, keys: list[str]) -> str | None:
              "[no_replace, recurse_list]\n" + listed
     msg = MIMEMultipart()
     msg.set_boundary("==kova-" + hashlib.sha256((user + merged).encode()).hexdigest()[:24] + "==")
-    msg.attach(MIMEText(user, _part_type(user), "utf-8"))
-    msg.attach(MIMEText(merged, "cloud-config", "utf-8"))
+    for part, subtype in ((user, _part_type(user)), (merged, "cloud-config")):
+        # ASCII stays readable in the VirtualMachine (7bit); anything else travels as base64.
+        msg.attach(MIMEText(part, subtype, "us-ascii" if part.isascii() else "utf-8"))
     return msg.as_string()
 
 
