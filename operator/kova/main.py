@@ -154,12 +154,14 @@ async def start_caches(memo: Any, kube: Kube, runtime: Runtime) -> None:
         asyncio.get_running_loop().call_later(seconds, kicks.kick, key)
     cache.wake = wake
 
-    def child(res: Resource) -> Listener:
+    def child(res: Resource, fields: tuple[str, ...]) -> Listener:
         def changed(old: Body | None, new: Body | None) -> None:
             md = (new or old or {})["metadata"]
             runtime.writes.seen(res, md["namespace"], md["name"], deleted=new is None)
             owner = (md.get("labels") or {}).get(INSTANCE_LABEL)
-            if owner:
+            # Only a change of what reconciles read (a label KubeVirt writes on a VMI is not): one reconcile
+            # less. Any change of a VM counts: Kova puts back its hand-edited labels and annotations too.
+            if owner and (old is None or new is None or not fields or any(old.get(f) != new.get(f) for f in fields)):
                 kicks.kick((md["namespace"], owner))
         return changed
 
@@ -192,9 +194,10 @@ async def start_caches(memo: Any, kube: Kube, runtime: Runtime) -> None:
                     cache.snapshots.pop(key, None)
                 kicks.kick(key)
 
-    for res, name in ((DATA_VOLUMES, "datavolumes"), (VIRTUAL_MACHINES, "vms"), (VIRTUAL_MACHINE_INSTANCES, "vmis"),
-                      (PERSISTENT_VOLUME_CLAIMS, "pvcs")):
-        views[name].listen(child(res))
+    for res, name, read in ((DATA_VOLUMES, "datavolumes", ("status",)), (VIRTUAL_MACHINES, "vms", ()),
+                            (VIRTUAL_MACHINE_INSTANCES, "vmis", ("status",)),
+                            (PERSISTENT_VOLUME_CLAIMS, "pvcs", ("spec", "status"))):
+        views[name].listen(child(res, read))
     views["flavors"].listen(dependency("Flavor"))
     views["images"].listen(dependency("Image"))
     views["images"].listen(snapshot)
