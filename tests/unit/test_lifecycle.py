@@ -274,7 +274,10 @@ def test_resize_refused_before_anything_changes(flavor: FlavorSpec, reason: str)
     step = settle(inputs(spec(flavorRef="odd"), st, RUNNING, flavor=flavor, image=image(min_ram=512)))
     assert (step.word, step.progress, step.reason) == (NovaStatus.active, Progress.STALLED, reason)
     assert step.flavor is not None and step.flavor.name == "small" and step.grow_disk is None and step.call is None
-    assert actions(step)[-1] == ("resize", "Error") and step.status.task is None
+    assert actions(step)[-1] == ("resize", "Error") and step.status.task is None and step.warning is not None
+    again = settle(inputs(spec(flavorRef="odd"), step.status, RUNNING, flavor=flavor, image=image(min_ram=512)))
+    assert again.progress is Progress.STALLED and again.warning is None  # one Event, not one per reconcile
+    assert again.status.actions == step.status.actions
 
 
 def test_resize_of_a_paused_instance_is_refused() -> None:

@@ -449,10 +449,12 @@ def _refuse(i: Inputs, st: InstanceStatus, action: str, request_id: str, reason:
     """A request Nova would answer with 4xx: nothing changes; the history and an Event say why. The instance
     keeps running as it was. A refused change of the spec (a flavor, an image) is Stalled until the spec
     changes; a refused one-shot request (a reboot token) is over, and the instance stays Ready."""
-    if not any(a.action == action and a.request_id == request_id and a.result == "Error" for a in st.actions):
+    new = not any(a.action == action and a.request_id == request_id and a.result == "Error" for a in st.actions)
+    if new:
         record(st, action, request_id, i.now, result="Error", message=message)
     step = _observe(i, st)
-    step.warning = (reason, message)
+    if new:  # one Event per refusal, not one per reconcile while it stands
+        step.warning = (reason, message)
     if not oneshot:
         step.progress, step.reason, step.message = Progress.STALLED, reason, message
     return step
