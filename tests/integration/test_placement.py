@@ -63,9 +63,15 @@ def test_a_key_pair_reaches_the_guests_cloud_init(cloud: LocalCloud, operator: O
     parts = [p for p in email.message_from_string(cloud_init(kubectl, "both")).walk() if not p.is_multipart()]
     assert parts[0].get_payload(decode=True).decode() == script  # the user's data, unchanged
     assert imported in parts[1].get_payload(decode=True).decode()
-    # Deleting the key pair changes no server (Nova copies the key at boot).
-    kubectl("delete", "keypair", "later")
     assert imported in cloud_init(kubectl, "both")  # readable: ASCII parts stay 7bit
+    # Deleting the key pair changes no server (Nova copies the key at boot): after the KeyPair is gone, a
+    # change that makes Kova apply the VM again (new server metadata) still leaves the key in it.
+    kubectl("delete", "keypair", "later")
+    kubectl("patch", "instance", "both", "--type=merge", "-p", '{"spec":{"metadata":{"after":"delete"}}}')
+    vm = wait_for(lambda: (o := kubectl.get("vm", "both")) and "after" in o["metadata"].get("annotations", {}).get(
+        "compute.kova.dev/server-metadata", "") and o, 30, "the VM applied again")
+    volumes = vm["spec"]["template"]["spec"]["volumes"]
+    assert imported in next(v["cloudInitNoCloud"]["userData"] for v in volumes if "cloudInitNoCloud" in v)
 
 
 def test_two_networks_two_addresses(cloud: LocalCloud, operator: Operator, source: Source, kubectl: Kubectl) -> None:

@@ -56,7 +56,7 @@ def inputs(sp: InstanceSpec, st: InstanceStatus, children: Children, **kw: Any) 
     kw.setdefault("flavor", flavors.get(sp.flavor_ref) or Blocked("WaitingForFlavor", "no such flavor",
                                                                   on=("Flavor", sp.flavor_ref)))
     kw.setdefault("image", image())
-    return Inputs(spec=sp, status=st, generation=1, children=children, now=kw.pop("now", T0), **kw)
+    return Inputs(spec=sp, status=st, children=children, now=kw.pop("now", T0), **kw)
 
 
 def settle(i: Inputs, refuse: str | None = None) -> Step:

@@ -172,7 +172,6 @@ def boot_refusal(flavor: FlavorSpec | AppliedFlavor, image: ImageInfo) -> str | 
 class Inputs:
     spec: InstanceSpec
     status: InstanceStatus
-    generation: int
     children: Children
     flavor: FlavorSpec | Blocked  # the Flavor spec.flavorRef names
     image: ImageInfo | Blocked  # the Image spec.imageRef names

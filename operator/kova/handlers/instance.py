@@ -124,7 +124,7 @@ async def _step(rt: Runtime, caches: Caches, inst: dict[str, Any]) -> bool:
     booted = status.flavor is not None
     g = _guest(caches, spec, status, namespace, disk_image or image, booted)
     step = lifecycle.decide(lifecycle.Inputs(
-        spec=spec, status=status, generation=int(md.get("generation") or 0), children=children,
+        spec=spec, status=status, children=children,
         flavor=_flavor(caches, spec.flavor_ref, namespace), image=image, disk_image=disk_image, guest=g,
         snapshots=sorted(snapshots), snapshot_uploading=any(
             (caches.images.get((namespace, s)) or {}).get("status", {}).get("status") == GlanceStatus.importing
