@@ -8,9 +8,10 @@ import sys
 import time
 from urllib.parse import urlsplit
 
-from kova.image.fetch import Fetcher, ImportFilter
+from kova.adapters.http import Fetcher
+from kova.adapters.store import ObjectStore, StoreConfig
+from kova.image.filter import ImportFilter
 from kova.image.importer import import_url
-from kova.store import ObjectStore, StoreConfig
 
 
 def vm_kib(field: str) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 def _crds(args: argparse.Namespace) -> int:
-    from kova import crdgen
+    from kova.api import crdgen
 
     files = crdgen.files()
     if args.out:
@@ -39,7 +39,7 @@ def _run(args: argparse.Namespace) -> int:
     import kopf
 
     from kova import main as _registrations  # noqa: F401  (importing registers the handlers)
-    from kova import metrics
+    from kova.adapters import metrics
 
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()],
                    log_refkey="object" if args.log_format == "json" else None)
@@ -99,9 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="watch only this namespace (repeatable); default: the whole cluster")
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
                      help="liveness endpoint URL (default %(default)s)")
-    mode = run.add_mutually_exclusive_group()
-    mode.add_argument("--standalone", action="store_true", help="the only replica, no peering (the default)")
-    mode.add_argument("--peering", default="", help="Kopf peering object name: run several replicas, one active")
+    run.add_argument("--peering", default="", help="Kopf peering object name: run several replicas, one active "
+                                                   "(default: none, the only replica)")
     run.add_argument("--metrics-address", default="0.0.0.0", help="Prometheus metrics address")
     run.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0: off)")
     run.add_argument("--log-format", choices=["full", "plain", "json"], default="full")

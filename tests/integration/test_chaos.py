@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kova.store import blob_key
+from kova.adapters.store import blob_key
 from tests.cloud.bench import S3_BUCKET, LocalCloud
 from tests.conftest import Kubectl, Operator, wait_for
 from tests.httpsource import Source

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kova.image.importer import parse_size
+from kova.api.quantity import parse_size
 from tests.cloud.bench import REPO, LocalCloud, binary
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,7 @@ def test_defaults_bundle_minio_and_harden_the_pods() -> None:
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
-    assert "--standalone" in container["args"]
+    assert not any(a.startswith("--peering") for a in container["args"])  # one replica: no peering
     env = {e["name"]: e for e in container["env"]}
     assert env["KOVA_S3_ENDPOINT"]["value"] == "kova-minio.kova-system.svc:9000"
     assert env["KOVA_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "kova-s3"
@@ -86,7 +86,7 @@ def test_external_store_and_ha() -> None:
 
 def test_import_filter_and_size_cap_values_reach_the_operator() -> None:
     """The chart's importFilter.* and imageSizeCap become the environment the operator parses."""
-    from kova.image.fetch import ImportFilter
+    from kova.image.filter import ImportFilter
     from kova.image.importer import DEFAULT_SIZE_CAP
 
     def env_of(*sets: str) -> dict[str, str]:

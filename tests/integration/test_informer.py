@@ -1,4 +1,4 @@
-"""kova.informer against the local cloud's kube-apiserver: what the caches hold, what listeners hear, and
+"""kova.adapters.informer against the local cloud's kube-apiserver: what the caches hold, what listeners hear, and
 that a list after a gap reports what changed meanwhile (deletions included)."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from kova.informer import Body, Coalescer, Informer, object_key
-from kova.kube import Kube
-from kova.runtime import INSTANCES
+from kova.adapters.informer import Body, Coalescer, Informer, object_key
+from kova.adapters.kube import Kube
+from kova.api.resources import INSTANCES
 from tests.cloud.bench import LocalCloud
 from tests.conftest import Kubectl
 

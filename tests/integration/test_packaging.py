@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kova import crdgen
+from kova.api import crdgen
 from tests.cloud.bench import REPO
 
 pytestmark = pytest.mark.integration

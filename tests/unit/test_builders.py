@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
-from kova import builders
-from kova.conditions import Progress, get_condition, set_condition, summarize
-from kova.models import FlavorSpec, ImageSpec, InstanceSpec
-from kova.store import Blob
+from kova.adapters.store import Blob
+from kova.api.conditions import Progress, set_condition, summarize
+from kova.api.models import FlavorSpec, ImageSpec, InstanceSpec
+from kova.compute import children, flavors
+from kova.image import rules
 
 INSTANCE: dict[str, Any] = {
     "apiVersion": "compute.kova.dev/v1alpha1", "kind": "Instance",
@@ -37,22 +38,22 @@ def image(**kw: Any) -> ImageSpec:
 ])
 def test_image_visibility(visibility: str, members: list[str], namespace: str, visible: bool) -> None:
     spec = image(visibility=visibility, members=members)
-    assert builders.image_visible_to(spec, "team-a", namespace) is visible
+    assert rules.image_visible_to(spec, "team-a", namespace) is visible
 
 
 def test_image_ref_may_name_another_namespace() -> None:
-    assert builders.parse_image_ref("cirros", "team-a") == ("team-a", "cirros")
-    assert builders.parse_image_ref("library/cirros", "team-a") == ("library", "cirros")
+    assert rules.parse_image_ref("cirros", "team-a") == ("team-a", "cirros")
+    assert rules.parse_image_ref("library/cirros", "team-a") == ("library", "cirros")
 
 
 def test_private_flavor_needs_access() -> None:
-    assert builders.flavor_usable_in(flavor(), "x")
-    assert not builders.flavor_usable_in(flavor(public=False, access=["y"]), "x")
-    assert builders.flavor_usable_in(flavor(public=False, access=["x"]), "x")
+    assert flavors.flavor_usable_in(flavor(), "x")
+    assert not flavors.flavor_usable_in(flavor(public=False, access=["y"]), "x")
+    assert flavors.flavor_usable_in(flavor(public=False, access=["x"]), "x")
 
 
 def test_data_volume_imports_by_presigned_url_with_checksum() -> None:
-    dv = builders.build_data_volume(INSTANCE, "http://s3/bucket/images/u?X-Amz-Signature=s", "ab" * 64, 12)
+    dv = children.build_data_volume(INSTANCE, "http://s3/bucket/images/u?X-Amz-Signature=s", "ab" * 64, 12)
     assert dv["metadata"]["name"] == "web-root" and dv["metadata"]["namespace"] == "team-a"
     assert dv["spec"]["source"]["http"] == {"url": "http://s3/bucket/images/u?X-Amz-Signature=s",
                                             "checksum": "sha512:" + "ab" * 64}
@@ -67,7 +68,7 @@ def test_virtual_machine_from_flavor() -> None:
                                         "metadata": {"role": "web", "owner": "team-a"}})
     fl = flavor(ephemeral=5, swap=512, extraSpecs={"hw:cpu_policy": "dedicated", "hw:mem_page_size": "1GB",
                                                     "kova:node_selector:zone": "az1"})
-    vm = builders.build_virtual_machine(INSTANCE, spec, fl, running=True)
+    vm = children.build_virtual_machine(INSTANCE, spec, fl, running=True)
     tpl = vm["spec"]["template"]["spec"]
     assert vm["spec"]["runStrategy"] == "Always"
     assert tpl["domain"]["cpu"] == {"cores": 2, "sockets": 1, "threads": 1, "dedicatedCpuPlacement": True}
@@ -87,35 +88,36 @@ def test_virtual_machine_from_flavor() -> None:
 
 def test_a_vm_not_wanted_running_is_halted() -> None:
     spec = InstanceSpec.model_validate(INSTANCE["spec"])
-    assert builders.build_virtual_machine(INSTANCE, spec, flavor(), running=False)["spec"]["runStrategy"] == "Halted"
+    assert children.build_virtual_machine(INSTANCE, spec, flavor(), running=False)["spec"]["runStrategy"] == "Halted"
 
 
 def test_image_status_from_store_record() -> None:
     blob = Blob(size=10, md5="m", sha512="s", sha256=None, disk_format="qcow2", virtual_size=100, source="u")
-    view = builders.observe_image(blob, "s3://b/images/u", {}, False, 0, None, None)
+    view = rules.observe_image(blob, "s3://b/images/u", {}, False, 0, None, None)
     assert view.status.value == "active" and view.fields["osHashValue"] == "s" and view.fields["checksum"] == "m"
-    killed = builders.observe_image(None, "", {"status": "killed", "message": "bad hash", "conditions": [
+    killed = rules.observe_image(None, "", {"status": "killed", "message": "bad hash", "conditions": [
         {"type": "Ready", "status": "False", "reason": "ChecksumMismatch"}]}, False, 0, None, None)
     assert (killed.status.value, killed.reason, killed.progress) == ("killed", "ChecksumMismatch", Progress.STALLED)
-    importing = builders.observe_image(None, "", {}, True, 50, 200, None)
+    importing = rules.observe_image(None, "", {}, True, 50, 200, None)
     assert importing.status.value == "importing" and importing.fields["progress"] == "20%"  # 10% steps
     # Between two steps nothing a user sees changes, so nothing is written.
-    assert builders.observe_image(None, "", {}, True, 59, 200, None) == importing
-    assert builders.observe_image(None, "", {}, True, 60, 200, None).fields["progress"] == "30%"
-    waiting = builders.observe_image(None, "", {}, False, 0, None, None, queued_message="waiting for a slot")
+    assert rules.observe_image(None, "", {}, True, 59, 200, None) == importing
+    assert rules.observe_image(None, "", {}, True, 60, 200, None).fields["progress"] == "30%"
+    waiting = rules.observe_image(None, "", {}, False, 0, None, None, queued_message="waiting for a slot")
     assert (waiting.status.value, waiting.message) == ("queued", "waiting for a slot")
-    assert builders.observe_image(None, "", {}, False, 0, None, None).status.value == "queued"
-    off = builders.observe_image(blob, "s3://b/images/u", {}, False, 0, None, None, deactivated=True)
+    assert rules.observe_image(None, "", {}, False, 0, None, None).status.value == "queued"
+    off = rules.observe_image(blob, "s3://b/images/u", {}, False, 0, None, None, deactivated=True)
     assert (off.status.value, off.progress, off.fields["osHashValue"]) == ("deactivated", Progress.READY, "s")
 
 
 def test_condition_transition_time_moves_only_on_flip() -> None:
     c1 = set_condition([], "Ready", False, "Spawning", "a", 1, "t1")
     c2 = set_condition(c1, "Ready", False, "Spawning", "b", 2, "t2")
-    assert get_condition(c2, "Ready") == {"type": "Ready", "status": "False", "reason": "Spawning", "message": "b",
-                                          "lastTransitionTime": "t1", "observedGeneration": 2}
+    ready = next(c for c in c2 if c["type"] == "Ready")
+    assert ready == {"type": "Ready", "status": "False", "reason": "Spawning", "message": "b",
+                     "lastTransitionTime": "t1", "observedGeneration": 2}
     c3 = set_condition(c2, "Ready", True, "Active", "", 2, "t3")
-    assert get_condition(c3, "Ready")["lastTransitionTime"] == "t3"  # type: ignore[index]
+    assert next(c for c in c3 if c["type"] == "Ready")["lastTransitionTime"] == "t3"
 
 
 def test_summarize_sets_kstatus_triplet() -> None:
@@ -134,7 +136,7 @@ def test_image_link_expired_only_for_an_old_forbidden_failure() -> None:
 
     now = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
     ttl = dt.timedelta(hours=1)
-    assert builders.image_link_expired(dv("Failed", "Forbidden", "2026-01-01T10:59:00Z"), ttl, now)
-    assert not builders.image_link_expired(dv("Failed", "Forbidden", "2026-01-01T11:30:00Z"), ttl, now)
-    assert not builders.image_link_expired(dv("Failed", "ChecksumMismatch", "2026-01-01T10:00:00Z"), ttl, now)
-    assert not builders.image_link_expired(dv("ImportInProgress", "Forbidden", "2026-01-01T10:00:00Z"), ttl, now)
+    assert children.image_link_expired(dv("Failed", "Forbidden", "2026-01-01T10:59:00Z"), ttl, now)
+    assert not children.image_link_expired(dv("Failed", "Forbidden", "2026-01-01T11:30:00Z"), ttl, now)
+    assert not children.image_link_expired(dv("Failed", "ChecksumMismatch", "2026-01-01T10:00:00Z"), ttl, now)
+    assert not children.image_link_expired(dv("ImportInProgress", "Forbidden", "2026-01-01T10:00:00Z"), ttl, now)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kova.handlers.instance import Caches
+from kova.controllers.instance import Caches
 
 
 def test_waiters_are_woken_once_and_deleted_instances_forgotten() -> None:

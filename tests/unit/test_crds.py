@@ -7,8 +7,8 @@ from typing import Any
 
 import yaml
 
-from kova import crdgen
-from kova.models import KINDS
+from kova.api import crdgen
+from kova.api.models import KINDS
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 

@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from kova import builders
-from kova.compute import access, guest
-from kova.models import FlavorSpec, InstanceSpec, SecurityGroupSpec, ServerGroupPolicy
+from kova.api.models import FlavorSpec, InstanceSpec, SecurityGroupSpec, ServerGroupPolicy
+from kova.compute import access, children, guest
 
 CRDS = Path(__file__).resolve().parents[1] / "cloud" / "crds" / "kubevirt-cdi.yaml"
 INSTANCE: dict[str, Any] = {"apiVersion": "compute.kova.dev/v1alpha1", "kind": "Instance",
@@ -75,17 +74,17 @@ def test_every_emitted_vm_is_valid_for_kubevirt(props: dict[str, str], networks:
     spec = InstanceSpec.model_validate({**INSTANCE["spec"], "networks": networks, "userData": user})
     flavor = FlavorSpec(vcpus=2, ram=1024, disk=5, ephemeral=1, swap=512,
                         extra_specs={"hw:cpu_policy": "dedicated", "hw:mem_page_size": "large"})
-    g = builders.Guest(keys=keys, nics=guest.nics(networks), security_groups=["web"], server_group=group[0],
+    g = children.Guest(keys=keys, nics=guest.nics(networks), security_groups=["web"], server_group=group[0],
                        policy=group[1], zone="zone-a", devices=guest.devices(props), iso=iso)
-    vm = builders.build_virtual_machine(INSTANCE, spec, flavor, True, g)
+    vm = children.build_virtual_machine(INSTANCE, spec, flavor, True, g)
     assert violations(vm, schema("VirtualMachine")) == []
-    for dv in (builders.build_data_volume(INSTANCE, "http://s3/x", "ab", 5, "img"),
-               builders.build_data_volume(INSTANCE, None, "ab", 5, "img")):
+    for dv in (children.build_data_volume(INSTANCE, "http://s3/x", "ab", 5, "img"),
+               children.build_data_volume(INSTANCE, None, "ab", 5, "img")):
         assert violations(dv, schema("DataVolume")) == []
 
 
 def test_the_schema_check_catches_what_the_api_server_would_refuse() -> None:
-    vm = builders.build_virtual_machine(INSTANCE, InstanceSpec.model_validate(INSTANCE["spec"]),
+    vm = children.build_virtual_machine(INSTANCE, InstanceSpec.model_validate(INSTANCE["spec"]),
                                         FlavorSpec(vcpus=1, ram=512), True)
     vm["spec"]["template"]["spec"]["domain"]["devices"]["disks"][0]["disk"]["buss"] = "virtio"
     vm["spec"]["runStrategy"] = 3
@@ -93,9 +92,9 @@ def test_the_schema_check_catches_what_the_api_server_would_refuse() -> None:
 
 
 def test_devices_from_image_properties() -> None:
-    vm = builders.build_virtual_machine(INSTANCE, InstanceSpec.model_validate(INSTANCE["spec"]),
+    vm = children.build_virtual_machine(INSTANCE, InstanceSpec.model_validate(INSTANCE["spec"]),
                                         FlavorSpec(vcpus=1, ram=512), True,
-                                        builders.Guest(devices=guest.devices(PROPS[1] | PROPS[3])))
+                                        children.Guest(devices=guest.devices(PROPS[1] | PROPS[3])))
     domain = vm["spec"]["template"]["spec"]["domain"]
     assert domain["devices"]["disks"][0]["disk"]["bus"] == "sata"
     assert domain["devices"]["interfaces"][0]["model"] == "e1000e"
@@ -115,14 +114,14 @@ def test_invalid_image_properties_are_refused_clearly(props: dict[str, str], say
 
 
 def test_an_iso_boots_as_a_cdrom_beside_a_blank_root_disk() -> None:
-    vm = builders.build_virtual_machine(INSTANCE, InstanceSpec.model_validate(INSTANCE["spec"]),
-                                        FlavorSpec(vcpus=1, ram=512, disk=10), True, builders.Guest(iso=True))
+    vm = children.build_virtual_machine(INSTANCE, InstanceSpec.model_validate(INSTANCE["spec"]),
+                                        FlavorSpec(vcpus=1, ram=512, disk=10), True, children.Guest(iso=True))
     tpl = vm["spec"]["template"]["spec"]
     assert tpl["domain"]["devices"]["disks"][:2] == [
         {"name": "cdrom", "cdrom": {"bus": "sata", "readonly": True}, "bootOrder": 1},
         {"name": "root", "disk": {"bus": "virtio"}, "bootOrder": 2}]
     assert tpl["volumes"][0] == {"name": "cdrom", "dataVolume": {"name": "web-iso"}}
-    assert builders.build_data_volume(INSTANCE, None, "x", 10)["spec"]["source"] == {"blank": {}}
+    assert children.build_data_volume(INSTANCE, None, "x", 10)["spec"]["source"] == {"blank": {}}
 
 
 def test_keys_reach_cloud_init_and_the_users_data_stays_unchanged() -> None:
@@ -181,7 +180,7 @@ def test_security_groups_become_network_policies() -> None:
     default, _ = access.network_policy("team-a", "default", access.default_group())
     assert default["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": {
         "sg.compute.kova.dev/default": ""}}}]}] and default["spec"]["egress"] == [{}]  # Neutron's default
-    assert builders.build_virtual_machine(INSTANCE, InstanceSpec.model_validate(INSTANCE["spec"]),
+    assert children.build_virtual_machine(INSTANCE, InstanceSpec.model_validate(INSTANCE["spec"]),
                                           FlavorSpec(vcpus=1, ram=512), True)["spec"]["template"]["metadata"][
         "labels"]["sg.compute.kova.dev/default"] == ""
 

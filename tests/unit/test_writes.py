@@ -1,12 +1,12 @@
-"""kova.writes: what is written, and what is not while a watch cache catches up."""
+"""kova.adapters.writes: what is written, and what is not while a watch cache catches up."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from kova.kube import VIRTUAL_MACHINES
-from kova.writes import Writes, contains
+from kova.adapters.writes import Writes, contains
+from kova.api.resources import VIRTUAL_MACHINES
 
 
 def test_contains_tolerates_server_defaults_but_not_changes() -> None:

@@ -11,8 +11,9 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from kova.api.models import Direction, Protocol, SecurityGroupRule, SecurityGroupSpec
+from kova.api.resources import MANAGED_BY
 from kova.compute.guest import DEFAULT_GROUP, SG_LABEL, ZONE_LABEL
-from kova.models import Direction, Protocol, SecurityGroupRule, SecurityGroupSpec
 
 NETWORK_POLICY_PREFIX = "kova-sg-"
 
@@ -73,6 +74,13 @@ def network_policy(namespace: str, group: str, spec: SecurityGroupSpec) -> tuple
                  "ingress": ingress, "egress": egress},
     }
     return body, notes
+
+
+def default_group_policy(namespace: str) -> dict[str, Any]:
+    """The NetworkPolicy of Neutron's `default` group in a namespace whose group has no object of its own."""
+    policy, _ = network_policy(namespace, DEFAULT_GROUP, default_group())
+    policy["metadata"]["labels"] = dict(MANAGED_BY)
+    return policy
 
 
 def default_group() -> SecurityGroupSpec:

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from typing import Any
 
 import yaml
 
-from kova.models import GROUP_COMPUTE, ServerGroupPolicy
+from kova.api.errors import Refusal
+from kova.api.models import GROUP_COMPUTE, ServerGroupPolicy
 
 POD = "pod"  # the pod network's name in spec.networks
 SG_LABEL = f"sg.{GROUP_COMPUTE}/"  # + group name: an Instance's membership, selected by NetworkPolicies
@@ -27,12 +28,8 @@ HOST_LABEL = "kubernetes.io/hostname"
 DEFAULT_GROUP = "default"
 
 
-class Invalid(Exception):
+class Invalid(Refusal):
     """A value the guest cannot be given (Nova answers 400): the reason and a message."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 # ---------------------------------------------------------------------------------------------- cloud-init
@@ -142,7 +139,6 @@ class Devices:
     rng: bool = False
     video: str | None = None
     graphics: bool = True
-    notes: list[str] = field(default_factory=list)
 
 
 DISK_BUSES = ("virtio", "scsi", "sata", "usb")
@@ -184,8 +180,7 @@ def devices(props: dict[str, str]) -> Devices:
     agent = props.get("hw_qemu_guest_agent")
     if agent is not None and agent.lower() not in _TRUE + _FALSE:
         raise Invalid("InvalidImageProperty", f"image property hw_qemu_guest_agent={agent} is not yes or no")
-    if agent is not None:
-        d.notes.append("hw_qemu_guest_agent: KubeVirt always offers the guest agent channel")
+    # Either way nothing to set: KubeVirt always offers the guest agent channel.
     d.rng = _one_of(props, "hw_rng_model", ("virtio",), " (KubeVirt's RNG device is virtio)") == "virtio"
     video = _one_of(props, "hw_video_model", VIDEO_MODELS)
     if video == "none":

@@ -16,14 +16,12 @@ or REVERT_RESIZE → ACTIVE (revert), REBUILD; `taskState` while it runs; and a 
 from __future__ import annotations
 
 import datetime as dt
-import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from kova.builders import DISK_IMAGE_ANNOTATION, Guest
-from kova.conditions import Progress
-from kova.models import (
+from kova.api import clock
+from kova.api.conditions import Progress
+from kova.api.models import (
     MAX_ACTIONS,
     AppliedFlavor,
     Fault,
@@ -39,8 +37,9 @@ from kova.models import (
     ServedRequests,
     Task,
 )
+from kova.api.quantity import gib, gib_ceil
+from kova.compute.children import DISK_IMAGE_ANNOTATION, Guest
 
-GiB = 1024**3
 Body = dict[str, Any]
 
 # spec.powerState transitions → Nova's action names.
@@ -139,22 +138,12 @@ class Children:
 
 
 
-def gib(quantity: str) -> int:
-    """GiB (rounded up) from a Kubernetes quantity such as `10Gi`, `2G` or `1073741824`."""
-    m = re.fullmatch(r"([0-9.]+)([KMGTP]i?|[kmgtp]?)", str(quantity))
-    if not m:
-        return 0
-    units = {"": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
-             "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
-    return math.ceil(float(m.group(1)) * units.get(m.group(2), 1) / GiB)
-
-
 def root_disk_gib(flavor: FlavorSpec | AppliedFlavor, image: ImageInfo) -> int:
     """Nova's rule: the flavor's disk, or the image's own size when the flavor says 0; never below minDisk.
     An ISO is not the root disk but a CD-ROM beside a blank one: the flavor's size."""
     if image.disk_format == "iso":
         return max(flavor.disk, image.min_disk, 1)
-    return max(flavor.disk, math.ceil(max(image.virtual_size, image.size) / GiB), image.min_disk, 1)
+    return max(flavor.disk, gib_ceil(max(image.virtual_size, image.size)), image.min_disk, 1)
 
 
 def boot_refusal(flavor: FlavorSpec | AppliedFlavor, image: ImageInfo) -> str | None:
@@ -162,7 +151,7 @@ def boot_refusal(flavor: FlavorSpec | AppliedFlavor, image: ImageInfo) -> str | 
     if flavor.ram < image.min_ram:
         return f"flavor has {flavor.ram} MiB of RAM, the image needs minRam {image.min_ram} MiB"
     if flavor.disk:
-        needed = max(image.min_disk, 0 if image.disk_format == "iso" else math.ceil(image.virtual_size / GiB))
+        needed = max(image.min_disk, 0 if image.disk_format == "iso" else gib_ceil(image.virtual_size))
         if flavor.disk < needed:
             return f"flavor disk is {flavor.disk} GiB, the image needs {needed} GiB"
     return None
@@ -236,14 +225,10 @@ def call_refused(step: Step, message: str, now: dt.datetime | None = None) -> St
     return step
 
 
-def now_text(now: dt.datetime) -> str:
-    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def record(status: InstanceStatus, action: str, request_id: str, now: dt.datetime, *,
            result: str | None = None, message: str | None = None) -> None:
     """Start an action in the history (finished at once when `result` is given); the oldest drop out."""
-    t = now_text(now)
+    t = clock.text(now)
     status.actions = [*status.actions, InstanceAction(
         action=action, request_id=request_id, start_time=t, finish_time=t if result else None,
         result=result, message=message)][-MAX_ACTIONS:]  # type: ignore[arg-type]
@@ -254,7 +239,7 @@ def finish(status: InstanceStatus, action: str, now: dt.datetime, result: str = 
     """Finish the last unfinished `action` of the history."""
     for a in reversed(status.actions):
         if a.action == action and a.finish_time is None:
-            a.finish_time, a.result, a.message = now_text(now), result, message  # type: ignore[assignment]
+            a.finish_time, a.result, a.message = clock.text(now), result, message  # type: ignore[assignment]
             return
 
 
@@ -652,7 +637,7 @@ def _resize(i: Inputs, st: InstanceStatus, task: Task) -> Step:
         st.resize = None
         finish(st, "revertResize", i.now)
         return _steady(i, st)
-    st.resize.finished_at = now_text(i.now)
+    st.resize.finished_at = clock.text(i.now)
     finish(st, "resize", i.now)
     return _verify_resize(i, st, st.resize)
 
@@ -670,7 +655,7 @@ def _verify_resize(i: Inputs, st: InstanceStatus, resize: ResizeState) -> Step:
     spec, req = i.spec, st.requests
     answer = spec.resize_request if spec.resize_request and spec.resize_request.token != req.resize else None
     revert = spec.flavor_ref == resize.old_flavor.name or (answer is not None and answer.action is ResizeAction.revert)
-    finished = dt.datetime.fromisoformat((resize.finished_at or now_text(i.now)).replace("Z", "+00:00"))
+    finished = clock.parse(resize.finished_at or clock.text(i.now))
     expired = i.confirm_window > 0 and (i.now - finished).total_seconds() >= i.confirm_window
     if answer is not None:
         req.resize = answer.token

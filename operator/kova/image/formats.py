@@ -25,6 +25,8 @@ from typing import IO, cast
 
 from oslo_utils.imageutils import format_inspector as fi
 
+from kova.api.errors import Refusal
+
 UNSAFE = "UnsafeImage"
 INVALID = "InvalidDiskFormat"
 VHD_FOOTER = 512
@@ -32,12 +34,8 @@ _NEVER = {"qed": "QED images are not accepted (no hypervisor supports them safel
           "luks": "LUKS-encrypted images are not accepted (Glance has no such disk format)"}
 
 
-class Refused(Exception):
+class Refused(Refusal):
     """The bytes are not an image Glance would accept; `reason` is UnsafeImage or InvalidDiskFormat."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,10 @@ they run beside the upload). Memory stays bounded by the part size, whatever the
 
 Nothing becomes visible before it is verified: the multipart upload is completed only when the length,
 the expected hash, the size cap and Glance's format and safety checks (kova.image.formats) pass, and
-aborted otherwise. The record written after it (store.Blob) is what makes the image active. The source
-is opened through the import filter (kova.image.fetch), which refuses what a tenant should not reach.
-This module knows nothing of Kubernetes, so it can run in the operator today and as a Job later (STYLE 6).
+aborted otherwise. The record written after it (kova.image.blob) is what makes the image active. The source
+is opened by a `Source` (kova.adapters.http: through the import filter, which refuses what a tenant should
+not reach) and written to a `Store` (kova.adapters.store). This module knows nothing of Kubernetes, so it
+can run in the operator today and as a Job later (STYLE 6).
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import urllib3
-from minio.datatypes import Part
 
+from kova.api.errors import Refusal
 from kova.image import formats
-from kova.image.fetch import ExportFetcher, Fetcher, NotAllowed
-from kova.store import Blob, ObjectStore
+from kova.image.blob import Blob
+from kova.image.filter import NotAllowed
 
 PART_SIZE = 16 * 1024 * 1024
 MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
@@ -36,12 +37,8 @@ PERMANENT_HTTP = {400, 401, 403, 404, 410, 451}
 DEFAULT_SIZE_CAP = 1 << 40  # Glance's image_size_cap: 1 TiB
 
 
-class ImportFailed(Exception):
+class ImportFailed(Refusal):
     """The source cannot give a good image (Glance kills the image)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 class SourceUnavailable(Exception):
@@ -50,6 +47,23 @@ class SourceUnavailable(Exception):
 
 class Cancelled(Exception):
     """The import was stopped from outside (the Image is being deleted, or the operator stops)."""
+
+
+class Store(Protocol):
+    """The object store as the pipeline writes it: a multipart upload, then the record (kova.adapters.store)."""
+
+    def pending_uploads(self, uid: str) -> list[str]: ...
+    def begin(self, uid: str, metadata: dict[str, str]) -> str: ...
+    def upload_part(self, uid: str, upload_id: str, number: int, data: bytes) -> Any: ...
+    def complete(self, uid: str, upload_id: str, parts: list[Any]) -> None: ...
+    def abort(self, uid: str, upload_id: str) -> None: ...
+    def write_record(self, uid: str, blob: Blob) -> None: ...
+
+
+class Source(Protocol):
+    """Opens a GET (kova.adapters.http); raises NotAllowed for what the import filter refuses."""
+
+    def open(self, url: str) -> Any: ...
 
 
 @dataclass
@@ -83,17 +97,6 @@ def parse_checksum(value: str | None) -> tuple[str, str] | None:
     return algorithm.lower(), digest.lower()
 
 
-def parse_size(text: str) -> int:
-    """Bytes from `1099511627776`, or a Kubernetes-style quantity such as `10Gi` or `1Ti`."""
-    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50,
-             "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}
-    text = text.strip()
-    for suffix, factor in sorted(units.items(), key=lambda u: -len(u[0])):
-        if text.endswith(suffix):
-            return int(text[: -len(suffix)]) * factor
-    return int(text)
-
-
 def part_size_for(total: int | None, minimum: int = PART_SIZE) -> int:
     """Parts of `minimum` bytes reach MAX_PARTS times that (156 GiB for 16 MiB); a larger announced image
     gets parts just large enough, in whole MiB (each import holds up to three parts in memory)."""
@@ -102,8 +105,8 @@ def part_size_for(total: int | None, minimum: int = PART_SIZE) -> int:
     return max(minimum, -(-total // (MAX_PARTS << 20)) << 20)
 
 
-def import_url(store: ObjectStore, uid: str, url: str, disk_format: str, checksum: str | None, *,
-               fetcher: Fetcher | ExportFetcher, size_cap: int = DEFAULT_SIZE_CAP,
+def import_url(store: Store, uid: str, url: str, disk_format: str, checksum: str | None, *,
+               fetcher: Source, size_cap: int = DEFAULT_SIZE_CAP,
                progress: ImportProgress | None = None, cancelled: Callable[[], bool] = lambda: False,
                part_size: int = PART_SIZE) -> Blob:
     progress = progress or ImportProgress()
@@ -136,7 +139,7 @@ def import_url(store: ObjectStore, uid: str, url: str, disk_format: str, checksu
         resp.close()
 
 
-def import_chunks(store: ObjectStore, uid: str, chunks: Iterator[bytes], disk_format: str, *, source: str,
+def import_chunks(store: Store, uid: str, chunks: Iterator[bytes], disk_format: str, *, source: str,
                   size: int | None = None, size_cap: int = DEFAULT_SIZE_CAP, progress: ImportProgress | None = None,
                   part_size: int = PART_SIZE) -> Blob:
     """Glance's image-upload: bytes sent by a client (the image API) through the same verified pipeline as
@@ -181,13 +184,13 @@ def _read(resp: Any, url: str, progress: ImportProgress, cancelled: Callable[[],
         yield chunk
 
 
-def _stream(store: ObjectStore, uid: str, url: str, chunks: Iterator[bytes], disk_format: str,
+def _stream(store: Store, uid: str, url: str, chunks: Iterator[bytes], disk_format: str,
             expected: tuple[str, str] | None, progress: ImportProgress, part_size: int) -> Blob:
     hashers = {name: _Hasher(name) for name in {"md5", "sha512", *((expected[0],) if expected else ())}}
     upload_id = store.begin(uid, {"kova-source": url[:1024]})
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="upload")
     inflight: deque[Future[Any]] = deque()
-    parts: list[Part] = []
+    parts: list[Any] = []
     inspector = formats.StreamInspector()
     buffer: list[bytes] = []
     buffered = 0

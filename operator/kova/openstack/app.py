@@ -2,7 +2,7 @@
 
 Thin HTTP handlers: each reads the request, calls kova.openstack.glance / keystone (and the same status and
 import functions the operator uses), and writes Glance's answer. Reads and writes of Images go to
-kube-apiserver with the caller's own token (kova.openstack.kubeapi); only three things use the API's own
+kube-apiserver with the caller's own token (kova.adapters.kubeapi); only three things use the API's own
 ServiceAccount: reading Images of *other* namespaces that Glance's visibility lets the caller see
 (public, community, shared with its project), writing an Image's status after an upload or a member's
 answer, and posting Events. The bytes go to and from the object store with the store's credentials,
@@ -23,16 +23,17 @@ from typing import Any
 from aiohttp import web
 from kubernetes.aio.client.exceptions import ApiException
 
-from kova.builders import observe_image
-from kova.conditions import Progress
-from kova.handlers.common import publish
+from kova.adapters.informer import Body, Informer, object_key
+from kova.adapters.kubeapi import ApiError, Apiserver, Caller
+from kova.adapters.runtime import Runtime
+from kova.adapters.status import publish
+from kova.api.conditions import Progress
+from kova.api.models import IMAGE, VERSION, GlanceStatus, MemberStatus, Visibility
+from kova.api.resources import IMAGES
 from kova.image import importer
-from kova.informer import Body, Informer, object_key
-from kova.models import IMAGE, VERSION, GlanceStatus, MemberStatus, Visibility
+from kova.image.rules import observe_image
 from kova.openstack import glance, keystone
 from kova.openstack.glance import GlanceError
-from kova.openstack.kubeapi import ApiError, Apiserver, Caller
-from kova.runtime import IMAGES, Runtime
 
 log = logging.getLogger("kova.api")
 
@@ -595,10 +596,10 @@ def application(api: Api) -> web.Application:
 
 async def make(public_url: str | None = None, kubeconfig: str | None = None) -> web.Application:
     """The application with its clients: the caller-token pool, and the API's own account and store."""
-    from kova.kube import Kube
-    from kova.openstack.kubeapi import Cluster
-    from kova.runtime import Settings
-    from kova.store import ObjectStore
+    from kova.adapters.kube import Kube
+    from kova.adapters.kubeapi import Cluster
+    from kova.adapters.runtime import Settings
+    from kova.adapters.store import ObjectStore
 
     settings = Settings.from_env()
     kube = await Kube.connect(kubeconfig)

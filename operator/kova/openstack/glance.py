@@ -12,8 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kova.builders import image_visible_to
-from kova.models import ContainerFormat, DiskFormat, GlanceStatus, ImageSpec, MemberStatus, Visibility
+from kova.api.errors import StatusError
+from kova.api.models import ContainerFormat, DiskFormat, GlanceStatus, ImageSpec, MemberStatus, Visibility
+from kova.image.rules import image_visible_to
 
 UUID = "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$"
 DEFAULT_LIMIT = 25
@@ -30,15 +31,8 @@ PATCH_TYPES = ("application/openstack-images-v2.1-json-patch", "application/open
 K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
-@dataclass
-class GlanceError(Exception):
+class GlanceError(StatusError):
     """An answer Glance would give instead of the document: its HTTP status and explanation."""
-
-    status: int
-    message: str
-
-    def __str__(self) -> str:
-        return self.message
 
 
 # ------------------------------------------------------------------------------------------- documents

@@ -2,26 +2,38 @@
 
 `reconcile` (create/update/resume) only observes and writes status; `run_import` (a Kopf daemon, one per
 Image) moves the bytes in a worker thread and stops when the Image is deleted or the operator stops.
+
+Nova's createImage is an Image whose source is an Instance (`run_snapshot`): KubeVirt serves a stopped
+VirtualMachine's volumes over HTTPS (VirtualMachineExport). Kova generates the export's token itself and
+hands it over in a Secret it creates, so it never needs to read a Secret. The export link is then read
+through the same verified import as a web-download (hashes, format inspection, size cap, nothing visible
+before it is verified). The Instance is stopped while its disk is exported, as in Nova's cold snapshot
+(kova.compute.lifecycle), and started again once the Image has its data. The export and its Secret are
+owned by the Image and deleted when the copy is done (kova.compute.snapshot decides what they are).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import secrets
 from typing import Any
 
 import kopf
 
-from kova import metrics
-from kova.builders import ImageView, killed_view, observe_image
-from kova.handlers.common import publish
+from kova.adapters import metrics
+from kova.adapters.http import ExportFetcher, Fetcher
+from kova.adapters.runtime import ImportState, Runtime
+from kova.adapters.status import publish
+from kova.api.errors import Refusal
+from kova.api.models import ImageSpec, SnapshotOrigin
+from kova.api.resources import IMAGES, INSTANCES, VIRTUAL_MACHINE_EXPORTS
+from kova.compute import snapshot
 from kova.image import importer
-from kova.image.fetch import ExportFetcher, Fetcher
-from kova.models import GlanceStatus, ImageSpec
-from kova.runtime import IMAGES, ImportState, Runtime
+from kova.image.rules import DONE, ImageView, killed_view, observe_image, parse_image_ref, protected_refusal
 
 PROGRESS_EVERY = 5.0  # seconds between progress checks while importing (a write only on a 10% step)
+EXPORT_POLL = 2.0  # seconds between looks at an export that is not ready yet
 
 
 async def reconcile(rt: Runtime, namespace: str, name: str,
@@ -51,16 +63,10 @@ async def _write(rt: Runtime, obj: dict[str, Any], view: ImageView) -> None:
                   message=view.message, fields=view.fields)
 
 
-DONE = (GlanceStatus.active, GlanceStatus.killed, GlanceStatus.deactivated)
-
-
 Log = logging.Logger | logging.LoggerAdapter[Any]
-# Moves a snapshot's bytes (kova.handlers.snapshot); True when it asks for another attempt.
-Snapshotter = Callable[[Runtime, dict[str, Any], kopf.DaemonStopped, Log], Awaitable[bool]]
 
 
-async def run_import(rt: Runtime, namespace: str, name: str, stopped: kopf.DaemonStopped, logger: Log,
-                     snapshot: Snapshotter | None = None) -> None:
+async def run_import(rt: Runtime, namespace: str, name: str, stopped: kopf.DaemonStopped, logger: Log) -> None:
     """The import daemon: returns once the image is active or killed, or when told to stop."""
     while not stopped:
         seen = await reconcile(rt, namespace, name)
@@ -68,9 +74,7 @@ async def run_import(rt: Runtime, namespace: str, name: str, stopped: kopf.Daemo
         if seen is None or seen[0].status in DONE or not (source.get("url") or source.get("instance")):
             return  # done, or its data comes through the image API (kova.openstack), not from a URL
         if source.get("instance"):
-            if snapshot is None:
-                return
-            again = await snapshot(rt, seen[1], stopped, logger)
+            again = await run_snapshot(rt, seen[1], stopped, logger)
         else:
             spec = ImageSpec.model_validate(seen[1]["spec"])
             assert spec.source.url is not None and spec.disk_format is not None  # the API server's rules
@@ -170,8 +174,7 @@ async def kill(rt: Runtime, namespace: str, name: str, reason: str, message: str
 
 async def delete(rt: Runtime, body: kopf.Body, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
     """Remove the blob (the finalizer's job). A protected image is kept until it is unprotected."""
-    spec = body.get("spec") or {}
-    if spec.get("protected"):
+    if protected_refusal(body.get("spec") or {}, body["metadata"]["uid"]):
         message = "the image is protected: set spec.protected to false to let it be deleted"
         kopf.warn(body, reason="DeletionRefused", message=message)
         raise kopf.TemporaryError(message, delay=10)
@@ -179,3 +182,77 @@ async def delete(rt: Runtime, body: kopf.Body, logger: logging.Logger | logging.
     await asyncio.to_thread(rt.store.delete_image, uid)
     rt.imports.pop(uid, None)
     logger.info("removed the image data at %s", rt.store.location(uid))
+
+
+# ---------------------------------------------------------------------------------------------- createImage
+async def run_snapshot(rt: Runtime, obj: dict[str, Any], stopped: kopf.DaemonStopped, logger: Log) -> bool:
+    """One attempt at a snapshot; True when it should be tried again later."""
+    md, spec = obj["metadata"], obj.get("spec") or {}
+    namespace, name = md["namespace"], md["name"]
+    instance_name = spec["source"]["instance"]
+    inst = await rt.kube.get(INSTANCES, instance_name, namespace)
+    state = snapshot.source_state(inst, instance_name, namespace)
+    if isinstance(state, Refusal):
+        await kill(rt, namespace, name, state.reason, state.message)
+        return False
+    if state is not None or inst is None:
+        await reconcile(rt, namespace, name, queued_message=state)
+        return True
+    ist = inst.get("status") or {}
+    origin = SnapshotOrigin(instance_uuid=inst["metadata"]["uid"], base_image_ref=await _image_uid(rt, inst))
+    previous = (obj.get("status") or {}).get("snapshot") or {}
+    if previous.get("export"):
+        # Left by an attempt that died: its token was never stored anywhere, so it cannot be read. A new one.
+        await _remove(rt, namespace, previous["export"])
+    suffix = secrets.token_hex(4)
+    export = snapshot.export_name(name, suffix)
+    origin.export = export
+    written = await rt.kube.patch_status(IMAGES, name, namespace, {"snapshot": origin.dump()})
+    rt.writes.wrote_status(obj, written)
+    token = secrets.token_urlsafe(32)
+    secret, vmexport = snapshot.export_objects(obj, export, ist["virtualMachine"], instance_name, token)
+    await rt.kube.create_secret(secret)
+    try:
+        await rt.kube.create(VIRTUAL_MACHINE_EXPORTS, vmexport)
+        link = await _ready(rt, namespace, name, export, ist.get("dataVolume") or "", instance_name, stopped)
+        if link is None:
+            return False
+        url, ca = link
+        logger.info("reading the export of Instance %s from %s", instance_name, url.split("?")[0])
+        return await import_from(rt, obj, stopped, logger, url, spec.get("diskFormat") or "raw", None,
+                                 ExportFetcher(ca_pem=ca, token=token))
+    finally:
+        await _remove(rt, namespace, export)
+
+
+async def _ready(rt: Runtime, namespace: str, name: str, export: str, volume: str, instance: str,
+                 stopped: kopf.DaemonStopped) -> tuple[str, str] | None:
+    """Wait for KubeVirt to serve the export (the Instance stops for it); None when told to stop."""
+    said = False
+    while not stopped:
+        obj = await rt.kube.get(VIRTUAL_MACHINE_EXPORTS, export, namespace)
+        link = snapshot.export_link(obj or {}, volume)
+        if link is not None:
+            return link
+        if not said:
+            phase = ((obj or {}).get("status") or {}).get("phase") or "Pending"
+            await reconcile(rt, namespace, name, queued_message=f"waiting for KubeVirt to export the root disk of "
+                                                                f"Instance {instance} ({phase}; the instance stops "
+                                                                "for the copy)")
+            said = True
+        await asyncio.sleep(EXPORT_POLL)
+    return None
+
+
+async def _remove(rt: Runtime, namespace: str, export: str) -> None:
+    await rt.kube.delete(VIRTUAL_MACHINE_EXPORTS, export, namespace)
+    await rt.kube.delete_secret(export, namespace)
+
+
+async def _image_uid(rt: Runtime, inst: dict[str, Any]) -> str | None:
+    ref = (inst.get("status") or {}).get("imageRef") or (inst.get("spec") or {}).get("imageRef")
+    if not ref:
+        return None
+    image_ns, image_name = parse_image_ref(ref, inst["metadata"]["namespace"])
+    image = await rt.kube.get(IMAGES, image_name, image_ns)
+    return image["metadata"]["uid"] if image else None

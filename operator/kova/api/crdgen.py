@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from kova.models import GROUP_COMPUTE, GROUP_IMAGE, KINDS, VERSION, KindInfo, Model
+from kova.api.models import GROUP_COMPUTE, GROUP_IMAGE, KINDS, VERSION, KindInfo, Model
 
 _DROP = {"title"}
 

@@ -10,37 +10,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from kova.image.fetch import ImportFilter
-from kova.image.importer import DEFAULT_SIZE_CAP, ImportProgress, parse_size
-from kova.kube import Kube, Resource
-from kova.models import (
-    AVAILABILITY_ZONE,
-    FLAVOR,
-    IMAGE,
-    INSTANCE,
-    KEYPAIR,
-    SECURITY_GROUP,
-    SERVER_GROUP,
-    VERSION,
-    KindInfo,
-)
-from kova.store import ObjectStore, StoreConfig
-from kova.writes import Writes
+from kova.adapters import env
+from kova.adapters.kube import Kube
+from kova.adapters.store import ObjectStore, StoreConfig
+from kova.adapters.writes import Writes
+from kova.image.filter import ImportFilter
+from kova.image.importer import DEFAULT_SIZE_CAP, ImportProgress
 
 log = logging.getLogger("kova")
-
-
-def resource(info: KindInfo) -> Resource:
-    return Resource(info.group, VERSION, info.plural, info.namespaced)
-
-
-FLAVORS = resource(FLAVOR)
-IMAGES = resource(IMAGE)
-INSTANCES = resource(INSTANCE)
-KEYPAIRS = resource(KEYPAIR)
-SECURITY_GROUPS = resource(SECURITY_GROUP)
-SERVER_GROUPS = resource(SERVER_GROUP)
-AVAILABILITY_ZONES = resource(AVAILABILITY_ZONE)
 
 
 @dataclass(frozen=True)
@@ -55,20 +32,17 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
+        try:
+            import_filter = ImportFilter.from_env(os.environ)
+        except ValueError as e:
+            raise env.BadSetting(f"import filter settings (KOVA_IMPORT_*): {e}") from None
         return cls(store=StoreConfig.from_env(),
-                   presign_ttl=dt.timedelta(seconds=int(os.environ.get("KOVA_PRESIGN_TTL", "3600"))),
-                   import_retry_delay=float(os.environ.get("KOVA_IMPORT_RETRY_DELAY", "30")),
-                   import_filter=ImportFilter.from_env(),
-                   size_cap=_size_cap(os.environ.get("KOVA_IMAGE_SIZE_CAP") or str(DEFAULT_SIZE_CAP)),
-                   max_imports=max(1, int(os.environ.get("KOVA_MAX_CONCURRENT_IMPORTS", "4"))),
-                   resize_confirm_window=float(os.environ.get("KOVA_RESIZE_CONFIRM_WINDOW", "0")))
-
-
-def _size_cap(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError:
-        raise RuntimeError(f"KOVA_IMAGE_SIZE_CAP={text!r} is not a size: bytes, or a quantity such as 100Gi") from None
+                   presign_ttl=dt.timedelta(seconds=env.integer("KOVA_PRESIGN_TTL", 3600, minimum=60)),
+                   import_retry_delay=env.number("KOVA_IMPORT_RETRY_DELAY", 30.0),
+                   import_filter=import_filter,
+                   size_cap=env.size("KOVA_IMAGE_SIZE_CAP", DEFAULT_SIZE_CAP),
+                   max_imports=env.integer("KOVA_MAX_CONCURRENT_IMPORTS", 4, minimum=1),
+                   resize_confirm_window=env.number("KOVA_RESIZE_CONFIRM_WINDOW", 0.0))
 
 
 @dataclass

@@ -10,43 +10,19 @@ import datetime as dt
 import json
 import os
 import socket
-from dataclasses import dataclass
 from typing import Any, cast
 
 from kubernetes.aio import client, config
 from kubernetes.aio.client.exceptions import ApiException
 
+from kova.api.errors import StatusError
+from kova.api.resources import SUBRESOURCES, Resource
+
 FIELD_MANAGER = "kova"
 
 
-@dataclass(frozen=True)
-class Resource:
-    group: str
-    version: str
-    plural: str
-    namespaced: bool = True
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}"
-
-
-VIRTUAL_MACHINES = Resource("kubevirt.io", "v1", "virtualmachines")
-VIRTUAL_MACHINE_INSTANCES = Resource("kubevirt.io", "v1", "virtualmachineinstances")
-DATA_VOLUMES = Resource("cdi.kubevirt.io", "v1beta1", "datavolumes")
-VIRTUAL_MACHINE_EXPORTS = Resource("export.kubevirt.io", "v1", "virtualmachineexports")
-PERSISTENT_VOLUME_CLAIMS = Resource("", "v1", "persistentvolumeclaims")  # the core group
-NODES = Resource("", "v1", "nodes", namespaced=False)
-NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies")
-SUBRESOURCES = "/apis/subresources.kubevirt.io/v1"  # virt-api's aggregated API: pause, softreboot, restart
-
-
-class Refused(Exception):
-    """virt-api answered 4xx to an action (409: not in a state for it; 404: no such VMI): `status`, `message`."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+class Refused(StatusError):
+    """virt-api answered 4xx to an action (409: not in a state for it; 404: no such VMI)."""
 
 
 class Kube:

@@ -9,20 +9,14 @@ from typing import Any
 
 import aiohttp
 
-from kova.models import IMAGE, VERSION
+from kova.api.errors import StatusError
+from kova.api.models import IMAGE, VERSION
 
 IMAGES_PATH = f"/apis/{IMAGE.group}/{VERSION}"
 
 
-@dataclass
-class ApiError(Exception):
+class ApiError(StatusError):
     """kube-apiserver's answer to the caller: 401, 403, 404, 409, 422..."""
-
-    status: int
-    message: str
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclass(frozen=True)

@@ -22,18 +22,8 @@ from minio import Minio
 from minio.datatypes import Part
 from minio.error import S3Error
 
-
-@dataclass(frozen=True)
-class Blob:
-    """What was verified about an image's bytes while they streamed into the store."""
-
-    size: int
-    md5: str
-    sha512: str
-    sha256: str | None
-    disk_format: str
-    virtual_size: int | None
-    source: str
+from kova.adapters import env
+from kova.image.blob import Blob
 
 
 @dataclass(frozen=True)
@@ -52,12 +42,12 @@ class StoreConfig:
         def need(name: str) -> str:
             value = os.environ.get(name)
             if not value:
-                raise RuntimeError(f"${name} is not set (see README: configuration)")
+                raise env.BadSetting(f"{name} is not set (see README: configuration)")
             return value
 
         return cls(endpoint=need("KOVA_S3_ENDPOINT"), access_key=need("KOVA_S3_ACCESS_KEY"),
                    secret_key=need("KOVA_S3_SECRET_KEY"), bucket=os.environ.get("KOVA_S3_BUCKET", "kova-images"),
-                   secure=os.environ.get("KOVA_S3_SECURE", "false").lower() in ("1", "true", "yes"),
+                   secure=env.flag("KOVA_S3_SECURE", False),
                    region=os.environ.get("KOVA_S3_REGION") or None,
                    public_endpoint=os.environ.get("KOVA_S3_PUBLIC_ENDPOINT") or None)
 

@@ -21,7 +21,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from kova.kube import Kube, Resource
+from kova.adapters.kube import Kube
+from kova.api.resources import Resource
 
 Key = tuple[str, str, str]
 log = logging.getLogger(__name__)

@@ -14,14 +14,20 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kova.builders import MANAGED_BY, owner_reference
+from kova.adapters.runtime import Runtime
+from kova.adapters.status import publish
+from kova.api.conditions import Progress
+from kova.api.models import KeyPairSpec, SecurityGroupSpec
+from kova.api.resources import (
+    AVAILABILITY_ZONES,
+    KEYPAIRS,
+    MANAGED_BY,
+    NETWORK_POLICIES,
+    SECURITY_GROUPS,
+    SERVER_GROUPS,
+    owner_reference,
+)
 from kova.compute import access
-from kova.compute.guest import DEFAULT_GROUP
-from kova.conditions import Progress
-from kova.handlers.common import publish
-from kova.kube import NETWORK_POLICIES
-from kova.models import KeyPairSpec, SecurityGroupSpec
-from kova.runtime import AVAILABILITY_ZONES, KEYPAIRS, SECURITY_GROUPS, SERVER_GROUPS, Runtime
 
 
 async def reconcile_keypair(rt: Runtime, namespace: str, name: str) -> None:
@@ -82,18 +88,6 @@ async def reconcile_security_group(rt: Runtime, namespace: str, name: str) -> No
                       message=f"NetworkPolicy {policy['metadata']['name']} selects its Instances"
                               + (f"; {len(notes)} note(s)" if notes else ""),
                       fields={"networkPolicy": policy["metadata"]["name"], "notes": notes})
-
-
-async def ensure_default_group(rt: Runtime, namespace: str) -> None:
-    """Neutron's `default` group, for Instances that name none: made once per namespace and process, and
-    only when no SecurityGroup of that name says otherwise."""
-    if namespace in rt.default_groups:
-        return
-    if await rt.kube.get(SECURITY_GROUPS, DEFAULT_GROUP, namespace) is None:
-        policy, _ = access.network_policy(namespace, DEFAULT_GROUP, access.default_group())
-        policy["metadata"]["labels"] = dict(MANAGED_BY)
-        await rt.writes.ensure(NETWORK_POLICIES, policy, None)
-    rt.default_groups.add(namespace)
 
 
 async def reconcile_server_group(rt: Runtime, namespace: str, name: str, members: list[str]) -> None:

@@ -6,15 +6,10 @@ so a re-reconcile that changes nothing writes nothing new.
 
 from __future__ import annotations
 
-import datetime as dt
 from enum import Enum
 from typing import Any
 
 Conditions = list[dict[str, Any]]
-
-
-def utcnow() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def set_condition(conditions: Conditions, type_: str, status: bool | str, reason: str, message: str,
@@ -29,10 +24,6 @@ def set_condition(conditions: Conditions, type_: str, status: bool | str, reason
         new["observedGeneration"] = generation
     return [*(c for c in conditions if c.get("type") != type_), new] if old is None else [
         new if c.get("type") == type_ else c for c in conditions]
-
-
-def get_condition(conditions: Conditions, type_: str) -> dict[str, Any] | None:
-    return next((c for c in conditions if c.get("type") == type_), None)
 
 
 class Progress(Enum):

@@ -21,9 +21,10 @@ from typing import Any
 import aiohttp
 from kubernetes.aio.client.exceptions import ApiException
 
-from kova.kube import Kube, Resource
+from kova.adapters.kube import Kube
+from kova.api.resources import Resource
 
-log = logging.getLogger("kova.informer")
+log = logging.getLogger("kova.adapters.informer")
 
 Body = dict[str, Any]
 Listener = Callable[[Body | None, Body | None], None]  # (old, new): added, changed or deleted

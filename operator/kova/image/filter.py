@@ -7,7 +7,7 @@ and keep the answer as an image to boot or download. Every hop is checked before
 - the scheme and the port must be allowed;
 - the host is resolved once, each address is checked, and the connection goes to the checked address
   (Host header and TLS name still the URL's), so a DNS answer that changes in between is never used;
-- redirects are followed here, at most MAX_REDIRECTS, each hop checked the same way.
+- redirects are followed hop by hop (kova.adapters.http), each hop checked the same way.
 
 Addresses are refused by default when they are not public: loopback, link-local, private, unspecified,
 multicast, reserved (also inside IPv4-mapped, 6to4, Teredo and NAT64 IPv6 addresses). Operators add
@@ -21,22 +21,16 @@ entry is more specific than the default ranges, so an allow entry opens a privat
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
-import socket
+import socket  # inet_aton only: parsing, no lookup
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import urljoin, urlsplit
-
-import urllib3
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], list[str]]
-MAX_REDIRECTS = 5
 DEFAULT_PORTS = {"http": 80, "https": 443}
-_REDIRECTS = {301, 302, 303, 307, 308}
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _LEGACY_IPV4 = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+)){0,3}$", re.IGNORECASE)
 
@@ -158,13 +152,11 @@ class ImportFilter:
         return cls(wanted, port_set, _rules(allowed), _rules(denied))
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> ImportFilter:
-        try:
-            return cls.parse(env.get("KOVA_IMPORT_ALLOWED_SCHEMES", "http,https"),
-                             env.get("KOVA_IMPORT_ALLOWED_PORTS", ""), env.get("KOVA_IMPORT_ALLOWED_HOSTS", ""),
-                             env.get("KOVA_IMPORT_DENIED_HOSTS", ""))
-        except ValueError as e:
-            raise RuntimeError(f"import filter settings: {e}") from e
+    def from_env(cls, env: Mapping[str, str]) -> ImportFilter:
+        """Raises ValueError naming what is wrong."""
+        return cls.parse(env.get("KOVA_IMPORT_ALLOWED_SCHEMES", "http,https"),
+                         env.get("KOVA_IMPORT_ALLOWED_PORTS", ""), env.get("KOVA_IMPORT_ALLOWED_HOSTS", ""),
+                         env.get("KOVA_IMPORT_DENIED_HOSTS", ""))
 
     def refusal(self, host: str, ip: IPAddress, port: int) -> str | None:
         """Why a connection to `ip`:`port` for `host` is refused, or None when it is allowed."""
@@ -192,12 +184,7 @@ class Target:
     path: str
 
 
-def system_resolver(host: str, port: int) -> list[str]:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-def check(url: str, rules: ImportFilter, resolve: Resolver = system_resolver) -> Target:
+def check(url: str, rules: ImportFilter, resolve: Resolver) -> Target:
     """Check one hop; resolves the host name once. Raises NotAllowed, or OSError when resolution fails."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -226,62 +213,3 @@ def check(url: str, rules: ImportFilter, resolve: Resolver = system_resolver) ->
     raise NotAllowed(f"{url}: " + ("; ".join(refusals) if refusals else f"{host} has no address"))
 
 
-@dataclass
-class Fetcher:
-    """Opens a checked GET, following redirects hop by hop. One pool per hop: nothing is reused across
-    hosts, and the pool's host is the checked address."""
-
-    rules: ImportFilter = field(default_factory=ImportFilter)
-    resolve: Resolver = system_resolver
-    timeout: urllib3.Timeout = field(default_factory=lambda: urllib3.Timeout(connect=10, read=60))
-
-    def open(self, url: str) -> Any:
-        """The response to GET `url` (not redirected), streaming. Raises NotAllowed, or urllib3/OSError
-        errors for failures that may pass."""
-        for _ in range(MAX_REDIRECTS + 1):
-            target = check(url, self.rules, self.resolve)
-            resp = self._get(target)
-            location = resp.headers.get("Location")
-            if resp.status not in _REDIRECTS or not location:
-                return resp
-            resp.close()  # not drained: a redirect's body could be endless
-            url = urljoin(url, location)
-        raise NotAllowed(f"more than {MAX_REDIRECTS} redirects, the last to {url}")
-
-    def _get(self, target: Target) -> Any:
-        default = target.port == DEFAULT_PORTS[target.scheme]
-        shown = f"[{target.host}]" if ":" in target.host else target.host
-        headers = {"Host": shown if default else f"{shown}:{target.port}", "User-Agent": "kova-image-import"}
-        pool: urllib3.HTTPConnectionPool
-        if target.scheme == "https":
-            pool = urllib3.HTTPSConnectionPool(str(target.ip), target.port, timeout=self.timeout, maxsize=1,
-                                               retries=False, server_hostname=target.host,
-                                               assert_hostname=target.host, cert_reqs="CERT_REQUIRED")
-        else:
-            pool = urllib3.HTTPConnectionPool(str(target.ip), target.port, timeout=self.timeout, maxsize=1,
-                                              retries=False)
-        return pool.urlopen("GET", target.path, headers=headers, redirect=False, retries=False,
-                            preload_content=False, enforce_content_length=True, assert_same_host=False)
-
-
-@dataclass
-class ExportFetcher:
-    """KubeVirt's export server (a snapshot's source). Its URL and CA come from the VirtualMachineExport's
-    status, which KubeVirt writes (a tenant cannot), so it is not passed through the tenant-URL filter above:
-    it is the cluster's own service, reached with TLS verified against that CA, the token Kova generated in
-    the `x-kubevirt-export-token` header, and no redirects."""
-
-    ca_pem: str
-    token: str
-    timeout: urllib3.Timeout = field(default_factory=lambda: urllib3.Timeout(connect=10, read=60))
-
-    def open(self, url: str) -> Any:
-        parts = urlsplit(url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise NotAllowed(f"an export link must be https, not {url}")
-        pool = urllib3.HTTPSConnectionPool(parts.hostname, parts.port or 443, timeout=self.timeout, maxsize=1,
-                                           retries=False, cert_reqs="CERT_REQUIRED", ca_cert_data=self.ca_pem)
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
-        return pool.urlopen("GET", path, headers={"x-kubevirt-export-token": self.token,
-                                                  "User-Agent": "kova-image-snapshot"},
-                            redirect=False, retries=False, preload_content=False, enforce_content_length=True)

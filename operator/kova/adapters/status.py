@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from kova.conditions import Progress, summarize, utcnow
-from kova.kube import Resource
-from kova.runtime import Runtime
+from kova.adapters.runtime import Runtime
+from kova.api.clock import utcnow
+from kova.api.conditions import Progress, summarize
+from kova.api.resources import Resource
 
 
 async def publish(rt: Runtime, res: Resource, obj: dict[str, Any], *, word: str | None, progress: Progress,
@@ -15,7 +16,7 @@ async def publish(rt: Runtime, res: Resource, obj: dict[str, Any], *, word: str 
     """Write the status of `obj` when a user would see a change, with an Event for each milestone.
 
     `obj` may come from a watch cache that has not caught up with Kova's last write yet: the newest of
-    the two is what the change is measured against (kova.writes). With `precondition`, the write fails
+    the two is what the change is measured against (kova.adapters.writes). With `precondition`, the write fails
     (409) when the object changed since `obj` was read: a claim only one writer may win."""
     md = obj["metadata"]
     previous = rt.writes.last_status(obj)

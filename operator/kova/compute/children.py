@@ -1,8 +1,6 @@
-"""Pure functions from Kova objects to the children they want, and from the children back to a status.
-
-Nothing here talks to a server: given the same inputs the same dicts come out, so every rule is
-unit-tested without a cluster (tests/unit/test_builders.py).
-"""
+"""The children an Instance wants (a CDI DataVolume per disk, a KubeVirt VirtualMachine), as pure functions
+of its spec, flavor and guest: the same inputs give the same dicts, so every rule is unit-tested without a
+cluster (tests/unit/test_builders.py, and test_guest.py against KubeVirt's schema)."""
 
 from __future__ import annotations
 
@@ -11,48 +9,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from kova.api import clock
+from kova.api.models import GROUP_COMPUTE, FlavorSpec, InstanceSpec, ServerGroupPolicy
+from kova.api.resources import MANAGED_BY, owner_reference
 from kova.compute import guest
-from kova.conditions import Progress
-from kova.models import (
-    GROUP_COMPUTE,
-    FlavorSpec,
-    GlanceStatus,
-    ImageSpec,
-    InstanceSpec,
-    ServerGroupPolicy,
-    Visibility,
-)
-from kova.store import Blob
 
-GiB = 1024**3
-MANAGED_BY = {"app.kubernetes.io/managed-by": "kova"}
 INSTANCE_LABEL = f"{GROUP_COMPUTE}/instance"
 SERVER_METADATA = f"{GROUP_COMPUTE}/server-metadata"
 DISK_IMAGE_ANNOTATION = f"{GROUP_COMPUTE}/image-uid"
-
-
-# ---------------------------------------------------------------------------------------------- rules
-def parse_image_ref(ref: str, namespace: str) -> tuple[str, str]:
-    """`name` → (namespace, name); `other/name` → (other, name)."""
-    ns, _, name = ref.rpartition("/")
-    return (ns or namespace, name)
-
-
-def image_visible_to(spec: ImageSpec, image_namespace: str, namespace: str) -> bool:
-    """Glance visibility across namespaces (a namespace plays the part of a Keystone project)."""
-    if namespace == image_namespace or spec.visibility in (Visibility.public, Visibility.community):
-        return True
-    return spec.visibility is Visibility.shared and namespace in spec.members
-
-
-def flavor_usable_in(spec: FlavorSpec, namespace: str) -> bool:
-    return spec.public or namespace in spec.access
-
-
-# ---------------------------------------------------------------------------------------------- children
-def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
-            "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
 
 
 def child_metadata(instance: dict[str, Any], name: str) -> dict[str, Any]:
@@ -184,61 +148,7 @@ def image_link_expired(dv: dict[str, Any], ttl: dt.timedelta, now: dt.datetime) 
     if status.get("phase") != "Failed":
         return False
     reasons = {c.get("reason") for c in status.get("conditions", [])}
-    created = dt.datetime.fromisoformat(dv["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+    created = clock.parse(dv["metadata"]["creationTimestamp"])
     return "Forbidden" in reasons and now - created >= ttl
 
 
-# ---------------------------------------------------------------------------------------------- status
-# ---------------------------------------------------------------------------------------------- Image
-@dataclass
-class ImageView:
-    status: GlanceStatus
-    progress: Progress
-    reason: str
-    message: str
-    fields: dict[str, Any] = field(default_factory=dict)
-
-
-def observe_image(blob: Blob | None, location: str, previous: dict[str, Any], importing: bool,
-                  done: int, total: int | None, passing_error: str | None, deactivated: bool = False,
-                  queued_message: str | None = None, upload_id: str | None = None) -> ImageView:
-    """Glance's status word and kstatus verdict, from what the store holds and what the importer is doing.
-
-    The store's record is the truth for `active`; `killed` is kept from the previous status, since an
-    image's source never changes and Glance does not retry a killed image. Progress moves in 10% steps
-    and the message does not count bytes, so a status write happens only when a user sees a change.
-    An image whose data comes through the image API (`upload_id`: its id there) waits in `queued` until it
-    arrives; while the API receives it the API itself says `saving`, and the operator leaves that alone.
-    """
-    if blob is not None:
-        word, reason = (GlanceStatus.deactivated, "Deactivated") if deactivated else (GlanceStatus.active, "Active")
-        return ImageView(word, Progress.READY, reason, f"{blob.size} bytes stored", {
-            "size": blob.size, "virtualSize": blob.virtual_size, "checksum": blob.md5, "osHashAlgo": "sha512",
-            "osHashValue": blob.sha512, "detectedFormat": blob.disk_format, "progress": "100%",
-            "location": location, "message": None})
-    if previous.get("status") == GlanceStatus.killed:
-        ready: dict[str, Any] = next(
-            (c for c in previous.get("conditions", []) if c.get("type") == "Ready"), {})
-        return ImageView(GlanceStatus.killed, Progress.STALLED, ready.get("reason", "ImportFailed"),
-                         previous.get("message") or ready.get("message", "import failed"))
-    if importing:
-        pct = f"{min(100, 100 * done // total) // 10 * 10}%" if total else None
-        message = f"importing {total} bytes from the source" if total else "importing from the source"
-        if passing_error:
-            message = f"import will be retried: {passing_error}"
-        return ImageView(GlanceStatus.importing, Progress.RECONCILING, "Importing", message,
-                         {"progress": pct, "message": passing_error})
-    if upload_id is not None:
-        if previous.get("status") == GlanceStatus.saving:
-            return ImageView(GlanceStatus.saving, Progress.RECONCILING, "Saving",
-                             "receiving the data through the image API")
-        return ImageView(GlanceStatus.queued, Progress.RECONCILING, "WaitingForData",
-                         previous.get("message") or "waiting for the data: upload it through the image API "
-                         f"(kova image upload, or PUT /v2/images/{upload_id}/file)")
-    return ImageView(GlanceStatus.queued, Progress.RECONCILING, "Queued",
-                     queued_message or "waiting for the import to start")
-
-
-def killed_view(reason: str, message: str) -> ImageView:
-    return ImageView(GlanceStatus.killed, Progress.STALLED, reason, message,
-                     {"message": message, "progress": None, "location": None})

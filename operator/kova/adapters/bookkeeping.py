@@ -54,3 +54,13 @@ class MemoryProgressStorage(kopf.AnnotationsProgressStorage):
 
     def forget(self, uid: str) -> None:
         self.records.pop(uid, None)
+
+
+# One of each per process: Kopf's settings point at them, and a deleted object's records go with it.
+DIFFBASE = MemoryDiffBaseStorage()
+PROGRESS = MemoryProgressStorage(prefix="kova.dev")
+
+
+def forget(uid: str) -> None:
+    DIFFBASE.forget(uid)
+    PROGRESS.forget(uid)

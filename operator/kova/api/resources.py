@@ -1,0 +1,63 @@
+"""Every resource Kova reads or writes, named once, and the metadata it puts on what it owns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kova.api.models import (
+    AVAILABILITY_ZONE,
+    FLAVOR,
+    IMAGE,
+    INSTANCE,
+    KEYPAIR,
+    SECURITY_GROUP,
+    SERVER_GROUP,
+    VERSION,
+    KindInfo,
+)
+
+
+@dataclass(frozen=True)
+class Resource:
+    group: str
+    version: str
+    plural: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+
+def resource(info: KindInfo) -> Resource:
+    return Resource(info.group, VERSION, info.plural, info.namespaced)
+
+
+# Kova's own kinds.
+FLAVORS = resource(FLAVOR)
+IMAGES = resource(IMAGE)
+INSTANCES = resource(INSTANCE)
+KEYPAIRS = resource(KEYPAIR)
+SECURITY_GROUPS = resource(SECURITY_GROUP)
+SERVER_GROUPS = resource(SERVER_GROUP)
+AVAILABILITY_ZONES = resource(AVAILABILITY_ZONE)
+
+# KubeVirt's, CDI's and Kubernetes' own.
+VIRTUAL_MACHINES = Resource("kubevirt.io", "v1", "virtualmachines")
+VIRTUAL_MACHINE_INSTANCES = Resource("kubevirt.io", "v1", "virtualmachineinstances")
+DATA_VOLUMES = Resource("cdi.kubevirt.io", "v1beta1", "datavolumes")
+VIRTUAL_MACHINE_EXPORTS = Resource("export.kubevirt.io", "v1", "virtualmachineexports")
+PERSISTENT_VOLUME_CLAIMS = Resource("", "v1", "persistentvolumeclaims")  # the core group
+NODES = Resource("", "v1", "nodes", namespaced=False)
+NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies")
+SUBRESOURCES = "/apis/subresources.kubevirt.io/v1"  # virt-api's aggregated API: pause, softreboot, restart
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "kova"}
+MANAGED_BY_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
+
+
+def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
+    """A controller reference: the child goes with its owner (Kubernetes' garbage collector)."""
+    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
+            "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}

@@ -1,0 +1,152 @@
+"""The operator's caches and what their events set off: one watch per kind (kova.adapters.informer), listed
+before Kopf starts, so that no handler ever reads a cache that is not filled yet. Child events reconcile
+their Instance; Flavor, Image, KeyPair, ServerGroup and zone events wake the Instances that wait for them;
+Node events keep the AvailabilityZones; what this process remembers of an object goes with the object."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable
+from typing import Any, cast
+
+from kova.adapters import bookkeeping, metrics
+from kova.adapters.informer import Body, Coalescer, Informer, Listener, View, object_key
+from kova.adapters.kube import Kube
+from kova.adapters.runtime import Runtime
+from kova.api.resources import (
+    AVAILABILITY_ZONES,
+    DATA_VOLUMES,
+    FLAVORS,
+    IMAGES,
+    INSTANCES,
+    KEYPAIRS,
+    MANAGED_BY_SELECTOR,
+    NODES,
+    PERSISTENT_VOLUME_CLAIMS,
+    SERVER_GROUPS,
+    VIRTUAL_MACHINE_INSTANCES,
+    VIRTUAL_MACHINES,
+    Resource,
+)
+from kova.compute.children import INSTANCE_LABEL
+from kova.compute.snapshot import snapshot_running
+from kova.controllers import access, instance
+
+
+async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
+    """One watch per kind (per served namespace), each listed before this returns."""
+    namespaces: list[str | None] = list(memo.get("namespaces") or []) or [None]
+
+    def view(res: Resource, fields: tuple[str, ...], selector: str | None = None) -> View:
+        return View([Informer(kube, res, fields=fields, namespace=n, label_selector=selector)
+                     for n in (namespaces if res.namespaced else [None])])
+
+    views = {"flavors": view(FLAVORS, ("spec",)), "images": view(IMAGES, ("spec", "status")),
+             "instances": view(INSTANCES, ("spec", "status")),
+             "datavolumes": view(DATA_VOLUMES, ("status",), MANAGED_BY_SELECTOR),  # phase, progress: small
+             # The desired VirtualMachine is compared with the whole of it (kova.adapters.writes).
+             "vms": view(VIRTUAL_MACHINES, ("spec", "status"), MANAGED_BY_SELECTOR),
+             "vmis": view(VIRTUAL_MACHINE_INSTANCES, ("status",), MANAGED_BY_SELECTOR),
+             # Root disks' claims (CDI gives them the DataVolume's labels): their size, for resizes.
+             "pvcs": view(PERSISTENT_VOLUME_CLAIMS, ("spec", "status"), MANAGED_BY_SELECTOR),
+             "keypairs": view(KEYPAIRS, ("status",)), "servergroups": view(SERVER_GROUPS, ("spec",)),
+             "zones": view(AVAILABILITY_ZONES, ("status",)),
+             "nodes": view(NODES, ("spec", "status"))}
+    cache = instance.Caches(flavors=views["flavors"], images=views["images"], instances=views["instances"],
+                            datavolumes=views["datavolumes"], vms=views["vms"], vmis=views["vmis"],
+                            pvcs=views["pvcs"], keypairs=views["keypairs"], servergroups=views["servergroups"],
+                            zones=views["zones"])
+
+    async def reconcile(key: Hashable) -> None:
+        namespace, name = cast(tuple[str, str], key)
+        with metrics.reconciling("Instance"):
+            await instance.reconcile(runtime, cache, namespace, name)
+    kicks = Coalescer(reconcile, "Instance reconcile")
+
+    def wake(key: tuple[str, str], seconds: float) -> None:
+        asyncio.get_running_loop().call_later(seconds, kicks.kick, key)
+    cache.wake = wake
+
+    def child(res: Resource, fields: tuple[str, ...]) -> Listener:
+        def changed(old: Body | None, new: Body | None) -> None:
+            md = (new or old or {})["metadata"]
+            runtime.writes.seen(res, md["namespace"], md["name"], deleted=new is None)
+            owner = (md.get("labels") or {}).get(INSTANCE_LABEL)
+            # Only a change of what reconciles read (a label KubeVirt writes on a VMI is not): one reconcile
+            # less. Any change of a VM counts: Kova puts back its hand-edited labels and annotations too.
+            if owner and (old is None or new is None or not fields or any(old.get(f) != new.get(f) for f in fields)):
+                kicks.kick((md["namespace"], owner))
+        return changed
+
+    def dependency(kind: str) -> Listener:
+        def changed(old: Body | None, new: Body | None) -> None:
+            for waiter in cache.waiters((kind, *object_key(new or old or {}))):
+                kicks.kick(waiter)
+            if new is None:
+                forget(old)
+        return changed
+
+    def forget(old: Body | None) -> None:
+        uid = ((old or {}).get("metadata") or {}).get("uid")
+        if uid:
+            bookkeeping.forget(uid)
+            runtime.writes.forget_status(uid)
+
+    def snapshot(old: Body | None, new: Body | None) -> None:
+        """An Image made from an Instance stops that Instance while it runs (kova.compute.lifecycle)."""
+        for body in (old, new):
+            source = ((body or {}).get("spec") or {}).get("source") or {}
+            if body is not None and source.get("instance"):
+                key = (body["metadata"]["namespace"], source["instance"])
+                names = cache.snapshots.setdefault(key, set())
+                names.discard(body["metadata"]["name"])
+                if body is new and snapshot_running(new):
+                    names.add(body["metadata"]["name"])
+                if not names:
+                    cache.snapshots.pop(key, None)
+                kicks.kick(key)
+
+    for res, name, read in ((DATA_VOLUMES, "datavolumes", ("status",)), (VIRTUAL_MACHINES, "vms", ()),
+                            (VIRTUAL_MACHINE_INSTANCES, "vmis", ("status",)),
+                            (PERSISTENT_VOLUME_CLAIMS, "pvcs", ("spec", "status"))):
+        views[name].listen(child(res, read))
+    views["flavors"].listen(dependency("Flavor"))
+    views["images"].listen(dependency("Image"))
+    views["images"].listen(snapshot)
+    views["keypairs"].listen(dependency("KeyPair"))
+    views["servergroups"].listen(dependency("ServerGroup"))
+    views["zones"].listen(dependency("AvailabilityZone"))
+
+    async def zones_changed(_: Hashable) -> None:
+        await access.reconcile_zones(runtime, list(views["nodes"].objects()), list(views["zones"].objects()))
+    zone_kicks = Coalescer(zones_changed, "AvailabilityZone reconcile")
+    views["nodes"].listen(lambda old, new: zone_kicks.kick("zones"))
+
+    async def group_changed(key: Hashable) -> None:
+        namespace, name = cast(tuple[str, str], key)
+        members = [i["metadata"]["name"] for i in views["instances"].objects()
+                   if i["metadata"]["namespace"] == namespace and (i.get("spec") or {}).get("serverGroup") == name]
+        await access.reconcile_server_group(runtime, namespace, name, members)
+    group_kicks = Coalescer(group_changed, "ServerGroup reconcile")
+
+    def member(old: Body | None, new: Body | None) -> None:
+        for body in (old, new):
+            group = ((body or {}).get("spec") or {}).get("serverGroup")
+            if body is not None and group and (old is None or new is None or old.get("spec") != new.get("spec")):
+                group_kicks.kick((body["metadata"]["namespace"], group))
+    views["instances"].listen(member)
+    views["servergroups"].listen(lambda old, new: group_kicks.kick(object_key(new or old or {})))
+    def instance_gone(old: Body | None, new: Body | None) -> None:
+        if new is None and old is not None:
+            forget(old)
+            cache.forget(old["metadata"]["namespace"], old["metadata"]["name"])
+    views["instances"].listen(instance_gone)
+
+    informers = [i for v in views.values() for i in v]
+    memo["caches"], memo["kicks"] = cache, kicks
+    memo["other_kicks"] = [zone_kicks, group_kicks]
+    memo["informer_tasks"] = [asyncio.create_task(i.run(), name=repr(i)) for i in informers]
+    await asyncio.gather(*(i.synced.wait() for i in informers))
+    zone_kicks.kick("zones")  # the first list announces nothing
+    for body in views["images"].objects():  # the first list announces nothing: snapshots under way are found here
+        snapshot(None, body)
