@@ -68,6 +68,7 @@ crds: venv
 lint: venv
 	$(VENV)/bin/ruff check operator tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 unit: venv
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)

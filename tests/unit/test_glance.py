@@ -1,4 +1,4 @@
-"""kova.openstack.glance and keystone: Glance's documents, rules and answers as pure functions."""
+"""kova.openstack.image.glance and identity.keystone: Glance's documents, rules and answers as pure functions."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from kova.openstack import glance, keystone
-from kova.openstack.glance import PATCH_TYPES, GlanceError
+from kova.openstack.identity import keystone
+from kova.openstack.image import glance
+from kova.openstack.image.glance import PATCH_TYPES, GlanceError
 
 
 def image(obj_name: str, ns: str = "a", uid: str | None = None, created: str = "2026-01-01T00:00:00Z",

@@ -1,0 +1,1 @@
+"""The OpenStack front door (`kova api`): per service, pure documents and rules, and thin aiohttp handlers."""

@@ -129,3 +129,11 @@ def project(name: str) -> dict[str, Any]:
     return {"id": name, "name": name, "domain_id": DOMAIN["id"], "enabled": True, "is_domain": False,
             "parent_id": DOMAIN["id"], "description": f"Kubernetes namespace {name}", "tags": [],
             "links": {"self": None}}
+
+
+def roles(can_create: bool, can_list: bool) -> list[str]:
+    """Keystone roles from what RBAC lets the token do with Images in the project: `member` (and `reader`)
+    for one that may create them, `reader` for one that may only list them, none otherwise (refused)."""
+    if can_create:
+        return ["member", "reader"]
+    return ["reader"] if can_list else []

@@ -1,6 +1,7 @@
 """Glance v2 over Image objects: pure functions from Image objects to Glance's documents and back.
 
-No HTTP and no Kubernetes here: `kova.openstack.images` turns requests into these calls. An image's Glance
+No HTTP and no Kubernetes here: kova.openstack.image.handlers turns requests into these calls, and every
+rule the image API applies is one of these functions (or kova.image.rules, which the operator shares). An image's Glance
 `id` is the Image's `metadata.uid`, its `owner` (project) is the namespace, its name is `spec.name` (or the
 object's name when that is not set, for Images made with kubectl).
 """
@@ -11,10 +12,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
-from kova.api.errors import StatusError
+from kova.api.errors import Refusal, StatusError
 from kova.api.models import ContainerFormat, DiskFormat, GlanceStatus, ImageSpec, MemberStatus, Visibility
-from kova.image.rules import image_visible_to
+from kova.api.resources import DNS_LABEL
+from kova.image.rules import image_visible_to, protected_refusal
 
 UUID = "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$"
 DEFAULT_LIMIT = 25
@@ -28,7 +31,6 @@ BASE = {"name": "name", "disk_format": "diskFormat", "container_format": "contai
         "visibility": "visibility", "protected": "protected", "os_hidden": "hidden", "min_ram": "minRam",
         "min_disk": "minDisk", "tags": "tags"}
 PATCH_TYPES = ("application/openstack-images-v2.1-json-patch", "application/openstack-images-v2.0-json-patch")
-K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 class GlanceError(StatusError):
@@ -175,7 +177,7 @@ def kubernetes_name(glance_name: str | None) -> tuple[str | None, str]:
     else a lower-case slug of it (or `image`) as a prefix the API server completes. Glance names need not be
     unique, so a taken name also falls back to the prefix (`images.create`); the Glance name is kept in
     spec.name either way."""
-    if glance_name and K8S_NAME.match(glance_name):
+    if glance_name and DNS_LABEL.match(glance_name):
         return glance_name, f"{glance_name[:50]}-"
     slug = re.sub(r"[^a-z0-9]+", "-", (glance_name or "").lower()).strip("-")[:50].strip("-")
     return None, f"{slug or 'image'}-"
@@ -513,3 +515,137 @@ def members(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
     created = _time(obj["metadata"].get("creationTimestamp")) or ""
     return [member_doc(obj["metadata"]["uid"], answers.get(m) or {"member": m}, created)
             for m in (obj.get("spec") or {}).get("members") or ()]
+
+
+def list_links(params: Sequence[tuple[str, str]], page: Sequence[Mapping[str, Any]], more: bool) -> dict[str, str]:
+    """`first` and, when there is more, `next` (the marker after the last image shown); query values escaped."""
+    kept = [(k, v) for k, v in params if k != "marker"]
+    first = "/v2/images" + (f"?{urlencode(kept)}" if kept else "")
+    links = {"first": first}
+    if more and page:
+        links["next"] = f"/v2/images?{urlencode([*kept, ('marker', str(page[-1]['id']))])}"
+    return links
+
+
+# ------------------------------------------------------------------------------------------------ rules
+MAX_TAG_LENGTH = 255
+
+
+def check_delete(obj: Mapping[str, Any]) -> None:
+    why = protected_refusal(dict(obj.get("spec") or {}), obj["metadata"]["uid"])
+    if why:
+        raise GlanceError(403, why)
+
+
+def check_tag(tag: str) -> None:
+    if len(tag) > MAX_TAG_LENGTH:
+        raise GlanceError(400, f"Image tag exceeds the maximum length of {MAX_TAG_LENGTH} characters")
+
+
+def check_action(action: str, obj: Mapping[str, Any]) -> bool:
+    """deactivate/reactivate: only from active or deactivated (Glance's 403). Returns the new `deactivated`."""
+    if action not in ("deactivate", "reactivate"):
+        raise GlanceError(404, "The resource could not be found.")
+    status = glance_status(obj)
+    if status not in (GlanceStatus.active.value, GlanceStatus.deactivated.value):
+        raise GlanceError(403, f"Not allowed to {action} image in status '{status}'")
+    return action == "deactivate"
+
+
+def check_upload(obj: Mapping[str, Any], content_type: str | None, size_header: str | None) -> int | None:
+    """Whether data may be uploaded now (Glance's answers, in Glance's order); the announced size."""
+    if content_type != "application/octet-stream":
+        raise GlanceError(415, f"Invalid content type {content_type}")
+    spec, status = obj.get("spec") or {}, glance_status(obj)
+    if "upload" not in (spec.get("source") or {}):
+        raise GlanceError(409, "This image's data comes from its source URL (web-download), not an upload.")
+    if status != GlanceStatus.queued.value:
+        raise GlanceError(409, f"Image status transition from {status} to saving is not allowed")
+    if not spec.get("diskFormat") or not spec.get("containerFormat"):
+        raise GlanceError(400, "Properties disk_format, container_format must be set prior to saving data.")
+    if size_header is not None and not size_header.isdigit():
+        raise GlanceError(400, f"Invalid image size {size_header}")
+    return int(size_header) if size_header is not None else None
+
+
+FORMAT_REASONS = {"InvalidDiskFormat", "UnsafeImage", "InvalidImage"}
+
+
+def upload_refused(e: Refusal, disk_format: str) -> GlanceError:
+    """The verified pipeline's refusal as Glance answers it: 413 over the size cap, 415 for data that does
+    not match its disk_format (or is unsafe), 400 for the rest."""
+    if e.reason == "SizeExceeded":
+        return GlanceError(413, str(e))
+    if e.reason in FORMAT_REASONS:
+        return GlanceError(415, f"Image disk_format {disk_format} does not match the data: {e}")
+    return GlanceError(400, str(e))
+
+
+def check_download(obj: Mapping[str, Any]) -> int | None:
+    """The size of the data to send; None when there is none yet (Glance's 204)."""
+    status, st = glance_status(obj), obj.get("status") or {}
+    if status == GlanceStatus.deactivated.value:
+        raise GlanceError(403, "The requested image has been deactivated. Image data download is forbidden.")
+    if status != GlanceStatus.active.value or not st.get("size"):
+        return None
+    return int(st["size"])
+
+
+# ---------------------------------------------------------------------------------------------- members
+def visible_members(obj: Mapping[str, Any], project: str) -> list[dict[str, Any]]:
+    """Only shared images have members; the owner sees them all, a member only itself (Glance's policy)."""
+    if (obj.get("spec") or {}).get("visibility") != Visibility.shared.value:
+        raise GlanceError(403, f"Not allowed to list members for image {obj['metadata']['uid']}: Only shared "
+                               "images have members.")
+    docs = members(obj)
+    return docs if obj["metadata"]["namespace"] == project else [d for d in docs if d["member_id"] == project]
+
+
+def shown_member(obj: Mapping[str, Any], member: str, project: str) -> dict[str, Any]:
+    found = [d for d in members(obj) if d["member_id"] == member
+             and (obj["metadata"]["namespace"] == project or member == project)]
+    if not found:
+        raise GlanceError(404, f"Member {member} not found for image {obj['metadata']['uid']}")
+    return found[0]
+
+
+def added_member(obj: Mapping[str, Any], body: Any) -> tuple[str, list[str]]:
+    """The member to add and the image's new member list."""
+    member = body.get("member") if isinstance(body, dict) else None
+    if member is None:
+        raise GlanceError(400, "Member to be added not specified")
+    if not member:
+        raise GlanceError(400, "Member can't be empty")
+    spec = obj.get("spec") or {}
+    if spec.get("visibility") != Visibility.shared.value:
+        raise GlanceError(403, f"Not allowed to create members for image {obj['metadata']['uid']}.")
+    current = list(spec.get("members") or [])
+    if member in current:
+        raise GlanceError(409, f"Member {member} is duplicated for image {obj['metadata']['uid']}")
+    return str(member), [*current, str(member)]
+
+
+def removed_member(obj: Mapping[str, Any], member: str) -> list[str]:
+    current = list((obj.get("spec") or {}).get("members") or [])
+    if member not in current:
+        raise GlanceError(404, f"Member {member} not found for image {obj['metadata']['uid']}")
+    return [m for m in current if m != member]
+
+
+def answered_members(obj: Mapping[str, Any], member: str, project: str, body: Any, now: str) -> list[dict[str, Any]]:
+    """A member project accepts or rejects a share: only the member may answer (Glance's policy). The image's
+    status.members with that answer."""
+    if member not in ((obj.get("spec") or {}).get("members") or []):
+        raise GlanceError(404, f"Member {member} not found for image {obj['metadata']['uid']}")
+    if member != project:
+        raise GlanceError(403, f"Not allowed to update members for image {obj['metadata']['uid']}.")
+    status = body.get("status") if isinstance(body, dict) else None
+    if status is None:
+        raise GlanceError(400, "Status not specified")
+    if status not in {m.value for m in MemberStatus}:
+        raise GlanceError(400, 'Incorrect request: Status must be "pending", "accepted" or "rejected".')
+    answers = [m for m in (obj.get("status") or {}).get("members") or () if m.get("member") != member]
+    previous: dict[str, Any] = next(
+        (m for m in (obj.get("status") or {}).get("members") or () if m.get("member") == member), {})
+    return [*answers, {"member": member, "status": status, "createdAt": previous.get("createdAt") or now,
+                       "updatedAt": now}]

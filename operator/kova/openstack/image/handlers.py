@@ -1,0 +1,378 @@
+"""Glance v2's handlers over the Image objects: each reads the request, asks kova.openstack.image.glance (and
+kova.image) what Glance would answer, and carries it out. Reads and writes of Images go to kube-apiserver
+with the caller's own token (kova.adapters.kubeapi); only three things use the API's own ServiceAccount:
+reading Images of *other* namespaces that Glance's visibility lets the caller see (public, community, shared
+with its project), writing an Image's status after an upload or a member's answer, and posting Events. The
+bytes go to and from the object store with the store's credentials, after a SelfSubjectAccessReview of the
+virtual subresource `images/file`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from aiohttp import web
+from kubernetes.aio.client.exceptions import ApiException
+
+from kova.adapters.informer import Body, Informer, object_key
+from kova.adapters.kubeapi import ApiError, Apiserver, Caller
+from kova.adapters.runtime import Runtime
+from kova.adapters.status import publish
+from kova.api import clock
+from kova.api.conditions import Progress
+from kova.api.errors import StatusError
+from kova.api.models import IMAGE, VERSION, GlanceStatus
+from kova.api.resources import IMAGES
+from kova.image import importer
+from kova.image.rules import observe_image
+from kova.openstack.front import Front, read_json
+from kova.openstack.image import glance
+from kova.openstack.image.glance import GlanceError
+
+log = logging.getLogger("kova.api")
+
+CHUNK = 1 << 20
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(request: web.Request, status: int, message: str) -> web.Response:
+    """Glance's error body, negotiated as WebOb does: JSON when asked for, plain text otherwise (glanceclient
+    cannot parse WebOb's flat JSON, and never asks for it)."""
+    reason = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
+              413: "Request Entity Too Large", 415: "Unsupported Media Type", 416: "Requested Range Not Satisfiable",
+              503: "Service Unavailable"}.get(status, "Error")
+    if "application/json" in request.headers.get("Accept", ""):
+        return web.json_response({"message": message, "code": f"{status} {reason}", "title": reason}, status=status)
+    return web.Response(status=status, text=f"{status} {reason}\n\n{message}\n\n   ")
+
+
+
+class ImageHandlers(Front):
+    def __init__(self, apiserver: Apiserver, rt: Runtime, public_url: str | None = None) -> None:
+        super().__init__(apiserver, rt, public_url)
+        self.images = Informer(rt.kube, IMAGES, fields=("spec", "status"))
+        self.by_uid: dict[str, tuple[str, ...]] = {}
+        self.images.listeners.append(self._index)
+        self._task: asyncio.Task[None] | None = None
+
+    def _index(self, old: Body | None, new: Body | None) -> None:
+        if old is not None:
+            self.by_uid.pop(old["metadata"]["uid"], None)
+        if new is not None:
+            self.by_uid[new["metadata"]["uid"]] = object_key(new)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.images.run())
+        await self.images.synced.wait()
+        for obj in self.images:
+            self._index(None, obj)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        await self.apiserver.close()
+        await self.rt.kube.close()
+
+    async def find(self, caller: Caller, project: str, image_id: str) -> dict[str, Any]:
+        """The image with this id as the caller sees it: its own namespace's through its token, another
+        namespace's only when Glance's visibility lets its project see it. 404 otherwise, as Glance."""
+        missing = GlanceError(404, f"No image found with ID {image_id}")
+        key = self.by_uid.get(image_id)
+        if key is not None and key[0] != project:
+            obj = self.images.get(key)
+            if obj is None or obj["metadata"].get("deletionTimestamp") or not glance.visible(obj, project):
+                raise missing
+            return obj
+        try:
+            if key is not None:
+                obj = await caller.image(project, key[1])
+            else:  # created a moment ago, before the watch told this process
+                obj = next((o for o in await caller.images(project) if o["metadata"]["uid"] == image_id), None)
+        except ApiError as e:
+            raise GlanceError(e.status if e.status in (401, 403) else 503, e.message) from e
+        if obj is None or obj["metadata"]["uid"] != image_id or obj["metadata"].get("deletionTimestamp"):
+            raise missing
+        return obj
+
+    async def own(self, caller: Caller, project: str, image_id: str) -> dict[str, Any]:
+        obj = await self.find(caller, project, image_id)
+        if obj["metadata"]["namespace"] != project:
+            raise GlanceError(403, f"You are not permitted to modify image {image_id}: it belongs to project "
+                                   f"{obj['metadata']['namespace']}.")
+        return obj
+
+    # ------------------------------------------------------------------------------------------- images
+    async def image_versions(self, request: web.Request) -> web.Response:
+        base = f"{self.base(request)}/projects/{request.match_info['project']}/image"
+        return web.json_response(glance.versions(base), status=200 if request.path.endswith("versions") else 300)
+
+    async def schema(self, request: web.Request) -> web.Response:
+        found = glance.schemas().get(request.match_info["name"])
+        if found is None:
+            raise GlanceError(404, "The resource could not be found.")
+        return web.json_response(found)
+
+    async def list_images(self, request: web.Request) -> web.Response:
+        caller, project = await self.caller(request)
+        query = glance.parse_query(list(request.query.items()))
+        try:
+            own = await caller.images(project)
+        except ApiError as e:
+            raise GlanceError(e.status if e.status in (401, 403) else 503, e.message) from e
+        others = [o for o in self.images if o["metadata"]["namespace"] != project]
+        page, more = glance.select([*own, *others], project, query)
+        body: dict[str, Any] = {"images": page, **glance.list_links(list(request.query.items()), page, more),
+                                "schema": "/v2/schemas/images"}
+        return web.json_response(body)
+
+    async def show_image(self, request: web.Request) -> web.Response:
+        caller, project = await self.caller(request)
+        return web.json_response(glance.image_doc(await self.find(caller, project, request.match_info["id"])))
+
+    async def create_image(self, request: web.Request) -> web.Response:
+        caller, project = await self.caller(request)
+        spec = glance.new_image(await read_json(request), project)
+        name, prefix = glance.kubernetes_name(spec.get("name"))
+        manifest: dict[str, Any] = {"apiVersion": f"{IMAGE.group}/{VERSION}", "kind": "Image",
+                                    "metadata": {"name": name} if name else {"generateName": prefix}, "spec": spec}
+        try:
+            try:
+                obj = await caller.create_image(project, manifest)
+            except ApiError as e:
+                if e.status != 409 or not name:
+                    raise
+                manifest["metadata"] = {"generateName": prefix}  # Glance names need not be unique
+                obj = await caller.create_image(project, manifest)
+        except ApiError as e:
+            raise GlanceError(400 if e.status == 422 else e.status, e.message) from e
+        self._index(None, obj)
+        self.images.offer(obj)  # read-your-writes: another project may ask for it before the watch says so
+        doc = glance.image_doc(obj)
+        return web.json_response(doc, status=201, headers={"Location": f"{self.base(request)}/projects/{project}/image"
+                                                                       f"{doc['self']}"})
+
+    async def update_image(self, request: web.Request) -> web.Response:
+        caller, project = await self.caller(request)
+        if request.content_type not in glance.PATCH_TYPES:
+            raise GlanceError(415, f"Image PATCH expects Content-Type one of: {', '.join(glance.PATCH_TYPES)}")
+        obj = await self.own(caller, project, request.match_info["id"])
+        patch = glance.apply_patch(obj, await read_json(request), request.content_type)
+        if patch:
+            obj = await self._patch(caller, obj, {"spec": patch})
+        return web.json_response(glance.image_doc(obj))
+
+    async def _patch(self, caller: Caller, obj: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+        try:
+            patched = await caller.patch_image(obj["metadata"]["namespace"], obj["metadata"]["name"], patch)
+        except ApiError as e:
+            raise GlanceError(400 if e.status == 422 else e.status, e.message) from e
+        self.images.offer(patched)  # a member added is seen by that member's next request, as in Glance
+        return patched
+
+    async def delete_image(self, request: web.Request) -> web.Response:
+        caller, project = await self.caller(request)
+        obj = await self.own(caller, project, request.match_info["id"])
+        glance.check_delete(obj)
+        try:
+            await caller.delete_image(project, obj["metadata"]["name"], obj["metadata"]["uid"])
+        except ApiError as e:
+            raise GlanceError(404 if e.status in (404, 409) else e.status, e.message) from e
+        return web.Response(status=204)
+
+    async def put_tag(self, request: web.Request) -> web.Response:
+        caller, project = await self.caller(request)
+        obj = await self.own(caller, project, request.match_info["id"])
+        tag = request.match_info["tag"]
+        glance.check_tag(tag)
+        tags = list((obj.get("spec") or {}).get("tags") or [])
+        if tag not in tags:
+            await self._patch(caller, obj, {"spec": {"tags": sorted({*tags, tag})}})
+        return web.Response(status=204)
+
+    async def delete_tag(self, request: web.Request) -> web.Response:
+        caller, project = await self.caller(request)
+        obj = await self.own(caller, project, request.match_info["id"])
+        tag = request.match_info["tag"]
+        tags = list((obj.get("spec") or {}).get("tags") or [])
+        if tag not in tags:
+            raise GlanceError(404, f"Tag {tag} not found.")
+        await self._patch(caller, obj, {"spec": {"tags": [t for t in tags if t != tag]}})
+        return web.Response(status=204)
+
+    async def action(self, request: web.Request) -> web.Response:
+        caller, project = await self.caller(request)
+        obj = await self.own(caller, project, request.match_info["id"])
+        deactivated = glance.check_action(request.match_info["action"], obj)
+        await self._patch(caller, obj, {"spec": {"deactivated": deactivated}})
+        return web.Response(status=204)
+
+    # --------------------------------------------------------------------------------------------- data
+    async def upload(self, request: web.Request) -> web.Response:
+        caller, project = await self.caller(request)
+        obj = await self.own(caller, project, request.match_info["id"])
+        if not await caller.can("update", project, subresource="file"):
+            raise GlanceError(403, "You are not authorized to upload image data (images/file, update).")
+        spec = obj.get("spec") or {}
+        size = glance.check_upload(obj, request.headers.get("Content-Type"), request.headers.get(
+            "x-openstack-image-size") or request.headers.get("Content-Length"))
+        await self._claim(obj)
+        uid = obj["metadata"]["uid"]
+        loop = asyncio.get_running_loop()
+
+        def chunks() -> Iterator[bytes]:  # read on the event loop, one MiB at a time, for the import thread
+            while data := asyncio.run_coroutine_threadsafe(_read(request, CHUNK), loop).result():
+                yield data
+        source = f"upload to /v2/images/{uid}/file"
+        try:
+            blob = await asyncio.to_thread(
+                importer.import_chunks, self.rt.store, uid, chunks(), spec["diskFormat"], source=source,
+                size=size, size_cap=self.rt.settings.size_cap)
+        except importer.ImportFailed as e:
+            await self._requeue(obj, f"the last upload was refused: {e}")
+            raise glance.upload_refused(e, spec["diskFormat"]) from e
+        except Exception as e:  # the store or the connection failed: the image waits for a new upload
+            log.warning("upload of %s failed: %r", uid, e)
+            await self._requeue(obj, f"the last upload did not complete: {e}")
+            raise GlanceError(503, f"The upload did not complete: {e}") from e
+        view = observe_image(blob, self.rt.store.location(uid), {}, importing=False, done=blob.size,
+                             total=blob.size, passing_error=None, deactivated=bool(spec.get("deactivated")))
+        await publish(self.rt, IMAGES, await self._fresh(obj), word=view.status.value, progress=view.progress,
+                      reason=view.reason, message=view.message, fields=view.fields)
+        return web.Response(status=204)
+
+    async def _claim(self, obj: dict[str, Any]) -> None:
+        """queued → saving, conditional on the resourceVersion read: of two uploads at once, one gets 409. The
+        operator may have written the Image meanwhile (its finalizer, its status): read it again and retry."""
+        for _ in range(5):
+            status = glance.glance_status(obj)
+            if status != GlanceStatus.queued.value:
+                raise GlanceError(409, f"Image status transition from {status} to saving is not allowed")
+            try:
+                await publish(self.rt, IMAGES, obj, word=GlanceStatus.saving.value, progress=Progress.RECONCILING,
+                              reason="Saving", message="receiving the data through the image API",
+                              precondition=True)
+                return
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+            obj = await self._fresh(obj)
+        raise GlanceError(409, "The image is being changed by other requests; try again.")
+
+    async def _fresh(self, obj: dict[str, Any]) -> dict[str, Any]:
+        md = obj["metadata"]
+        return await self.rt.kube.get(IMAGES, md["name"], md["namespace"]) or obj
+
+    async def _requeue(self, obj: dict[str, Any], message: str) -> None:
+        """Back to `queued`, as Glance does after a refused upload; the image waits for a good one."""
+        try:
+            await publish(self.rt, IMAGES, await self._fresh(obj), word=GlanceStatus.queued.value,
+                          progress=Progress.RECONCILING, reason="WaitingForData", message=message,
+                          fields={"message": message})
+        except ApiException as e:
+            log.warning("could not put %s back to queued: %s", obj["metadata"]["name"], e.reason)
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        caller, project = await self.caller(request)
+        obj = await self.find(caller, project, request.match_info["id"])
+        if not await caller.can("get", project, subresource="file"):
+            raise GlanceError(403, "You are not authorized to download image data (images/file, get).")
+        size = glance.check_download(obj)
+        if size is None:
+            return web.Response(status=204)
+        st = obj.get("status") or {}
+        start, end = 0, size - 1
+        headers = {"Content-Type": "application/octet-stream"}
+        answer = 200
+        if request.http_range.start is not None or request.http_range.stop is not None:
+            rng = request.http_range
+            first = rng.start if rng.start is not None and rng.start >= 0 else None
+            if first is None and rng.start is not None:  # bytes=-N: the last N
+                start = max(0, size + rng.start)
+            elif first is not None:
+                start = first
+                end = min(size - 1, (rng.stop - 1) if rng.stop is not None else size - 1)
+            if start >= size or start > end:
+                raise GlanceError(416, f"Requested range not satisfiable (size {size})")
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+            answer = 206
+        else:
+            headers["Content-MD5"] = str(st.get("checksum") or "")
+        length = end - start + 1
+        headers["Content-Length"] = str(length)
+        resp = web.StreamResponse(status=answer, headers=headers)
+        stream = await asyncio.to_thread(self.rt.store.open_blob, obj["metadata"]["uid"], start, length)
+        try:
+            await resp.prepare(request)
+            while data := await asyncio.to_thread(stream.read, CHUNK):
+                await resp.write(data)
+            await resp.write_eof()
+        finally:
+            stream.close()
+            stream.release_conn()
+        return resp
+
+    # ------------------------------------------------------------------------------------------ members
+    async def members(self, request: web.Request) -> web.Response:
+        caller, project = await self.caller(request)
+        obj = await self.find(caller, project, request.match_info["id"])
+        return web.json_response({"members": glance.visible_members(obj, project), "schema": "/v2/schemas/members"})
+
+    async def add_member(self, request: web.Request) -> web.Response:
+        caller, project = await self.caller(request)
+        obj = await self.own(caller, project, request.match_info["id"])
+        member, wanted = glance.added_member(obj, await read_json(request))
+        obj = await self._patch(caller, obj, {"spec": {"members": wanted}})
+        return web.json_response(next(d for d in glance.members(obj) if d["member_id"] == member))
+
+    async def show_member(self, request: web.Request) -> web.Response:
+        caller, project = await self.caller(request)
+        obj = await self.find(caller, project, request.match_info["id"])
+        return web.json_response(glance.shown_member(obj, request.match_info["member"], project))
+
+    async def answer_member(self, request: web.Request) -> web.Response:
+        """A member project accepts or rejects a share. Only the member may answer (Glance's policy), and
+        its answer is written into the owner's Image status with the API's own account."""
+        caller, project = await self.caller(request)
+        obj = await self.find(caller, project, request.match_info["id"])
+        member = request.match_info["member"]
+        answers = glance.answered_members(obj, member, project, await read_json(request), clock.utcnow())
+        md = obj["metadata"]
+        fresh = await self.rt.kube.patch_status(IMAGES, md["name"], md["namespace"], {"members": answers})
+        if fresh is None:
+            raise GlanceError(404, f"No image found with ID {md['uid']}")
+        self.images.offer(fresh)
+        return web.json_response(next(d for d in glance.members(fresh) if d["member_id"] == member))
+
+    async def delete_member(self, request: web.Request) -> web.Response:
+        caller, project = await self.caller(request)
+        obj = await self.own(caller, project, request.match_info["id"])
+        await self._patch(caller, obj, {"spec": {"members": glance.removed_member(obj, request.match_info["member"])}})
+        return web.Response(status=204)
+
+    async def not_found(self, request: web.Request) -> web.Response:
+        raise GlanceError(404, "The resource could not be found.")
+
+
+async def _read(request: web.Request, size: int) -> bytes:
+    """Up to `size` bytes of the body (less only at its end)."""
+    parts: list[bytes] = []
+    have = 0
+    while have < size:
+        data = await request.content.read(size - have)
+        if not data:
+            break
+        parts.append(data)
+        have += len(data)
+    return b"".join(parts)
+
+
+@web.middleware
+async def glance_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except StatusError as e:
+        return _error(request, e.status, e.message)
+
+
