@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from kova.adapters.store import Blob
 from kova.api.conditions import Progress, set_condition, summarize
 from kova.api.models import FlavorSpec, ImageSpec, InstanceSpec
 from kova.compute import children, flavors
 from kova.image import rules
+from kova.image.blob import Blob
 
 INSTANCE: dict[str, Any] = {
     "apiVersion": "compute.kova.dev/v1alpha1", "kind": "Instance",

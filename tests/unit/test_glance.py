@@ -185,3 +185,85 @@ def test_keystone_credentials_and_token() -> None:
     assert all(e["region"] == e["region_id"] == "RegionOne" and e["url"] == "http://h:1/projects/p/image"
                for e in image_eps)
     assert body["project"] == {"id": "p", "name": "p", "domain": {"id": "default", "name": "Default"}}
+
+
+def test_list_links_escape_the_query_values() -> None:
+    params = [("name", "a b&marker=evil"), ("tag", "x/y"), ("marker", "old")]
+    links = glance.list_links(params, [{"id": "id-2"}], more=True)
+    assert links["first"] == "/v2/images?name=a+b%26marker%3Devil&tag=x%2Fy"
+    assert links["next"] == "/v2/images?name=a+b%26marker%3Devil&tag=x%2Fy&marker=id-2"
+    assert glance.list_links([], [{"id": "id-2"}], more=False) == {"first": "/v2/images"}
+
+
+def test_roles_follow_what_rbac_allows() -> None:
+    assert keystone.roles(True, True) == ["member", "reader"]
+    assert keystone.roles(False, True) == ["reader"]
+    assert keystone.roles(False, False) == []
+
+
+def test_protected_images_are_not_deleted() -> None:
+    with pytest.raises(GlanceError) as e:
+        glance.check_delete(image("img", protected=True))
+    assert e.value.status == 403 and "protected" in e.value.message
+    glance.check_delete(image("img"))
+
+
+@pytest.mark.parametrize(("action", "status", "code"), [("deactivate", "queued", 403), ("reactivate", "importing", 403),
+                                                        ("explode", "active", 404)])
+def test_deactivation_only_from_active_or_deactivated(action: str, status: str, code: int) -> None:
+    with pytest.raises(GlanceError) as e:
+        glance.check_action(action, image("img", status={"status": status}))
+    assert e.value.status == code
+    assert glance.check_action("deactivate", image("img")) is True
+    assert glance.check_action("reactivate", image("img", status={"status": "deactivated"})) is False
+
+
+def test_upload_rules_in_glances_order() -> None:
+    queued = image("img", source={"upload": {}}, diskFormat="raw", containerFormat="bare", status={"status": "queued"})
+    assert glance.check_upload(queued, "application/octet-stream", "10") == 10
+    for obj, ctype, size, code in ((queued, "text/plain", None, 415),
+                                   (image("img", source={"url": "http://x"}, status={"status": "queued"}),
+                                    "application/octet-stream", None, 409),
+                                   ({**queued, "status": {"status": "active"}}, "application/octet-stream", None, 409),
+                                   (queued, "application/octet-stream", "ten", 400)):
+        with pytest.raises(GlanceError) as e:
+            glance.check_upload(obj, ctype, size)
+        assert e.value.status == code
+
+
+def test_refused_uploads_answer_as_glance() -> None:
+    from kova.api.errors import Refusal
+
+    assert glance.upload_refused(Refusal("SizeExceeded", "too big"), "raw").status == 413
+    bad = glance.upload_refused(Refusal("InvalidDiskFormat", "qcow2 data"), "raw")
+    assert bad.status == 415 and bad.message.startswith("Image disk_format raw does not match the data")
+    assert glance.upload_refused(Refusal("ChecksumMismatch", "x"), "raw").status == 400
+
+
+def test_download_rules() -> None:
+    assert glance.check_download(image("img", status={"status": "active", "size": 10})) == 10
+    assert glance.check_download(image("img", status={"status": "queued"})) is None
+    with pytest.raises(GlanceError) as e:
+        glance.check_download(image("img", deactivated=True, status={"status": "active", "size": 10}))
+    assert e.value.status == 403
+
+
+def test_member_rules() -> None:
+    shared = image("img", visibility="shared", members=["b"])
+    assert glance.added_member(shared, {"member": "c"}) == ("c", ["b", "c"])
+    for body, code in (({}, 400), ({"member": ""}, 400), ({"member": "b"}, 409)):
+        with pytest.raises(GlanceError) as e:
+            glance.added_member(shared, body)
+        assert e.value.status == code
+    with pytest.raises(GlanceError) as e:
+        glance.added_member(image("img"), {"member": "c"})
+    assert e.value.status == 403
+    assert [m["member_id"] for m in glance.visible_members(shared, "a")] == ["b"]  # the owner sees all
+    assert glance.visible_members(shared, "z") == []  # a non-member sees only itself
+    answers = glance.answered_members(shared, "b", "b", {"status": "accepted"}, "2026-01-02T00:00:00Z")
+    assert answers == [{"member": "b", "status": "accepted", "createdAt": "2026-01-02T00:00:00Z",
+                        "updatedAt": "2026-01-02T00:00:00Z"}]
+    with pytest.raises(GlanceError) as e:
+        glance.answered_members(shared, "b", "a", {"status": "accepted"}, "t")  # only the member answers
+    assert e.value.status == 403
+    assert glance.removed_member(shared, "b") == []

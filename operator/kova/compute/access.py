@@ -10,9 +10,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from pydantic import ValidationError
 
+from kova.api.errors import Refusal, one_line
 from kova.api.models import Direction, Protocol, SecurityGroupRule, SecurityGroupSpec
-from kova.api.resources import MANAGED_BY
+from kova.api.resources import MANAGED_BY, owner_reference
 from kova.compute.guest import DEFAULT_GROUP, SG_LABEL, ZONE_LABEL
 
 NETWORK_POLICY_PREFIX = "kova-sg-"
@@ -74,6 +76,20 @@ def network_policy(namespace: str, group: str, spec: SecurityGroupSpec) -> tuple
                  "ingress": ingress, "egress": egress},
     }
     return body, notes
+
+
+def security_group(group: dict[str, Any]) -> tuple[dict[str, Any], list[str]] | Refusal:
+    """A SecurityGroup object's NetworkPolicy (owned by the group, so it goes with it) and its notes, or why
+    its rules cannot be enforced."""
+    try:
+        spec = SecurityGroupSpec.model_validate(group.get("spec") or {})
+    except ValidationError as e:
+        return Refusal("InvalidRules", one_line(e, "spec"))
+    md = group["metadata"]
+    policy, notes = network_policy(md["namespace"], md["name"], spec)
+    policy["metadata"]["labels"] = dict(MANAGED_BY)
+    policy["metadata"]["ownerReferences"] = [owner_reference(group)]
+    return policy, notes
 
 
 def default_group_policy(namespace: str) -> dict[str, Any]:

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import ValidationError
+
+from kova.api.errors import one_line
 from kova.api.models import FlavorSpec
 
 KNOWN_CPU_POLICIES = {"shared", "dedicated"}
 KNOWN_PAGE_SIZES = {"small", "any", "large", "2MB", "2048", "1GB", "1048576"}
+
+
+def verdict(spec: dict[str, Any]) -> tuple[FlavorSpec | None, list[str]]:
+    """A Flavor object's spec and what is wrong with it (nothing: usable)."""
+    try:
+        flavor = FlavorSpec.model_validate(spec)
+    except ValidationError as e:
+        return None, [one_line(e, "spec")]
+    return flavor, problems(flavor)
 
 
 def problems(spec: FlavorSpec) -> list[str]:

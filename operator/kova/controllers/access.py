@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
-
 from kova.adapters.runtime import Runtime
 from kova.adapters.status import publish
 from kova.api.conditions import Progress
-from kova.api.models import KeyPairSpec, SecurityGroupSpec
+from kova.api.errors import Refusal
+from kova.api.models import KeyPairSpec
 from kova.api.resources import (
     AVAILABILITY_ZONES,
     KEYPAIRS,
@@ -25,7 +24,6 @@ from kova.api.resources import (
     NETWORK_POLICIES,
     SECURITY_GROUPS,
     SERVER_GROUPS,
-    owner_reference,
 )
 from kova.compute import access
 
@@ -74,15 +72,12 @@ async def reconcile_security_group(rt: Runtime, namespace: str, name: str) -> No
         obj = await rt.kube.get(SECURITY_GROUPS, name, namespace)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return
-        try:
-            spec = SecurityGroupSpec.model_validate(obj.get("spec") or {})
-        except ValidationError as e:
-            await publish(rt, SECURITY_GROUPS, obj, word=None, progress=Progress.STALLED, reason="InvalidRules",
-                          message=str(e))
+        decided = access.security_group(obj)
+        if isinstance(decided, Refusal):
+            await publish(rt, SECURITY_GROUPS, obj, word=None, progress=Progress.STALLED, reason=decided.reason,
+                          message=decided.message)
             return
-        policy, notes = access.network_policy(namespace, name, spec)
-        policy["metadata"]["labels"] = dict(MANAGED_BY)
-        policy["metadata"]["ownerReferences"] = [owner_reference(obj)]  # deleted with the group
+        policy, notes = decided
         await rt.writes.ensure(NETWORK_POLICIES, policy, None)
         await publish(rt, SECURITY_GROUPS, obj, word=None, progress=Progress.READY, reason="Enforced",
                       message=f"NetworkPolicy {policy['metadata']['name']} selects its Instances"

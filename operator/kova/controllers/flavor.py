@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import ValidationError
-
 from kova.adapters.runtime import Runtime
 from kova.adapters.status import publish
 from kova.api.conditions import Progress
-from kova.api.models import FlavorSpec
 from kova.api.resources import FLAVORS
-from kova.compute.flavors import problems
+from kova.compute import flavors
 
 
 async def reconcile(rt: Runtime, name: str) -> None:
@@ -17,12 +14,8 @@ async def reconcile(rt: Runtime, name: str) -> None:
         obj = await rt.kube.get(FLAVORS, name)
         if obj is None:
             return
-        try:
-            spec = FlavorSpec.model_validate(obj.get("spec") or {})
-            found = problems(spec)
-        except ValidationError as e:
-            found = [str(e)]
-        if found:
+        spec, found = flavors.verdict(obj.get("spec") or {})
+        if found or spec is None:
             await publish(rt, FLAVORS, obj, word=None, progress=Progress.STALLED, reason="InvalidExtraSpecs",
                           message="; ".join(found))
         else:

@@ -1,0 +1,125 @@
+"""kova.compute.server: an Instance's whole reconcile as one plan, from what the caches hold; no cluster."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+from kova.api.models import NovaStatus
+from kova.compute import access, server, snapshot
+from kova.compute.children import DISK_IMAGE_ANNOTATION
+
+NOW = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)
+SHA = "ab" * 64
+
+
+class Objects:
+    """A watch cache as the controller hands it over: get by key, iterate."""
+
+    def __init__(self, *objs: dict[str, Any], cluster: bool = False) -> None:
+        self.items = {((o["metadata"]["name"],) if cluster else (o["metadata"]["namespace"], o["metadata"]["name"])): o
+                      for o in objs}
+
+    def get(self, key: tuple[str, ...]) -> dict[str, Any] | None:
+        return self.items.get(key)
+
+    def objects(self) -> Iterator[dict[str, Any]]:
+        return iter(self.items.values())
+
+
+def obj(name: str, namespace: str | None = "team-a", **body: Any) -> dict[str, Any]:
+    md: dict[str, Any] = {"name": name, "uid": f"uid-{name}", "creationTimestamp": "2026-01-01T11:00:00Z"}
+    if namespace:
+        md["namespace"] = namespace
+    return {"apiVersion": "x/v1", "kind": "X", "metadata": md, **body}
+
+
+def world(spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None, **kw: Any) -> server.World:
+    inst = obj("web", spec=spec if spec is not None else {"flavorRef": "m1", "imageRef": "cirros"})
+    defaults: dict[str, Any] = {
+        "flavors": Objects(obj("m1", None, spec={"vcpus": 1, "ram": 512, "disk": 2}), cluster=True),
+        "images": Objects(obj("cirros", spec={"diskFormat": "qcow2", "source": {"url": "http://x"}},
+                              status={"status": "active", "size": 100, "virtualSize": 1 << 30, "osHashValue": SHA})),
+        "datavolumes": Objects(), "pvcs": Objects(), "vms": Objects(), "vmis": Objects(), "keypairs": Objects(),
+        "servergroups": Objects(), "zones": Objects(cluster=True)}
+    return server.World(instance=inst, status=status or {}, now=NOW, **{**defaults, **kw})
+
+
+def test_a_first_boot_plans_the_vm_its_disk_and_the_default_group() -> None:
+    plan = server.plan(world())
+    assert plan.step.word is NovaStatus.build
+    assert plan.vm is not None and plan.vm["kind"] == "VirtualMachine" and plan.vm["metadata"]["name"] == "web"
+    assert [(d.name, d.gib, d.from_image, d.image.sha512) for d in plan.disks] == [("web-root", 2, True, SHA)]
+    assert plan.default_group and plan.delete == [] and plan.grow is None
+    _, fields = server.report(plan)
+    assert fields["virtualMachine"] == "web" and fields["dataVolume"] == "web-root" and fields["addresses"] == []
+
+
+def test_a_missing_image_is_waited_for_and_nothing_is_created() -> None:
+    plan = server.plan(world(images=Objects()))
+    assert plan.step.reason == "WaitingForImage" and plan.step.wait_on == ("Image", "team-a", "cirros")
+    assert plan.vm is None and plan.disks == [] and not plan.default_group
+
+
+def test_a_disk_that_exists_is_not_planned_again() -> None:
+    dv = obj("web-root", status={"phase": "ImportInProgress"})
+    assert server.plan(world(datavolumes=Objects(dv))).disks == []
+
+
+def test_an_expired_link_replaces_the_data_volume() -> None:
+    dv = obj("web-root", status={"phase": "Failed", "conditions": [{"type": "Running", "reason": "Forbidden"}]})
+    plan = server.plan(world(datavolumes=Objects(dv), presign_ttl=dt.timedelta(minutes=30)))
+    assert plan.delete == [("web-root", "uid-web-root")]
+    assert [d.name for d in plan.disks] == ["web-root"]  # a new one, with a new link
+
+
+def test_a_bad_spec_is_one_line_naming_the_field_and_keeps_the_rest_of_the_status() -> None:
+    plan = server.plan(world(spec={"imageRef": "cirros", "powerState": "Sleeping"}))
+    step, fields = server.report(plan)
+    assert step.word is NovaStatus.error and step.reason == "InvalidSpec"
+    assert "\n" not in step.message and "errors.pydantic.dev" not in step.message
+    assert "spec.flavorRef: Field required" in step.message and "spec.powerState" in step.message
+    assert fields == {"fault": {"code": 400, "message": step.message}}  # the action history is not wiped
+
+
+def test_a_running_server_reports_its_addresses_node_and_zone() -> None:
+    booted = server.plan(world())
+    status = {**booted.step.fields(), "status": "BUILD"}
+    vm = obj("web", spec={"runStrategy": "Always"}, status={"printableStatus": "Running", "ready": True})
+    vmi = obj("web", status={"phase": "Running", "nodeName": "n1",
+                             "interfaces": [{"name": "default", "ipAddress": "10.0.0.5", "mac": "aa"}]})
+    dv = obj("web-root", status={"phase": "Succeeded"})
+    dv["metadata"]["annotations"] = {DISK_IMAGE_ANNOTATION: "uid-cirros"}
+    zone = obj("zone-a", None, status={"hosts": ["n1"]})
+    plan = server.plan(world(status=status, vms=Objects(vm), vmis=Objects(vmi), datavolumes=Objects(dv),
+                             zones=Objects(zone, cluster=True)))
+    step, fields = server.report(plan)
+    assert step.word is NovaStatus.active
+    assert fields["addresses"] == [{"interface": "pod", "ip": "10.0.0.5", "mac": "aa"}]
+    assert (fields["node"], fields["availabilityZone"]) == ("n1", "zone-a")
+    assert not plan.default_group  # made at the first boot only
+
+
+def test_a_security_group_with_bad_rules_is_refused_in_one_line() -> None:
+    group = obj("web", spec={"rules": [{"direction": "sideways", "protocol": "tcp"}]})
+    refusal = access.security_group(group)
+    assert not isinstance(refusal, tuple)
+    assert refusal.reason == "InvalidRules" and "\n" not in refusal.message
+    assert refusal.message.startswith("spec.rules.0.direction: ")
+    policy, _ = access.security_group(obj("web", spec={"rules": []}))  # type: ignore[misc]
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == "uid-web"
+
+
+def test_a_snapshot_waits_for_a_built_instance_and_refuses_a_missing_or_failed_one() -> None:
+    missing = snapshot.source_state(None, "web", "team-a")
+    assert not isinstance(missing, str) and missing is not None and missing.reason == "InstanceNotFound"
+    failed = snapshot.source_state(obj("web", status={"status": "ERROR", "fault": {"message": "boom"}}), "web",
+                                   "team-a")
+    assert not isinstance(failed, str) and failed is not None and failed.message.endswith("boom")
+    assert snapshot.source_state(obj("web", status={"status": "BUILD"}), "web", "team-a") == \
+        "waiting for Instance web to finish building"
+    assert snapshot.source_state(obj("web", status={"status": "ACTIVE", "virtualMachine": "web"}), "web",
+                                 "team-a") is None
+    assert snapshot.snapshot_running(obj("img", status={"status": "importing"}))
+    assert not snapshot.snapshot_running(obj("img", status={"status": "active"}))
