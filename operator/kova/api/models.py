@@ -1,4 +1,5 @@
-"""The API: pydantic models of Flavor, Image and Instance, the one source of the CRDs in crds/.
+"""The API: pydantic models of Kova's seven kinds (Image; Flavor, Instance, KeyPair, SecurityGroup, ServerGroup,
+AvailabilityZone), the one source of the CRDs in crds/ (kova.api.crdgen).
 
 Field names are camelCase on the wire (Kubernetes style) and snake_case in Python. Descriptions become the
 text of `kubectl explain`; `x-kubernetes-validations` (CEL) rules are checked by the API server itself.
