@@ -6,7 +6,6 @@ fails and Kopf retries it (an error swallowed here would make Kopf record a succ
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import socket
@@ -15,6 +14,7 @@ from typing import Any, cast
 from kubernetes.aio import client, config
 from kubernetes.aio.client.exceptions import ApiException
 
+from kova.api import clock
 from kova.api.errors import StatusError
 from kova.api.resources import SUBRESOURCES, Resource
 
@@ -190,7 +190,7 @@ class Kube:
         """A core/v1 Event about `obj`, as `kubectl describe` and `kubectl get events` show them (cluster-scoped
         objects' Events go to `default`, as Kopf and kubectl do)."""
         md = obj["metadata"]
-        now = dt.datetime.now(dt.UTC).isoformat()
+        now = clock.utcnow()
         event = client.CoreV1Event.from_dict({
             "metadata": {"generateName": f"{md['name']}.", "namespace": md.get("namespace") or "default"},
             "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": md["name"],

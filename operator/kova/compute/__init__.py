@@ -1,1 +1,2 @@
-"""Compute: Nova servers (Instances) and their life cycle over KubeVirt."""
+"""Nova's rules as pure functions: the server's plan and life cycle, its children, guest, access,
+flavors and snapshots."""

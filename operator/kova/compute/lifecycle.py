@@ -168,7 +168,7 @@ class Inputs:
     guest: Guest | Blocked | None = None  # keys, networks, placement, devices (kova.compute.guest)
     snapshots: list[str] = field(default_factory=list)  # Images being made from this instance, by name
     snapshot_uploading: bool = False  # KubeVirt exports the disk and Kova reads it
-    now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    now: dt.datetime = field(default_factory=clock.now)
     confirm_window: float = 0.0  # seconds; 0: resizes wait for a confirm (Nova's resize_confirm_window)
 
 
@@ -218,7 +218,7 @@ def call_refused(step: Step, message: str, now: dt.datetime | None = None) -> St
     task = st.task
     if task is not None:
         st.task = None
-        finish(st, task.action, now or dt.datetime.now(dt.UTC), "Error", message)
+        finish(st, task.action, now or clock.now(), "Error", message)
     step.word = _word_for(PowerState(st.requests.power or "Running")) if task is not None else step.word
     step.task_state, step.again = None, False
     step.warning = ("ActionFailed", message)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from kova.api import clock
 from kova.api.conditions import Progress
 from kova.api.errors import one_line
 from kova.api.models import (
@@ -70,7 +71,7 @@ class World:
     snapshots: set[str] = field(default_factory=set)  # Images being made from it, by name
     presign_ttl: dt.timedelta = dt.timedelta(hours=1)
     confirm_window: float = 0.0
-    now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    now: dt.datetime = field(default_factory=clock.now)
 
 
 @dataclass

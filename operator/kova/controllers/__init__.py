@@ -1,1 +1,2 @@
-"""Kopf handler bodies, one module per kind; registration lives in kova.main."""
+"""Kopf handler bodies, one module per kind (none imports another); the cache wiring in wiring.py; the
+registrations in kova.main."""

@@ -1,1 +1,1 @@
-"""Glance's side of Kova: where image bytes come from, how they are checked, and how they are stored."""
+"""Glance's rules and the verified pipeline: status words, visibility, formats, the import filter and the importer."""
