@@ -24,9 +24,8 @@ def _crds(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob("*.yaml"):
-            if stale.name not in files:
-                stale.unlink()
+        # Only our own files: the folder may hold others' (a kustomization, local patches) and a CRD that
+        # is no longer generated is for the user to remove, not for us to guess.
         for name, text in files.items():
             (out / name).write_text(text)
         print(f"wrote {len(files)} files to {out}")
@@ -119,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, what in (("upload", "upload FILE as image NAME (created if missing)"),
                        ("download", "download image NAME")):
         cmd = img_sub.add_parser(name, help=what)
-        cmd.add_argument("name", help="image name (Glance name or Image name) or id")
+        cmd.add_argument("name", help="the image's id, or its name: by name, only the project's own images "
+                                      "count (another project's image is taken by id only)")
         if name == "upload":
             cmd.add_argument("file", help="the disk image file")
             cmd.add_argument("--disk-format", required=True, help="qcow2, raw, iso, vmdk, vhd, vhdx or vdi")
@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--api", default="", help="kova api URL (default: $KOVA_API_URL)")
         cmd.set_defaults(func=_image)
     crds = sub.add_parser("crds", help="print the CRDs generated from the models")
-    crds.add_argument("--out", help="write one file per CRD into this folder instead")
+    crds.add_argument("--out", metavar="DIR", help="write the files into DIR instead (created if missing): "
+                      "one <plural>.<group>.yaml per CRD, kopf-peering.yaml and protected-images.policy.yaml, "
+                      "each overwritten; other files in DIR are left alone")
     crds.set_defaults(func=_crds)
     args = parser.parse_args(argv)
     return int(args.func(args))

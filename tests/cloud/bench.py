@@ -341,7 +341,7 @@ class LocalCloud:
                 "conditions", []))
 
     def start_operator(self, name: str = "operator", extra_env: dict[str, str] | None = None,
-                       args: tuple[str, ...] = ("--standalone",)) -> Proc:
+                       args: tuple[str, ...] = ()) -> Proc:
         """`kova run` against this cloud, with short retry delays; returns once its liveness probe answers."""
         port, metrics = free_port(), free_port()
         proc = self.spawn(name, [sys.executable, "-m", "kova.cli", "run", *args,

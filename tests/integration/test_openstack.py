@@ -271,3 +271,48 @@ def test_kova_image_upload_and_download(operator: Any, api: str, cloud: LocalClo
     refused = kova("download", "cli-image", "-o", str(tmp_path / "x"), "-n", namespace, "--api", api,
                    token="not-a-token", cwd=tmp_path)
     assert refused.returncode == 1 and "token was refused" in refused.stderr, refused.stderr
+
+
+def test_kova_image_takes_another_projects_image_by_id_only(operator: Any, api: str, cloud: LocalCloud,
+                                                           namespace: str, tmp_path: Path) -> None:
+    other = f"{namespace[:50]}-p"
+    cloud.kubectl("create", "namespace", other)
+    try:
+        theirs, mine = qcow2("theirs"), qcow2("mine")
+        (tmp_path / "theirs.qcow2").write_bytes(theirs)
+        (tmp_path / "mine.qcow2").write_bytes(mine)
+        up = kova("upload", "base", str(tmp_path / "theirs.qcow2"), "--disk-format", "qcow2", "-n", other,
+                  "--api", api, token=tenant_token(cloud, other), cwd=tmp_path)
+        assert up.returncode == 0, up.stderr
+        theirs_id = up.stdout.split()[1]
+        cloud.kubectl("-n", other, "patch", "images.image.kova.dev", "base", "--type=merge",
+                      "-p", '{"spec": {"visibility": "public"}}')
+        token = tenant_token(cloud, namespace)
+        listing = f"{api}/projects/{namespace}/image/v2/images?name=base"
+
+        def listed() -> bool:
+            with urllib.request.urlopen(urllib.request.Request(listing, headers={"X-Auth-Token": token})) as resp:
+                return theirs_id in {i["id"] for i in json.loads(resp.read())["images"]}
+        wait_for(listed, what="the other project's public image listed in this one")
+
+        # By name: only this project's images; it has none called `base` yet.
+        down = kova("download", "base", "-o", str(tmp_path / "got"), "-n", namespace, "--api", api, token=token,
+                    cwd=tmp_path)
+        assert down.returncode == 1 and "no image 'base'" in down.stderr, down.stderr
+        assert not (tmp_path / "got").exists()
+        # By id: the other project's public image.
+        by_id = kova("download", theirs_id, "-o", str(tmp_path / "theirs-copy"), "-n", namespace, "--api", api,
+                     token=token, cwd=tmp_path)
+        assert by_id.returncode == 0, by_id.stderr
+        assert (tmp_path / "theirs-copy").read_bytes() == theirs
+        # Uploading `base` makes this project's own image, and the name then means it.
+        own = kova("upload", "base", str(tmp_path / "mine.qcow2"), "--disk-format", "qcow2", "-n", namespace,
+                   "--api", api, token=token, cwd=tmp_path)
+        assert own.returncode == 0, own.stderr
+        assert own.stdout.split()[1] != theirs_id
+        again = kova("download", "base", "-o", str(tmp_path / "got"), "-n", namespace, "--api", api, token=token,
+                     cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert (tmp_path / "got").read_bytes() == mine
+    finally:
+        cloud.kubectl("delete", "namespace", other, "--wait=false", check=False)

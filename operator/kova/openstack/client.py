@@ -8,9 +8,11 @@ import hashlib
 import http.client
 import json
 import os
+import secrets
 import sys
 import urllib.parse
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -87,19 +89,37 @@ class ImageApi:
         finally:
             conn.close()
 
-    def find(self, name: str) -> dict[str, Any] | None:
-        """The image named `name` (its Glance name, or an Image's name) or with that id, in this project."""
-        quoted = urllib.parse.quote(name)
-        found = self.json("GET", f"/images?name={quoted}&visibility=all")["images"]
-        mine = [i for i in found if i["owner"] == self.namespace] or found
-        if len(mine) > 1:
-            raise ClientError(f"{len(mine)} images are named {name!r}; give the id instead")
-        if mine:
-            return dict(mine[0])
-        try:
-            return dict(self.json("GET", f"/images/{quoted}"))
-        except ClientError:
-            return None
+    def find(self, name_or_id: str) -> dict[str, Any] | None:
+        """The image `name_or_id` means for this project (see `choose`)."""
+        quoted = urllib.parse.quote(name_or_id, safe="")
+        found = list(self.json("GET", f"/images?name={quoted}&visibility=all")["images"])
+        if _is_uuid(name_or_id):
+            with contextlib.suppress(ClientError):  # not found, or not visible to this project
+                found.append(self.json("GET", f"/images/{quoted}"))
+        return choose(found, name_or_id, self.namespace)
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def choose(images: list[dict[str, Any]], name_or_id: str, project: str) -> dict[str, Any] | None:
+    """The image `name_or_id` means to `project`: the one with that id, whoever owns it; else the project's
+    own image of that name. Another project's image is never taken by name: its public image of the same name
+    would otherwise receive our upload, or be downloaded in place of ours."""
+    for image in images:
+        if image["id"] == name_or_id:
+            return dict(image)
+    mine = [i for i in images if i["name"] == name_or_id and i.get("owner") == project]
+    if len(mine) > 1:
+        ids = ", ".join(sorted(i["id"] for i in mine))
+        raise ClientError(f"{len(mine)} images in project {project} are named {name_or_id!r} ({ids}): give the "
+                          "id instead")
+    return dict(mine[0]) if mine else None
 
 
 def _explain(status: int, detail: str) -> str:
@@ -134,6 +154,7 @@ def upload(api: ImageApi, name: str, path: Path, disk_format: str, container_for
 
 
 def download(api: ImageApi, name: str, out: BinaryIO | None, out_path: Path | None) -> int:
+    """Write image `name`'s data to `out_path` (only once it matches the image's hash), or stream it to `out`."""
     image = api.find(name)
     if image is None:
         raise ClientError(f"no image {name!r} in project {api.namespace}")
@@ -141,22 +162,60 @@ def download(api: ImageApi, name: str, out: BinaryIO | None, out_path: Path | No
     try:
         if resp.status == 204:
             raise ClientError(f"image {name} has no data yet (status {image['status']})")
-        digest = hashlib.new(image.get("os_hash_algo") or "sha512")
         total = int(resp.headers.get("Content-Length") or 0) or None
-        target = out_path.open("wb") if out_path else out
-        assert target is not None
-        done = 0
+        algo, expected = image.get("os_hash_algo") or "sha512", image.get("os_hash_value")
         with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, file=sys.stderr,
                   disable=None) as bar:
-            while data := resp.read(CHUNK):
-                digest.update(data)
-                target.write(data)
-                done += len(data)
-                bar.update(len(data))
-        if out_path:
-            target.close()
-        if image.get("os_hash_value") and digest.hexdigest() != image["os_hash_value"]:
-            raise ClientError(f"the downloaded data does not match the image's {digest.name}: try again")
-        return done
+            def chunks() -> Iterator[bytes]:
+                while True:
+                    try:
+                        data = resp.read(CHUNK)
+                    except (OSError, http.client.HTTPException) as e:
+                        raise ClientError(f"the download broke off: {str(e) or type(e).__name__}: try again") from e
+                    if not data:
+                        return
+                    bar.update(len(data))
+                    yield data
+            if out_path is not None:
+                return save(chunks(), out_path, algo, expected)
+            assert out is not None
+            return _copy(chunks(), out, algo, expected)
     finally:
         conn.close()
+
+
+def save(chunks: Iterable[bytes], path: Path, algo: str, expected: str | None) -> int:
+    """Write `chunks` to `path` if their `algo` digest is `expected` (when given); the byte count.
+
+    The data goes to a temporary file beside `path` that replaces it only once complete and verified: a
+    broken or corrupt download never leaves a file that looks like the image, nor destroys the one there."""
+    try:
+        if path.exists() and not path.is_file():  # /dev/null, a pipe: nothing to replace, write through
+            with path.open("wb") as f:
+                return _copy(chunks, f, algo, expected)
+        path = path.resolve() if path.is_symlink() else path  # a link keeps pointing at the new data
+        part = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+        # 0o666 and the umask, as open() would make `path`; O_EXCL: never write through someone's file or link.
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with open(fd, "wb") as f:
+                done = _copy(chunks, f, algo, expected)
+            os.replace(part, path)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        return done
+    except OSError as e:
+        raise ClientError(f"{path}: {e.strerror or e}") from e
+
+
+def _copy(chunks: Iterable[bytes], target: BinaryIO, algo: str, expected: str | None) -> int:
+    digest = hashlib.new(algo)
+    done = 0
+    for data in chunks:
+        digest.update(data)
+        target.write(data)
+        done += len(data)
+    if expected and digest.hexdigest() != expected:
+        raise ClientError(f"the downloaded data does not match the image's {digest.name}: try again")
+    return done
