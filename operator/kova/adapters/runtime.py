@@ -37,7 +37,7 @@ class Settings:
         except ValueError as e:
             raise env.BadSetting(f"import filter settings (KOVA_IMPORT_*): {e}") from None
         return cls(store=StoreConfig.from_env(),
-                   presign_ttl=dt.timedelta(seconds=env.integer("KOVA_PRESIGN_TTL", 3600, minimum=60)),
+                   presign_ttl=dt.timedelta(seconds=env.integer("KOVA_PRESIGN_TTL", 3600, minimum=1)),
                    import_retry_delay=env.number("KOVA_IMPORT_RETRY_DELAY", 30.0),
                    import_filter=import_filter,
                    size_cap=env.size("KOVA_IMAGE_SIZE_CAP", DEFAULT_SIZE_CAP),
