@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +32,42 @@ def wait_for(check: Callable[[], T | None], timeout: float = 60, what: str = "co
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def wait_settled(sample: Callable[[], T], timeout: float = 120, quiet: float = 3.0, what: str = "activity to stop",
+                 interval: float = 0.5, idle: Callable[[T], bool] = lambda _: True) -> T:
+    """Poll `sample` until it gives the same value, and `idle` says yes to it, for `quiet` seconds on end
+    (three samples in a row at least); that value. A bounded wait for activity to stop: on timeout it fails
+    with the last change it saw."""
+    deadline = time.monotonic() + timeout
+    previous: Any = None
+    last = sample()
+    since, streak = time.monotonic(), 1 if idle(last) else 0
+    while True:
+        if streak >= 3 and time.monotonic() - since >= quiet:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (no change for {quiet}s); "
+                                 f"it last changed from {previous!r} to {last!r} (idle: {idle(last)})")
+        time.sleep(interval)
+        current = sample()
+        if current == last and streak:
+            streak += 1
+        else:
+            if current != last:
+                previous = last
+            last, since, streak = current, time.monotonic(), 1 if idle(current) else 0
+
+
+def scrape(proc: Proc) -> str:
+    """The operator's Prometheus metrics, from the port `start_operator` gave it."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{proc.ports['metrics']}/metrics", timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def sample(text: str, name: str, labels: str = "") -> float:
+    match = re.search(rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+]+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
 
 
 class Kubectl:

@@ -68,6 +68,12 @@ class ExportServer:
         self.sim.export_links = self.links
         log.info("export server on https://%s:%d", LOOPBACK, self.port)
 
+    def serve(self, ns: str, name: str, entry: tuple[str, list[str], str]) -> None:
+        """Serve one export from now on: the controller calls this before it writes Ready, as KubeVirt's
+        exporter pod is ready before the export's status says so."""
+        with self.lock:
+            self.published[(ns, name)] = entry
+
     def publish(self, ready: Published) -> None:
         with self.lock:
             gone = set(self.published) - set(ready)

@@ -888,6 +888,10 @@ class Simulator:
             phase = "Ready"
             conditions.insert(0, condition("Ready", True, "PodReady"))
             desired["links"] = self.export_links(export, volumes) if self.export_links else None
+            if self.exports is not None:
+                # The links answer before the status says Ready, never after: a client that saw Ready and
+                # downloaded at once got 404 while this pass still went through the other exports.
+                self.exports.serve(ns, name, (md["uid"], volumes, token_secret))
         else:
             conditions.insert(0, condition("Ready", False, *not_ready))
         desired["phase"] = phase

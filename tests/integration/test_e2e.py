@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 
 from kova.adapters.store import blob_key, record_key
 from tests.cloud.bench import S3_BUCKET, LocalCloud
-from tests.conftest import Kubectl, Operator, condition, wait_for
+from tests.conftest import Kubectl, Operator, condition, sample, scrape, wait_for
 from tests.httpsource import Source
 from tests.qcow2 import make_qcow2
 
@@ -399,18 +400,39 @@ def test_passing_source_failure_is_retried(operator: Operator, source: Source, k
 def test_imports_beyond_the_limit_wait_in_queued(operator: Operator, source: Source, kubectl: Kubectl) -> None:
     """KOVA_MAX_CONCURRENT_IMPORTS (4 by default): the fifth and sixth Image wait in `queued`, saying why,
     and import once a slot is free."""
+    assert operator.proc is not None
+    proc = operator.proc
+    # The operator's own count of running imports, read every 20 ms in the background: kubectl, a few
+    # times a second and one Image after the other, could miss a fifth import that ran only briefly.
+    gauge: list[float] = []
+    failed: list[Exception] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.02):
+            try:
+                gauge.append(sample(scrape(proc), "kova_imports_in_flight"))
+            except Exception as e:  # reported below: a sampler that died would make the maximum meaningless
+                failed.append(e)
+                return
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     names = [f"slot{i}" for i in range(6)]
-    kubectl.apply([image(n, source.add(f"/{kubectl.namespace}/{n}", disk(n, 3), seconds_per_mib=1.0))
-                   for n in names])
-    most, waiting = 0, set()
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        statuses = {n: kubectl.status("image", n) for n in names}
-        most = max(most, sum(1 for s in statuses.values() if s.get("status") == "importing"))
-        waiting |= {n for n, s in statuses.items() if s.get("status") == "queued"
-                    and "waiting for an import slot" in (condition({"status": s}, "Reconciling").get("message") or "")}
-        if all(s.get("status") == "active" for s in statuses.values()):
-            break
-        time.sleep(0.3)
-    assert all(kubectl.status("image", n).get("status") == "active" for n in names)
-    assert most <= 4 and len(waiting) >= 2, (most, waiting)
+    try:
+        kubectl.apply([image(n, source.add(f"/{kubectl.namespace}/{n}", disk(n, 3), seconds_per_mib=1.0))
+                       for n in names])
+        waiting: set[str] = set()
+
+        def all_active() -> bool:
+            statuses = {n: kubectl.status("image", n) for n in names}
+            waiting.update(n for n, s in statuses.items() if s.get("status") == "queued" and "waiting for an "
+                           "import slot" in (condition({"status": s}, "Reconciling").get("message") or ""))
+            return all(s.get("status") == "active" for s in statuses.values())
+        wait_for(all_active, 120, "all six Images to be active", interval=0.3)
+    finally:
+        done.set()
+        watcher.join(timeout=30)
+    assert not watcher.is_alive() and not failed, f"the metrics sampler failed: {failed}"
+    assert len(gauge) >= 50, f"too few samples of kova_imports_in_flight: {len(gauge)}"
+    assert max(gauge) == 4, f"kova_imports_in_flight peaked at {max(gauge)}, not at the limit of 4"
+    assert len(waiting) >= 2, waiting

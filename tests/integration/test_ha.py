@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
-import urllib.request
 
 import pytest
 
-from tests.cloud.bench import REPO, LocalCloud, Proc, binary
-from tests.conftest import Kubectl, Operator, wait_for
+from tests.cloud.bench import REPO, LocalCloud, binary
+from tests.conftest import Kubectl, Operator, sample, scrape, wait_for
 from tests.httpsource import Source
 from tests.integration.test_e2e import disk, image, wait_image
 
 pytestmark = pytest.mark.integration
-
-
-def scrape(proc: Proc) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{proc.ports['metrics']}/metrics", timeout=5) as resp:
-        return str(resp.read().decode())
-
-
-def sample(text: str, name: str, labels: str = "") -> float:
-    match = re.search(rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+]+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
 
 
 def test_metrics_count_reconciles_and_imported_bytes(operator: Operator, source: Source,

@@ -4,6 +4,7 @@ that a list after a gap reports what changed meanwhile (deletions included)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from kova.adapters.informer import Body, Coalescer, Informer, object_key
@@ -18,12 +19,27 @@ def instance(name: str, flavor: str = "no-such-flavor") -> dict[str, Any]:
             "spec": {"flavorRef": flavor, "imageRef": "no-such-image"}}
 
 
-async def until(check: Any, seconds: float = 30) -> None:
-    for _ in range(int(seconds / 0.05)):
-        if check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("timed out")
+async def until(check: Callable[[], bool], changed: asyncio.Event, what: str, seconds: float = 30) -> None:
+    """Wait for `check` to hold, looking again each time `changed` is set (by whatever `check` reads)."""
+    try:
+        async with asyncio.timeout(seconds):
+            while not check():
+                changed.clear()  # no await between the check and this: nothing can slip in unseen
+                await changed.wait()
+    except TimeoutError:
+        raise AssertionError(f"timed out after {seconds}s waiting for {what}") from None
+
+
+async def idle(what: str, seconds: float = 10) -> None:
+    """Wait for every other task to be done: the Coalescer runs each key in a task of its own, so once none
+    is left it has run everything it was kicked for, and nothing more will run."""
+    me = asyncio.current_task()
+    try:
+        async with asyncio.timeout(seconds):
+            while others := asyncio.all_tasks() - {me}:
+                await asyncio.wait(others)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {seconds}s waiting for {what}") from None
 
 
 def test_cache_listeners_and_relist(cloud: LocalCloud, kubectl: Kubectl, namespace: str) -> None:
@@ -34,7 +50,12 @@ def test_cache_listeners_and_relist(cloud: LocalCloud, kubectl: Kubectl, namespa
         kube = await Kube.connect(str(cloud.kubeconfig))
         informer = Informer(kube, INSTANCES, fields=("spec",), namespace=namespace)
         heard: list[tuple[Body | None, Body | None]] = []
-        informer.listeners.append(lambda old, new: heard.append((old, new)))
+        arrived = asyncio.Event()
+
+        def listener(old: Body | None, new: Body | None) -> None:
+            heard.append((old, new))
+            arrived.set()
+        informer.listeners.append(listener)
         task = asyncio.create_task(informer.run())
         await asyncio.wait_for(informer.synced.wait(), 30)
         assert {k for k in informer.cache} == {(namespace, "a"), (namespace, "b"), (namespace, "c")}
@@ -43,7 +64,8 @@ def test_cache_listeners_and_relist(cloud: LocalCloud, kubectl: Kubectl, namespa
         assert "status" not in informer.cache[(namespace, "a")]  # only the fields asked for are kept
 
         await asyncio.to_thread(kubectl.apply, instance("d"))
-        await until(lambda: any(new and new["metadata"]["name"] == "d" for _, new in heard))
+        await until(lambda: any(new and new["metadata"]["name"] == "d" for _, new in heard), arrived,
+                    "the listener to hear of d")
         assert informer.get((namespace, "d")) is not None
 
         # A gap in watching (a restart of the watch after 410): the new list says what happened meanwhile.
@@ -77,27 +99,30 @@ def test_cache_listeners_and_relist(cloud: LocalCloud, kubectl: Kubectl, namespa
 def test_coalescer_runs_each_key_once_at_a_time_and_once_more_after_kicks() -> None:
     async def run() -> None:
         runs: list[str] = []
-        gate = asyncio.Event()
+        gate, ran = asyncio.Event(), asyncio.Event()
 
         async def fn(key: Any) -> None:
             runs.append(key)
+            ran.set()
             if key == "x" and len(runs) == 1:
                 await gate.wait()
             if key == "bad":
                 raise RuntimeError("a failed run is logged, not fatal")
         kicks = Coalescer(fn, "test")
         kicks.kick("x")
-        await asyncio.sleep(0)
+        await until(lambda: runs == ["x"], ran, "the first run of x to start")
         for _ in range(5):  # five kicks while x runs: one more run of x, not five
             kicks.kick("x")
         kicks.kick("y")
         kicks.kick("bad")
-        await asyncio.sleep(0.01)
+        # y and bad do not wait for x; x is not run again while its first run holds.
+        await until(lambda: {"y", "bad"} <= set(runs), ran, "y and bad to run while x waits")
+        assert runs.count("x") == 1, runs
         gate.set()
-        await asyncio.sleep(0.01)
+        await idle("the kicked runs to finish")
         assert sorted(runs) == ["bad", "x", "x", "y"]
         kicks.kick("bad")
-        await asyncio.sleep(0.01)
+        await idle("the run of bad to finish")
         assert runs.count("bad") == 2
         await kicks.close()
     asyncio.run(run())
