@@ -123,3 +123,27 @@ def test_a_snapshot_waits_for_a_built_instance_and_refuses_a_missing_or_failed_o
                                  "team-a") is None
     assert snapshot.snapshot_running(obj("img", status={"status": "importing"}))
     assert not snapshot.snapshot_running(obj("img", status={"status": "active"}))
+
+
+def test_another_namespaces_network_is_refused_unless_shared_and_said_as_missing() -> None:
+    spec = {"flavorRef": "m1", "imageRef": "cirros", "networks": ["pod", "team-b/vlan100"]}
+    refused = server.plan(world(spec))
+    assert refused.step.word is NovaStatus.error and refused.step.reason == "NetworkNotFound"
+    assert refused.step.fault is not None and refused.step.fault.code == 500
+    assert refused.step.message == ("failed to render launch manifest: failed to locate network attachment "
+                                    "definition team-b/vlan100")  # KubeVirt's words for a missing one
+    assert refused.vm is None and refused.disks == []
+    shared = server.plan(world(spec, shared_networks=frozenset({"team-b"})))
+    assert shared.vm is not None and [n.network for n in shared.nics] == ["pod", "team-b/vlan100"]
+    own = server.plan(world({**spec, "networks": ["team-a/storage"]}))
+    assert own.vm is not None  # its own namespace, spelled out
+
+
+def test_an_image_one_cannot_see_reads_as_one_that_does_not_exist() -> None:
+    private = obj("os", "team-b", spec={"diskFormat": "qcow2", "source": {"url": "http://x"}},
+                  status={"status": "active", "size": 1, "osHashValue": SHA})
+    seen = server.plan(world({"flavorRef": "m1", "imageRef": "team-b/os"}, images=Objects(private)))
+    missing = server.plan(world({"flavorRef": "m1", "imageRef": "team-b/os"}, images=Objects()))
+    assert (seen.step.word, seen.step.reason, seen.step.message, seen.step.wait_on) == (
+        missing.step.word, missing.step.reason, missing.step.message, missing.step.wait_on)
+    assert seen.step.word is NovaStatus.build and seen.vm is None

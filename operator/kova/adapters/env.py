@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from kova.api.quantity import InvalidQuantity, parse_size
+from kova.api.resources import DNS_LABEL
 
 T = TypeVar("T")
 
@@ -55,6 +56,17 @@ def flag(name: str, default: bool, env: Mapping[str, str] | None = None) -> bool
             return False
         raise ValueError(text)
     return get(name, parse, default, "true or false", env)
+
+
+def names(name: str, env: Mapping[str, str] | None = None) -> frozenset[str]:
+    """A comma-separated list of namespace names (DNS labels), empty when unset."""
+    def parse(text: str) -> frozenset[str]:
+        found = frozenset(n.strip() for n in text.split(",") if n.strip())
+        bad = sorted(n for n in found if not DNS_LABEL.match(n))
+        if bad:
+            raise ValueError(f"{', '.join(bad)} is not a namespace name")
+        return found
+    return get(name, parse, frozenset(), "a comma-separated list of namespaces", env)
 
 
 def numbers(name: str, env: Mapping[str, str] | None = None) -> list[float] | None:

@@ -29,6 +29,7 @@ class Settings:
     size_cap: int = DEFAULT_SIZE_CAP  # bytes; a larger image is killed (Glance's image_size_cap)
     max_imports: int = 4  # imports running at once in this replica; the others wait in `queued`
     resize_confirm_window: float = 0.0  # seconds before VERIFY_RESIZE confirms itself; 0: never (Nova's)
+    shared_networks: frozenset[str] = frozenset()  # namespaces whose NetworkAttachmentDefinitions all may use
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -42,7 +43,8 @@ class Settings:
                    import_filter=import_filter,
                    size_cap=env.size("KOVA_IMAGE_SIZE_CAP", DEFAULT_SIZE_CAP),
                    max_imports=env.integer("KOVA_MAX_CONCURRENT_IMPORTS", 4, minimum=1),
-                   resize_confirm_window=env.number("KOVA_RESIZE_CONFIRM_WINDOW", 0.0))
+                   resize_confirm_window=env.number("KOVA_RESIZE_CONFIRM_WINDOW", 0.0),
+                   shared_networks=env.names("KOVA_SHARED_NETWORK_NAMESPACES"))
 
 
 @dataclass

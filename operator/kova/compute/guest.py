@@ -29,7 +29,11 @@ DEFAULT_GROUP = "default"
 
 
 class Invalid(Refusal):
-    """A value the guest cannot be given (Nova answers 400): the reason and a message."""
+    """A value the guest cannot be given: the reason, a message, and Nova's fault code (400 by default)."""
+
+    def __init__(self, reason: str, message: str, code: int = 400) -> None:
+        super().__init__(reason, message)
+        self.code = code
 
 
 # ---------------------------------------------------------------------------------------------- cloud-init
@@ -75,10 +79,19 @@ class Nic:
     interface: str  # the name KubeVirt's interface and network get (a DNS label)
 
 
-def nics(networks: list[str]) -> list[Nic]:
-    """One interface per network, in order; the pod network is `default`, as in KubeVirt's own examples."""
+def nics(networks: list[str], namespace: str | None = None, shared: frozenset[str] = frozenset()) -> list[Nic]:
+    """One interface per network, in order; the pod network is `default`, as in KubeVirt's own examples.
+
+    A NetworkAttachmentDefinition of another namespace is used only when that namespace's networks are
+    shared (Neutron's shared networks; KOVA_SHARED_NETWORK_NAMESPACES): Kova creates the VM with its own
+    account, so without this check a tenant could attach its VM to another tenant's VLAN. A refused one
+    is said exactly as a missing one, so nobody learns which networks other namespaces have."""
     out: list[Nic] = []
     for net in networks or [POD]:
+        owner, _, name = net.rpartition("/")
+        if namespace is not None and owner and owner != namespace and owner not in shared:
+            raise Invalid("NetworkNotFound", "failed to render launch manifest: failed to locate network "
+                                             f"attachment definition {owner}/{name}", code=500)
         name = "default" if net == POD else re.sub(r"[^a-z0-9-]", "-", net)[:63].strip("-")
         if any(n.network == net for n in out):
             raise Invalid("InvalidNetworks", f"network {net} is named twice")

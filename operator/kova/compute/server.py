@@ -69,6 +69,7 @@ class World:
     servergroups: Lookup
     zones: Zones
     snapshots: set[str] = field(default_factory=set)  # Images being made from it, by name
+    shared_networks: frozenset[str] = frozenset()  # namespaces whose networks every namespace may use
     presign_ttl: dt.timedelta = dt.timedelta(hours=1)
     confirm_window: float = 0.0
     now: dt.datetime = field(default_factory=clock.now)
@@ -214,10 +215,10 @@ def guest_of(w: World, spec: InstanceSpec, status: InstanceStatus, image: lifecy
                                  f"{spec.availability_zone} (label topology.kubernetes.io/zone) yet",
                                  on=("AvailabilityZone", spec.availability_zone))
     try:
-        nics = guest.nics(spec.networks)
+        nics = guest.nics(spec.networks, namespace, w.shared_networks)
         devices = guest.devices(image.properties) if isinstance(image, lifecycle.ImageInfo) else guest.Devices()
     except guest.Invalid as e:
-        return lifecycle.Blocked(e.reason, str(e), refused=True)
+        return lifecycle.Blocked(e.reason, str(e), refused=True, code=e.code)
     return children.Guest(keys=keys, nics=nics, security_groups=spec.security_groups,
                           server_group=spec.server_group if policy else None, policy=policy,
                           zone=spec.availability_zone, devices=devices,
@@ -244,9 +245,9 @@ def image_info(images: Lookup, ref: str, namespace: str) -> lifecycle.ImageInfo 
         return lifecycle.Blocked("WaitingForImage", f"Image {image_ns}/{image_name} does not exist (yet)", on=on)
     spec = ImageSpec.model_validate(obj.get("spec") or {})
     if not image_visible_to(spec, image_ns, namespace):
-        # Said the way Glance says it: an image one cannot see is an image that is not found.
-        return lifecycle.Blocked("ImageNotFound", f"Image {image_ns}/{image_name} is not visible to namespace "
-                                 f"{namespace}", refused=True, code=404)
+        # An image one cannot see is one that does not exist, word for word: another namespace's images are
+        # not to be probed through an Instance's status. It boots once the image is shared with it.
+        return lifecycle.Blocked("WaitingForImage", f"Image {image_ns}/{image_name} does not exist (yet)", on=on)
     status = ImageStatus.model_validate(obj.get("status") or {})
     if status.status is GlanceStatus.killed:
         return lifecycle.Blocked("ImageKilled", f"Image {image_ns}/{image_name} failed to import: {status.message}",

@@ -90,6 +90,7 @@ async def _step(rt: Runtime, caches: Caches, inst: dict[str, Any]) -> bool:
         datavolumes=caches.datavolumes, pvcs=caches.pvcs, vms=caches.vms, vmis=caches.vmis,
         keypairs=caches.keypairs, servergroups=caches.servergroups, zones=caches.zones,
         snapshots=caches.snapshots.get((namespace, name), set()), presign_ttl=rt.settings.presign_ttl,
+        shared_networks=rt.settings.shared_networks,
         confirm_window=rt.settings.resize_confirm_window))
     step = plan.step
     if step.wait_on:

@@ -1,0 +1,103 @@
+"""One namespace never reaches another's networks or learns what it has, acting as a tenant: a
+ServiceAccount with the built-in `edit` role in its own namespace (Kova's roles aggregate into it)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+import yaml
+
+from tests.cloud.bench import REPO, LocalCloud, binary, kubeconfig_dict
+from tests.conftest import Kubectl, Operator, condition, tenant_token
+from tests.httpsource import Source
+from tests.integration.test_e2e import disk, flavor, image, instance, unique, wait_image, wait_instance
+
+NAD_PREFIX = "failed to render launch manifest: failed to locate network attachment definition"
+
+
+class Tenant(Kubectl):
+    """kubectl with a tenant's token instead of the bench's admin certificate."""
+
+    def __init__(self, cloud: LocalCloud, namespace: str) -> None:
+        super().__init__(cloud, namespace)
+        self.kubeconfig = cloud.workdir / f"tenant-{namespace}.kubeconfig"
+        self.kubeconfig.write_text(yaml.safe_dump(kubeconfig_dict(
+            cloud.api_url, (cloud.workdir / "pki" / "ca.crt").read_text(), token=tenant_token(cloud, namespace),
+            user=f"tenant-{namespace}")))
+
+    def __call__(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        res = subprocess.run([binary("kubectl"), f"--kubeconfig={self.kubeconfig}", "-n", str(self.namespace),
+                              *args], input=input, capture_output=True, text=True, timeout=120)
+        if check and res.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed ({res.returncode}): {res.stderr.strip()}")
+        return res.stdout if check else res.stdout + res.stderr
+
+
+def install_tenant_roles(cloud: LocalCloud) -> None:
+    """The chart's roles that aggregate Kova's kinds into the built-in view and edit roles."""
+    rendered = subprocess.run([binary("helm"), "template", "kova", str(REPO / "charts" / "kova"), "--show-only",
+                               "templates/compute-roles.yaml", "--show-only", "templates/image-roles.yaml"],
+                              capture_output=True, text=True, check=True).stdout
+    cloud.kubectl("apply", "-f", "-", input=rendered)
+
+
+def nad(name: str, subnet: str) -> dict[str, Any]:
+    return {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition", "metadata": {"name": name},
+            "spec": {"config": json.dumps({"cniVersion": "0.3.1", "type": "bridge", "bridge": f"br-{name}",
+                                           "ipam": {"type": "host-local", "subnet": subnet}})}}
+
+
+def test_another_namespaces_network_is_refused_as_a_missing_one(cloud: LocalCloud, operator: Operator,
+                                                                source: Source, kubectl: Kubectl) -> None:
+    install_tenant_roles(cloud)
+    other = Kubectl(cloud, f"{kubectl.namespace}-net")
+    cloud.kubectl("create", "namespace", str(other.namespace))
+    try:
+        other.apply(nad("vlan100", "172.21.0.0/24"))
+        tenant = Tenant(cloud, str(kubectl.namespace))
+        fl = unique(kubectl, "f")
+        kubectl.apply(flavor(fl))  # flavors are the cloud administrator's
+        tenant.apply(image("os", source.add(f"/{kubectl.namespace}/os", disk("isolation"))))
+        wait_image(tenant, "os", "active")
+        tenant.apply([instance("intruder", fl, "os", networks=["pod", f"{other.namespace}/vlan100"]),
+                      instance("lost", fl, "os", networks=["pod", "nowhere"])])
+        intruder = wait_instance(tenant, "intruder", "ERROR")
+        lost = wait_instance(tenant, "lost", "ERROR", timeout=90)  # KubeVirt's own answer for a missing one
+        assert condition(intruder)["reason"] == condition(lost)["reason"] == "NetworkNotFound"
+        assert intruder["status"]["fault"] == {"code": 500, "message": f"{NAD_PREFIX} {other.namespace}/vlan100"}
+        assert lost["status"]["fault"] == {"code": 500, "message": f"{NAD_PREFIX} {kubectl.namespace}/nowhere"}
+        # Nothing was attached: no VirtualMachine names the other namespace's VLAN (looked at as the admin:
+        # the tenant has no right on KubeVirt's objects).
+        assert kubectl.get("vm", "intruder") is None and kubectl.get("dv", "intruder-root") is None
+    finally:
+        cloud.kubectl("delete", "namespace", str(other.namespace), "--wait=false")
+
+
+def test_an_image_one_cannot_see_is_said_as_one_that_does_not_exist(cloud: LocalCloud, operator: Operator,
+                                                                   source: Source, kubectl: Kubectl) -> None:
+    install_tenant_roles(cloud)
+    other = Kubectl(cloud, f"{kubectl.namespace}-lib")
+    cloud.kubectl("create", "namespace", str(other.namespace))
+    try:
+        other.apply(image("private-os", source.add(f"/{kubectl.namespace}/lib", disk("oracle"))))
+        wait_image(other, "private-os", "active")
+        tenant = Tenant(cloud, str(kubectl.namespace))
+        fl = unique(kubectl, "f")
+        kubectl.apply(flavor(fl))
+        tenant.apply([instance("probe", fl, f"{other.namespace}/private-os"),
+                      instance("ghost", fl, f"{other.namespace}/no-such-os")])
+        probe = wait_instance(tenant, "probe", "BUILD")
+        ghost = wait_instance(tenant, "ghost", "BUILD")
+        said = {name: (condition(o)["reason"], condition(o)["message"].replace(ref, "<image>"))
+                for name, o, ref in (("probe", probe, "private-os"), ("ghost", ghost, "no-such-os"))}
+        assert said["probe"] == said["ghost"] == ("WaitingForImage", f"Image {other.namespace}/<image> does not "
+                                                                     "exist (yet)")
+        assert kubectl.get("vm", "probe") is None
+        # Shared with the tenant's project, it is found: the waiting server boots.
+        other("patch", "image", "private-os", "--type=merge", "-p",
+              json.dumps({"spec": {"visibility": "shared", "members": [kubectl.namespace]}}))
+        wait_instance(tenant, "probe", "ACTIVE", timeout=90)
+    finally:
+        cloud.kubectl("delete", "namespace", str(other.namespace), "--wait=false")
