@@ -93,9 +93,11 @@ class Source:
 class Listener:
     """An HTTP server on a loopback address that counts the TCP connections it accepts."""
 
-    def __init__(self, address: str = "127.0.0.1", redirect_to: str | None = None, body: bytes = b"disk") -> None:
+    def __init__(self, address: str = "127.0.0.1", redirect_to: str | None = None, body: bytes = b"disk",
+                 headers: dict[str, str] | None = None) -> None:
         self.connections = 0
         self.hosts: list[str] = []
+        self.accept_encodings: list[str | None] = []
         listener = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -103,6 +105,7 @@ class Listener:
 
             def do_GET(self) -> None:
                 listener.hosts.append(self.headers.get("Host", ""))
+                listener.accept_encodings.append(self.headers.get("Accept-Encoding"))
                 if redirect_to:
                     self.send_response(302)
                     self.send_header("Location", redirect_to)
@@ -111,6 +114,8 @@ class Listener:
                     return
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
 

@@ -230,3 +230,19 @@ def test_dns_answers_are_used_once_no_rebinding() -> None:
     finally:
         allowed.close()
         rebound.close()
+
+
+def test_the_source_bytes_are_taken_as_sent_never_decoded() -> None:
+    """A source that answers gzip anyway: the image is the bytes it sent (hashes and format checks are of
+    them), and a small gzip bomb is never inflated."""
+    import gzip
+
+    bomb = gzip.compress(b"\0" * (64 << 20))  # 64 MiB of zeros in ~64 KiB
+    source = Listener(body=bomb, headers={"Content-Encoding": "gzip"})
+    try:
+        resp = Fetcher(ImportFilter.parse(allowed=f"127.0.0.1:{source.port}")).open(source.url())
+        got = resp.read(len(bomb) + 1)
+        assert got == bomb and len(got) < 1 << 20
+        assert source.accept_encodings == ["identity"]
+    finally:
+        source.close()

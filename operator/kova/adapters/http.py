@@ -46,7 +46,10 @@ class Fetcher:
     def _get(self, target: Target) -> Any:
         default = target.port == DEFAULT_PORTS[target.scheme]
         shown = f"[{target.host}]" if ":" in target.host else target.host
-        headers = {"Host": shown if default else f"{shown}:{target.port}", "User-Agent": "kova-image-import"}
+        # The bytes as the source stores them: identity asked for, and nothing decoded if it answers otherwise
+        # (the hashes and the format check are of what was sent; a gzip bomb stays the small file it is).
+        headers = {"Host": shown if default else f"{shown}:{target.port}", "User-Agent": "kova-image-import",
+                   "Accept-Encoding": "identity"}
         pool: urllib3.HTTPConnectionPool
         if target.scheme == "https":
             pool = urllib3.HTTPSConnectionPool(str(target.ip), target.port, timeout=self.timeout, maxsize=1,
@@ -56,7 +59,8 @@ class Fetcher:
             pool = urllib3.HTTPConnectionPool(str(target.ip), target.port, timeout=self.timeout, maxsize=1,
                                               retries=False)
         return pool.urlopen("GET", target.path, headers=headers, redirect=False, retries=False,
-                            preload_content=False, enforce_content_length=True, assert_same_host=False)
+                            preload_content=False, decode_content=False, enforce_content_length=True,
+                            assert_same_host=False)
 
 
 @dataclass
@@ -78,5 +82,6 @@ class ExportFetcher:
                                            retries=False, cert_reqs="CERT_REQUIRED", ca_cert_data=self.ca_pem)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         return pool.urlopen("GET", path, headers={"x-kubevirt-export-token": self.token,
-                                                  "User-Agent": "kova-image-snapshot"},
-                            redirect=False, retries=False, preload_content=False, enforce_content_length=True)
+                                                  "User-Agent": "kova-image-snapshot", "Accept-Encoding": "identity"},
+                            redirect=False, retries=False, preload_content=False, decode_content=False,
+                            enforce_content_length=True)
