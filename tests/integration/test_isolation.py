@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from tests.cloud.bench import REPO, LocalCloud, binary, kubeconfig_dict
-from tests.conftest import Kubectl, Operator, condition, tenant_token
+from tests.conftest import Kubectl, Operator, condition, tenant_token, wait_for
 from tests.httpsource import Source
 from tests.integration.test_e2e import disk, flavor, image, instance, unique, wait_image, wait_instance
 
@@ -101,3 +101,26 @@ def test_an_image_one_cannot_see_is_said_as_one_that_does_not_exist(cloud: Local
         wait_instance(tenant, "probe", "ACTIVE", timeout=90)
     finally:
         cloud.kubectl("delete", "namespace", str(other.namespace), "--wait=false")
+
+
+def test_a_security_group_with_rules_networkpolicy_refuses_fails_closed(cloud: LocalCloud, operator: Operator,
+                                                                          kubectl: Kubectl) -> None:
+    install_tenant_roles(cloud)
+    tenant = Tenant(cloud, str(kubectl.namespace))
+    group = {"apiVersion": "compute.kova.dev/v1alpha1", "kind": "SecurityGroup", "metadata": {"name": "db"},
+             "spec": {"rules": [{"protocol": "tcp", "portRangeMin": 5432, "remoteIpPrefix": "10.0.0.0/33"}]}}
+    tenant.apply(group)
+    stalled = wait_for(lambda: (g := tenant.get("securitygroup", "db"))
+                       and condition(g, "Stalled").get("status") == "True" and g, 60,
+                       "the group to say its rules are invalid")
+    assert condition(stalled)["reason"] == "InvalidRules" and "is not a CIDR" in condition(stalled)["message"]
+    policy = kubectl.get("networkpolicy", "kova-sg-db")
+    assert policy is not None, "no NetworkPolicy: the group's members would be open to the whole cluster"
+    assert policy["spec"].get("ingress", []) == [] and policy["spec"].get("egress", []) == []
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    # Fixed, the group's own rules replace the deny-all.
+    group["spec"]["rules"][0]["remoteIpPrefix"] = "10.0.0.0/24"
+    tenant.apply(group)
+    wait_for(lambda: (p := kubectl.get("networkpolicy", "kova-sg-db")) and p["spec"].get("ingress"), 60,
+             "the group's rules in its NetworkPolicy")
+    assert condition(tenant.get("securitygroup", "db"))["status"] == "True"

@@ -101,14 +101,18 @@ def test_a_running_server_reports_its_addresses_node_and_zone() -> None:
     assert not plan.default_group  # made at the first boot only
 
 
-def test_a_security_group_with_bad_rules_is_refused_in_one_line() -> None:
+def test_a_security_group_with_bad_rules_fails_closed_and_says_why_in_one_line() -> None:
     group = obj("web", spec={"rules": [{"direction": "sideways", "protocol": "tcp"}]})
-    refusal = access.security_group(group)
-    assert not isinstance(refusal, tuple)
-    assert refusal.reason == "InvalidRules" and "\n" not in refusal.message
+    policy, notes, refusal = access.security_group(group)
+    assert refusal is not None and refusal.reason == "InvalidRules" and "\n" not in refusal.message
     assert refusal.message.startswith("spec.rules.0.direction: ")
-    policy, _ = access.security_group(obj("web", spec={"rules": []}))  # type: ignore[misc]
-    assert policy["metadata"]["ownerReferences"][0]["uid"] == "uid-web"
+    # Its members get nothing in or out until it is fixed (a group never fails open).
+    assert policy["spec"]["ingress"] == [] and policy["spec"]["egress"] == [] and notes == []
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["spec"]["podSelector"] == access.members("web")
+    good, _, none = access.security_group(obj("web", spec={"rules": []}))
+    assert none is None and good["spec"]["egress"] == [{}]  # Neutron's default egress
+    assert good["metadata"]["ownerReferences"][0]["uid"] == "uid-web"
 
 
 def test_a_snapshot_waits_for_a_built_instance_and_refuses_a_missing_or_failed_one() -> None:
@@ -147,3 +151,14 @@ def test_an_image_one_cannot_see_reads_as_one_that_does_not_exist() -> None:
     assert (seen.step.word, seen.step.reason, seen.step.message, seen.step.wait_on) == (
         missing.step.word, missing.step.reason, missing.step.message, missing.step.wait_on)
     assert seen.step.word is NovaStatus.build and seen.vm is None
+
+
+def test_rules_network_policy_would_refuse_fail_closed_too() -> None:
+    for rule, said in (({"remoteIpPrefix": "10.0.0.0/33"}, "is not a CIDR"),
+                       ({"remoteIpPrefix": "fd00::/64"}, "does not match ethertype IPv4")):
+        policy, _, refusal = access.security_group(obj("db", spec={"rules": [{"protocol": "tcp", **rule}]}))
+        assert refusal is not None and said in refusal.message and refusal.message.startswith("spec.rules.0.")
+        assert policy["spec"]["ingress"] == policy["spec"]["egress"] == []
+    v6 = {"ethertype": "IPv6", "remoteIpPrefix": "fd00::/64"}
+    _, _, fine = access.security_group(obj("db", spec={"rules": [v6]}))
+    assert fine is None

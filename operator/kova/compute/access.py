@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -78,18 +79,45 @@ def network_policy(namespace: str, group: str, spec: SecurityGroupSpec) -> tuple
     return body, notes
 
 
-def security_group(group: dict[str, Any]) -> tuple[dict[str, Any], list[str]] | Refusal:
-    """A SecurityGroup object's NetworkPolicy (owned by the group, so it goes with it) and its notes, or why
-    its rules cannot be enforced."""
+def security_group(group: dict[str, Any]) -> tuple[dict[str, Any], list[str], Refusal | None]:
+    """A SecurityGroup object's NetworkPolicy (owned by the group, so it goes with it), its notes, and why its
+    rules cannot be enforced if they cannot. Then the policy denies everything to its members until the
+    rules are fixed: a group fails closed, never open (Neutron refuses such a group outright)."""
+    md = group["metadata"]
+    refusal = None
     try:
         spec = SecurityGroupSpec.model_validate(group.get("spec") or {})
+        problem = next((p for p in map(_rule_problem, enumerate(spec.rules)) if p), None)
     except ValidationError as e:
-        return Refusal("InvalidRules", one_line(e, "spec"))
-    md = group["metadata"]
-    policy, notes = network_policy(md["namespace"], md["name"], spec)
+        problem = one_line(e, "spec")
+    if problem is None:
+        policy, notes = network_policy(md["namespace"], md["name"], spec)
+    else:
+        refusal = Refusal("InvalidRules", f"{problem}; its members get no traffic until the rules are fixed")
+        policy, notes = deny_all(md["namespace"], md["name"]), []
     policy["metadata"]["labels"] = dict(MANAGED_BY)
     policy["metadata"]["ownerReferences"] = [owner_reference(group)]
-    return policy, notes
+    return policy, notes, refusal
+
+
+def _rule_problem(numbered: tuple[int, SecurityGroupRule]) -> str | None:
+    """What the CRD's schema cannot say about a rule and NetworkPolicy would refuse (Neutron's 400s)."""
+    n, rule = numbered
+    if rule.remote_ip_prefix is None:
+        return None
+    try:
+        network = ipaddress.ip_network(rule.remote_ip_prefix, strict=False)
+    except ValueError:
+        return f"spec.rules.{n}.remoteIpPrefix: {rule.remote_ip_prefix} is not a CIDR"
+    if network.version != (4 if rule.ethertype.value == "IPv4" else 6):
+        return f"spec.rules.{n}.remoteIpPrefix: {rule.remote_ip_prefix} does not match ethertype {rule.ethertype.value}"
+    return None
+
+
+def deny_all(namespace: str, group: str) -> dict[str, Any]:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": policy_name(group), "namespace": namespace},
+            "spec": {"podSelector": members(group), "policyTypes": ["Ingress", "Egress"], "ingress": [], "egress": []}}
 
 
 def default_group_policy(namespace: str) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from typing import Any
 from kova.adapters.runtime import Runtime
 from kova.adapters.status import publish
 from kova.api.conditions import Progress
-from kova.api.errors import Refusal
 from kova.api.models import KeyPairSpec
 from kova.api.resources import (
     AVAILABILITY_ZONES,
@@ -72,13 +71,12 @@ async def reconcile_security_group(rt: Runtime, namespace: str, name: str) -> No
         obj = await rt.kube.get(SECURITY_GROUPS, name, namespace)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return
-        decided = access.security_group(obj)
-        if isinstance(decided, Refusal):
-            await publish(rt, SECURITY_GROUPS, obj, word=None, progress=Progress.STALLED, reason=decided.reason,
-                          message=decided.message)
-            return
-        policy, notes = decided
+        policy, notes, refusal = access.security_group(obj)
         await rt.writes.ensure(NETWORK_POLICIES, policy, None)
+        if refusal is not None:
+            await publish(rt, SECURITY_GROUPS, obj, word=None, progress=Progress.STALLED, reason=refusal.reason,
+                          message=refusal.message, fields={"networkPolicy": policy["metadata"]["name"], "notes": []})
+            return
         await publish(rt, SECURITY_GROUPS, obj, word=None, progress=Progress.READY, reason="Enforced",
                       message=f"NetworkPolicy {policy['metadata']['name']} selects its Instances"
                               + (f"; {len(notes)} note(s)" if notes else ""),
