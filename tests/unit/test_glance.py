@@ -267,3 +267,89 @@ def test_member_rules() -> None:
         glance.answered_members(shared, "b", "a", {"status": "accepted"}, "t")  # only the member answers
     assert e.value.status == 403
     assert glance.removed_member(shared, "b") == []
+
+
+# ------------------------------------------------------------------------------------------------ limits
+TAG_LIMIT = ("The limit has been exceeded on the number of allowed image tags. Attempted: 129, Maximum: 128")
+PROPERTY_LIMIT = ("The limit has been exceeded on the number of allowed image properties. Attempted: 129, "
+                  "Maximum: 128")
+
+
+def test_glances_quotas_are_the_crds() -> None:
+    from kova.api import crdgen
+
+    def spec(kind: str) -> dict[str, Any]:
+        crd = next(c for c in crdgen.all_crds() if c["spec"]["names"]["kind"] == kind)
+        return dict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"])
+    image_spec, instance_spec = spec("Image"), spec("Instance")
+    assert image_spec["tags"]["maxItems"] == image_spec["members"]["maxItems"] == 128
+    assert image_spec["properties"]["maxProperties"] == instance_spec["metadata"]["maxProperties"] == 128
+    for field, name in ((image_spec["tags"], "image_tag_quota"), (image_spec["properties"], "image_property_quota"),
+                        (image_spec["members"], "image_member_quota"), (instance_spec["metadata"], "metadata_items")):
+        assert "128" in field["description"] and name in field["description"]
+
+
+def test_create_past_glances_quotas_is_413_before_any_write() -> None:
+    props = {f"p{n}": "v" for n in range(128)}
+    assert len(glance.new_image({"name": "n", **props, "tags": [f"t{n}" for n in range(128)]}, "a")["properties"]) \
+        == 128  # the limit itself is allowed
+    with pytest.raises(GlanceError) as e:
+        glance.new_image({"name": "n", **props, "p128": "v"}, "a")
+    assert (e.value.status, e.value.message) == (413, PROPERTY_LIMIT)
+    with pytest.raises(GlanceError) as e:
+        glance.new_image({"name": "n", "tags": [f"t{n}" for n in range(129)]}, "a")
+    assert (e.value.status, e.value.message) == (413, TAG_LIMIT)
+    # Duplicated tags are one tag (a set), as the Image keeps them.
+    assert len(glance.new_image({"tags": ["t"] * 129}, "a")["tags"]) == 1
+
+
+def test_patch_past_glances_quotas_is_413_but_shrinking_is_not() -> None:
+    v21 = PATCH_TYPES[0]
+    full = image("x", properties={f"p{n}": "v" for n in range(128)}, tags=[f"t{n}" for n in range(128)])
+    for ops, message in (([{"op": "add", "path": "/p128", "value": "v"}], PROPERTY_LIMIT),
+                         ([{"op": "add", "path": "/tags/-", "value": "t128"}], TAG_LIMIT),
+                         ([{"op": "replace", "path": "/tags", "value": [f"u{n}" for n in range(129)]}], TAG_LIMIT)):
+        with pytest.raises(GlanceError) as e:
+            glance.apply_patch(full, ops, v21)
+        assert (e.value.status, e.value.message) == (413, message), ops
+    # At the limit, a property may change and any may go; a tag already there is no new tag.
+    assert glance.apply_patch(full, [{"op": "replace", "path": "/p0", "value": "w"}], v21) == {
+        "properties": {**{f"p{n}": None for n in range(128)}, **{f"p{n}": "v" for n in range(1, 128)}, "p0": "w"}}
+    assert glance.apply_patch(full, [{"op": "remove", "path": "/p0"}], v21)["properties"]["p0"] is None
+    assert glance.apply_patch(full, [{"op": "add", "path": "/tags/-", "value": "t0"}], v21) == {}
+    # Swapping one property for a new one stays at the limit: Glance counts the result.
+    swapped = glance.apply_patch(full, [{"op": "remove", "path": "/p0"}, {"op": "add", "path": "/q", "value": "v"}],
+                                 v21)
+    assert swapped["properties"]["q"] == "v" and swapped["properties"]["p0"] is None
+
+
+def test_put_tag_past_image_tag_quota_is_glances_413() -> None:
+    full = image("x", uid="img-1", tags=[f"t{n}" for n in range(128)])
+    glance.check_new_tag(full, "t5")  # already there: nothing is added
+    glance.check_new_tag(image("y", tags=[f"t{n}" for n in range(127)]), "new")  # the 128th
+    with pytest.raises(GlanceError) as e:
+        glance.check_new_tag(full, "t128")
+    assert (e.value.status, e.value.message) == (413, f"Image tag limit exceeded for image img-1: {TAG_LIMIT}:")
+    with pytest.raises(GlanceError) as e:
+        glance.check_new_tag(image("z"), "x" * 256)
+    assert e.value.status == 400
+
+
+def test_add_member_past_image_member_quota_is_glances_413() -> None:
+    members = [f"p{n}" for n in range(128)]
+    assert glance.added_member(image("img", visibility="shared", members=members[:127]), {"member": "p127"}) == (
+        "p127", members)
+    full = image("img", uid="img-1", visibility="shared", members=members)
+    for body in ({"member": "p128"}, {"member": "p0"}):  # Glance counts before it looks for a duplicate
+        with pytest.raises(GlanceError) as e:
+            glance.added_member(full, body)
+        assert (e.value.status, e.value.message) == (
+            413, "Image member limit exceeded for image img-1: The limit has been exceeded on the number of "
+                 "allowed image members for this image. Attempted: 129, Maximum: 128:")
+
+
+def test_only_a_project_member_answers_a_share() -> None:
+    glance.check_member_role(True)
+    with pytest.raises(GlanceError) as e:
+        glance.check_member_role(False)  # a reader
+    assert (e.value.status, e.value.message) == (403, "You are not authorized to complete modify_member action.")

@@ -29,6 +29,14 @@ def cel(rule: str, message: str) -> dict[str, Any]:
     return {"x-kubernetes-validations": [{"rule": rule, "message": message}]}
 
 
+# OpenStack's default limits, enforced by the API server through the CRDs (maxItems, maxProperties) and answered
+# as Glance answers them by the image API (413).
+MAX_IMAGE_PROPERTIES = 128  # Glance's image_property_quota
+MAX_IMAGE_TAGS = 128  # Glance's image_tag_quota
+MAX_IMAGE_MEMBERS = 128  # Glance's image_member_quota
+MAX_METADATA_ITEMS = 128  # Nova's metadata_items quota
+
+
 # ---------------------------------------------------------------------------------------------- status
 class Condition(Model):
     """A kstatus-style condition (metav1.Condition)."""
@@ -142,12 +150,16 @@ class ImageSpec(Model):
     container_format: ContainerFormat = Field(default=ContainerFormat.bare)
     min_disk: int = Field(default=0, ge=0, description="GiB of root disk the image needs to boot.")
     min_ram: int = Field(default=0, ge=0, description="MiB of RAM the image needs to boot.")
-    tags: list[str] = Field(default_factory=list, json_schema_extra={"x-kubernetes-list-type": "set"})
-    properties: dict[str, str] = Field(default_factory=dict, description="Free-form Glance properties.")
+    tags: list[str] = Field(default_factory=list, max_length=MAX_IMAGE_TAGS, description=(
+        f"Glance tags: at most {MAX_IMAGE_TAGS} (Glance's image_tag_quota)."),
+        json_schema_extra={"x-kubernetes-list-type": "set"})
+    properties: dict[str, str] = Field(default_factory=dict, max_length=MAX_IMAGE_PROPERTIES, description=(
+        f"Free-form Glance properties: at most {MAX_IMAGE_PROPERTIES} (Glance's image_property_quota)."))
     visibility: Visibility = Field(default=Visibility.private, description=(
         "private: this namespace; shared: this namespace and `members`; public and community: every "
         "namespace (public ones are meant to be listed, community ones only used by name)."))
-    members: list[str] = Field(default_factory=list, description="Namespaces a shared image is shared with.")
+    members: list[str] = Field(default_factory=list, max_length=MAX_IMAGE_MEMBERS, description=(
+        f"Namespaces a shared image is shared with: at most {MAX_IMAGE_MEMBERS} (Glance's image_member_quota)."))
     protected: bool = Field(default=False, description="A protected image cannot be deleted.")
     hidden: bool = Field(default=False, description="Glance's os_hidden: left out of default image lists.")
     deactivated: bool = Field(default=False, description=(
@@ -286,9 +298,9 @@ class InstanceSpec(Model):
         "old flavor reverts it too."))
     user_data: str | None = Field(default=None, max_length=65535,
                                   description="cloud-init user data (plain text), as Nova user_data.")
-    metadata: dict[str, str] = Field(default_factory=dict, description=(
-        "Nova server metadata; carried to the VM and VMI as the JSON annotation "
-        "compute.kova.dev/server-metadata."))
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=MAX_METADATA_ITEMS, description=(
+        f"Nova server metadata, at most {MAX_METADATA_ITEMS} items (Nova's metadata_items quota); carried to the "
+        "VM and VMI as the JSON annotation compute.kova.dev/server-metadata."))
     key_name: str | None = Field(default=None, max_length=253, description=(
         "A KeyPair in this namespace: its public key reaches the guest through cloud-init (with userData, "
         "combined as cloud-init accepts). The instance waits for it, as for its Flavor."),

@@ -15,7 +15,17 @@ from typing import Any
 from urllib.parse import urlencode
 
 from kova.api.errors import Refusal, StatusError
-from kova.api.models import ContainerFormat, DiskFormat, GlanceStatus, ImageSpec, MemberStatus, Visibility
+from kova.api.models import (
+    MAX_IMAGE_MEMBERS,
+    MAX_IMAGE_PROPERTIES,
+    MAX_IMAGE_TAGS,
+    ContainerFormat,
+    DiskFormat,
+    GlanceStatus,
+    ImageSpec,
+    MemberStatus,
+    Visibility,
+)
 from kova.api.resources import DNS_LABEL
 from kova.image.rules import image_visible_to, protected_refusal
 
@@ -200,8 +210,40 @@ def new_image(body: Any, namespace: str) -> dict[str, Any]:
     if doc.get("visibility") == Visibility.public.value:
         raise GlanceError(403, "You are not authorized to complete publicize_image action.")
     spec = spec_from_doc(doc)
+    check_limits(spec)
     spec["source"] = {"upload": {}}
     return spec
+
+
+# ---------------------------------------------------------------------------------------------- limits
+# Glance's quotas (image_tag_quota, image_property_quota, image_member_quota), the same numbers the CRD gives the
+# API server: the image API answers as Glance does (413) before it writes, so the API server's refusal (422)
+# is never the first line.
+def _limit_text(what: str, attempted: int, maximum: int) -> str:
+    return f"The limit has been exceeded on the number of allowed {what}. Attempted: {attempted}, Maximum: {maximum}"
+
+
+def check_limits(spec: Mapping[str, Any], before: Mapping[str, Any] | None = None) -> None:
+    """A new image (or, with `before`, a patched one) within Glance's tag and property quotas: 413 with
+    Glance's ImageTagLimitExceeded / ImagePropertyLimitExceeded text otherwise. Tags are counted whenever they
+    change, properties only when one is added (Glance's ImageRepoProxy.save), so either may still shrink."""
+    tags, properties = list(spec.get("tags") or []), dict(spec.get("properties") or {})
+    old_tags, old_properties = (list(before.get("tags") or []), dict(before.get("properties") or {})) \
+        if before is not None else (None, {})
+    if len(tags) > MAX_IMAGE_TAGS and tags != old_tags:
+        raise GlanceError(413, _limit_text("image tags", len(tags), MAX_IMAGE_TAGS))
+    if len(properties) > MAX_IMAGE_PROPERTIES and (before is None or set(properties) - set(old_properties)):
+        raise GlanceError(413, _limit_text("image properties", len(properties), MAX_IMAGE_PROPERTIES))
+
+
+def check_new_tag(obj: Mapping[str, Any], tag: str) -> None:
+    """PUT /v2/images/{id}/tags/{tag}: a tag already there changes nothing; a new one past image_tag_quota is
+    Glance's 413 (its message, trailing colon included)."""
+    check_tag(tag)
+    tags = set((obj.get("spec") or {}).get("tags") or [])
+    if tag not in tags and len(tags) + 1 > MAX_IMAGE_TAGS:
+        raise GlanceError(413, f"Image tag limit exceeded for image {obj['metadata']['uid']}: "
+                               f"{_limit_text('image tags', len(tags) + 1, MAX_IMAGE_TAGS)}:")
 
 
 # ----------------------------------------------------------------------------------------------- patch
@@ -318,6 +360,7 @@ def apply_patch(obj: Mapping[str, Any], ops: Any, media_type: str) -> dict[str, 
             doc[key] = value
     # Compared with the spec read the same way, so defaults the spec leaves out are not written.
     before, after = spec_from_doc(editable_doc(spec)), spec_from_doc(doc)
+    check_limits(after, before)
     patch: dict[str, Any] = {f: after.get(f) for f in BASE.values() if after.get(f) != before.get(f)}
     if after["properties"] != before["properties"]:
         # A merge patch removes a key by giving it null.
@@ -620,6 +663,9 @@ def added_member(obj: Mapping[str, Any], body: Any) -> tuple[str, list[str]]:
     if spec.get("visibility") != Visibility.shared.value:
         raise GlanceError(403, f"Not allowed to create members for image {obj['metadata']['uid']}.")
     current = list(spec.get("members") or [])
+    if len(current) + 1 > MAX_IMAGE_MEMBERS:  # Glance counts before it looks for a duplicate
+        raise GlanceError(413, f"Image member limit exceeded for image {obj['metadata']['uid']}: "
+                               f"{_limit_text('image members for this image', len(current) + 1, MAX_IMAGE_MEMBERS)}:")
     if member in current:
         raise GlanceError(409, f"Member {member} is duplicated for image {obj['metadata']['uid']}")
     return str(member), [*current, str(member)]
@@ -632,9 +678,17 @@ def removed_member(obj: Mapping[str, Any], member: str) -> list[str]:
     return [m for m in current if m != member]
 
 
+def check_member_role(member_role: bool) -> None:
+    """Glance's modify_member policy: only a project `member` may accept or reject a share, a `reader` gets
+    403 (in Kova the member role is the right to create Images in the project, as kova.openstack.identity
+    says)."""
+    if not member_role:
+        raise GlanceError(403, "You are not authorized to complete modify_member action.")
+
+
 def answered_members(obj: Mapping[str, Any], member: str, project: str, body: Any, now: str) -> list[dict[str, Any]]:
-    """A member project accepts or rejects a share: only the member may answer (Glance's policy). The image's
-    status.members with that answer."""
+    """A member project accepts or rejects a share: only the member may answer (Glance's policy; its role is
+    checked first, check_member_role). The image's status.members with that answer."""
     if member not in ((obj.get("spec") or {}).get("members") or []):
         raise GlanceError(404, f"Member {member} not found for image {obj['metadata']['uid']}")
     if member != project:

@@ -185,7 +185,7 @@ class ImageHandlers(Front):
         caller, project = await self.caller(request)
         obj = await self.own(caller, project, request.match_info["id"])
         tag = request.match_info["tag"]
-        glance.check_tag(tag)
+        glance.check_new_tag(obj, tag)
         tags = list((obj.get("spec") or {}).get("tags") or [])
         if tag not in tags:
             await self._patch(caller, obj, {"spec": {"tags": sorted({*tags, tag})}})
@@ -332,10 +332,16 @@ class ImageHandlers(Front):
         return web.json_response(glance.shown_member(obj, request.match_info["member"], project))
 
     async def answer_member(self, request: web.Request) -> web.Response:
-        """A member project accepts or rejects a share. Only the member may answer (Glance's policy), and
-        its answer is written into the owner's Image status with the API's own account."""
+        """A member project accepts or rejects a share. Only the member may answer, and only with Glance's
+        `member` role there (a token that may create Images in the project; a reader gets 403, Glance's
+        modify_member policy); its answer is written into the owner's Image status with the API's own account."""
         caller, project = await self.caller(request)
         obj = await self.find(caller, project, request.match_info["id"])
+        try:
+            member_role = await caller.can("create", project)
+        except ApiError as e:
+            raise GlanceError(e.status if e.status in (401, 403) else 503, e.message) from e
+        glance.check_member_role(member_role)
         member = request.match_info["member"]
         answers = glance.answered_members(obj, member, project, await read_json(request), clock.utcnow())
         md = obj["metadata"]
