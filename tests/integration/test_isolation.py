@@ -20,12 +20,17 @@ NAD_PREFIX = "failed to render launch manifest: failed to locate network attachm
 class Tenant(Kubectl):
     """kubectl with a tenant's token instead of the bench's admin certificate."""
 
-    def __init__(self, cloud: LocalCloud, namespace: str) -> None:
+    def __init__(self, cloud: LocalCloud, namespace: str, token: str | None = None, user: str | None = None) -> None:
         super().__init__(cloud, namespace)
-        self.kubeconfig = cloud.workdir / f"tenant-{namespace}.kubeconfig"
+        user = user or f"tenant-{namespace}"
+        self.kubeconfig = cloud.workdir / f"{user}.kubeconfig"
         self.kubeconfig.write_text(yaml.safe_dump(kubeconfig_dict(
-            cloud.api_url, (cloud.workdir / "pki" / "ca.crt").read_text(), token=tenant_token(cloud, namespace),
-            user=f"tenant-{namespace}")))
+            cloud.api_url, (cloud.workdir / "pki" / "ca.crt").read_text(),
+            token=token or tenant_token(cloud, namespace), user=user)))
+
+    @classmethod
+    def with_token(cls, cloud: LocalCloud, namespace: str, token: str, user: str) -> Tenant:
+        return cls(cloud, namespace, token, user)
 
     def __call__(self, *args: str, input: str | None = None, check: bool = True) -> str:
         res = subprocess.run([binary("kubectl"), f"--kubeconfig={self.kubeconfig}", "-n", str(self.namespace),
@@ -124,3 +129,49 @@ def test_a_security_group_with_rules_networkpolicy_refuses_fails_closed(cloud: L
     wait_for(lambda: (p := kubectl.get("networkpolicy", "kova-sg-db")) and p["spec"].get("ingress"), 60,
              "the group's rules in its NetworkPolicy")
     assert condition(tenant.get("securitygroup", "db"))["status"] == "True"
+
+
+def test_publicizing_and_snapshotting_need_their_rights(cloud: LocalCloud, operator: Operator, source: Source,
+                                                      kubectl: Kubectl) -> None:
+    """Glance's publicize_image and Nova's createImage, enforced by the API server for kubectl as well as
+    for kova api: a project member may share an image or make it community, not public, and may take an
+    image of a server it may change, not of a locked one."""
+    install_tenant_roles(cloud)
+    tenant = Tenant(cloud, str(kubectl.namespace))
+    url = source.add(f"/{kubectl.namespace}/os", disk("policy"))
+    refused = tenant.apply(image("ubuntu", url, visibility="public"), check=False)  # "Ubuntu 24.04 LTS", say
+    assert "only an administrator may make an image public" in refused and tenant.get("image", "ubuntu") is None
+    tenant.apply(image("os", url, visibility="community"))
+    wait_image(tenant, "os", "active")
+    patched = tenant("patch", "image", "os", "--type=merge", "-p", '{"spec": {"visibility": "public"}}', check=False)
+    assert "only an administrator may make an image public" in patched
+    assert (tenant.get("image", "os") or {})["spec"]["visibility"] == "community"
+    # An administrator hands out the right (kova-image-publisher), and then it may.
+    cloud.kubectl("-n", str(kubectl.namespace), "create", "rolebinding", "publisher",
+                  "--clusterrole=kova-image-publisher", f"--serviceaccount={kubectl.namespace}:os-edit")
+    wait_for(lambda: "patched" in tenant("patch", "image", "os", "--type=merge", "-p",
+                                         '{"spec": {"visibility": "public"}}', check=False),
+             30, "the publisher's patch to go through (RBAC's caches take the binding)")
+    assert (tenant.get("image", "os") or {})["spec"]["visibility"] == "public"
+    # createImage of a locked server: the image is killed, the server keeps running (not stopped for a copy).
+    fl = unique(kubectl, "f")
+    kubectl.apply(flavor(fl))
+    tenant.apply(instance("srv", fl, "os", locked=True))
+    wait_instance(tenant, "srv", "ACTIVE", timeout=90)
+    tenant.apply({"apiVersion": "image.kova.dev/v1alpha1", "kind": "Image", "metadata": {"name": "srv-snap"},
+                  "spec": {"source": {"instance": "srv"}}})
+    snap = wait_image(tenant, "srv-snap", "killed")
+    assert condition(snap)["reason"] == "InstanceLocked"
+    assert (tenant.get("instance", "srv") or {})["status"]["status"] == "ACTIVE"
+    # Someone who may create images but not change the server may not image it.
+    reader = f"{kubectl.namespace}-imager"
+    cloud.kubectl("-n", str(kubectl.namespace), "create", "role", "imager", "--verb=create,get,list,watch",
+                  "--resource=images.image.kova.dev,instances.compute.kova.dev")
+    cloud.kubectl("-n", str(kubectl.namespace), "create", "serviceaccount", "imager")
+    cloud.kubectl("-n", str(kubectl.namespace), "create", "rolebinding", "imager", "--role=imager",
+                  f"--serviceaccount={kubectl.namespace}:imager")
+    imager = Tenant.with_token(cloud, str(kubectl.namespace), cloud.kubectl(
+        "-n", str(kubectl.namespace), "create", "token", "imager").strip(), reader)
+    denied = imager.apply({"apiVersion": "image.kova.dev/v1alpha1", "kind": "Image", "metadata": {"name": "theft"},
+                           "spec": {"source": {"instance": "srv"}}}, check=False)
+    assert "needs the right to update that Instance" in denied and kubectl.get("image", "theft") is None

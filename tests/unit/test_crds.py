@@ -78,13 +78,23 @@ def test_status_conditions_are_a_map_keyed_by_type() -> None:
 
 
 def test_protected_image_and_locked_instance_policies_guard_delete_only() -> None:
-    images, image_binding, instances, instance_binding = yaml.safe_load_all(
-        crdgen.files()["protected-images.policy.yaml"])
+    images, image_binding, instances, instance_binding = list(yaml.safe_load_all(
+        crdgen.files()["protected-images.policy.yaml"]))[:4]
     for policy, binding, resource in ((images, image_binding, "images"), (instances, instance_binding, "instances")):
         rule = policy["spec"]["matchConstraints"]["resourceRules"][0]
         assert rule["operations"] == ["DELETE"] and rule["resources"] == [resource]
         assert binding["spec"]["validationActions"] == ["Deny"]
         assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+
+
+def test_publicize_and_snapshot_policies_ask_the_requesters_rights() -> None:
+    docs = {d["metadata"]["name"]: d for d in yaml.safe_load_all(crdgen.files()["protected-images.policy.yaml"])
+            if d["kind"] == "ValidatingAdmissionPolicy"}
+    publicize = docs[crdgen.PUBLICIZE_POLICY]["spec"]
+    assert publicize["matchConstraints"]["resourceRules"][0]["operations"] == ["CREATE", "UPDATE"]
+    assert ".check('publicize').allowed()" in publicize["validations"][0]["expression"]
+    snapshot = docs[crdgen.SNAPSHOT_POLICY]["spec"]
+    assert ".name(object.spec.source.instance).check('update')" in snapshot["validations"][0]["expression"]
 
 
 def test_chart_carries_the_same_crds_and_policy() -> None:

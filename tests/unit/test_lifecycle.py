@@ -319,6 +319,11 @@ def test_a_snapshot_stops_the_instance_while_its_disk_is_exported() -> None:
     assert after.running and after.task_state == "powering-on"
 
 
+def test_a_locked_instance_is_not_stopped_for_a_snapshot() -> None:
+    step = settle(inputs(spec(locked=True), booted(), RUNNING, snapshots=["snap"]))
+    assert (step.word, step.running) == (NovaStatus.active, True) and step.task_state is None
+
+
 def test_lock_and_unlock_are_recorded_and_the_history_is_bounded() -> None:
     st = booted()
     for n in range(MAX_ACTIONS + 6):

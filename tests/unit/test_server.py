@@ -125,6 +125,9 @@ def test_a_snapshot_waits_for_a_built_instance_and_refuses_a_missing_or_failed_o
         "waiting for Instance web to finish building"
     assert snapshot.source_state(obj("web", status={"status": "ACTIVE", "virtualMachine": "web"}), "web",
                                  "team-a") is None
+    running = {"status": "ACTIVE", "virtualMachine": "web"}
+    locked = snapshot.source_state(obj("web", spec={"locked": True}, status=running), "web", "team-a")
+    assert not isinstance(locked, str) and locked is not None and locked.reason == "InstanceLocked"
     assert snapshot.snapshot_running(obj("img", status={"status": "importing"}))
     assert not snapshot.snapshot_running(obj("img", status={"status": "active"}))
 

@@ -253,7 +253,7 @@ def decide(i: Inputs) -> Step:
         return _continue(i, st, st.task)
     if st.resize is not None and st.resize.finished_at is not None:
         return _verify_resize(i, st, st.resize)
-    if i.snapshots:
+    if i.snapshots and not i.spec.locked:  # a locked server is not imaged (the Image is refused), nor stopped
         return _snapshot(i, st)
     if not _built(st):
         # Requests made while it builds are served once it is built: at once, not at the next event.

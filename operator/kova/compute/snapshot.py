@@ -33,6 +33,10 @@ def source_state(instance: dict[str, Any] | None, name: str, namespace: str) -> 
     if instance is None:
         return Refusal("InstanceNotFound", f"Instance {name} does not exist in {namespace}")
     status = instance.get("status") or {}
+    if (instance.get("spec") or {}).get("locked"):
+        # Nova refuses createImage on a locked server (409): it is neither stopped nor copied.
+        return Refusal("InstanceLocked", f"Instance {name} is locked: unlock it (spec.locked: false) to take an "
+                                         "image of it")
     if status.get("status") == NovaStatus.error.value:
         fault = (status.get("fault") or {}).get("message", "")
         return Refusal("InstanceError", f"Instance {name} is in ERROR: {fault}")
