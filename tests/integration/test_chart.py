@@ -124,6 +124,18 @@ def test_rbac_never_reads_secrets_and_has_no_wildcards() -> None:
                 assert set(rule["verbs"]) == {"create", "delete"}, rule
 
 
+def test_the_catalog_url_comes_from_the_ingress_when_none_is_given() -> None:
+    def args(*values: str) -> list[str]:
+        pod = find(render(*values), "Deployment", "kova-api")["spec"]["template"]["spec"]
+        return list(pod["containers"][0]["args"])
+    tls = ("api.ingress.enabled=true", "api.ingress.host=cloud.example", "api.ingress.tls[0].hosts[0]=cloud.example",
+           "api.ingress.tls[0].secretName=cloud-tls")
+    assert args(*tls)[-1] == "--public-url=https://cloud.example"
+    assert args("api.ingress.enabled=true", "api.ingress.host=cloud.example")[-1] == "--public-url=http://cloud.example"
+    assert args(*tls, "api.publicUrl=https://api.example:8443")[-1] == "--public-url=https://api.example:8443"
+    assert not any(a.startswith("--public-url") for a in args())
+
+
 def test_the_api_is_its_own_hardened_deployment_with_a_read_only_account() -> None:
     docs = render("api.publicUrl=https://cloud.example", "api.ingress.enabled=true", "api.ingress.host=cloud.example")
     deploy = find(docs, "Deployment", "kova-api")
