@@ -196,10 +196,14 @@ def namespace(cloud: LocalCloud, request: pytest.FixtureRequest) -> Iterator[str
     name = "".join(ch for ch in name if ch.isalnum() or ch == "-")
     cloud.kubectl("create", "namespace", name)
     yield name
-    # Unprotect first, or the admission policy would keep the namespace from being deleted.
-    listed = cloud.kubectl("-n", name, "get", "images.image.kova.dev", "-o", "name", check=False).split()
-    for ref in (r for r in listed if r.startswith("image.image.kova.dev/")):
-        cloud.kubectl("-n", name, "patch", ref, "--type=merge", "-p", '{"spec":{"protected":false}}', check=False)
+    # Unprotect and unlock first, or the admission policies would keep the namespace from being deleted (and
+    # a namespace stuck terminating leaves objects behind that later tests would count).
+    for kind, prefix, field in (("images.image.kova.dev", "image.image.kova.dev/", "protected"),
+                                ("instances.compute.kova.dev", "instance.compute.kova.dev/", "locked")):
+        listed = cloud.kubectl("-n", name, "get", kind, "-o", "name", check=False).split()
+        for ref in (r for r in listed if r.startswith(prefix)):
+            cloud.kubectl("-n", name, "patch", ref, "--type=merge", "-p", f'{{"spec":{{"{field}":false}}}}',
+                          check=False)
     cloud.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 

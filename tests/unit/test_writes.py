@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 from kova.adapters.writes import Writes, contains
 from kova.api.resources import VIRTUAL_MACHINES
+from kova.controllers import wiring
+from kova.controllers.instance import Caches
 
 
 def test_contains_tolerates_server_defaults_but_not_changes() -> None:
@@ -76,3 +79,19 @@ def test_status_memory_prefers_the_newer_of_cache_and_own_write() -> None:
     assert writes.last_status(caught_up) == {"status": "ACTIVE"}
     newer = {"metadata": {"uid": "u", "resourceVersion": "15"}, "status": {"status": "SHUTOFF"}}
     assert writes.last_status(newer) == {"status": "SHUTOFF"}
+
+
+def test_a_deleted_instance_is_forgotten_with_its_last_kubevirt_call() -> None:
+    """What kova.controllers.wiring does when an Instance's watch says it is gone: nothing of it stays in memory."""
+    writes = Writes(None)  # type: ignore[arg-type]
+    runtime = SimpleNamespace(writes=writes)
+    caches = Caches(flavors={}, images={}, instances={}, datavolumes={}, vms={}, vmis={}, pvcs={},
+                    keypairs={}, servergroups={}, zones={})  # type: ignore[arg-type]
+    gone = {"metadata": {"namespace": "ns", "name": "vm", "uid": "u1", "resourceVersion": "12"}}
+    writes.wrote_status(gone, {**gone, "status": {"status": "PAUSED"}})
+    writes.last_call[("ns", "vm")] = ("pause", "vmi-uid")
+    writes.last_call[("ns", "other")] = ("unpause", "vmi-2")
+    caches.wait_for(("Flavor", "m1"), "ns", "vm")
+    wiring.forget_instance(runtime, caches, gone)  # type: ignore[arg-type]
+    assert writes.last_call == {("ns", "other"): ("unpause", "vmi-2")}  # only the deleted Instance's
+    assert writes._status == {} and caches.waiting == {}

@@ -40,8 +40,19 @@ _HEAVY_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 
 
 def trimmed(obj: Body, fields: tuple[str, ...]) -> Body:
-    """The parts of an object reconciles use. Not deep-copied: each event is freshly parsed JSON."""
-    out = {f: obj.get(f) or {} for f in ("apiVersion", "kind", "metadata", *fields)}
+    """The parts of an object reconciles use: its metadata and `fields`, each a top-level field ("spec") or a
+    dotted path into one ("status.conditions": that, and nothing else of the status; left out when the object
+    has none). Not deep-copied: each event is freshly parsed JSON."""
+    out = {f: obj.get(f) or {} for f in ("apiVersion", "kind", "metadata")}
+    for path in fields:
+        *parents, leaf = path.split(".")
+        src, dst = obj, out
+        for part in parents:
+            src, dst = src.get(part) or {}, dst.setdefault(part, {})
+        if parents and leaf in src:
+            dst[leaf] = src[leaf]
+        elif not parents:
+            dst[leaf] = src.get(leaf) or {}
     metadata = {k: v for k, v in out["metadata"].items() if k != "managedFields"}
     annotations = metadata.get("annotations") or {}
     if any(a in annotations for a in _HEAVY_ANNOTATIONS):
@@ -252,35 +263,99 @@ class View:
             yield from informer
 
 
+def backoff(n: int, base: float, cap: float) -> float:
+    """Seconds of a key's n-th wait to retry in a row: doubling from `base` up to `cap`, less up to a tenth at
+    random, so that keys that failed together (an API server outage) do not all come back in the same instant."""
+    # The exponent is bounded: 2.0 ** 1024 overflows, and a key may fail once a minute for days.
+    return min(cap, base * 2.0 ** min(n - 1, 32)) * (1 - random.random() / 10)
+
+
+def worth_retrying(error: Exception) -> bool:
+    """Whether a failed run should be tried again. Not when the namespace is being deleted: the API server
+    refuses every new object there, and the object itself is on its way out (Kubernetes' own controllers
+    drop such errors too, by their NamespaceTerminating cause)."""
+    if isinstance(error, ApiException) and error.status == 403 and error.body:
+        try:
+            causes = (json.loads(error.body).get("details") or {}).get("causes") or []
+        except (ValueError, AttributeError):
+            return True
+        # A StatusCause's type is `reason` on the wire.
+        return not any("NamespaceTerminating" in (c.get("reason"), c.get("type")) for c in causes)
+    return True
+
+
 class Coalescer:
     """Runs `fn(key)` for each kicked key, one run per key at a time; kicks that arrive during a run make
-    exactly one more run (a burst of child events costs one or two reconciles, not one each)."""
+    exactly one more run (a burst of child events costs one or two reconciles, not one each).
 
-    def __init__(self, fn: Callable[[Hashable], Awaitable[None]], what: str) -> None:
+    A run that raises is run again by itself, as client-go's workqueue retries a failed key: the write it
+    could not make (an API server 5xx, a 409, a refusal by an admission policy) is often the very change that
+    no further event would come to ask for again. Each key has its own back-off (`backoff`), reset by a
+    success; a kick during the wait runs the key at once; close() ends the waits."""
+
+    def __init__(self, fn: Callable[[Hashable], Awaitable[None]], what: str, *, base: float = 0.5,
+                 cap: float = 60.0, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.fn, self.what = fn, what
+        self.base, self.cap, self.sleep = base, cap, sleep  # sleep: tests pass a fake clock
         self._running: dict[Hashable, asyncio.Task[None]] = {}
         self._again: set[Hashable] = set()
+        self._kicked: dict[Hashable, asyncio.Event] = {}  # keys waiting to retry: a kick ends the wait
+        self._closed = False
 
     def kick(self, key: Hashable) -> None:
+        if self._closed:  # a timer (`wake`) may still fire during shutdown: nothing runs after close()
+            return
         if key in self._running:
             self._again.add(key)
+            if key in self._kicked:
+                self._kicked[key].set()
         else:
             self._running[key] = asyncio.get_running_loop().create_task(self._run(key))
 
     async def _run(self, key: Hashable) -> None:
+        # The task lives until the key succeeds, so it can count: failures in a row (for the log), and retries,
+        # the runs the back-off's timer started. Only these lengthen the back-off: runs that kicks start come
+        # as fast as events do, back-off or not, and a boot's burst of child events (a dozen in a second) would
+        # otherwise push the next retry to the cap at once.
+        failures = retries = 0
         try:
             while True:
                 self._again.discard(key)
                 try:
                     await self.fn(key)
-                except Exception:  # as Kopf does with event handlers: logged; the next event runs it again
-                    log.exception("%s %s failed", self.what, key)
+                    failures = retries = 0
+                except Exception as e:
+                    if not worth_retrying(e):
+                        log.info("%s %s: not retried (%s)", self.what, key, e)
+                        if key not in self._again:
+                            return
+                        continue
+                    failures += 1
+                    # Kicked during the run: it runs again now, with the news (as without a failure).
+                    delay = 0.0 if key in self._again else backoff(retries + 1, self.base, self.cap)
+                    log.exception("%s %s failed (%d in a row); retrying in %.1f s", self.what, key, failures, delay)
+                    if delay and await self._wait(key, delay):
+                        retries += 1
+                    continue
                 if key not in self._again:
                     return
         finally:
             del self._running[key]
 
+    async def _wait(self, key: Hashable, seconds: float) -> bool:
+        """`seconds`, or less if the key is kicked meanwhile; whether they all went by."""
+        kicked = self._kicked[key] = asyncio.Event()
+        waits = [asyncio.ensure_future(self.sleep(seconds)), asyncio.ensure_future(kicked.wait())]
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            return waits[0] in done
+        finally:
+            for w in waits:
+                w.cancel()
+            del self._kicked[key]
+
     async def close(self) -> None:
+        self._closed = True
         tasks = list(self._running.values())
         for task in tasks:
             task.cancel()

@@ -80,7 +80,7 @@ class Writes:
     _created: set[Key] = field(default_factory=set)
     _applied: dict[Key, Applied] = field(default_factory=dict)
     _status: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)  # uid → (rv, status)
-    # KubeVirt actions asked and not shown yet: (namespace, name) → (action, VMI uid).
+    # KubeVirt actions asked and not shown yet: (namespace, name) of an Instance → (action, VMI uid).
     last_call: dict[tuple[str, str], tuple[str, str | None]] = field(default_factory=dict)
 
     @staticmethod
@@ -153,3 +153,7 @@ class Writes:
 
     def forget_status(self, uid: str) -> None:
         self._status.pop(uid, None)
+
+    def forget_call(self, namespace: str, name: str) -> None:
+        """A deleted Instance: its last KubeVirt action is no one's (the entry would stay for good otherwise)."""
+        self.last_call.pop((namespace, name), None)

@@ -32,6 +32,10 @@ from kova.compute.children import INSTANCE_LABEL
 from kova.compute.snapshot import snapshot_running
 from kova.controllers import access, instance
 
+# What zones read of a Node (kova.compute.access.zones; its labels are in the metadata, which is kept). The rest
+# of a Node's status is mostly its images, capacity and addresses: kilobytes per Node that nothing reads.
+NODE_FIELDS = ("spec.unschedulable", "status.conditions")
+
 
 async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
     """One watch per kind (per served namespace), each listed before this returns."""
@@ -51,7 +55,7 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
              "pvcs": view(PERSISTENT_VOLUME_CLAIMS, ("spec", "status"), MANAGED_BY_SELECTOR),
              "keypairs": view(KEYPAIRS, ("status",)), "servergroups": view(SERVER_GROUPS, ("spec",)),
              "zones": view(AVAILABILITY_ZONES, ("status",)),
-             "nodes": view(NODES, ("spec", "status"))}
+             "nodes": view(NODES, NODE_FIELDS)}
     cache = instance.Caches(flavors=views["flavors"], images=views["images"], instances=views["instances"],
                             datavolumes=views["datavolumes"], vms=views["vms"], vmis=views["vmis"],
                             pvcs=views["pvcs"], keypairs=views["keypairs"], servergroups=views["servergroups"],
@@ -83,14 +87,8 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
             for waiter in cache.waiters((kind, *object_key(new or old or {}))):
                 kicks.kick(waiter)
             if new is None:
-                forget(old)
+                forget_object(runtime, old)
         return changed
-
-    def forget(old: Body | None) -> None:
-        uid = ((old or {}).get("metadata") or {}).get("uid")
-        if uid:
-            bookkeeping.forget(uid)
-            runtime.writes.forget_status(uid)
 
     def snapshot(old: Body | None, new: Body | None) -> None:
         """An Image made from an Instance stops that Instance while it runs (kova.compute.lifecycle)."""
@@ -138,8 +136,7 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
     views["servergroups"].listen(lambda old, new: group_kicks.kick(object_key(new or old or {})))
     def instance_gone(old: Body | None, new: Body | None) -> None:
         if new is None and old is not None:
-            forget(old)
-            cache.forget(old["metadata"]["namespace"], old["metadata"]["name"])
+            forget_instance(runtime, cache, old)
     views["instances"].listen(instance_gone)
 
     informers = [i for v in views.values() for i in v]
@@ -150,3 +147,19 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
     zone_kicks.kick("zones")  # the first list announces nothing
     for body in views["images"].objects():  # the first list announces nothing: snapshots under way are found here
         snapshot(None, body)
+
+
+def forget_object(runtime: Runtime, old: Body | None) -> None:
+    """What this process remembers of a deleted object, by uid: Kopf's bookkeeping, the last status written."""
+    uid = ((old or {}).get("metadata") or {}).get("uid")
+    if uid:
+        bookkeeping.forget(uid)
+        runtime.writes.forget_status(uid)
+
+
+def forget_instance(runtime: Runtime, cache: instance.Caches, old: Body) -> None:
+    """A deleted Instance: what is kept of any object, what it waited for, and its last KubeVirt call."""
+    namespace, name = old["metadata"]["namespace"], old["metadata"]["name"]
+    forget_object(runtime, old)
+    cache.forget(namespace, name)
+    runtime.writes.forget_call(namespace, name)
