@@ -101,19 +101,26 @@ PROTECTION_POLICY = "kova-protected-images"
 LOCK_POLICY = "kova-locked-instances"
 
 
-def _deny_delete(name: str, group: str, resource: str, expression: str, message: str) -> list[dict[str, Any]]:
+def _policy(name: str, group: str, resource: str, operations: list[str],
+            validations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A ValidatingAdmissionPolicy and the binding that makes it deny."""
     return [
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
          "metadata": {"name": name},
          "spec": {
              "failurePolicy": "Fail",
              "matchConstraints": {"resourceRules": [{
-                 "apiGroups": [group], "apiVersions": ["*"], "operations": ["DELETE"], "resources": [resource]}]},
-             "validations": [{"expression": expression, "messageExpression": message, "reason": "Forbidden"}]}},
+                 "apiGroups": [group], "apiVersions": ["*"], "operations": operations, "resources": [resource]}]},
+             "validations": validations}},
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
          "metadata": {"name": name},
          "spec": {"policyName": name, "validationActions": ["Deny"]}},
     ]
+
+
+def _deny_delete(name: str, group: str, resource: str, expression: str, message: str) -> list[dict[str, Any]]:
+    return _policy(name, group, resource, ["DELETE"],
+                   [{"expression": expression, "messageExpression": message, "reason": "Forbidden"}])
 
 
 def protection_policy() -> list[dict[str, Any]]:
@@ -137,28 +144,13 @@ SNAPSHOT_POLICY = "kova-image-snapshot"
 PUBLICIZE_VERB = "publicize"  # a verb of Kova's on images, held by the kova-image-publisher ClusterRole
 
 
-def _on_create_or_update(name: str, operations: list[str], validations: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
-         "metadata": {"name": name},
-         "spec": {
-             "failurePolicy": "Fail",
-             "matchConstraints": {"resourceRules": [{
-                 "apiGroups": [GROUP_IMAGE], "apiVersions": ["*"], "operations": operations, "resources": ["images"]}]},
-             "validations": validations}},
-        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-         "metadata": {"name": name},
-         "spec": {"policyName": name, "validationActions": ["Deny"]}},
-    ]
-
-
 def image_policies() -> list[dict[str, Any]]:
     """Glance's and Nova's policy where kubectl reaches it, decided with the requester's identity (CEL's
     `authorizer`): making an image public is an administrator's decision (Glance's publicize_image), and
     making an image of a server needs the right to change that server (Nova's createImage)."""
     public = "has(object.spec.visibility) && object.spec.visibility == 'public'"
     return [
-        *_on_create_or_update(PUBLICIZE_POLICY, ["CREATE", "UPDATE"], [{
+        *_policy(PUBLICIZE_POLICY, GROUP_IMAGE, "images", ["CREATE", "UPDATE"], [{
             "expression": f"!({public}) || (oldObject != null && has(oldObject.spec.visibility) && "
                           "oldObject.spec.visibility == 'public') || "
                           f"authorizer.group('{GROUP_IMAGE}').resource('images').namespace(object.metadata.namespace)"
@@ -167,7 +159,7 @@ def image_policies() -> list[dict[str, Any]]:
                                  "public (the Glance policy publicize_image; the kova-image-publisher role). Share it "
                                  "(visibility shared, members) or make it community instead'",
             "reason": "Forbidden"}]),
-        *_on_create_or_update(SNAPSHOT_POLICY, ["CREATE"], [{
+        *_policy(SNAPSHOT_POLICY, GROUP_IMAGE, "images", ["CREATE"], [{
             "expression": "!has(object.spec.source.instance) || "
                           f"authorizer.group('{GROUP_COMPUTE}').resource('instances')"
                           ".namespace(object.metadata.namespace).name(object.spec.source.instance)"
