@@ -110,17 +110,20 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCloud]:
         yield c
 
 
-def chart_rbac_kubeconfig(cloud: LocalCloud, namespace: str = "kova-system") -> Path:
-    """Install the chart's ServiceAccount and roles, and return a kubeconfig with that account's token:
-    the operator under test has exactly the permissions a `helm install` gives it, and no more."""
+def chart_rbac_kubeconfig(cloud: LocalCloud, namespace: str = "kova-system", *sets: str,
+                          file: str = "operator.kubeconfig") -> Path:
+    """Install the chart's ServiceAccount and roles (with `helm --set` values), and return a kubeconfig with a
+    new token of that account: the operator under test has exactly the permissions a `helm install` gives it,
+    and no more."""
     rendered = subprocess.run(
         [binary("helm"), "template", "kova", str(REPO / "charts" / "kova"), "--namespace", namespace,
-         "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml"],
+         "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml",
+         *(arg for value in sets for arg in ("--set", value))],
         capture_output=True, text=True, check=True).stdout
     cloud.kubectl("create", "namespace", namespace, check=False)
     cloud.kubectl("apply", "-f", "-", input=rendered)
     token = cloud.kubectl("-n", namespace, "create", "token", "kova", "--duration=24h").strip()
-    path = cloud.workdir / "operator.kubeconfig"
+    path = cloud.workdir / file
     path.write_text(yaml.safe_dump(kubeconfig_dict(
         cloud.api_url, (cloud.workdir / "pki" / "ca.crt").read_text(), token=token, user="kova")))
     return path

@@ -44,13 +44,42 @@ def _run(args: argparse.Namespace) -> int:
                    log_refkey="object" if args.log_format == "json" else None)
     if args.metrics_port:
         metrics.serve(args.metrics_address, args.metrics_port)
-    if args.peering:
-        os.environ["KOVA_PEERING"] = args.peering  # read by the startup handler (kova.main)
-    asyncio.run(kopf.operator(
-        clusterwide=not args.namespace, namespaces=args.namespace,
-        memo=kopf.Memo(namespaces=args.namespace),  # the caches watch the same namespaces (kova.main)
-        liveness_endpoint=args.liveness))
+    asyncio.run(_operate(args))
     return 0
+
+
+async def _operate(args: argparse.Namespace) -> None:
+    """Kopf in one replica: with --peering, only once this replica holds the Lease (kova.adapters.leader)."""
+    import kopf
+
+    from kova.adapters import env, leader, metrics
+    from kova.adapters.kube import Kube
+
+    operate = kopf.operator(clusterwide=not args.namespace, namespaces=args.namespace, standalone=True,
+                            memo=kopf.Memo(namespaces=args.namespace),  # the caches watch the same (kova.main)
+                            liveness_endpoint=args.liveness)
+    if not args.peering:
+        metrics.LEADER.set(1)
+        await operate
+        return
+    kube = await Kube.connect()
+    elector = leader.Elector(kube.api_client, leader.own_namespace(), args.peering, leader.identity(),
+                             env.number("KOVA_PEERING_LIFETIME", 15.0, minimum=1))
+    async with leader.standing_by(args.liveness):  # a standby is alive, and does nothing else
+        await elector.acquire()
+    metrics.LEADER.set(1)
+    kova = asyncio.create_task(operate)
+    keep = asyncio.create_task(elector.keep())
+    await asyncio.wait({kova, keep}, return_when=asyncio.FIRST_COMPLETED)
+    if keep.done():
+        # Another replica may hold the Lease by now: stop writing at once, as controller-runtime does; the
+        # kubelet restarts this one as a candidate. A crash at any line converges (README: Architecture).
+        logging.getLogger("kova.leader").error("lost the Lease %s: exiting", args.peering)
+        os._exit(1)
+    keep.cancel()
+    await elector.release()
+    await kube.close()
+    kova.result()
 
 
 def _api(args: argparse.Namespace) -> int:
@@ -98,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="watch only this namespace (repeatable); default: the whole cluster")
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
                      help="liveness endpoint URL (default %(default)s)")
-    run.add_argument("--peering", default="", help="Kopf peering object name: run several replicas, one active "
-                                                   "(default: none, the only replica)")
+    run.add_argument("--peering", default="", help="Lease name: run several replicas, one leading, the others "
+                                                   "standing by (default: none, the only replica)")
     run.add_argument("--metrics-address", default="0.0.0.0", help="Prometheus metrics address")
     run.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0: off)")
     run.add_argument("--log-format", choices=["full", "plain", "json"], default="full")
@@ -131,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd.set_defaults(func=_image)
     crds = sub.add_parser("crds", help="print the CRDs generated from the models")
     crds.add_argument("--out", metavar="DIR", help="write the files into DIR instead (created if missing): "
-                      "one <plural>.<group>.yaml per CRD, kopf-peering.yaml and protected-images.policy.yaml, "
+                      "one <plural>.<group>.yaml per CRD and protected-images.policy.yaml, "
                       "each overwritten; other files in DIR are left alone")
     crds.set_defaults(func=_crds)
     args = parser.parse_args(argv)

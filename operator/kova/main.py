@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 from typing import Any
 
 import kopf
@@ -55,17 +54,9 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: Log, **_: 
     settings.persistence.diffbase_storage = bookkeeping.DIFFBASE
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
-    peering = os.environ.get("KOVA_PEERING")
-    if peering:
-        # Several replicas, one active. Kopf pauses a replica that sees a peer of the same or a higher
-        # priority, so identical replicas each draw their own: the highest runs, the others take over
-        # once its peering record expires (lifetime) or it leaves.
-        settings.peering.name = peering
-        settings.peering.mandatory = True
-        settings.peering.priority = env.integer("KOVA_PEERING_PRIORITY", random.randint(1, 1_000_000))
-        settings.peering.lifetime = env.integer("KOVA_PEERING_LIFETIME", 60, minimum=1)
-    else:
-        settings.peering.standalone = True
+    # One replica runs Kopf at all: the others stand by at a Lease (kova.adapters.leader), so Kopf's own
+    # peering, which would pause Kopf's handlers but not Kova's caches and schedulers, is not used.
+    settings.peering.standalone = True
     backoff = env.numbers("KOVA_ERROR_BACKOFFS")
     if backoff:  # tests shorten it so a dead server does not cost a minute
         settings.networking.error_backoffs = backoff

@@ -268,8 +268,31 @@ class LocalCloud:
             "--requestheader-extra-headers-prefix=X-Remote-Extra-", "--requestheader-group-headers=X-Remote-Group",
             "--requestheader-username-headers=X-Remote-User",
             f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
-            f"--proxy-client-key-file={pki / 'front-proxy-client.key'}", "--v=1"])
+            f"--proxy-client-key-file={pki / 'front-proxy-client.key'}", "--v=1",
+            f"--audit-policy-file={self._audit_policy()}", f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json", "--audit-log-maxsize=200", "--audit-log-maxbackup=1"])
         self._wait(proc, lambda: self._api_get("/readyz") == "ok", "/readyz", timeout=120)
+
+    @property
+    def audit_log(self) -> Path:
+        return self.workdir / "audit.log"
+
+    def _audit_policy(self) -> Path:
+        """Who wrote what: kube-apiserver's audit log of every write, as a cluster administrator keeps it (the
+        HA test reads which credential made each write). Metadata only: no bodies."""
+        path = self.workdir / "audit-policy.yaml"
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+            "omitStages": ["RequestReceived", "ResponseStarted", "Panic"],
+            "rules": [{"level": "Metadata", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+                      {"level": "None"}]}))
+        return path
+
+    def audit(self) -> list[dict[str, Any]]:
+        """The writes kube-apiserver has audited so far (one JSON event a line)."""
+        if not self.audit_log.exists():
+            return []
+        return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip()]
 
     def _start_controller_manager(self) -> None:
         # Only the controllers whose behaviour Kova relies on: owner-reference garbage collection, and

@@ -78,7 +78,10 @@ def test_external_store_and_ha() -> None:
     assert "StatefulSet" not in kinds and "Secret" not in kinds
     container = find(docs, "Deployment", "kova")["spec"]["template"]["spec"]["containers"][0]
     assert "--peering=kova" in container["args"]
-    assert find(docs, "ClusterKopfPeering", "kova")
+    lease = find(docs, "Role", "kova-leader")["rules"]
+    assert {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["kova"],
+            "verbs": ["get", "update"]} in lease, "the replicas may renew their own Lease and no other"
+    assert find(docs, "RoleBinding", "kova-leader")["subjects"][0]["name"] == "kova"
     env = {e["name"]: e for e in container["env"]}
     assert env["KOVA_S3_ENDPOINT"]["value"] == "s3.example:9000"
     assert env["KOVA_S3_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "store"

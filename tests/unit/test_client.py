@@ -111,7 +111,7 @@ def test_crds_help_says_what_out_writes_and_keeps(capsys: pytest.CaptureFixture[
     with pytest.raises(SystemExit):
         cli.main(["crds", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "kopf-peering.yaml" in text and "other files" in text
+    assert "protected-images.policy.yaml" in text and "other files" in text
 
 
 # which image a name means

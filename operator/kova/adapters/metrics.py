@@ -16,6 +16,7 @@ DURATION = Histogram("kova_reconcile_duration_seconds", "Handler run time, per k
                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 IMPORTS_IN_FLIGHT = Gauge("kova_imports_in_flight", "Image imports running now.")
 IMPORTED_BYTES = Counter("kova_imported_bytes_total", "Bytes of images imported into the store.")
+LEADER = Gauge("kova_leader", "1 in the replica that holds the Lease (or runs alone), 0 in a standby.")
 IMPORTS = Counter("kova_imports_total", "Finished imports, by result (active, killed).", ["result"])
 
 
