@@ -3,6 +3,7 @@ takes, instead of a traceback from deep inside (or a silent default)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from typing import TypeVar
@@ -11,6 +12,7 @@ from kova.api.quantity import InvalidQuantity, parse_size
 from kova.api.resources import DNS_LABEL
 
 T = TypeVar("T")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class BadSetting(RuntimeError):
@@ -77,3 +79,24 @@ def numbers(name: str, env: Mapping[str, str] | None = None) -> list[float] | No
             raise ValueError("negative")
         return values
     return get(name, parse, None, "a comma-separated list of seconds such as 1,2,5", env)
+
+
+def networks(name: str, env: Mapping[str, str] | None = None) -> tuple[IPNetwork, ...]:
+    """A comma-separated list of IP addresses and networks (CIDR), IPv4 or IPv6, empty when unset. An address
+    is a network of one (/32, /128); bits past the prefix are dropped, as the import filter does
+    (10.1.2.3/8 is 10.0.0.0/8). A host name is refused: what it is checked against is a peer's address."""
+    def parse(text: str) -> tuple[IPNetwork, ...]:
+        found: list[IPNetwork] = []
+        bad: list[str] = []
+        for entry in (e.strip() for e in text.split(",")):
+            if not entry:
+                continue
+            try:
+                found.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                bad.append(entry)
+        if bad:
+            raise ValueError(f"{bad[0]} is not an IP address or network" if len(bad) == 1
+                             else f"{', '.join(bad)} are not IP addresses or networks")
+        return tuple(found)
+    return get(name, parse, (), "a comma-separated list of IP addresses or networks such as 10.0.0.0/8,fd00::/8", env)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from kova.adapters import env
 from kova.adapters.kube import Kube
 from kova.adapters.kubeapi import Apiserver, Cluster
 from kova.adapters.runtime import Runtime, Settings
 from kova.adapters.store import ObjectStore
+from kova.openstack.front import TRUSTED_PROXIES
 from kova.openstack.identity.handlers import IdentityHandlers
 from kova.openstack.image.handlers import ImageHandlers, glance_errors
 
@@ -60,9 +62,14 @@ def application(identity: IdentityHandlers, images: ImageHandlers) -> web.Applic
 
 
 async def make(public_url: str | None = None, kubeconfig: str | None = None) -> web.Application:
-    """The application with its clients: the caller-token pool, and the API's own account and store."""
+    """The application with its clients: the caller-token pool, and the API's own account and store. Without
+    a public URL, the proxies in KOVA_API_TRUSTED_PROXIES may say the URL clients used (front.base_url)."""
     settings = Settings.from_env()
+    trusted = env.networks(TRUSTED_PROXIES)  # read even with a public URL: a bad value is said at once
     kube = await Kube.connect(kubeconfig)
     rt = Runtime(settings=settings, kube=kube, store=ObjectStore(settings.store))
     apiserver = Apiserver(Cluster.of(kube.api_client.configuration))
-    return application(IdentityHandlers(apiserver, rt, public_url), ImageHandlers(apiserver, rt, public_url))
+    identity, images = IdentityHandlers(apiserver, rt, public_url), ImageHandlers(apiserver, rt, public_url)
+    for front in (identity, images):
+        front.trusted_proxies = trusted
+    return application(identity, images)

@@ -4,26 +4,111 @@ each request and the project it names, checked once per AUTH_TTL with a SelfSubj
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
+import re
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiMapping
 
+from kova.adapters.env import IPNetwork
 from kova.adapters.kubeapi import ApiError, Apiserver, Caller
 from kova.adapters.runtime import Runtime
 from kova.api.errors import StatusError
 
 AUTH_TTL = 30.0  # seconds a token's access to a project is remembered (one SelfSubjectAccessReview)
+TRUSTED_PROXIES = "KOVA_API_TRUSTED_PROXIES"  # the peers whose forwarding headers base_url believes
+
+# What a forwarded host may be: a DNS name or IPv4 address, or a bracketed IPv6 address, and a port. No
+# user, path, query or space: the value goes into the catalog's URLs as their authority.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST = re.compile(rf"(?:(?P<name>{_LABEL}(?:\.{_LABEL})*)|\[(?P<v6>[0-9A-Fa-f:.]+)\])"
+                   r"(?::(?P<port>[0-9]{1,5}))?")
+_X_FORWARDED = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Port")
+
+
+def base_url(public_url: str | None, peer: str | None, scheme: str, host: str, headers: MultiMapping[str],
+             forwarded: Sequence[Mapping[str, str]], trusted: Sequence[IPNetwork]) -> str:
+    """The URL clients reach this API at, for the catalog, links and Locations: `public_url` when given;
+    else the scheme and host a trusted proxy says the client used; else the request's own.
+
+    - Forwarding headers count only when the TCP `peer` is in a `trusted` network (as gunicorn's
+      forwarded_allow_ips and uvicorn's trusted hosts): from anyone else they are whatever the client
+      wrote, and a catalog naming the client's host sends the next request's token there.
+    - Only the nearest proxy is believed, so of a comma-separated X-Forwarded-Proto or -Host (several
+      header lines read as one list) the last value: the one that proxy appended or set. Werkzeug's
+      ProxyFix with x_proto=1, x_host=1 does the same (values[-1]), as uvicorn does for the scheme.
+      Earlier values come from farther hops, or the client, that nobody vouches for.
+    - The standard Forwarded header (RFC 7239, `forwarded` as aiohttp parses it, one mapping per element)
+      counts only when the request has no X-Forwarded-* header at all, and then its last element's proto
+      and host. Proxies that speak X-Forwarded-* (ingress-nginx, Traefik, Envoy, cloud load balancers)
+      always send one of them and pass a client's Forwarded through untouched, so it must not win there
+      (waitress, for the same reason, refuses to trust both kinds at once).
+    - A value that is not `http`/`https`, or not a bare host[:port], is ignored: that part of the URL is
+      then the request's own, never a guess.
+    """
+    if public_url:
+        return public_url.rstrip("/")
+    if trusted and _is_trusted(peer, trusted):
+        proto: str | None
+        if any(headers.getall(name, ()) for name in _X_FORWARDED):
+            proto, fhost = _last(headers, "X-Forwarded-Proto"), _last(headers, "X-Forwarded-Host")
+        elif forwarded:
+            proto, fhost = forwarded[-1].get("proto"), forwarded[-1].get("host")
+        else:
+            proto = fhost = None
+        if proto is not None and proto.strip().lower() in ("http", "https"):
+            scheme = proto.strip().lower()
+        if fhost is not None and _valid_host(fhost.strip()):
+            host = fhost.strip()
+    return f"{scheme}://{host}".rstrip("/")
+
+
+def _is_trusted(peer: str | None, trusted: Sequence[IPNetwork]) -> bool:
+    try:
+        address = ipaddress.ip_address((peer or "").split("%", 1)[0])  # without an IPv6 zone (fe80::1%eth0)
+    except ValueError:
+        return False  # a Unix socket, or no peer at all
+    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [address]
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        candidates.append(address.ipv4_mapped)  # an IPv4 client of a dual-stack socket: ::ffff:10.0.0.1
+    return any(a.version == n.version and a in n for a in candidates for n in trusted)
+
+
+def _last(headers: MultiMapping[str], name: str) -> str | None:
+    values = headers.getall(name, ())
+    return ",".join(values).rsplit(",", 1)[-1] if values else None
+
+
+def _valid_host(text: str) -> bool:
+    match = _HOST.fullmatch(text)
+    if match is None or len(text) > 260:
+        return False
+    if match["port"] is not None and not 0 < int(match["port"]) < 65536:
+        return False
+    if match["v6"] is not None:
+        try:
+            ipaddress.IPv6Address(match["v6"])
+        except ValueError:
+            return False
+    return True
 
 
 class Front:
-    def __init__(self, apiserver: Apiserver, rt: Runtime, public_url: str | None = None) -> None:
+    def __init__(self, apiserver: Apiserver, rt: Runtime, public_url: str | None = None,
+                 trusted_proxies: Sequence[IPNetwork] = ()) -> None:
         self.apiserver, self.rt, self.public_url = apiserver, rt, public_url
+        self.trusted_proxies = tuple(trusted_proxies)
         self._access: dict[tuple[str, str], tuple[float, bool]] = {}
 
     def base(self, request: web.Request) -> str:
-        return (self.public_url or f"{request.scheme}://{request.host}").rstrip("/")
+        if self.public_url or not self.trusted_proxies:  # no forwarding header to read (nor to parse)
+            return base_url(self.public_url, None, request.scheme, request.host, request.headers, (), ())
+        return base_url(None, request.remote, request.scheme, request.host, request.headers, request.forwarded,
+                        self.trusted_proxies)
 
     async def caller(self, request: web.Request) -> tuple[Caller, str]:
         """The caller's token and project; 401 without a token that kube-apiserver takes, 403 when the
