@@ -141,3 +141,8 @@ async def keypair_changed(namespace: str | None, name: str, memo: Any, **_: Any)
 @kopf.on.update(*SECURITY_GROUPS)
 async def security_group_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     await access.reconcile_security_group(rt(memo), ns(namespace), name)
+
+
+@kopf.on.delete(*SECURITY_GROUPS)
+async def security_group_deleted(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    await access.delete_security_group(rt(memo), memo["group_deletions"], ns(namespace), name)

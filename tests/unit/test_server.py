@@ -6,9 +6,11 @@ import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
+from kova.api.conditions import Progress
 from kova.api.models import NovaStatus
 from kova.compute import access, server, snapshot
 from kova.compute.children import DISK_IMAGE_ANNOTATION
+from kova.compute.guest import SG_LABEL
 
 NOW = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)
 SHA = "ab" * 64
@@ -42,7 +44,7 @@ def world(spec: dict[str, Any] | None = None, status: dict[str, Any] | None = No
         "images": Objects(obj("cirros", spec={"diskFormat": "qcow2", "source": {"url": "http://x"}},
                               status={"status": "active", "size": 100, "virtualSize": 1 << 30, "osHashValue": SHA})),
         "datavolumes": Objects(), "pvcs": Objects(), "vms": Objects(), "vmis": Objects(), "keypairs": Objects(),
-        "servergroups": Objects(), "zones": Objects(cluster=True)}
+        "servergroups": Objects(), "zones": Objects(cluster=True), "securitygroups": Objects()}
     return server.World(instance=inst, status=status or {}, now=NOW, **{**defaults, **kw})
 
 
@@ -165,3 +167,49 @@ def test_rules_network_policy_would_refuse_fail_closed_too() -> None:
     v6 = {"ethertype": "IPv6", "remoteIpPrefix": "fd00::/64"}
     _, _, fine = access.security_group(obj("db", spec={"rules": [v6]}))
     assert fine is None
+
+
+def test_a_missing_security_group_is_waited_for_like_a_flavor_and_default_never_is() -> None:
+    spec = {"flavorRef": "m1", "imageRef": "cirros", "securityGroups": ["default", "web", "db"]}
+    waiting = server.plan(world(spec, securitygroups=Objects(obj("db"))))
+    step, fields = server.report(waiting)
+    assert (step.word, step.reason, step.wait_on) == (NovaStatus.build, "WaitingForSecurityGroup",
+                                                      ("SecurityGroup", "team-a", "web"))
+    assert step.progress is Progress.RECONCILING and fields["fault"] is None
+    assert "Unable to find security_group with name or id 'web'" in step.message
+    assert waiting.vm is None and waiting.disks == [] and not waiting.default_group  # nothing is made yet
+    # Once it exists the server boots; `default` is Kova's own and is never waited for.
+    found = server.plan(world(spec, securitygroups=Objects(obj("db"), obj("web"))))
+    assert found.vm is not None and found.step.reason != "WaitingForSecurityGroup" and found.default_group
+    assert set(found.vm["spec"]["template"]["metadata"]["labels"]) >= {SG_LABEL + g
+                                                                       for g in ("default", "web", "db")}
+    assert server.plan(world({**spec, "securityGroups": ["default"]})).vm is not None
+    # Another namespace's group of that name is not this namespace's.
+    elsewhere = server.plan(world(spec, securitygroups=Objects(obj("db"), obj("web", "team-b"))))
+    assert elsewhere.step.reason == "WaitingForSecurityGroup"
+
+
+def test_a_running_server_whose_group_went_keeps_running() -> None:
+    spec = {"flavorRef": "m1", "imageRef": "cirros", "securityGroups": ["web"]}
+    booted = server.plan(world(spec, securitygroups=Objects(obj("web"))))
+    status = {**booted.step.fields(), "status": "ACTIVE"}
+    vm = obj("web", spec={"runStrategy": "Always"}, status={"printableStatus": "Running", "ready": True})
+    vmi = obj("web", status={"phase": "Running", "nodeName": "n1"})
+    dv = obj("web-root", status={"phase": "Succeeded"})
+    dv["metadata"]["annotations"] = {DISK_IMAGE_ANNOTATION: "uid-cirros"}
+    plan = server.plan(world(spec, status=status, vms=Objects(vm), vmis=Objects(vmi), datavolumes=Objects(dv)))
+    assert plan.step.word is NovaStatus.active and plan.step.wait_on is None and plan.vm is not None
+
+
+def test_a_group_is_in_use_while_an_instance_of_its_namespace_names_it() -> None:
+    instances = [obj("a", spec={"securityGroups": ["web"]}), obj("b", spec={"securityGroups": ["db", "web"]}),
+                 obj("c", spec={}), obj("d", "team-b", spec={"securityGroups": ["web"]})]
+    assert access.users("team-a", "web", instances) == ["a", "b"]
+    assert access.users("team-a", "default", instances) == ["c"]  # naming none is being in `default`
+    assert access.users("team-a", "ssh", instances) == []
+    assert access.in_use("ssh", []) is None
+    refusal = access.in_use("web", ["a", "b"])
+    assert refusal is not None and refusal.reason == "SecurityGroupInUse"
+    assert refusal.message.startswith("Security Group web in use by server(s) a, b")
+    many = access.in_use("web", [f"s{n:02}" for n in range(25)])
+    assert many is not None and "s09 and 15 more" in many.message and "s10" not in many.message

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+from collections.abc import Iterable
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -131,6 +132,32 @@ def default_group() -> SecurityGroupSpec:
     """Neutron's `default` group: ingress from its own members, any egress."""
     return SecurityGroupSpec(description="Default security group", rules=[
         SecurityGroupRule(direction=Direction.ingress, remote_group=DEFAULT_GROUP)])
+
+
+def groups_of(instance: dict[str, Any]) -> list[str]:
+    """The groups an Instance's pods are members of: those it names, else the namespace's `default`."""
+    return list((instance.get("spec") or {}).get("securityGroups") or [DEFAULT_GROUP])
+
+
+def users(namespace: str, group: str, instances: Iterable[dict[str, Any]]) -> list[str]:
+    """The Instances of the namespace that are members of a group, by name."""
+    return sorted(i["metadata"]["name"] for i in instances
+                  if i["metadata"].get("namespace") == namespace and group in groups_of(i))
+
+
+SHOWN_USERS = 10  # a status message names this many servers at most
+
+
+def in_use(group: str, servers: list[str]) -> Refusal | None:
+    """Why a group cannot be deleted now: Neutron answers 409 "Security Group <id> in use." while a port is
+    in it. Here the deletion is held (a finalizer) and completes once no Instance names the group; its
+    NetworkPolicy keeps protecting the members meanwhile."""
+    if not servers:
+        return None
+    shown = ", ".join(servers[:SHOWN_USERS]) + (f" and {len(servers) - SHOWN_USERS} more"
+                                                 if len(servers) > SHOWN_USERS else "")
+    return Refusal("SecurityGroupInUse", f"Security Group {group} in use by server(s) {shown}: it is deleted once "
+                   "no Instance names it")
 
 
 # ---------------------------------------------------------------------------------------------- key pairs

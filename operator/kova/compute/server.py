@@ -1,7 +1,7 @@
 """A Nova server's whole reconcile as one pure decision: from what the caches hold to the plan.
 
 `plan` reads the Instance, its last status and, through `Lookup`s, the objects it names (Flavor, Image,
-KeyPair, ServerGroup, AvailabilityZone) and its children (DataVolumes, claim, VirtualMachine, VMI). It
+KeyPair, ServerGroup, SecurityGroup, AvailabilityZone) and its children (DataVolumes, claim, VirtualMachine, VMI). It
 returns a `Plan`: the DataVolumes to delete, whether the namespace's default security group is needed, the
 VirtualMachine to want, the disks to create, the claim to grow, at most one KubeVirt action, and the status
 to write (kova.compute.lifecycle decides the life-cycle step). The controller (kova.controllers.instance)
@@ -68,6 +68,7 @@ class World:
     keypairs: Lookup
     servergroups: Lookup
     zones: Zones
+    securitygroups: Lookup  # metadata only: whether a group exists
     snapshots: set[str] = field(default_factory=set)  # Images being made from it, by name
     shared_networks: frozenset[str] = frozenset()  # namespaces whose networks every namespace may use
     presign_ttl: dt.timedelta = dt.timedelta(hours=1)
@@ -210,6 +211,14 @@ def guest_of(w: World, spec: InstanceSpec, status: InstanceStatus, image: lifecy
             return lifecycle.Blocked("WaitingForServerGroup", f"ServerGroup {spec.server_group} does not exist (yet)",
                                      on=("ServerGroup", namespace, spec.server_group))
         policy = ServerGroupPolicy((group or {}).get("spec", {}).get("policy")) if group else None
+    missing = [] if booted else [g for g in dict.fromkeys(spec.security_groups)
+                                 if g != guest.DEFAULT_GROUP and w.securitygroups.get((namespace, g)) is None]
+    if missing:
+        # Nova refuses a server whose groups Neutron does not find; here it waits for them, as for a Flavor.
+        # Kova makes `default` itself. A running server whose group goes keeps running (its deletion is held).
+        return lifecycle.Blocked("WaitingForSecurityGroup", f"Security group {', '.join(missing)} not found: Unable to "
+                                 f"find security_group with name or id '{missing[0]}'; the Instance boots once it "
+                                 "exists", on=("SecurityGroup", namespace, missing[0]))
     if spec.availability_zone and not booted and w.zones.get((spec.availability_zone,)) is None:
         return lifecycle.Blocked("WaitingForAvailabilityZone", f"no node is in availability zone "
                                  f"{spec.availability_zone} (label topology.kubernetes.io/zone) yet",

@@ -3,18 +3,25 @@
 - KeyPair: an imported key gets its fingerprint; a generated one is made here, its private key written
   once into a Secret the user owns (Kova never reads it back), its public key and fingerprint in status.
 - SecurityGroup: one NetworkPolicy per group, owned by it (kova.compute.access); the namespace's `default`
-  group is Neutron's, made when its first Instance boots, unless a SecurityGroup of that name exists.
+  group is Neutron's, made when its first Instance boots, unless a SecurityGroup of that name exists. The
+  deletion of a group that Instances name is held (Kova's finalizer) until none does: Neutron's 409 "in use".
 - ServerGroup: its members in status.
 - AvailabilityZone: one object per zone label value on the nodes, kept from the nodes' watch.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
+
+import kopf
 
 from kova.adapters.runtime import Runtime
 from kova.adapters.status import publish
 from kova.api.conditions import Progress
+from kova.api.errors import Refusal
 from kova.api.models import KeyPairSpec
 from kova.api.resources import (
     AVAILABILITY_ZONES,
@@ -81,6 +88,68 @@ async def reconcile_security_group(rt: Runtime, namespace: str, name: str) -> No
                       message=f"NetworkPolicy {policy['metadata']['name']} selects its Instances"
                               + (f"; {len(notes)} note(s)" if notes else ""),
                       fields={"networkPolicy": policy["metadata"]["name"], "notes": notes})
+
+
+HOLD_SECONDS = 60.0  # a held deletion is handed back to Kopf this often (its retry costs one touch PATCH)
+
+
+@dataclass
+class GroupDeletions:
+    """SecurityGroup deletions held while Instances name the group. Each held deletion's handler waits here
+    and is woken by any change of an Instance of its namespace (kova.controllers.wiring), then looks again."""
+
+    users: Callable[[str, str], list[str]]  # (namespace, group) → the Instances that name it, from the cache
+    woken: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+
+    def instance_changed(self, namespace: str) -> None:
+        for (ns, _), event in self.woken.items():
+            if ns == namespace:
+                event.set()
+
+
+async def delete_security_group(rt: Runtime, deletions: GroupDeletions, namespace: str, name: str) -> None:
+    """Kova's finalizer on a SecurityGroup: returns (the deletion completes) once no Instance names the group,
+    having deleted its NetworkPolicy. Until then the group says why it stays, its NetworkPolicy keeps protecting
+    the members, and after HOLD_SECONDS the handler raises kopf.TemporaryError, so that Kopf keeps the finalizer
+    and calls it again."""
+    key, shown = (namespace, name), None
+    deadline = asyncio.get_running_loop().time() + HOLD_SECONDS
+    try:
+        while True:
+            # Armed before the users are counted (nothing awaits in between): a change after it wakes the wait.
+            woken = deletions.woken[key] = asyncio.Event()
+            users = deletions.users(namespace, name)
+            refusal = access.in_use(name, users)
+            if refusal is None:
+                # Its policy goes with it at once, not when the garbage collector gets to it (tens of seconds
+                # after an owner that had a finalizer, on the local cloud).
+                policy = access.policy_name(name)
+                rt.writes.forget(NETWORK_POLICIES, namespace, policy)
+                await rt.kube.delete(NETWORK_POLICIES, policy, namespace)
+                return
+            if users != shown:
+                await _hold(rt, namespace, name, refusal)
+                shown = users
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await woken.wait()
+            except TimeoutError:
+                raise kopf.TemporaryError(refusal.message, delay=1) from None
+    finally:
+        deletions.woken.pop(key, None)
+
+
+async def _hold(rt: Runtime, namespace: str, name: str, refusal: Refusal) -> None:
+    """A held group says so (a Warning Event the first time) and keeps its NetworkPolicy as its rules say:
+    Kopf calls no update handler on an object being deleted."""
+    async with rt.lock("securitygroup", namespace, name):
+        obj = await rt.kube.get(SECURITY_GROUPS, name, namespace)
+        if obj is None:
+            return
+        policy, notes, _ = access.security_group(obj)
+        await rt.writes.ensure(NETWORK_POLICIES, policy, None)
+        await publish(rt, SECURITY_GROUPS, obj, word=None, progress=Progress.STALLED, reason=refusal.reason,
+                      message=refusal.message, fields={"networkPolicy": policy["metadata"]["name"], "notes": notes})
 
 
 async def reconcile_server_group(rt: Runtime, namespace: str, name: str, members: list[str]) -> None:

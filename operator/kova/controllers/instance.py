@@ -47,10 +47,12 @@ class Caches:
     keypairs: Cache
     servergroups: Cache
     zones: Zones
+    securitygroups: Cache = field(default_factory=dict[tuple[str, ...], dict[str, Any]])  # metadata: which exist
     # Instance snapshots under way: (namespace, instance) → names of the Images being made from it.
     snapshots: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     wake: Callable[[tuple[str, str], float], None] | None = None  # reconcile an Instance after some seconds
-    # Which Instances wait for which Flavor or Image: that object's next event wakes them.
+    # Which Instances wait for which Flavor, Image, KeyPair, ServerGroup, SecurityGroup or zone: that object's
+    # next event wakes them.
     waiting: dict[tuple[str, ...], set[tuple[str, str]]] = field(default_factory=dict)
 
     def wait_for(self, what: tuple[str, ...], namespace: str, name: str) -> None:
@@ -89,6 +91,7 @@ async def _step(rt: Runtime, caches: Caches, inst: dict[str, Any]) -> bool:
         instance=inst, status=rt.writes.last_status(inst), flavors=caches.flavors, images=caches.images,
         datavolumes=caches.datavolumes, pvcs=caches.pvcs, vms=caches.vms, vmis=caches.vmis,
         keypairs=caches.keypairs, servergroups=caches.servergroups, zones=caches.zones,
+        securitygroups=caches.securitygroups,
         snapshots=caches.snapshots.get((namespace, name), set()), presign_ttl=rt.settings.presign_ttl,
         shared_networks=rt.settings.shared_networks,
         confirm_window=rt.settings.resize_confirm_window))

@@ -1,7 +1,8 @@
 """The operator's caches and what their events set off: one watch per kind (kova.adapters.informer), listed
 before Kopf starts, so that no handler ever reads a cache that is not filled yet. Child events reconcile
-their Instance; Flavor, Image, KeyPair, ServerGroup and zone events wake the Instances that wait for them;
-Node events keep the AvailabilityZones; what this process remembers of an object goes with the object."""
+their Instance; Flavor, Image, KeyPair, ServerGroup, SecurityGroup and zone events wake the Instances that wait
+for them; Instance events wake the held deletions of their namespace's SecurityGroups; Node events keep the
+AvailabilityZones; what this process remembers of an object goes with the object."""
 
 from __future__ import annotations
 
@@ -23,11 +24,13 @@ from kova.api.resources import (
     MANAGED_BY_SELECTOR,
     NODES,
     PERSISTENT_VOLUME_CLAIMS,
+    SECURITY_GROUPS,
     SERVER_GROUPS,
     VIRTUAL_MACHINE_INSTANCES,
     VIRTUAL_MACHINES,
     Resource,
 )
+from kova.compute import access as groups
 from kova.compute.children import INSTANCE_LABEL
 from kova.compute.snapshot import snapshot_running
 from kova.controllers import access, instance
@@ -55,11 +58,12 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
              "pvcs": view(PERSISTENT_VOLUME_CLAIMS, ("spec", "status"), MANAGED_BY_SELECTOR),
              "keypairs": view(KEYPAIRS, ("status",)), "servergroups": view(SERVER_GROUPS, ("spec",)),
              "zones": view(AVAILABILITY_ZONES, ("status",)),
+             "securitygroups": view(SECURITY_GROUPS, ()),  # whether a group exists: its metadata is enough
              "nodes": view(NODES, NODE_FIELDS)}
     cache = instance.Caches(flavors=views["flavors"], images=views["images"], instances=views["instances"],
                             datavolumes=views["datavolumes"], vms=views["vms"], vmis=views["vmis"],
                             pvcs=views["pvcs"], keypairs=views["keypairs"], servergroups=views["servergroups"],
-                            zones=views["zones"])
+                            zones=views["zones"], securitygroups=views["securitygroups"])
 
     async def reconcile(key: Hashable) -> None:
         namespace, name = cast(tuple[str, str], key)
@@ -114,6 +118,7 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
     views["keypairs"].listen(dependency("KeyPair"))
     views["servergroups"].listen(dependency("ServerGroup"))
     views["zones"].listen(dependency("AvailabilityZone"))
+    views["securitygroups"].listen(dependency("SecurityGroup"))
 
     async def zones_changed(_: Hashable) -> None:
         await access.reconcile_zones(runtime, list(views["nodes"].objects()), list(views["zones"].objects()))
@@ -139,8 +144,14 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
             forget_instance(runtime, cache, old)
     views["instances"].listen(instance_gone)
 
+    # Every event, not only a change of spec.securityGroups: Kopf may have handed the new spec to the cache
+    # (offer) before its watch event came, and a held deletion is rare, its look again cheap.
+    deletions = access.GroupDeletions(users=lambda namespace, group: groups.users(
+        namespace, group, views["instances"].objects()))
+    views["instances"].listen(lambda old, new: deletions.instance_changed((new or old or {})["metadata"]["namespace"]))
+
     informers = [i for v in views.values() for i in v]
-    memo["caches"], memo["kicks"] = cache, kicks
+    memo["caches"], memo["kicks"], memo["group_deletions"] = cache, kicks, deletions
     memo["other_kicks"] = [zone_kicks, group_kicks]
     memo["informer_tasks"] = [asyncio.create_task(i.run(), name=repr(i)) for i in informers]
     await asyncio.gather(*(i.synced.wait() for i in informers))
