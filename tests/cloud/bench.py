@@ -27,6 +27,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -439,14 +440,27 @@ class LocalCloud:
                 totals[key] += int(float(line.rsplit(" ", 1)[1]))
         return totals
 
-    def _api_get(self, path: str) -> str:
-        pki = self.workdir / "pki"
+    def _admin_tls(self) -> Any:
         import ssl
 
+        pki = self.workdir / "pki"
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
-        with urllib.request.urlopen(self.api_url + path, context=ctx, timeout=5) as resp:
+        return ctx
+
+    def _api_get(self, path: str) -> str:
+        with urllib.request.urlopen(self.api_url + path, context=self._admin_tls(), timeout=5) as resp:
             return str(resp.read().decode())
+
+    def watch(self, path: str, resource_version: str, timeout: int = 30) -> Iterator[dict[str, Any]]:
+        """The objects of a watch on `path` (a collection, e.g. with a fieldSelector) from `resource_version`
+        on: every version the API server stored after it, none missed however slow the reader."""
+        sep = "&" if "?" in path else "?"
+        url = f"{self.api_url}{path}{sep}watch=1&resourceVersion={resource_version}&timeoutSeconds={timeout}"
+        with urllib.request.urlopen(url, context=self._admin_tls(), timeout=timeout + 5) as resp:
+            for line in resp:
+                if line.strip():
+                    yield json.loads(line)["object"]
 
 
 # The simulator's CSI driver: the default class, as a cluster's storage vendor installs it.

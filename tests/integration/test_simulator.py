@@ -226,13 +226,16 @@ def test_data_volume_claims_are_bound_and_grow(cloud: LocalCloud, source: Source
     volume = cloud.workdir / "volumes" / namespace / "disk.img"
 
     kubectl("patch", "pvc", "disk", "--type=merge", "-p", '{"spec":{"resources":{"requests":{"storage":"3Gi"}}}}')
+    # Every version of the claim since the one read above, from a watch: polling could miss a short-lived
+    # condition on a loaded machine.
     seen: set[str] = set()
-
-    def grown() -> bool:
-        status = kubectl.status("pvc", "disk")
-        seen.update(c["type"] for c in status.get("conditions") or [])
-        return bool(status["capacity"]["storage"] == "3Gi")
-    wait_for(grown, 15, "the claim to grow", interval=0.05)
+    claims = f"/api/v1/namespaces/{namespace}/persistentvolumeclaims?fieldSelector=metadata.name%3Ddisk"
+    for claim in cloud.watch(claims, pvc["metadata"]["resourceVersion"]):
+        seen.update(c["type"] for c in claim.get("status", {}).get("conditions") or [])
+        if claim.get("status", {}).get("capacity", {}).get("storage") == "3Gi":
+            break
+    else:
+        raise AssertionError(f"the claim did not grow to 3Gi; conditions seen: {seen}")
     assert {"Resizing", "FileSystemResizePending"} <= seen
     assert volume.stat().st_size == len(data)  # the bytes stay; only the capacity is recorded
     out = kubectl("patch", "pvc", "disk", "--type=merge", "-p",
