@@ -82,6 +82,7 @@ demo: venv bins
 bench: venv bins
 	$(PY) -m bench.import_bench
 	$(PY) -m bench.upload_bench
+	$(PY) -m bench.memory_bench
 
 bench-scale: venv bins
 	$(PY) -m bench.scale_bench

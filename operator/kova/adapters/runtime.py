@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import logging
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,8 @@ from kova.adapters import env
 from kova.adapters.kube import Kube
 from kova.adapters.store import ObjectStore, StoreConfig
 from kova.adapters.writes import Writes
+from kova.image import pace
+from kova.image.fairness import Waiter, next_import
 from kova.image.filter import ImportFilter
 from kova.image.importer import DEFAULT_SIZE_CAP, ImportProgress
 
@@ -28,6 +31,10 @@ class Settings:
     import_filter: ImportFilter = field(default_factory=ImportFilter)  # what web-download may reach (SSRF)
     size_cap: int = DEFAULT_SIZE_CAP  # bytes; a larger image is killed (Glance's image_size_cap)
     max_imports: int = 4  # imports running at once in this replica; the others wait in `queued`
+    import_limits: pace.Limits = field(default_factory=pace.Limits)  # deadline and minimum rate of an import
+    upload_read_timeout: float = 60.0  # `kova api`: seconds an upload may send nothing before it is dropped
+    max_uploads: int = 8  # `kova api`: uploads received at once by one replica (each holds a thread)
+    max_uploads_per_project: int = 2  # `kova api`: of those, at once from one project
     resize_confirm_window: float = 0.0  # seconds before VERIFY_RESIZE confirms itself; 0: never (Nova's)
     shared_networks: frozenset[str] = frozenset()  # namespaces whose NetworkAttachmentDefinitions all may use
 
@@ -43,8 +50,77 @@ class Settings:
                    import_filter=import_filter,
                    size_cap=env.size("KOVA_IMAGE_SIZE_CAP", DEFAULT_SIZE_CAP),
                    max_imports=env.integer("KOVA_MAX_CONCURRENT_IMPORTS", 4, minimum=1),
+                   import_limits=pace.Limits(
+                       deadline=env.number("KOVA_IMPORT_DEADLINE", pace.Limits.deadline),
+                       min_rate=env.size("KOVA_IMPORT_MIN_RATE", pace.Limits.min_rate),
+                       window=env.number("KOVA_IMPORT_MIN_RATE_WINDOW", pace.Limits.window, minimum=1.0)),
+                   upload_read_timeout=env.number("KOVA_UPLOAD_READ_TIMEOUT", 60.0, minimum=1.0),
+                   max_uploads=env.integer("KOVA_MAX_UPLOADS", 8, minimum=1),
+                   max_uploads_per_project=env.integer("KOVA_MAX_UPLOADS_PER_PROJECT", 2, minimum=1),
                    resize_confirm_window=env.number("KOVA_RESIZE_CONFIRM_WINDOW", 0.0),
                    shared_networks=env.names("KOVA_SHARED_NETWORK_NAMESPACES"))
+
+
+class ImportSlots:
+    """KOVA_MAX_CONCURRENT_IMPORTS slots shared by every namespace; when one frees, kova.image.fairness says
+    which waiting import gets it (the namespace with the fewest running, namespaces in turn)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running: Counter[str] = Counter()
+        self.waiting: list[tuple[Waiter, asyncio.Future[None]]] = []
+        self.last_served: dict[str, int] = {}  # namespace → when it last got a slot (a counter, not a clock)
+        self._clock = itertools.count()
+
+    def busy(self) -> int:
+        return sum(self.running.values())
+
+    def take(self, namespace: str) -> bool:
+        """A slot at once, if one is free and nobody waits for it."""
+        if self.waiting or self.busy() >= self.limit:
+            return False
+        self._grant(namespace)
+        return True
+
+    async def wait(self, namespace: str) -> None:
+        """Until this import gets a slot; cancelling it gives up its place (or the slot, if just granted)."""
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = (Waiter(namespace, next(self._clock)), granted)
+        self.waiting.append(waiter)
+        self._dispatch()
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release(namespace)
+            elif waiter in self.waiting:
+                self.waiting.remove(waiter)
+                self._forget(namespace)
+            raise
+
+    def release(self, namespace: str) -> None:
+        self.running[namespace] -= 1
+        if self.running[namespace] <= 0:
+            del self.running[namespace]
+        self._forget(namespace)
+        self._dispatch()
+
+    def _grant(self, namespace: str) -> None:
+        self.running[namespace] += 1
+        self.last_served[namespace] = next(self._clock)
+
+    def _dispatch(self) -> None:
+        while self.waiting and self.busy() < self.limit:
+            waiter, granted = self.waiting.pop(next_import([w for w, _ in self.waiting], self.running,
+                                                           self.last_served))
+            if not granted.done():
+                self._grant(waiter.namespace)
+                granted.set_result(None)
+
+    def _forget(self, namespace: str) -> None:
+        """A namespace with nothing running or waiting leaves nothing behind (its turn starts afresh)."""
+        if not self.running.get(namespace) and not any(w.namespace == namespace for w, _ in self.waiting):
+            self.last_served.pop(namespace, None)
 
 
 @dataclass
@@ -60,14 +136,14 @@ class Runtime:
     store: ObjectStore
     imports: dict[str, ImportState] = field(default_factory=dict)
     default_groups: set[str] = field(default_factory=set)  # namespaces whose default SecurityGroup is made
-    import_slots: asyncio.Semaphore = field(init=False)
+    import_slots: ImportSlots = field(init=False)
     writes: Writes = field(init=False)
     _events: set[asyncio.Task[None]] = field(default_factory=set)
     _locks: defaultdict[tuple[str, ...], asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
 
     def __post_init__(self) -> None:
-        # Each import holds up to ~3 parts of memory and two hashing threads: bound them per replica.
-        self.import_slots = asyncio.Semaphore(self.settings.max_imports)
+        # Each import holds a few MiB, a connection and two hashing threads: bound them per replica.
+        self.import_slots = ImportSlots(self.settings.max_imports)
         self.writes = Writes(self.kube)
 
     def event(self, obj: dict[str, Any], *, type: str, reason: str, message: str) -> None:

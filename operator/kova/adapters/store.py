@@ -15,12 +15,16 @@ import json
 import os
 import struct
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
+from urllib.parse import urlunsplit
 
 from minio import Minio
+from minio import time as mtime
 from minio.datatypes import Part
-from minio.error import S3Error
+from minio.error import S3Error, ServerError
+from minio.signer import sign_v4_s3
 
 from kova.adapters import env
 from kova.image.blob import Blob
@@ -52,23 +56,79 @@ class StoreConfig:
                    public_endpoint=os.environ.get("KOVA_S3_PUBLIC_ENDPOINT") or None)
 
 
-class _UnsignedPartClient(Minio):
-    """Uploads parts with a CRC32 checksum that the store verifies, instead of a signed sha256.
+FRAME = 1 << 20  # aws-chunked frame: the part's bytes are sent in frames of this size as they come
+_TRAILER = b"x-amz-checksum-crc32:"
 
-    Over plain HTTP minio-py signs a sha256 of every part and the server hashes it again: two full
-    passes over the image that the importer pays on top of the md5 + sha512 that Glance needs. A CRC32
-    (zlib, ~2 GiB/s) still lets the server refuse a part that was damaged in transit (verified in
-    tests against MinIO). Only part uploads go through here; every other request is signed as usual.
+
+class _UnsignedPartClient(Minio):
+    """Uploads parts as they stream, with a CRC32 that the store verifies, instead of a signed sha256.
+
+    Over plain HTTP minio-py signs a sha256 of every part, which needs the whole part in memory first, and
+    the server hashes it again: two passes over the image on top of the md5 + sha512 that Glance needs.
+    Here a part is sent as S3's `STREAMING-UNSIGNED-PAYLOAD-TRAILER` (aws-chunked frames, the part's CRC32
+    in a trailer after the last byte), so its bytes go out as they arrive and a part damaged in transit is
+    still refused (XAmzContentChecksumMismatch; tests/integration/test_store_parts.py). Only part uploads
+    go through here; every other request is signed as usual.
     """
 
-    def _build_headers(self, host: str, headers: Any = None, body: bytes | None = None,
-                       creds: Any = None) -> Any:
-        built, date = super()._build_headers(host, headers, None, creds)  # None: do not hash the body
-        if body:
-            built["Content-Length"] = str(len(body))
-            built["x-amz-checksum-crc32"] = base64.b64encode(struct.pack(">I", zlib.crc32(body))).decode()
-        built["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD"
-        return built, date
+    def stream_part(self, bucket: str, key: str, upload_id: str, number: int, frames: Iterable[Any],
+                    encoded: int, length: int) -> str:
+        """PUT one part whose aws-chunked body (`encoded` bytes, `length` decoded) is `frames`; its ETag."""
+        creds = self._provider.retrieve() if self._provider else None
+        region = self._get_region(bucket)
+        url = self._base_url.build(method="PUT", region=region, bucket_name=bucket, object_name=key,
+                                   query_params={"partNumber": str(number), "uploadId": upload_id})
+        date = mtime.utcnow()
+        headers: dict[str, str | list[str] | tuple[str]] = {
+            "Host": url.netloc, "User-Agent": self._user_agent, "x-amz-date": mtime.to_amz_date(date),
+            "x-amz-content-sha256": STREAMING, "Content-Encoding": "aws-chunked", "Content-Length": str(encoded),
+            "x-amz-decoded-content-length": str(length), "x-amz-trailer": "x-amz-checksum-crc32"}
+        if creds:
+            headers = sign_v4_s3(method="PUT", url=url, region=region, headers=headers, credentials=creds,
+                                 content_sha256=STREAMING, date=date)
+        # No retries: a body that streams cannot be sent twice (the import is retried as a whole instead).
+        resp = self._http.urlopen("PUT", urlunsplit(url), body=frames, headers=headers, retries=False,
+                                  preload_content=True)
+        if resp.status != 200:
+            if "xml" in resp.headers.get("content-type", ""):
+                raise S3Error.fromxml(resp)
+            raise ServerError(f"part {number}: HTTP {resp.status}", resp.status)
+        return str(resp.headers.get("etag", "")).strip('"')
+
+
+STREAMING = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+
+
+def aws_chunked_length(length: int, frame: int = FRAME) -> int:
+    """Bytes on the wire of an aws-chunked body of `length` bytes (known before the first one is sent)."""
+    full, rest = divmod(length, frame)
+    size = full * (len(b"%x" % frame) + 4 + frame)
+    if rest:
+        size += len(b"%x" % rest) + 4 + rest
+    return size + len(b"0\r\n") + len(_TRAILER) + 8 + 4  # the CRC32 is 8 characters of base64
+
+
+def aws_chunked(body: Iterable[Any], length: int, frame: int = FRAME) -> Iterator[Any]:
+    """`body`'s bytes as aws-chunked frames, then its CRC32 trailer; raises if it is not `length` bytes long
+    (the connection is then dropped: the store never receives a part cut short or overlong)."""
+    crc, sent, room = 0, 0, 0  # room: bytes left in the frame being sent
+    for chunk in body:
+        view = memoryview(chunk).cast("B")
+        while view:
+            if not room:
+                room = min(frame, length - sent)
+                if not room:
+                    raise ValueError(f"the part is longer than its {length} bytes")
+                yield b"%x\r\n" % room
+            piece, view = view[:room], view[room:]
+            crc = zlib.crc32(piece, crc)
+            sent, room = sent + len(piece), room - len(piece)
+            yield piece
+            if not room:
+                yield b"\r\n"
+    if sent != length:
+        raise ValueError(f"the part ended after {sent} of its {length} bytes")
+    yield b"0\r\n" + _TRAILER + base64.b64encode(struct.pack(">I", crc)) + b"\r\n\r\n"
 
 
 def blob_key(uid: str) -> str:
@@ -128,8 +188,10 @@ class ObjectStore:
                    **{f"x-amz-meta-{k}": v for k, v in metadata.items()}}
         return str(self.client._create_multipart_upload(self.bucket, blob_key(uid), headers))
 
-    def upload_part(self, uid: str, upload_id: str, number: int, data: bytes) -> Part:
-        etag = self.parts._upload_part(self.bucket, blob_key(uid), data, None, upload_id, number)
+    def upload_part(self, uid: str, upload_id: str, number: int, body: Iterable[Any], length: int) -> Part:
+        """One part of `length` bytes, sent as `body` produces them (kova.image.importer holds a few MiB)."""
+        etag = self.parts.stream_part(self.bucket, blob_key(uid), upload_id, number, aws_chunked(body, length),
+                                      aws_chunked_length(length), length)
         return Part(number, etag)
 
     def complete(self, uid: str, upload_id: str, parts: list[Part]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from typing import Any
 
 import kopf
@@ -29,7 +30,7 @@ from kova.api.errors import Refusal
 from kova.api.models import ImageSpec, SnapshotOrigin
 from kova.api.resources import IMAGES, INSTANCES, VIRTUAL_MACHINE_EXPORTS
 from kova.compute import snapshot
-from kova.image import importer
+from kova.image import importer, pace
 from kova.image.rules import DONE, ImageView, killed_view, observe_image, parse_image_ref, protected_refusal
 
 PROGRESS_EVERY = 5.0  # seconds between progress checks while importing (a write only on a 10% step)
@@ -95,18 +96,19 @@ async def import_from(rt: Runtime, obj: dict[str, Any], stopped: kopf.DaemonStop
     try:
         return await _import_once(rt, obj, stopped, logger, url, disk_format, checksum, fetcher)
     finally:
-        rt.import_slots.release()
+        rt.import_slots.release(md["namespace"])
 
 
 async def _import_slot(rt: Runtime, namespace: str, name: str, stopped: kopf.DaemonStopped) -> bool:
-    """Wait for one of KOVA_MAX_CONCURRENT_IMPORTS slots, saying so in the status; False when stopped."""
-    if not rt.import_slots.locked():
-        await rt.import_slots.acquire()  # free: taken without yielding, so no other daemon slips in between
+    """Wait for one of KOVA_MAX_CONCURRENT_IMPORTS slots, saying so in the status; False when stopped. Slots
+    are shared fairly by namespaces (kova.image.fairness)."""
+    if rt.import_slots.take(namespace):  # free: taken without yielding, so no other daemon slips in between
         return True
     limit = rt.settings.max_imports
     await reconcile(rt, namespace, name, queued_message=f"waiting for an import slot: {limit} imports are "
-                                                        f"running (KOVA_MAX_CONCURRENT_IMPORTS={limit})")
-    acquire = asyncio.ensure_future(rt.import_slots.acquire())
+                                                        f"running (KOVA_MAX_CONCURRENT_IMPORTS={limit}); a free "
+                                                        "slot goes to the namespace with the fewest running")
+    acquire = asyncio.ensure_future(rt.import_slots.wait(namespace))
     stop = asyncio.ensure_future(stopped.wait())
     await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
     stop.cancel()
@@ -114,7 +116,7 @@ async def _import_slot(rt: Runtime, namespace: str, name: str, stopped: kopf.Dae
         acquire.cancel()
         return False
     if stopped:
-        rt.import_slots.release()
+        rt.import_slots.release(namespace)
         return False
     return True
 
@@ -130,10 +132,20 @@ async def _import_once(rt: Runtime, obj: dict[str, Any], stopped: kopf.DaemonSto
     work = asyncio.create_task(asyncio.to_thread(
         importer.import_url, rt.store, uid, url, disk_format, checksum, fetcher=fetcher,
         size_cap=rt.settings.size_cap, progress=state.progress, cancelled=lambda: bool(stopped)))
+    limits = rt.settings.import_limits
+    watch = pace.Pace(limits, time.monotonic())
+    shown, store_waits = time.monotonic(), 0
     try:
         while not work.done():
-            await asyncio.wait({work}, timeout=PROGRESS_EVERY)
-            await reconcile(rt, namespace, name)
+            await asyncio.wait({work}, timeout=limits.tick())
+            waited, store_waits = state.progress.store_waits != store_waits, state.progress.store_waits
+            refusal = watch.verdict(time.monotonic(), state.progress.done, state.progress.total, waited)
+            if refusal is not None and state.progress.stopped is None:
+                # Hung up on from here: the import thread may be blocked reading a source that trickles.
+                state.progress.stop(importer.ImportFailed(refusal.reason, refusal.message))
+            if time.monotonic() - shown >= PROGRESS_EVERY:
+                await reconcile(rt, namespace, name)
+                shown = time.monotonic()
         blob = work.result()
         metrics.IMPORTED_BYTES.inc(blob.size)
         metrics.IMPORTS.labels("active").inc()

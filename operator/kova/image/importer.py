@@ -1,8 +1,10 @@
 """Glance's web-download import: stream a URL into the object store once, verifying as it goes.
 
-One pass over the bytes: they are read from HTTP, cut into multipart parts uploaded two at a time, and fed
-to md5 and sha512 (and the expected hash's algorithm) on threads of their own (hashlib drops the GIL, so
-they run beside the upload). Memory stays bounded by the part size, whatever the image size.
+One pass over the bytes: they are read from HTTP, streamed into multipart parts as they arrive (a part's
+length is known before its first byte when the source announces its size; otherwise parts are of the
+smallest size and gathered first), and fed to md5 and sha512 (and the expected hash's algorithm) on threads
+of their own (hashlib drops the GIL, so they run beside the upload). An import holds a few MiB, whatever
+size the source announces (parts grow to ~105 MiB near the 1 TiB cap, but are never held whole).
 
 Nothing becomes visible before it is verified: the multipart upload is completed only when the length,
 the expected hash, the size cap and Glance's format and safety checks (kova.image.formats) pass, and
@@ -14,11 +16,12 @@ can run in the operator today and as a Job later (STYLE 6).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,6 +36,7 @@ from kova.image.filter import NotAllowed
 PART_SIZE = 16 * 1024 * 1024
 MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
 CHUNK = 1024 * 1024
+PART_QUEUE = 8  # chunks (~1 MiB each) queued for a part's upload: what an import holds of it
 PERMANENT_HTTP = {400, 401, 403, 404, 410, 451}
 DEFAULT_SIZE_CAP = 1 << 40  # Glance's image_size_cap: 1 TiB
 
@@ -54,7 +58,9 @@ class Store(Protocol):
 
     def pending_uploads(self, uid: str) -> list[str]: ...
     def begin(self, uid: str, metadata: dict[str, str]) -> str: ...
-    def upload_part(self, uid: str, upload_id: str, number: int, data: bytes) -> Any: ...
+    def upload_part(self, uid: str, upload_id: str, number: int, body: Iterable[Any], length: int) -> Any:
+        """Uploads one part whose `length` bytes come from `body` (bytes-like chunks) as they are produced;
+        raises if `body` gives more or fewer, or raises itself (the part is then never completed)."""
     def complete(self, uid: str, upload_id: str, parts: list[Any]) -> None: ...
     def abort(self, uid: str, upload_id: str) -> None: ...
     def write_record(self, uid: str, blob: Blob) -> None: ...
@@ -70,6 +76,16 @@ class Source(Protocol):
 class ImportProgress:
     done: int = 0
     total: int | None = None
+    stopped: ImportFailed | None = None  # set by `stop`: the import ends with this failure
+    hang_up: Callable[[], None] | None = None  # shuts the source's connection (set once it is open)
+    store_waits: int = 0  # half-seconds spent waiting for the store to take a part's bytes (not the source's fault)
+
+    def stop(self, failure: ImportFailed) -> None:
+        """Ends the import from another thread (a deadline, a rate too low): the source is hung up on, so a
+        read blocked on a source that trickles returns at once, and the import fails with `failure`."""
+        self.stopped = failure
+        if self.hang_up is not None:
+            self.hang_up()
 
 
 class _Hasher(threading.Thread):
@@ -99,7 +115,7 @@ def parse_checksum(value: str | None) -> tuple[str, str] | None:
 
 def part_size_for(total: int | None, minimum: int = PART_SIZE) -> int:
     """Parts of `minimum` bytes reach MAX_PARTS times that (156 GiB for 16 MiB); a larger announced image
-    gets parts just large enough, in whole MiB (each import holds up to three parts in memory)."""
+    gets parts just large enough, in whole MiB (they stream: their size costs no memory)."""
     if total is None:
         return minimum
     return max(minimum, -(-total // (MAX_PARTS << 20)) << 20)
@@ -131,6 +147,7 @@ def import_url(store: Store, uid: str, url: str, disk_format: str, checksum: str
             raise ImportFailed("SizeExceeded", f"the source announces {progress.total} bytes, over the image size "
                                                f"cap of {size_cap} bytes (KOVA_IMAGE_SIZE_CAP)")
         part_size = part_size_for(progress.total, part_size)
+        progress.hang_up = getattr(resp, "shutdown", None)  # urllib3: interrupts a read blocked in another thread
         chunks = _read(resp, url, progress, cancelled, size_cap)
         return _stream(store, uid, url, chunks, disk_format, parse_checksum(checksum), progress, part_size)
     finally:
@@ -163,69 +180,155 @@ def import_chunks(store: Store, uid: str, chunks: Iterator[bytes], disk_format: 
 
 def _read(resp: Any, url: str, progress: ImportProgress, cancelled: Callable[[], bool],
           size_cap: int) -> Iterator[bytes]:
-    """The source's bytes, cut off at the size cap (a chunked source that never ends stops there too)."""
+    """The source's bytes in chunks of up to CHUNK, cut off at the size cap (a chunked source that never ends
+    stops there too). Bytes are counted as they arrive, not when a chunk is full, so the rate watch
+    (kova.image.pace) sees a source that trickles for what it sends."""
     while True:
-        if cancelled():
-            raise Cancelled("import stopped")
-        try:
-            chunk = resp.read(CHUNK)
-        except urllib3.exceptions.ProtocolError as e:
-            raise ImportFailed("SizeMismatch", f"the source sent {progress.done} bytes, fewer than its "
-                                               f"Content-Length {progress.total}: {e}") from e
-        except urllib3.exceptions.HTTPError as e:
-            raise SourceUnavailable(f"reading {url}: {e}") from e
-        if not chunk:
+        pieces: list[bytes] = []
+        have = 0
+        while have < CHUNK:
+            if cancelled():
+                raise Cancelled("import stopped")
+            if progress.stopped:  # also when stopped before the connection could be hung up
+                raise progress.stopped
+            try:
+                piece = resp.read1(CHUNK - have)
+            except Exception as e:
+                if progress.stopped:  # hung up on from outside: that is why the read failed
+                    raise progress.stopped from e
+                if isinstance(e, urllib3.exceptions.ProtocolError):
+                    raise ImportFailed("SizeMismatch", f"the source sent {progress.done} bytes, fewer than its "
+                                                       f"Content-Length {progress.total}: {e}") from e
+                if isinstance(e, urllib3.exceptions.HTTPError):
+                    raise SourceUnavailable(f"reading {url}: {e}") from e
+                raise
+            if progress.stopped:
+                raise progress.stopped
+            if not piece:
+                break
+            pieces.append(piece)
+            have += len(piece)
+            progress.done += len(piece)
+            if progress.done > size_cap:
+                resp.close()  # stop the transfer now, not after the parts in flight are aborted
+                raise ImportFailed("SizeExceeded", f"the source sent more than the image size cap of {size_cap} "
+                                                   "bytes (KOVA_IMAGE_SIZE_CAP); the import was cut off there")
+        if not pieces:
             return
-        progress.done += len(chunk)
-        if progress.done > size_cap:
-            resp.close()  # stop the transfer now, not after the parts in flight are aborted
-            raise ImportFailed("SizeExceeded", f"the source sent more than the image size cap of {size_cap} "
-                                               "bytes (KOVA_IMAGE_SIZE_CAP); the import was cut off there")
-        yield chunk
+        # One chunk of ~1 MiB: each chunk costs the hashes, the inspector and the part queue a few steps.
+        yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+class _Part:
+    """One part on its way to the store. Its bytes go through a short queue to the thread that uploads it
+    as they arrive, so an import holds a few chunks of a part, never the whole part (whose size grows with
+    the announced size: ~105 MiB near the 1 TiB cap)."""
+
+    def __init__(self, number: int, length: int, progress: ImportProgress) -> None:
+        self.number, self.length, self.fed, self.progress = number, length, 0, progress
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=PART_QUEUE)
+        self.future: Future[Any] | None = None
+
+    def chunks(self) -> Iterator[Any]:
+        while (item := self.queue.get()) is not None:
+            if item is _ABANDON:
+                raise Cancelled("the import stopped while this part was uploading")
+            yield item
+
+    def put(self, item: Any) -> None:
+        """Blocks while the store is behind; raises the upload's error if it failed meanwhile."""
+        while True:
+            try:
+                self.queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                self.progress.store_waits += 1
+                if self.progress.stopped:  # a deadline also covers a store that stopped reading
+                    raise self.progress.stopped from None
+                if self.future is not None and self.future.done():
+                    self.future.result()
+                    raise RuntimeError(f"part {self.number} stopped reading before its {self.length} "
+                                       "bytes") from None
+
+    def abandon(self) -> None:
+        """Ends the upload thread's body with an error, so the store is never sent a part cut short."""
+        while True:
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        with contextlib.suppress(queue.Full):
+            self.queue.put_nowait(_ABANDON)
+
+
+_ABANDON = object()
 
 
 def _stream(store: Store, uid: str, url: str, chunks: Iterator[bytes], disk_format: str,
             expected: tuple[str, str] | None, progress: ImportProgress, part_size: int) -> Blob:
+    """With an announced length every part's length is known before its first byte, and each part streams
+    to the store as it arrives. Without one (a chunked source, an upload that does not say), parts are of
+    the smallest size (part_size_for) and are gathered in memory first: a few MiB of chunk lists, no copy."""
     hashers = {name: _Hasher(name) for name in {"md5", "sha512", *((expected[0],) if expected else ())}}
     upload_id = store.begin(uid, {"kova-source": url[:1024]})
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="upload")
-    inflight: deque[Future[Any]] = deque()
+    inflight: deque[_Part] = deque()
     parts: list[Any] = []
     inspector = formats.StreamInspector()
-    buffer: list[bytes] = []
-    buffered = 0
+    total = progress.total
+    offset = 0  # bytes given to parts so far
+    current: _Part | None = None
+    gathered: list[bytes] = []  # without an announced length: the part being gathered, from `gathered_from`
+    gathered_from = 0
     completed = False
 
-    def flush() -> None:
-        nonlocal buffer, buffered
+    def start(length: int, body: Iterable[Any] | None = None) -> _Part:
         if len(parts) + len(inflight) >= MAX_PARTS:
             raise ImportFailed("SizeExceeded", f"a source that does not announce its length can send at most "
                                                f"{MAX_PARTS * part_size} bytes ({MAX_PARTS} parts of {part_size})")
-        if len(inflight) >= 2:  # at most two parts uploading and one filling: bounded memory
-            parts.append(inflight.popleft().result())
-        data = b"".join(buffer)
-        buffer, buffered = [], 0
-        inflight.append(pool.submit(store.upload_part, uid, upload_id, len(parts) + len(inflight) + 1, data))
+        if len(inflight) >= 2:  # one part streaming, one waiting for the store's answer: bounded memory
+            parts.append(_result(inflight.popleft()))
+        part = _Part(len(parts) + len(inflight) + 1, length, progress)
+        part.future = pool.submit(store.upload_part, uid, upload_id, part.number,
+                                  part.chunks() if body is None else body, length)
+        inflight.append(part)
+        return part
 
     try:
         for chunk in inspector.wrap(chunks):
             for h in hashers.values():
                 h.queue.put(chunk)
-            buffer.append(chunk)
-            buffered += len(chunk)
-            if buffered >= part_size:
-                flush()
-        if buffered or (not inflight and not parts):
-            flush()
-        while inflight:
-            parts.append(inflight.popleft().result())
-        digests = {name: h.result() for name, h in hashers.items()}
+            if total is None:
+                gathered.append(chunk)
+                offset += len(chunk)
+                if offset - gathered_from >= part_size:
+                    start(offset - gathered_from, gathered)
+                    gathered, gathered_from = [], offset
+                continue
+            view = memoryview(chunk)
+            while view:
+                if current is None:
+                    if offset >= total:
+                        raise ImportFailed("SizeMismatch", f"{url} sent more than the {total} bytes announced")
+                    current = start(min(part_size, total - offset))
+                piece = view[:current.length - current.fed]
+                view = view[len(piece):]
+                current.put(piece)
+                current.fed += len(piece)
+                offset += len(piece)
+                if current.fed == current.length:
+                    current.put(None)
+                    current = None
+        if gathered:
+            start(offset - gathered_from, gathered)
         size = progress.done
-        if progress.total is not None and size != progress.total:
-            raise ImportFailed("SizeMismatch", f"{url} sent {size} bytes, its length was announced as "
-                                               f"{progress.total}")
+        if total is not None and size != total:
+            raise ImportFailed("SizeMismatch", f"{url} sent {size} bytes, its length was announced as {total}")
         if size == 0:
             raise ImportFailed("EmptyImage", f"{url} sent no data")
+        while inflight:
+            parts.append(_result(inflight.popleft()))
+        digests = {name: h.result() for name, h in hashers.items()}
         if expected and digests[expected[0]] != expected[1]:
             raise ImportFailed("ChecksumMismatch", f"{expected[0]} of the data is {digests[expected[0]]}, "
                                                    f"expected {expected[1]}")
@@ -243,6 +346,13 @@ def _stream(store: Store, uid: str, url: str, chunks: Iterator[bytes], disk_form
         for h in hashers.values():
             if h.is_alive():
                 h.queue.put(None)
+        for part in inflight:
+            part.abandon()
         pool.shutdown(wait=True, cancel_futures=True)
         if not completed:
             store.abort(uid, upload_id)
+
+
+def _result(part: _Part) -> Any:
+    assert part.future is not None
+    return part.future.result()
