@@ -46,6 +46,10 @@ PATCH_TYPES = ("application/openstack-images-v2.1-json-patch", "application/open
 class GlanceError(StatusError):
     """An answer Glance would give instead of the document: its HTTP status and explanation."""
 
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(status, message)
+        self.headers = dict(headers or {})
+
 
 # ------------------------------------------------------------------------------------------- documents
 def _null(kind: str) -> list[str]:
@@ -609,6 +613,25 @@ def check_upload(obj: Mapping[str, Any], content_type: str | None, size_header: 
     if size_header is not None and not size_header.isdigit():
         raise GlanceError(400, f"Invalid image size {size_header}")
     return int(size_header) if size_header is not None else None
+
+
+UPLOAD_RETRY_AFTER = 10  # seconds a client is asked to wait when every upload slot of the API is taken
+
+
+def check_upload_slots(project: str, in_project: int, in_all: int, per_project: int, total: int) -> None:
+    """One upload more, or Glance's answer: each holds a thread, a connection and a few MiB of the API for
+    as long as its client takes. Over the project's share it is the project's own limit, as Glance's
+    `image_count_uploading` quota: 413, "over limit" (a retry helps only once one of its own uploads ends).
+    Over the API's total it is the service that is busy, through no fault of the project: 503 with
+    Retry-After, which glanceclient and keystoneauth honour."""
+    if in_project >= per_project:
+        raise GlanceError(413, f"Resource image_count_uploading is over limit of {per_project} due to current "
+                               f"usage {in_project} and delta 1: project {project} may upload {per_project} "
+                               "images at once (KOVA_MAX_UPLOADS_PER_PROJECT)")
+    if in_all >= total:
+        raise GlanceError(503, f"The image API is receiving {in_all} uploads, its most at once "
+                               f"(KOVA_MAX_UPLOADS); try again in {UPLOAD_RETRY_AFTER} seconds",
+                          headers={"Retry-After": str(UPLOAD_RETRY_AFTER)})
 
 
 FORMAT_REASONS = {"InvalidDiskFormat", "UnsafeImage", "InvalidImage"}

@@ -9,8 +9,11 @@ virtual subresource `images/file`."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
@@ -37,15 +40,20 @@ CHUNK = 1 << 20
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _error(request: web.Request, status: int, message: str) -> web.Response:
+class UploadStalled(Exception):
+    """The client sent nothing for KOVA_UPLOAD_READ_TIMEOUT seconds."""
+
+
+def _error(request: web.Request, status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     """Glance's error body, negotiated as WebOb does: JSON when asked for, plain text otherwise (glanceclient
     cannot parse WebOb's flat JSON, and never asks for it)."""
-    reason = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
-              413: "Request Entity Too Large", 415: "Unsupported Media Type", 416: "Requested Range Not Satisfiable",
-              503: "Service Unavailable"}.get(status, "Error")
+    reason = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
+              409: "Conflict", 413: "Request Entity Too Large", 415: "Unsupported Media Type",
+              416: "Requested Range Not Satisfiable", 503: "Service Unavailable"}.get(status, "Error")
     if "application/json" in request.headers.get("Accept", ""):
-        return web.json_response({"message": message, "code": f"{status} {reason}", "title": reason}, status=status)
-    return web.Response(status=status, text=f"{status} {reason}\n\n{message}\n\n   ")
+        return web.json_response({"message": message, "code": f"{status} {reason}", "title": reason}, status=status,
+                                 headers=headers)
+    return web.Response(status=status, text=f"{status} {reason}\n\n{message}\n\n   ", headers=headers)
 
 
 
@@ -56,6 +64,10 @@ class ImageHandlers(Front):
         self.by_uid: dict[str, tuple[str, ...]] = {}
         self.images.listeners.append(self._index)
         self._task: asyncio.Task[None] | None = None
+        # Uploads on threads of their own, as many as may run at once: a slow client holds one for as long as
+        # it takes, and downloads and other calls (asyncio's default pool) never wait behind it.
+        self.uploading: Counter[str] = Counter()  # project → uploads being received by this replica
+        self.upload_pool = ThreadPoolExecutor(max_workers=rt.settings.max_uploads, thread_name_prefix="upload")
 
     def _index(self, old: Body | None, new: Body | None) -> None:
         if old is not None:
@@ -72,6 +84,7 @@ class ImageHandlers(Front):
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
+        self.upload_pool.shutdown(wait=False, cancel_futures=True)
         await self.apiserver.close()
         await self.rt.kube.close()
 
@@ -217,18 +230,35 @@ class ImageHandlers(Front):
         spec = obj.get("spec") or {}
         size = glance.check_upload(obj, request.headers.get("Content-Type"), request.headers.get(
             "x-openstack-image-size") or request.headers.get("Content-Length"))
+        settings = self.rt.settings
+        glance.check_upload_slots(project, self.uploading[project], sum(self.uploading.values()),
+                                  settings.max_uploads_per_project, settings.max_uploads)
+        self.uploading[project] += 1
+        try:
+            return await self._receive(request, obj, spec, size)
+        finally:
+            self.uploading[project] -= 1
+            if not self.uploading[project]:
+                del self.uploading[project]
+
+    async def _receive(self, request: web.Request, obj: dict[str, Any], spec: dict[str, Any],
+                       size: int | None) -> web.Response:
         await self._claim(obj)
         uid = obj["metadata"]["uid"]
         loop = asyncio.get_running_loop()
+        timeout = self.rt.settings.upload_read_timeout
 
         def chunks() -> Iterator[bytes]:  # read on the event loop, one MiB at a time, for the import thread
-            while data := asyncio.run_coroutine_threadsafe(_read(request, CHUNK), loop).result():
+            while data := asyncio.run_coroutine_threadsafe(_read(request, CHUNK, timeout), loop).result():
                 yield data
         source = f"upload to /v2/images/{uid}/file"
         try:
-            blob = await asyncio.to_thread(
+            blob = await loop.run_in_executor(self.upload_pool, functools.partial(
                 importer.import_chunks, self.rt.store, uid, chunks(), spec["diskFormat"], source=source,
-                size=size, size_cap=self.rt.settings.size_cap)
+                size=size, size_cap=self.rt.settings.size_cap))
+        except UploadStalled as e:  # Glance: the image goes back to queued, nothing kept
+            await self._requeue(obj, f"the last upload did not complete: {e}")
+            raise GlanceError(408, f"The upload did not complete: {e}") from e
         except importer.ImportFailed as e:
             await self._requeue(obj, f"the last upload was refused: {e}")
             raise glance.upload_refused(e, spec["diskFormat"]) from e
@@ -361,12 +391,16 @@ class ImageHandlers(Front):
         raise GlanceError(404, "The resource could not be found.")
 
 
-async def _read(request: web.Request, size: int) -> bytes:
-    """Up to `size` bytes of the body (less only at its end)."""
+async def _read(request: web.Request, size: int, idle: float) -> bytes:
+    """Up to `size` bytes of the body (less only at its end); UploadStalled after `idle` seconds without
+    a byte (a client that stopped sending would hold its thread and its slot for ever)."""
     parts: list[bytes] = []
     have = 0
     while have < size:
-        data = await request.content.read(size - have)
+        try:
+            data = await asyncio.wait_for(request.content.read(size - have), idle)
+        except TimeoutError:
+            raise UploadStalled(f"the client sent nothing for {idle:g} seconds (KOVA_UPLOAD_READ_TIMEOUT)") from None
         if not data:
             break
         parts.append(data)
@@ -379,6 +413,6 @@ async def glance_errors(request: web.Request, handler: Handler) -> web.StreamRes
     try:
         return await handler(request)
     except StatusError as e:
-        return _error(request, e.status, e.message)
+        return _error(request, e.status, e.message, e.headers if isinstance(e, GlanceError) else None)
 
 
