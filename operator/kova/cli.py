@@ -4,6 +4,7 @@
     kova api [--listen ADDR:PORT] [--public-url URL]  the OpenStack API: Keystone v3 and Glance v2
     kova image upload NAME FILE --disk-format F      upload through kova api (token: kubeconfig or $KOVA_TOKEN)
     kova image download NAME -o FILE                 download through kova api
+    kova worker --socket PATH                        the import worker (no Kubernetes credentials)
     kova crds [--out DIR]                            print (or write) the CRDs generated from the models
 """
 
@@ -44,6 +45,7 @@ def _run(args: argparse.Namespace) -> int:
                    log_refkey="object" if args.log_format == "json" else None)
     if args.metrics_port:
         metrics.serve(args.metrics_address, args.metrics_port)
+    _worker_socket()
     asyncio.run(_operate(args))
     return 0
 
@@ -82,6 +84,26 @@ async def _operate(args: argparse.Namespace) -> None:
     kova.result()
 
 
+def _worker_socket() -> None:
+    """Imports and uploads go to a worker without Kubernetes credentials: the pod's `worker` container when
+    KOVA_WORKER_SOCKET names it (the chart), else a child process started here (kova.adapters.worker)."""
+    from kova.adapters import worker
+
+    if not os.environ.get("KOVA_WORKER_SOCKET"):
+        os.environ["KOVA_WORKER_SOCKET"] = worker.start_local()
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from kova.adapters import worker
+    from kova.adapters.runtime import Settings
+    from kova.adapters.store import ObjectStore
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = Settings.from_env()
+    worker.serve(args.socket, worker.Worker(ObjectStore(settings.store), settings.import_filter))
+    return 0
+
+
 def _api(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -89,6 +111,7 @@ def _api(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _worker_socket()
     host, _, port = args.listen.rpartition(":")
     web.run_app(app.make(args.public_url or None, args.kubeconfig or None), host=host.strip("[]") or "0.0.0.0",
                 port=int(port), access_log=logging.getLogger("kova.api.access") if args.verbose else None,
@@ -142,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
                                                       "own account (default: in-cluster or $KUBECONFIG)")
     api.add_argument("--verbose", "-v", action="store_true", help="log every request")
     api.set_defaults(func=_api)
+    work = sub.add_parser("worker", help="the import worker: reads and checks tenant bytes, holds no Kubernetes "
+                                         "credentials (kova run and kova api start one, or use the pod's)")
+    work.add_argument("--socket", required=True, help="Unix socket to serve imports at")
+    work.set_defaults(func=_worker)
     img = sub.add_parser("image", help="move image data through kova api (upload, download)")
     img_sub = img.add_subparsers(dest="image_command", required=True)
     for name, what in (("upload", "upload FILE as image NAME (created if missing)"),

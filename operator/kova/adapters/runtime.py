@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from kova.adapters import env
+from kova.adapters import env, worker
 from kova.adapters.kube import Kube
 from kova.adapters.store import ObjectStore, StoreConfig
 from kova.adapters.writes import Writes
@@ -37,6 +37,7 @@ class Settings:
     max_uploads_per_project: int = 2  # `kova api`: of those, at once from one project
     resize_confirm_window: float = 0.0  # seconds before VERIFY_RESIZE confirms itself; 0: never (Nova's)
     shared_networks: frozenset[str] = frozenset()  # namespaces whose NetworkAttachmentDefinitions all may use
+    worker_socket: str = ""  # the import worker's Unix socket (kova.adapters.worker); empty: import in-process
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -58,7 +59,8 @@ class Settings:
                    max_uploads=env.integer("KOVA_MAX_UPLOADS", 8, minimum=1),
                    max_uploads_per_project=env.integer("KOVA_MAX_UPLOADS_PER_PROJECT", 2, minimum=1),
                    resize_confirm_window=env.number("KOVA_RESIZE_CONFIRM_WINDOW", 0.0),
-                   shared_networks=env.names("KOVA_SHARED_NETWORK_NAMESPACES"))
+                   shared_networks=env.names("KOVA_SHARED_NETWORK_NAMESPACES"),
+                   worker_socket=os.environ.get("KOVA_WORKER_SOCKET", ""))
 
 
 class ImportSlots:
@@ -137,6 +139,7 @@ class Runtime:
     imports: dict[str, ImportState] = field(default_factory=dict)
     default_groups: set[str] = field(default_factory=set)  # namespaces whose default SecurityGroup is made
     import_slots: ImportSlots = field(init=False)
+    importer: worker.Local | worker.Remote = field(init=False)
     writes: Writes = field(init=False)
     _events: set[asyncio.Task[None]] = field(default_factory=set)
     _locks: defaultdict[tuple[str, ...], asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
@@ -144,6 +147,9 @@ class Runtime:
     def __post_init__(self) -> None:
         # Each import holds a few MiB, a connection and two hashing threads: bound them per replica.
         self.import_slots = ImportSlots(self.settings.max_imports)
+        # Tenant bytes are read and parsed in a worker without Kubernetes credentials (kova.adapters.worker).
+        self.importer = worker.Remote(self.settings.worker_socket) if self.settings.worker_socket \
+            else worker.Local(self.store)
         self.writes = Writes(self.kube)
 
     def event(self, obj: dict[str, Any], *, type: str, reason: str, message: str) -> None:

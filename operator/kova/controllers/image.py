@@ -26,6 +26,7 @@ from kova.adapters import metrics
 from kova.adapters.http import ExportFetcher, Fetcher
 from kova.adapters.runtime import ImportState, Runtime
 from kova.adapters.status import publish
+from kova.adapters.worker import WorkerLost
 from kova.api.errors import Refusal
 from kova.api.models import ImageSpec, SnapshotOrigin
 from kova.api.resources import IMAGES, INSTANCES, VIRTUAL_MACHINE_EXPORTS
@@ -130,7 +131,7 @@ async def _import_once(rt: Runtime, obj: dict[str, Any], stopped: kopf.DaemonSto
     again = False
     metrics.IMPORTS_IN_FLIGHT.inc()
     work = asyncio.create_task(asyncio.to_thread(
-        importer.import_url, rt.store, uid, url, disk_format, checksum, fetcher=fetcher,
+        rt.importer.import_url, uid, url, disk_format, checksum, fetcher=fetcher,
         size_cap=rt.settings.size_cap, progress=state.progress, cancelled=lambda: bool(stopped)))
     limits = rt.settings.import_limits
     watch = pace.Pace(limits, time.monotonic())
@@ -160,7 +161,7 @@ async def _import_once(rt: Runtime, obj: dict[str, Any], stopped: kopf.DaemonSto
     except Exception as e:
         # A failure that may pass: the source (5xx, network) or the object store (down, refusing).
         # Not swallowed: it is logged, shown in the status until the next attempt, and tried again.
-        state.error = str(e) if isinstance(e, importer.SourceUnavailable) else f"object store: {e}"
+        state.error = str(e) if isinstance(e, importer.SourceUnavailable | WorkerLost) else f"object store: {e}"
         logger.warning("import will be retried in %.0fs: %s", rt.settings.import_retry_delay, state.error)
         await reconcile(rt, namespace, name)
         again = True

@@ -254,7 +254,7 @@ class ImageHandlers(Front):
         source = f"upload to /v2/images/{uid}/file"
         try:
             blob = await loop.run_in_executor(self.upload_pool, functools.partial(
-                importer.import_chunks, self.rt.store, uid, chunks(), spec["diskFormat"], source=source,
+                self.rt.importer.import_chunks, uid, chunks(), spec["diskFormat"], source=source,
                 size=size, size_cap=self.rt.settings.size_cap))
         except UploadStalled as e:  # Glance: the image goes back to queued, nothing kept
             await self._requeue(obj, f"the last upload did not complete: {e}")
