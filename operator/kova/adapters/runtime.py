@@ -14,6 +14,7 @@ from kova.adapters import env
 from kova.adapters.kube import Kube
 from kova.adapters.store import ObjectStore, StoreConfig
 from kova.adapters.writes import Writes
+from kova.api.models import QUOTA_DEFAULTS
 from kova.image.filter import ImportFilter
 from kova.image.importer import DEFAULT_SIZE_CAP, ImportProgress
 
@@ -30,6 +31,8 @@ class Settings:
     max_imports: int = 4  # imports running at once in this replica; the others wait in `queued`
     resize_confirm_window: float = 0.0  # seconds before VERIFY_RESIZE confirms itself; 0: never (Nova's)
     shared_networks: frozenset[str] = frozenset()  # namespaces whose NetworkAttachmentDefinitions all may use
+    # Per-namespace limits where a namespace's Quota says nothing (OpenStack's names; -1: unlimited).
+    quota_defaults: dict[str, int] = field(default_factory=lambda: dict(QUOTA_DEFAULTS))
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -44,7 +47,14 @@ class Settings:
                    size_cap=env.size("KOVA_IMAGE_SIZE_CAP", DEFAULT_SIZE_CAP),
                    max_imports=env.integer("KOVA_MAX_CONCURRENT_IMPORTS", 4, minimum=1),
                    resize_confirm_window=env.number("KOVA_RESIZE_CONFIRM_WINDOW", 0.0),
-                   shared_networks=env.names("KOVA_SHARED_NETWORK_NAMESPACES"))
+                   shared_networks=env.names("KOVA_SHARED_NETWORK_NAMESPACES"),
+                   quota_defaults=quota_defaults())
+
+
+def quota_defaults(environ: dict[str, str] | None = None) -> dict[str, int]:
+    """KOVA_QUOTA_<NAME> (KOVA_QUOTA_CORES, KOVA_QUOTA_IMAGE_SIZE_TOTAL, ...) over OpenStack's defaults."""
+    return {name: env.integer(f"KOVA_QUOTA_{name.upper()}", default, minimum=-1, env=environ)
+            for name, default in QUOTA_DEFAULTS.items()}
 
 
 @dataclass
