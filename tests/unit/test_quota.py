@@ -169,3 +169,11 @@ def test_limits_are_a_quotas_spec_over_the_helm_defaults() -> None:
     assert (limits["instances"], limits["key_pairs"], limits["cores"]) == (3, -1, 8)
     with pytest.raises(env.BadSetting, match="KOVA_QUOTA_RAM=-2 is below its minimum of -1"):
         quota_defaults({"KOVA_QUOTA_RAM": "-2"})
+
+
+def test_every_instance_counts_as_one_but_only_admitted_ones_hold_cores() -> None:
+    refused = inst("r", status={"conditions": [{"type": "Ready", "status": "False", "reason": "QuotaExceeded"}]})
+    instances = [running("a", 18, 1024), refused, running("gone", 1, 1, deleting=True)]
+    used = quota.counts(instances, 2, 1, quota.decide(instances, FLAVORS, LIMITS).usage)
+    assert used == {"instances": 2, "cores": 18, "ram": 1024, "key_pairs": 2, "server_groups": 1,
+                    "server_group_members": 0}

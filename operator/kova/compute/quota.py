@@ -153,9 +153,12 @@ def check_instance(inst: Body, instances: Iterable[Body], flavors: Lookup,
     return decide([*others, inst], flavors, limits).refused.get(name)
 
 
-def counts(keypairs: int, servergroups: int, usage: Usage) -> dict[str, int]:
-    """Nova's usage by name, as a project's quota shows it (server_group_members: the fullest group)."""
-    return {"instances": usage.instances, "cores": usage.cores, "ram": usage.ram, "key_pairs": keypairs,
+def counts(instances: Iterable[Body], keypairs: int, servergroups: int, usage: Usage) -> dict[str, int]:
+    """Nova's usage by name, as a project's quota shows it: every Instance counts, an ERROR one too (as in
+    Nova, and as the API server counts them); cores and RAM are what the admitted ones hold;
+    server_group_members is the fullest group's."""
+    live = sum(1 for i in instances if not i["metadata"].get("deletionTimestamp"))
+    return {"instances": live, "cores": usage.cores, "ram": usage.ram, "key_pairs": keypairs,
             "server_groups": servergroups, "server_group_members": max(usage.members.values(), default=0)}
 
 

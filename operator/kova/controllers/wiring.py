@@ -30,7 +30,7 @@ from kova.api.resources import (
 )
 from kova.compute.children import INSTANCE_LABEL
 from kova.compute.snapshot import snapshot_running
-from kova.controllers import access, instance
+from kova.controllers import access, instance, quota
 
 # What zones read of a Node (kova.compute.access.zones; its labels are in the metadata, which is kept). The rest
 # of a Node's status is mostly its images, capacity and addresses: kilobytes per Node that nothing reads.
@@ -56,6 +56,7 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
              "keypairs": view(KEYPAIRS, ("status",)), "servergroups": view(SERVER_GROUPS, ("spec",)),
              "zones": view(AVAILABILITY_ZONES, ("status",)),
              "nodes": view(NODES, NODE_FIELDS)}
+    views.update(quota.views(view))
     cache = instance.Caches(flavors=views["flavors"], images=views["images"], instances=views["instances"],
                             datavolumes=views["datavolumes"], vms=views["vms"], vmis=views["vmis"],
                             pvcs=views["pvcs"], keypairs=views["keypairs"], servergroups=views["servergroups"],
@@ -139,12 +140,16 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
             forget_instance(runtime, cache, old)
     views["instances"].listen(instance_gone)
 
+    keeper = quota.Keeper(runtime, views)  # a namespace's Quota, its ResourceQuota; Instances over quota
+    cache.quota = keeper.check
+
     informers = [i for v in views.values() for i in v]
     memo["caches"], memo["kicks"] = cache, kicks
-    memo["other_kicks"] = [zone_kicks, group_kicks]
+    memo["other_kicks"] = [zone_kicks, group_kicks, keeper.kicks]
     memo["informer_tasks"] = [asyncio.create_task(i.run(), name=repr(i)) for i in informers]
     await asyncio.gather(*(i.synced.wait() for i in informers))
     zone_kicks.kick("zones")  # the first list announces nothing
+    keeper.start()
     for body in views["images"].objects():  # the first list announces nothing: snapshots under way are found here
         snapshot(None, body)
 
