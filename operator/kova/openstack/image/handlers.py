@@ -28,7 +28,7 @@ from kova.api.resources import IMAGES
 from kova.image import importer
 from kova.image.rules import observe_image
 from kova.openstack.front import Front, read_json
-from kova.openstack.image import glance
+from kova.openstack.image import glance, quotas
 from kova.openstack.image.glance import GlanceError
 
 log = logging.getLogger("kova.api")
@@ -217,8 +217,9 @@ class ImageHandlers(Front):
         spec = obj.get("spec") or {}
         size = glance.check_upload(obj, request.headers.get("Content-Type"), request.headers.get(
             "x-openstack-image-size") or request.headers.get("Content-Length"))
-        await self._claim(obj)
         uid = obj["metadata"]["uid"]
+        room = await quotas.room(self.rt, self.images, project, uid, size)  # Glance's 413 over quota
+        await self._claim(obj)
         loop = asyncio.get_running_loop()
 
         def chunks() -> Iterator[bytes]:  # read on the event loop, one MiB at a time, for the import thread
@@ -228,10 +229,11 @@ class ImageHandlers(Front):
         try:
             blob = await asyncio.to_thread(
                 importer.import_chunks, self.rt.store, uid, chunks(), spec["diskFormat"], source=source,
-                size=size, size_cap=self.rt.settings.size_cap)
+                size=size, size_cap=room.size_cap)
         except importer.ImportFailed as e:
-            await self._requeue(obj, f"the last upload was refused: {e}")
-            raise glance.upload_refused(e, spec["diskFormat"]) from e
+            over = room.refusal(e, size)  # the size cap was image_size_total's
+            await self._requeue(obj, f"the last upload was refused: {over or e}")
+            raise (over or glance.upload_refused(e, spec["diskFormat"])) from e
         except Exception as e:  # the store or the connection failed: the image waits for a new upload
             log.warning("upload of %s failed: %r", uid, e)
             await self._requeue(obj, f"the last upload did not complete: {e}")

@@ -1,0 +1,110 @@
+"""Per-namespace quotas with OpenStack's names, acting as a tenant (a ServiceAccount with `edit` in its own
+namespace): the administrator lowers a project's limits in its Quota; the API server refuses the Instance
+one too many (the ResourceQuota Kova keeps), an Instance over the cores quota is ERROR with Nova's fault and
+nothing built, the tenant reads use and limits with kubectl, and an upload over image_size_total gets
+Glance's 413 from `kova api` with nothing stored."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from tests.cloud.bench import S3_BUCKET, LocalCloud
+from tests.conftest import Kubectl, Operator, condition, tenant_token, wait_for
+from tests.httpsource import Source
+from tests.integration.test_e2e import disk, flavor, image, instance, unique, wait_instance
+from tests.integration.test_isolation import Tenant, install_tenant_roles
+from tests.integration.test_limits import call
+
+pytestmark = pytest.mark.integration
+MiB = 1 << 20
+
+
+def limits(kubectl: Kubectl) -> dict[str, tuple[int, int]]:
+    """name → (in use, limit), from the namespace's Quota as `kubectl get` shows it."""
+    items = (kubectl.get("quotas.compute.kova.dev", "default") or {}).get("status", {}).get("quotas", [])
+    return {i["name"]: (i["inUse"], i["limit"]) for i in items}
+
+
+def set_quota(kubectl: Kubectl, **spec: int) -> None:
+    """The administrator's override of a project's limits; returns once Kova enforces it."""
+    kubectl.apply({"apiVersion": "compute.kova.dev/v1alpha1", "kind": "Quota", "metadata": {"name": "default"},
+                   "spec": spec})
+    names = {"keyPairs": "key_pairs", "serverGroups": "server_groups", "imageSizeTotal": "image_size_total"}
+    wait_for(lambda: all(limits(kubectl).get(names.get(k, k), (0, None))[1] == v for k, v in spec.items()), 30,
+             f"the Quota {spec} to be in force")
+
+
+def test_counts_at_admission_sums_by_kova_usage_readable(cloud: LocalCloud, operator: Operator, source: Source,
+                                                        kubectl: Kubectl) -> None:
+    install_tenant_roles(cloud)
+    fl = unique(kubectl, "q")
+    kubectl.apply(flavor(fl, vcpus=2))  # flavors are the cloud administrator's
+    set_quota(kubectl, instances=3, cores=4)
+    tenant = Tenant(cloud, str(kubectl.namespace))
+    tenant.apply(image("os", source.add(f"/{kubectl.namespace}/os", disk("quota"))))
+    # Three servers of 2 cores at once, 4 cores allowed: the decision is the namespace's, oldest (then by name)
+    # first, so exactly the third is refused, before anything of it is made.
+    tenant.apply([instance(n, fl, "os") for n in ("a", "b", "c")])
+    refused = wait_instance(tenant, "c", "ERROR")
+    assert refused["status"]["fault"] == {
+        "code": 403, "message": "Quota exceeded for cores: Requested 2, but already used 4 of 4 cores"}
+    assert condition(refused)["reason"] == "QuotaExceeded"
+    for name in ("a", "b"):
+        wait_instance(tenant, name, "ACTIVE", timeout=90)
+    assert kubectl.get("vm", "c") is None and kubectl.get("dv", "c-root") is None, "nothing of it is built"
+    # The fourth is refused by the API server itself: three Instances exist (an ERROR server counts, as in Nova).
+    rq = wait_for(lambda: (o := kubectl.get("resourcequota", "kova")) and o.get("status", {}).get("used", {}).get(
+        "count/instances.compute.kova.dev") == "3" and o, 60, "the ResourceQuota's use to be counted")
+    assert rq["spec"]["hard"]["count/instances.compute.kova.dev"] == "3"
+    out = tenant("apply", "-f", "-", input=json.dumps(instance("d", fl, "os")), check=False)
+    assert ('exceeded quota: kova, requested: count/instances.compute.kova.dev=1, used: '
+            'count/instances.compute.kova.dev=3, limited: count/instances.compute.kova.dev=3') in out, out
+    # The refusal is final, as Nova's: it stays ERROR though it holds nothing.
+    assert wait_instance(tenant, "c", "ERROR")["status"]["fault"]["code"] == 403
+    # Use and limits, as the tenant reads them.
+    wait_for(lambda: limits(tenant).get("cores") == (4, 4) and limits(tenant).get("instances") == (3, 3), 30,
+             "the Quota's status to show the use")
+    table = tenant("get", "quotas")
+    assert "3/3" in table and "4/4" in table, table
+    assert limits(tenant)["ram"] == (1024, 51200) and limits(tenant)["image_count_total"] == (1, 100)
+    # The tenant may not change its own limits.
+    denied = tenant("patch", "quotas.compute.kova.dev", "default", "--type=merge", "-p", '{"spec":{"cores":100}}',
+                    check=False)
+    assert "forbidden" in denied.lower(), denied
+
+
+def _put(url: str, token: str, data: bytes) -> tuple[int, Any]:
+    req = urllib.request.Request(url, method="PUT", data=data, headers={
+        "X-Auth-Token": token, "Content-Type": "application/octet-stream", "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return int(resp.status), None
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def test_an_upload_over_image_size_total_gets_glances_413_and_stores_nothing(
+        cloud: LocalCloud, operator: Operator, api: str, kubectl: Kubectl, namespace: str) -> None:
+    install_tenant_roles(cloud)
+    set_quota(kubectl, imageSizeTotal=1)  # MiB, as in Glance
+    token = tenant_token(cloud, namespace)
+    images = f"{api}/projects/{namespace}/image/v2/images"
+    status, created = call("POST", images, token, {"name": "big", "disk_format": "raw", "container_format": "bare"})
+    assert status == 201, created
+    status, body = _put(f"{images}/{created['id']}/file", token, b"\1" * (2 * MiB))
+    assert status == 413, body
+    assert body["message"].endswith(f"Project {namespace} is over a limit for [Resource image_size_total is over "
+                                    "limit of 1 due to current usage 0 and delta 2]"), body
+    assert "quota threshold was breached" in body["message"]
+    status, shown = call("GET", f"{images}/{created['id']}", token)
+    assert shown["status"] == "queued", shown  # back to queued, as Glance after a refused upload
+    assert [o.object_name for o in cloud.s3_client().list_objects(S3_BUCKET, prefix=f"images/{created['id']}")] == []
+    # Within the quota, the same image takes its data.
+    status, _ = _put(f"{images}/{created['id']}/file", token, b"\1" * (MiB // 2))
+    assert status == 204
+    wait_for(lambda: limits(kubectl).get("image_count_total") == (1, 100), 30, "the image to be counted")
