@@ -14,10 +14,9 @@ import pytest
 
 from kova.adapters.store import blob_key
 from tests.cloud.bench import S3_BUCKET, LocalCloud
-from tests.conftest import Kubectl, Operator, condition, wait_for
+from tests.conftest import Kubectl, Operator, condition, set_quota, wait_for
 from tests.httpsource import Source
 from tests.integration.test_e2e import disk, flavor, image, instance, store_keys, unique, wait_instance
-from tests.integration.test_quotas import set_quota
 
 pytestmark = pytest.mark.integration
 

@@ -1,8 +1,8 @@
 """Per-namespace quotas with OpenStack's names, acting as a tenant (a ServiceAccount with `edit` in its own
 namespace): the administrator lowers a project's limits in its Quota; the API server refuses the Instance
 one too many (the ResourceQuota Kova keeps), an Instance over the cores quota is ERROR with Nova's fault and
-nothing built, the tenant reads use and limits with kubectl, and an upload over image_size_total gets
-Glance's 413 from `kova api` with nothing stored."""
+nothing built, the tenant reads use and limits with kubectl, an upload over image_size_total gets Glance's
+413 from `kova api` with nothing stored, and a web-download over it is killed (QuotaExceeded)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.cloud.bench import S3_BUCKET, LocalCloud
-from tests.conftest import Kubectl, Operator, condition, tenant_token, wait_for
+from tests.conftest import Kubectl, Operator, condition, quota_limits, set_quota, tenant_token, wait_for
 from tests.httpsource import Source
 from tests.integration.test_e2e import disk, flavor, image, instance, unique, wait_instance
 from tests.integration.test_isolation import Tenant, install_tenant_roles
@@ -22,21 +22,6 @@ from tests.integration.test_limits import call
 
 pytestmark = pytest.mark.integration
 MiB = 1 << 20
-
-
-def limits(kubectl: Kubectl) -> dict[str, tuple[int, int]]:
-    """name → (in use, limit), from the namespace's Quota as `kubectl get` shows it."""
-    items = (kubectl.get("quotas.compute.kova.dev", "default") or {}).get("status", {}).get("quotas", [])
-    return {i["name"]: (i["inUse"], i["limit"]) for i in items}
-
-
-def set_quota(kubectl: Kubectl, **spec: int) -> None:
-    """The administrator's override of a project's limits; returns once Kova enforces it."""
-    kubectl.apply({"apiVersion": "compute.kova.dev/v1alpha1", "kind": "Quota", "metadata": {"name": "default"},
-                   "spec": spec})
-    names = {"keyPairs": "key_pairs", "serverGroups": "server_groups", "imageSizeTotal": "image_size_total"}
-    wait_for(lambda: all(limits(kubectl).get(names.get(k, k), (0, None))[1] == v for k, v in spec.items()), 30,
-             f"the Quota {spec} to be in force")
 
 
 def test_counts_at_admission_sums_by_kova_usage_readable(cloud: LocalCloud, operator: Operator, source: Source,
@@ -67,11 +52,11 @@ def test_counts_at_admission_sums_by_kova_usage_readable(cloud: LocalCloud, oper
     # The refusal is final, as Nova's: it stays ERROR though it holds nothing.
     assert wait_instance(tenant, "c", "ERROR")["status"]["fault"]["code"] == 403
     # Use and limits, as the tenant reads them.
-    wait_for(lambda: limits(tenant).get("cores") == (4, 4) and limits(tenant).get("instances") == (3, 3), 30,
-             "the Quota's status to show the use")
+    wait_for(lambda: {k: v for k, v in quota_limits(tenant).items() if k in ("cores", "instances")}
+             == {"cores": (4, 4), "instances": (3, 3)}, 30, "the Quota's status to show the use")
     table = tenant("get", "quotas")
     assert "3/3" in table and "4/4" in table, table
-    assert limits(tenant)["ram"] == (1024, 51200) and limits(tenant)["image_count_total"] == (1, 100)
+    assert quota_limits(tenant)["ram"] == (1024, 51200) and quota_limits(tenant)["image_count_total"] == (1, 100)
     # The tenant may not change its own limits.
     denied = tenant("patch", "quotas.compute.kova.dev", "default", "--type=merge", "-p", '{"spec":{"cores":100}}',
                     check=False)
@@ -107,4 +92,19 @@ def test_an_upload_over_image_size_total_gets_glances_413_and_stores_nothing(
     # Within the quota, the same image takes its data.
     status, _ = _put(f"{images}/{created['id']}/file", token, b"\1" * (MiB // 2))
     assert status == 204
-    wait_for(lambda: limits(kubectl).get("image_count_total") == (1, 100), 30, "the image to be counted")
+    wait_for(lambda: quota_limits(kubectl).get("image_count_total") == (1, 100), 30, "the image to be counted")
+
+
+def test_a_web_download_over_image_size_total_is_killed_with_glances_words(
+        cloud: LocalCloud, operator: Operator, source: Source, kubectl: Kubectl) -> None:
+    install_tenant_roles(cloud)
+    set_quota(kubectl, imageSizeTotal=1)
+    tenant = Tenant(cloud, str(kubectl.namespace))
+    tenant.apply(image("big", source.add(f"/{kubectl.namespace}/big", disk("over-quota", 2))))
+    killed = wait_for(lambda: (s := tenant.status("image", "big")).get("status") == "killed" and s, 60,
+                      "the import over quota to be killed")
+    assert condition({"status": killed})["reason"] == "QuotaExceeded"
+    assert (f"Project {kubectl.namespace} is over a limit for [Resource image_size_total is over limit of 1 due to "
+            "current usage 0") in killed["message"], killed
+    uid = tenant.get("image", "big")["metadata"]["uid"]  # type: ignore[index]
+    assert [o.object_name for o in cloud.s3_client().list_objects(S3_BUCKET, prefix=f"images/{uid}")] == []

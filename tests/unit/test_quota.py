@@ -177,3 +177,18 @@ def test_every_instance_counts_as_one_but_only_admitted_ones_hold_cores() -> Non
     used = quota.counts(instances, 2, 1, quota.decide(instances, FLAVORS, LIMITS).usage)
     assert used == {"instances": 2, "cores": 18, "ram": 1024, "key_pairs": 2, "server_groups": 1,
                     "server_group_members": 0}
+
+
+def test_a_web_download_waits_for_an_upload_slot_and_is_capped_to_what_the_quota_leaves() -> None:
+    images = [image("a", "active", 9 * MiB), image("b", "importing"), obj("me", status={"status": "queued"})]
+    busy = glance.gate("team-a", images, "uid-me", {"image_count_uploading": 1, "image_size_total": 10})
+    assert busy.wait == ("waiting: 1 uploads and imports are under way in this project, its quota "
+                         "image_count_uploading is 1")
+    free = glance.gate("team-a", images, "uid-me", {"image_count_uploading": 2, "image_size_total": 10})
+    assert free.wait is None and free.size_cap(64 * MiB) == MiB and free.size_cap(MiB // 2) == MiB // 2
+    over = free.exceeded(64 * MiB, "SizeExceeded")
+    assert over is not None and str(over).endswith("[Resource image_size_total is over limit of 10 due to current "
+                                                   "usage 9 and delta 2]")
+    assert free.exceeded(64 * MiB, "ChecksumMismatch") is None and free.exceeded(MiB // 2, "SizeExceeded") is None
+    unlimited = glance.gate("team-a", images, "uid-me", {"image_count_uploading": -1, "image_size_total": -1})
+    assert unlimited.wait is None and unlimited.size_cap(64 * MiB) == 64 * MiB

@@ -7,6 +7,7 @@ import datetime as dt
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from kova.adapters.writes import Writes
 from kova.api.models import QUOTA_DEFAULTS
 from kova.image.filter import ImportFilter
 from kova.image.importer import DEFAULT_SIZE_CAP, ImportProgress
+from kova.image.quota import Gate
 
 log = logging.getLogger("kova")
 
@@ -70,6 +72,8 @@ class Runtime:
     store: ObjectStore
     imports: dict[str, ImportState] = field(default_factory=dict)
     default_groups: set[str] = field(default_factory=set)  # namespaces whose default SecurityGroup is made
+    # (namespace, uid) → what the namespace's quotas say to an import about to start (kova.controllers.quota).
+    image_quota: Callable[[str, str], Gate] | None = None
     import_slots: asyncio.Semaphore = field(init=False)
     writes: Writes = field(init=False)
     _events: set[asyncio.Task[None]] = field(default_factory=set)

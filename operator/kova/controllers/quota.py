@@ -90,6 +90,10 @@ class Keeper:
             return None
         return Blocked(refusal.reason, refusal.message, refused=True, code=refusal.code)
 
+    def image_gate(self, namespace: str, uid: str) -> glance.Gate:
+        """What the namespace's quotas say to an import of Image `uid` about to start."""
+        return glance.gate(namespace, self.index.of(namespace, "images"), uid, self.limits(namespace))
+
     async def _reconcile(self, key: Hashable) -> None:
         namespace = cast(str, key)
         async with self.rt.lock("quota", namespace):

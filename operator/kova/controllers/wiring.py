@@ -141,7 +141,7 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
     views["instances"].listen(instance_gone)
 
     keeper = quota.Keeper(runtime, views)  # a namespace's Quota, its ResourceQuota; Instances over quota
-    cache.quota = keeper.check
+    cache.quota, runtime.image_quota = keeper.check, keeper.image_gate
 
     informers = [i for v in views.values() for i in v]
     memo["caches"], memo["kicks"] = cache, kicks

@@ -86,3 +86,35 @@ def check_upload(project: str, used: Usage, limits: dict[str, int], announced: i
 def size_exceeded(project: str, used: Usage, limit_mib: int, size: int) -> OverLimit:
     """image_size_total exceeded by `size` more bytes (the delta in whole MiB, rounded up: it did not fit)."""
     return OverLimit(project, "image_size_total", limit_mib, used.bytes // MiB, max(1, -(-size // MiB)))
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What a namespace's quotas say to a web-download (or snapshot) about to start: wait while too many
+    uploads are under way (image_count_uploading), and no more bytes than image_size_total leaves."""
+
+    project: str
+    used: Usage
+    limit_mib: int  # image_size_total
+    wait: str | None = None  # why it waits in queued, if it must
+
+    def size_cap(self, cap: int) -> int:
+        left = room(self.used, self.limit_mib)
+        return cap if left is None else min(cap, left)
+
+    def exceeded(self, cap: int, reason: str) -> OverLimit | None:
+        """The import's SizeExceeded as Glance's quota refusal, when the quota set the cap."""
+        left = room(self.used, self.limit_mib)
+        if reason != "SizeExceeded" or left is None or left >= cap:
+            return None
+        return size_exceeded(self.project, self.used, self.limit_mib, left + 1)
+
+
+def gate(project: str, images: Iterable[Body], uid: str, limits: dict[str, int]) -> Gate:
+    used = usage(images, leave_out=uid)
+    uploading = limits.get("image_count_uploading", UNLIMITED)
+    wait = None
+    if uploading != UNLIMITED and used.uploading + 1 > uploading:
+        wait = (f"waiting: {used.uploading} uploads and imports are under way in this project, its quota "
+                f"image_count_uploading is {uploading}")
+    return Gate(project, used, limits.get("image_size_total", UNLIMITED), wait)
