@@ -1,8 +1,9 @@
 """Per-namespace quotas with OpenStack's names, acting as a tenant (a ServiceAccount with `edit` in its own
 namespace): the administrator lowers a project's limits in its Quota; the API server refuses the Instance
 one too many (the ResourceQuota Kova keeps), an Instance over the cores quota is ERROR with Nova's fault and
-nothing built, the tenant reads use and limits with kubectl, an upload over image_size_total gets Glance's
-413 from `kova api` with nothing stored, and a web-download over it is killed (QuotaExceeded)."""
+nothing built, a resize over it is refused, the tenant reads use and limits with kubectl, an upload over
+image_size_total gets Glance's 413 from `kova api` with nothing stored, and a web-download over it is killed
+(QuotaExceeded)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,14 @@ def test_counts_at_admission_sums_by_kova_usage_readable(cloud: LocalCloud, oper
     out = tenant("apply", "-f", "-", input=json.dumps(instance("d", fl, "os")), check=False)
     assert ('exceeded quota: kova, requested: count/instances.compute.kova.dev=1, used: '
             'count/instances.compute.kova.dev=3, limited: count/instances.compute.kova.dev=3') in out, out
+    # A resize that grows past the quota is refused before it starts (Nova checks the growth only); the server
+    # keeps running as it was.
+    kubectl.apply(flavor(f"{fl}-l"[:63], vcpus=4))
+    tenant("patch", "instance", "a", "--type=merge", "-p", json.dumps({"spec": {"flavorRef": f"{fl}-l"[:63]}}))
+    grown = wait_for(lambda: (o := tenant.get("instance", "a")) and condition(o)["reason"] == "QuotaExceeded" and o,
+                     30, "the resize to be refused")
+    assert condition(grown)["message"] == "Quota exceeded for cores: Requested 2, but already used 4 of 4 cores"
+    assert grown["status"]["status"] == "ACTIVE" and grown["status"]["flavor"]["name"] == fl
     # The refusal is final, as Nova's: it stays ERROR though it holds nothing.
     assert wait_instance(tenant, "c", "ERROR")["status"]["fault"]["code"] == 403
     # Use and limits, as the tenant reads them.

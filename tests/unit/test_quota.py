@@ -192,3 +192,41 @@ def test_a_web_download_waits_for_an_upload_slot_and_is_capped_to_what_the_quota
     assert free.exceeded(64 * MiB, "ChecksumMismatch") is None and free.exceeded(MiB // 2, "SizeExceeded") is None
     unlimited = glance.gate("team-a", images, "uid-me", {"image_count_uploading": -1, "image_size_total": -1})
     assert unlimited.wait is None and unlimited.size_cap(64 * MiB) == 64 * MiB
+
+
+def test_a_resize_is_checked_for_its_growth_only_before_it_starts_and_holds_the_larger_flavor_meanwhile() -> None:
+    me = running("me", 2, 2048)
+    me["spec"]["flavorRef"] = "big"
+    me["status"]["flavor"]["name"] = "small"
+    others = [running("a", 16, 1024)]
+    # 18 cores held, +2 to grow from small (2) to big (4): 20 fits; one core less allowed does not.
+    assert quota.check_resize(me, [*others, me], FLAVORS, LIMITS) is None
+    assert quota.check_resize(me, [*others, me], FLAVORS, {**LIMITS, "cores": 19}) == \
+        quota.over_quota("cores", 2, 18, 19)
+    # Started (a task or a resize under way), or shrinking, or the same flavor: not asked.
+    assert quota.check_resize({**me, "status": {**me["status"], "task": {"action": "resize"}}}, [me], FLAVORS,
+                              {**LIMITS, "cores": 1}) is None
+    same = running("same", 2, 2048)
+    same["status"]["flavor"]["name"] = "small"
+    assert quota.check_resize(same, [same], FLAVORS, {**LIMITS, "cores": 1}) is None
+    # During the resize the larger of the old and new flavor is held (a revert must find its room).
+    resizing = running("r", 4, 8192)
+    resizing["status"]["resize"] = {"oldFlavor": {"name": "x", "vcpus": 8, "ram": 1024, "disk": 1},
+                                    "newFlavor": "big"}
+    assert quota.demand(resizing, FLAVORS) == (8, 8192)
+
+
+def test_a_resize_over_quota_is_refused_and_the_server_keeps_running_as_it_was() -> None:
+    refusal = quota.over_quota("cores", 2, 20, 20)
+    applied = {"name": "m1", "vcpus": 1, "ram": 512, "disk": 2}
+    plan = server.plan(world(spec={"flavorRef": "m2", "imageRef": "cirros"},
+                             status={"flavor": applied, "imageRef": "cirros", "status": "ACTIVE",
+                                     "requests": {"power": "Running"},
+                                     "actions": [{"action": "create", "requestId": "cirros",
+                                                  "startTime": "2026-01-01T11:00:00Z",
+                                                  "finishTime": "2026-01-01T11:00:01Z", "result": "Success"}]},
+                             quota=Blocked(refusal.reason, refusal.message, refused=True, code=403)))
+    assert plan.step.reason == "QuotaExceeded" and plan.step.message == refusal.message
+    assert plan.step.warning == ("QuotaExceeded", refusal.message)
+    assert plan.step.status.actions[-1].action == "resize" and plan.step.status.actions[-1].result == "Error"
+    assert plan.step.status.flavor is not None and plan.step.status.flavor.name == "m1"

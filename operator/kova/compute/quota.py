@@ -90,11 +90,15 @@ def refused_before(inst: Body) -> Refusal | None:
 
 
 def demand(inst: Body, flavors: Lookup) -> tuple[int, int]:
-    """vCPUs and RAM (MiB) an Instance holds: its flavor as applied, or as requested before the boot. A
-    Flavor that does not exist yet is nothing yet (the Instance waits for it, and is counted once it is)."""
-    applied = (inst.get("status") or {}).get("flavor")
+    """vCPUs and RAM (MiB) an Instance holds: its flavor as applied (during a resize, the larger of the old
+    and the new: a revert must find its room), or as requested before the boot. A Flavor that does not exist
+    yet is nothing yet (the Instance waits for it, and is counted once it is)."""
+    st = inst.get("status") or {}
+    applied = st.get("flavor")
     if applied:
-        return int(applied.get("vcpus") or 0), int(applied.get("ram") or 0)
+        old = (st.get("resize") or {}).get("oldFlavor") or {}
+        return (max(int(applied.get("vcpus") or 0), int(old.get("vcpus") or 0)),
+                max(int(applied.get("ram") or 0), int(old.get("ram") or 0)))
     ref = (inst.get("spec") or {}).get("flavorRef")
     spec = ((flavors.get((ref,)) if ref else None) or {}).get("spec") or {}
     return int(spec.get("vcpus") or 0), int(spec.get("ram") or 0)
@@ -151,6 +155,26 @@ def check_instance(inst: Body, instances: Iterable[Body], flavors: Lookup,
     name = inst["metadata"]["name"]
     others = [i for i in instances if i["metadata"]["name"] != name]
     return decide([*others, inst], flavors, limits).refused.get(name)
+
+
+def check_resize(inst: Body, instances: Iterable[Body], flavors: Lookup,
+                 limits: Mapping[str, int]) -> Refusal | None:
+    """A resize asked for and not started yet (flavorRef names another flavor than the applied one): Nova
+    checks only the growth (its upsize deltas), against what the namespace holds now."""
+    st, spec = inst.get("status") or {}, inst.get("spec") or {}
+    applied = st.get("flavor") or {}
+    ref = spec.get("flavorRef")
+    new = ((flavors.get((ref,)) if ref else None) or {}).get("spec")
+    if (not applied or new is None or ref in (applied.get("name"), (st.get("requests") or {}).get("revertedFlavor"))
+            or st.get("task") or st.get("resize")):
+        return None
+    usage = decide(instances, flavors, limits).usage
+    for name, used, grow in (("cores", usage.cores, int(new.get("vcpus") or 0) - int(applied.get("vcpus") or 0)),
+                             ("ram", usage.ram, int(new.get("ram") or 0) - int(applied.get("ram") or 0))):
+        allowed = limits.get(name, UNLIMITED)
+        if grow > 0 and not fits(used, grow, allowed):
+            return over_quota(name, grow, used, allowed)
+    return None
 
 
 def counts(instances: Iterable[Body], keypairs: int, servergroups: int, usage: Usage) -> dict[str, int]:

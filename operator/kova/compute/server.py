@@ -73,7 +73,7 @@ class World:
     presign_ttl: dt.timedelta = dt.timedelta(hours=1)
     confirm_window: float = 0.0
     now: dt.datetime = field(default_factory=clock.now)
-    quota: lifecycle.Blocked | None = None  # over its namespace's quota (kova.compute.quota): Nova's refusal
+    quota: lifecycle.Blocked | None = None  # over its namespace's quota to boot or grow: Nova's refusal
 
 
 @dataclass
@@ -127,8 +127,10 @@ def plan(w: World) -> Plan:
     booted = status.flavor is not None
     g = guest_of(w, spec, status, disk_image or image, booted)
     flavor = flavor_info(w.flavors, spec.flavor_ref, namespace)
-    if w.quota is not None and not booted:
-        flavor = w.quota  # over quota: refused before anything is made, as Nova refuses it at create
+    if w.quota is not None:
+        # Over quota: refused before anything is made, as Nova refuses it at create; or a resize refused
+        # before it starts (the quota is asked only about a resize that has not started).
+        flavor = w.quota
     step = lifecycle.decide(lifecycle.Inputs(
         spec=spec, status=status, children=kids, flavor=flavor,
         image=image, disk_image=disk_image, guest=g, snapshots=sorted(w.snapshots),

@@ -82,10 +82,13 @@ class Keeper:
         return effective_limits(self.rt.settings.quota_defaults, obj.get("spec"))
 
     def check(self, inst: Body, status: Body) -> Blocked | None:
-        """Whether an Instance (with its newest status) is over its namespace's quota: Nova's refusal."""
-        namespace = inst["metadata"]["namespace"]
-        refusal = nova.check_instance({**inst, "status": status}, self.index.of(namespace, "instances"),
-                                      self.views["flavors"], self.limits(namespace))
+        """Whether an Instance (with its newest status) is over its namespace's quota, to boot or to grow by a
+        resize: Nova's refusal."""
+        namespace, me = inst["metadata"]["namespace"], {**inst, "status": status}
+        instances, limits = self.index.of(namespace, "instances"), self.limits(namespace)
+        refusal = nova.check_instance(me, instances, self.views["flavors"], limits) or nova.check_resize(
+            me, [i for i in instances if i["metadata"]["name"] != me["metadata"]["name"]] + [me],
+            self.views["flavors"], limits)
         if refusal is None:
             return None
         return Blocked(refusal.reason, refusal.message, refused=True, code=refusal.code)
