@@ -102,6 +102,21 @@ def condition(obj: dict[str, Any] | None, type_: str = "Ready") -> dict[str, Any
     return next((c for c in (obj or {}).get("status", {}).get("conditions", []) if c["type"] == type_), {})
 
 
+def quota_limits(kubectl: Kubectl) -> dict[str, tuple[int, int]]:
+    """name → (in use, limit), from the namespace's Quota as `kubectl get` shows it."""
+    items = (kubectl.get("quotas.compute.kova.dev", "default") or {}).get("status", {}).get("quotas", [])
+    return {i["name"]: (i["inUse"], i["limit"]) for i in items}
+
+
+def set_quota(kubectl: Kubectl, **spec: int) -> None:
+    """The administrator's override of a project's limits; returns once Kova enforces it."""
+    kubectl.apply({"apiVersion": "compute.kova.dev/v1alpha1", "kind": "Quota", "metadata": {"name": "default"},
+                   "spec": spec})
+    names = {k: re.sub(r"[A-Z]", lambda m: f"_{m.group(0).lower()}", k) for k in spec}  # imageSizeTotal: Glance's
+    wait_for(lambda: all(quota_limits(kubectl).get(names[k], (0, None))[1] == v for k, v in spec.items()), 30,
+             f"the Quota {spec} to be in force")
+
+
 @pytest.fixture(scope="session")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCloud]:
     workdir = tmp_path_factory.mktemp("cloud")

@@ -301,11 +301,12 @@ class LocalCloud:
         # namespace its `default` ServiceAccount and tokens, as in a real cluster; clusterrole-aggregation
         # fills the built-in view/edit roles from the chart's kova-image-reader/editor, as in a real cluster.
         # pvc-protection takes the kubernetes.io/pvc-protection finalizer off claims no pod uses (the
-        # simulator's PVCs), or no namespace holding one could ever be deleted.
+        # simulator's PVCs), or no namespace holding one could ever be deleted. resourcequota computes the
+        # use of the ResourceQuota Kova keeps per namespace, which the API server's admission then enforces.
         proc = self.spawn("kube-controller-manager", [
             binary("kube-controller-manager"), f"--kubeconfig={self.kubeconfig}",
             "--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token,clusterrole-aggregation,"
-            "pvc-protection",
+            "pvc-protection,resourcequota",
             f"--service-account-private-key-file={self.workdir / 'pki' / 'sa.key'}",
             f"--root-ca-file={self.workdir / 'pki' / 'ca.crt'}",
             "--leader-elect=false", f"--bind-address={LOOPBACK}", f"--secure-port={free_port()}",
@@ -332,7 +333,10 @@ class LocalCloud:
                      secure=False)
 
     def _install_crds(self) -> None:
-        self.kubectl("apply", "--server-side", "-f", str(CRDS), "-f", str(NAD_CRD))
+        # Kova's own too (install_kova_crds applies them again, unchanged): the resourcequota controller, like
+        # the garbage collector, counts kinds added later only after its next discovery, up to 30 s on, and
+        # until then the API server refuses every object a ResourceQuota counts ("status unknown for quota").
+        self.kubectl("apply", "--server-side", "-f", str(CRDS), "-f", str(NAD_CRD), "-f", str(REPO / "crds"))
         self.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(STORAGE_CLASS))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd",
                      "virtualmachines.kubevirt.io", "virtualmachineinstances.kubevirt.io",

@@ -14,7 +14,7 @@ import pytest
 
 from kova.adapters.store import blob_key
 from tests.cloud.bench import S3_BUCKET, LocalCloud
-from tests.conftest import Kubectl, Operator, condition, wait_for
+from tests.conftest import Kubectl, Operator, condition, set_quota, wait_for
 from tests.httpsource import Source
 from tests.integration.test_e2e import disk, flavor, image, instance, store_keys, unique, wait_instance
 
@@ -39,6 +39,7 @@ def test_operator_sigkilled_twenty_times_during_a_burst(cloud: LocalCloud, opera
     fl = unique(kubectl, "chaos")
     kubectl.apply([flavor(fl), image("base", source.add(f"/{kubectl.namespace}/base", disk("base")))])
     kubectl("wait", "--for=condition=Ready", "--timeout=60s", "image/base")
+    set_quota(kubectl, instances=-1, cores=-1, ram=-1)  # a hundred servers: over Nova's default quotas
     data = {f"img{i}": disk(f"chaos-{i}", 6) for i in range(10)}
     kubectl.apply([image(n, source.add(f"/{kubectl.namespace}/{n}", d, seconds_per_mib=0.3))
                    for n, d in data.items()] + [instance(f"vm{i:03d}", fl, "base") for i in range(100)])

@@ -13,7 +13,7 @@ import pytest
 
 from kova.adapters.store import blob_key, record_key
 from tests.cloud.bench import S3_BUCKET, LocalCloud
-from tests.conftest import Kubectl, Operator, condition, sample, scrape, wait_for
+from tests.conftest import Kubectl, Operator, condition, sample, scrape, set_quota, wait_for
 from tests.httpsource import Source
 from tests.qcow2 import make_qcow2
 
@@ -272,6 +272,7 @@ def test_flavor_too_small_for_the_image(operator: Operator, source: Source, kube
 def test_unschedulable_instance_is_an_error(operator: Operator, source: Source, kubectl: Kubectl) -> None:
     url = source.add(f"/{kubectl.namespace}/os", disk("huge"))
     fl = unique(kubectl, "huge")
+    set_quota(kubectl, ram=-1)  # 512 GiB is over Nova's default ram quota: the scheduler is what is tested here
     kubectl.apply([flavor(fl, vcpus=2, ram=512 * 1024), image("os", url), instance("vm", fl, "os")])
     err = wait_instance(kubectl, "vm", "ERROR")
     assert condition(err)["reason"] == "NoValidHost" and err["status"]["fault"]["code"] == 500

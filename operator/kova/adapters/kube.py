@@ -73,6 +73,15 @@ class Kube:
         """Server-side apply: the child is put back to what Kova wants, whoever changed it. Returns the
         object, or None when the apply created it (the client does not decode the 201 answer)."""
         md = body["metadata"]
+        if not res.group:  # the core group (a ResourceQuota): the custom-objects client cannot address it
+            resp = await self._call(
+                "PATCH", f"/api/{res.version}/namespaces/{md['namespace']}/{res.plural}/{md['name']}",
+                query=[("fieldManager", FIELD_MANAGER), ("force", "true"), ("fieldValidation", "Strict")],
+                body=body, content_type="application/apply-patch+yaml")
+            try:
+                return cast(dict[str, Any], json.loads(await resp.read()))
+            finally:
+                resp.release()
         if not res.namespaced:
             obj = await self.custom.patch_cluster_custom_object(
                 res.group, res.version, res.plural, md["name"], body, field_manager=FIELD_MANAGER, force=True,

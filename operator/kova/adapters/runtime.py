@@ -8,6 +8,7 @@ import itertools
 import logging
 import os
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,10 +16,12 @@ from kova.adapters import env, worker
 from kova.adapters.kube import Kube
 from kova.adapters.store import ObjectStore, StoreConfig
 from kova.adapters.writes import Writes
+from kova.api.models import QUOTA_DEFAULTS
 from kova.image import pace
 from kova.image.fairness import Waiter, next_import
 from kova.image.filter import ImportFilter
 from kova.image.importer import DEFAULT_SIZE_CAP, ImportProgress
+from kova.image.quota import Gate
 
 log = logging.getLogger("kova")
 
@@ -38,6 +41,8 @@ class Settings:
     resize_confirm_window: float = 0.0  # seconds before VERIFY_RESIZE confirms itself; 0: never (Nova's)
     shared_networks: frozenset[str] = frozenset()  # namespaces whose NetworkAttachmentDefinitions all may use
     worker_socket: str = ""  # the import worker's Unix socket (kova.adapters.worker); empty: import in-process
+    # Per-namespace limits where a namespace's Quota says nothing (OpenStack's names; -1: unlimited).
+    quota_defaults: dict[str, int] = field(default_factory=lambda: dict(QUOTA_DEFAULTS))
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -60,7 +65,8 @@ class Settings:
                    max_uploads_per_project=env.integer("KOVA_MAX_UPLOADS_PER_PROJECT", 2, minimum=1),
                    resize_confirm_window=env.number("KOVA_RESIZE_CONFIRM_WINDOW", 0.0),
                    shared_networks=env.names("KOVA_SHARED_NETWORK_NAMESPACES"),
-                   worker_socket=os.environ.get("KOVA_WORKER_SOCKET", ""))
+                   worker_socket=os.environ.get("KOVA_WORKER_SOCKET", ""),
+                   quota_defaults=quota_defaults())
 
 
 class ImportSlots:
@@ -125,6 +131,12 @@ class ImportSlots:
             self.last_served.pop(namespace, None)
 
 
+def quota_defaults(environ: dict[str, str] | None = None) -> dict[str, int]:
+    """KOVA_QUOTA_<NAME> (KOVA_QUOTA_CORES, KOVA_QUOTA_IMAGE_SIZE_TOTAL, ...) over OpenStack's defaults."""
+    return {name: env.integer(f"KOVA_QUOTA_{name.upper()}", default, minimum=-1, env=environ)
+            for name, default in QUOTA_DEFAULTS.items()}
+
+
 @dataclass
 class ImportState:
     progress: ImportProgress = field(default_factory=ImportProgress)
@@ -138,6 +150,8 @@ class Runtime:
     store: ObjectStore
     imports: dict[str, ImportState] = field(default_factory=dict)
     default_groups: set[str] = field(default_factory=set)  # namespaces whose default SecurityGroup is made
+    # (namespace, uid) → what the namespace's quotas say to an import about to start (kova.controllers.quota).
+    image_quota: Callable[[str, str], Gate] | None = None
     import_slots: ImportSlots = field(init=False)
     importer: worker.Local | worker.Remote = field(init=False)
     writes: Writes = field(init=False)

@@ -1,5 +1,5 @@
-"""The API: pydantic models of Kova's seven kinds (Image; Flavor, Instance, KeyPair, SecurityGroup, ServerGroup,
-AvailabilityZone), the one source of the CRDs in crds/ (kova.api.crdgen).
+"""The API: pydantic models of Kova's eight kinds (Image; Flavor, Instance, KeyPair, SecurityGroup, ServerGroup,
+AvailabilityZone, Quota), the one source of the CRDs in crds/ (kova.api.crdgen).
 
 Field names are camelCase on the wire (Kubernetes style) and snake_case in Python. Descriptions become the
 text of `kubectl explain`; `x-kubernetes-validations` (CEL) rules are checked by the API server itself.
@@ -542,6 +542,67 @@ class AvailabilityZoneStatus(CommonStatus):
     available: bool = Field(default=False, description="At least one of its nodes is Ready and schedulable.")
 
 
+# ---------------------------------------------------------------------------------------------- Quota
+# OpenStack's quota names, in the order `kubectl get quota -o yaml` lists them, with their defaults: Nova's
+# own (nova.conf [quota]); Glance's unified limits have no built-in defaults, so Kova picks generous ones.
+# Sizes are MiB as in OpenStack (Nova's ram, Glance's image_size_total and image_stage_total). -1: unlimited.
+QUOTA_DEFAULTS: dict[str, int] = {
+    "instances": 10, "cores": 20, "ram": 51200, "key_pairs": 100, "server_groups": 10,
+    "server_group_members": 10,
+    "image_count_total": 100, "image_size_total": 1048576, "image_stage_total": 1048576,
+    "image_count_uploading": 10,
+}
+QUOTA_UNITS = {"ram": "MiB", "image_size_total": "MiB", "image_stage_total": "MiB"}
+QUOTA_NAME = "default"  # the one Quota of a namespace
+
+
+def _limit(name: str, what: str) -> Any:
+    unit = f" ({QUOTA_UNITS[name]})" if name in QUOTA_UNITS else ""
+    return Field(default=None, ge=-1, description=f"{name}{unit}: {what}; -1 is unlimited, absent the cloud's "
+                                                  "default (Helm value quotas." + name + ").")
+
+
+class QuotaSpec(Model):
+    """A project's limits, set by the cloud's administrator; what is absent is the cloud's default."""
+
+    instances: int | None = _limit("instances", "Instances (Nova servers)")
+    cores: int | None = _limit("cores", "vCPUs of its Instances' flavors")
+    ram: int | None = _limit("ram", "RAM of its Instances' flavors")
+    key_pairs: int | None = _limit("key_pairs", "KeyPairs")
+    server_groups: int | None = _limit("server_groups", "ServerGroups")
+    server_group_members: int | None = _limit("server_group_members", "Instances per ServerGroup")
+    image_count_total: int | None = _limit("image_count_total", "Images")
+    image_size_total: int | None = _limit("image_size_total", "data stored by its Images")
+    image_stage_total: int | None = _limit("image_stage_total", "data staged for an interoperable import "
+                                                                "(Kova stages nothing yet: always 0 in use)")
+    image_count_uploading: int | None = _limit("image_count_uploading", "uploads and imports under way at once")
+
+
+def effective_limits(defaults: dict[str, int], spec: dict[str, Any] | None) -> dict[str, int]:
+    """A namespace's limits: its Quota's spec where it says, the cloud's defaults elsewhere."""
+    overrides = QuotaSpec.model_validate(spec or {}).model_dump()
+    return {name: overrides[name] if overrides.get(name) is not None else defaults.get(name, QUOTA_DEFAULTS[name])
+            for name in QUOTA_DEFAULTS}
+
+
+class QuotaItem(Model):
+    """One limit and its use (Nova's os-quota-sets detail: in_use and limit)."""
+
+    name: str = Field(description="OpenStack's name: instances, cores, ram, key_pairs, ..., image_size_total.")
+    limit: int = Field(description="The effective limit; -1 is unlimited.")
+    in_use: int = Field(description="What the namespace uses now (MiB for ram and image sizes).")
+    usage: str = Field(description="in use/limit, for `kubectl get quotas`.")
+
+
+class QuotaStatus(CommonStatus):
+    quotas: list[QuotaItem] = Field(default_factory=list, description="Every limit with its use.",
+                                    json_schema_extra={"x-kubernetes-list-type": "map",
+                                                       "x-kubernetes-list-map-keys": ["name"]})
+    resource_quota: str | None = Field(default=None, description=(
+        "The ResourceQuota Kova keeps from these limits: the API server itself refuses an Instance, KeyPair, "
+        "ServerGroup or Image over its count."))
+
+
 # ---------------------------------------------------------------------------------------------- kinds
 class KindInfo(BaseModel):
     group: str
@@ -614,4 +675,22 @@ AVAILABILITY_ZONE = KindInfo(
     description="A zone of nodes (topology.kubernetes.io/zone), kept by Kova: Nova's availability zones.",
     columns=[{"name": "Available", "type": "boolean", "jsonPath": ".status.available"},
              {"name": "Hosts", "type": "string", "jsonPath": ".status.hosts"}, _READY, _AGE])
-KINDS = [FLAVOR, IMAGE, INSTANCE, KEYPAIR, SECURITY_GROUP, SERVER_GROUP, AVAILABILITY_ZONE]
+
+
+def _quota_column(title: str, name: str, priority: int = 0) -> dict[str, Any]:
+    column = {"name": title, "type": "string", "jsonPath": f".status.quotas[?(@.name=='{name}')].usage"}
+    return {**column, "priority": priority} if priority else column
+
+
+# No short name: "quota" is ResourceQuota's.
+QUOTA = KindInfo(
+    group=GROUP_COMPUTE, kind="Quota", plural="quotas", singular="quota", short_names=[],
+    namespaced=True, spec=QuotaSpec, status=QuotaStatus,
+    description="A project's quotas (Nova's and Glance's names): one per namespace, `default`, kept by Kova; its "
+                "spec overrides the cloud's defaults (administrators only), its status shows use and limits.",
+    columns=[_quota_column("Instances", "instances"), _quota_column("Cores", "cores"),
+             _quota_column("RAM", "ram"), _quota_column("Images", "image_count_total"),
+             _quota_column("ImageMiB", "image_size_total"), _quota_column("KeyPairs", "key_pairs", 1),
+             _quota_column("ServerGroups", "server_groups", 1), _quota_column("Uploading", "image_count_uploading", 1),
+             _READY, _AGE])
+KINDS = [FLAVOR, IMAGE, INSTANCE, KEYPAIR, SECURITY_GROUP, SERVER_GROUP, AVAILABILITY_ZONE, QUOTA]

@@ -12,6 +12,7 @@ from kova.api.models import (
     IMAGE,
     INSTANCE,
     KEYPAIR,
+    QUOTA,
     SECURITY_GROUP,
     SERVER_GROUP,
     VERSION,
@@ -43,6 +44,7 @@ KEYPAIRS = resource(KEYPAIR)
 SECURITY_GROUPS = resource(SECURITY_GROUP)
 SERVER_GROUPS = resource(SERVER_GROUP)
 AVAILABILITY_ZONES = resource(AVAILABILITY_ZONE)
+QUOTAS = resource(QUOTA)
 
 # KubeVirt's, CDI's and Kubernetes' own.
 VIRTUAL_MACHINES = Resource("kubevirt.io", "v1", "virtualmachines")
@@ -52,6 +54,7 @@ VIRTUAL_MACHINE_EXPORTS = Resource("export.kubevirt.io", "v1", "virtualmachineex
 PERSISTENT_VOLUME_CLAIMS = Resource("", "v1", "persistentvolumeclaims")  # the core group
 NODES = Resource("", "v1", "nodes", namespaced=False)
 NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies")
+RESOURCE_QUOTAS = Resource("", "v1", "resourcequotas")
 SUBRESOURCES = "/apis/subresources.kubevirt.io/v1"  # virt-api's aggregated API: pause, softreboot, restart
 
 # A Kubernetes object name that is also a DNS label: what a namespace (a project) can be called.

@@ -74,6 +74,7 @@ class World:
     presign_ttl: dt.timedelta = dt.timedelta(hours=1)
     confirm_window: float = 0.0
     now: dt.datetime = field(default_factory=clock.now)
+    quota: lifecycle.Blocked | None = None  # over its namespace's quota to boot or grow: Nova's refusal
 
 
 @dataclass
@@ -126,8 +127,13 @@ def plan(w: World) -> Plan:
         if status.image_ref and status.image_ref != spec.image_ref else None
     booted = status.flavor is not None
     g = guest_of(w, spec, status, disk_image or image, booted)
+    flavor = flavor_info(w.flavors, spec.flavor_ref, namespace)
+    if w.quota is not None:
+        # Over quota: refused before anything is made, as Nova refuses it at create; or a resize refused
+        # before it starts (the quota is asked only about a resize that has not started).
+        flavor = w.quota
     step = lifecycle.decide(lifecycle.Inputs(
-        spec=spec, status=status, children=kids, flavor=flavor_info(w.flavors, spec.flavor_ref, namespace),
+        spec=spec, status=status, children=kids, flavor=flavor,
         image=image, disk_image=disk_image, guest=g, snapshots=sorted(w.snapshots),
         snapshot_uploading=any((w.images.get((namespace, s)) or {}).get("status", {}).get("status")
                                == GlanceStatus.importing for s in w.snapshots),

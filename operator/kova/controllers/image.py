@@ -32,6 +32,7 @@ from kova.api.models import ImageSpec, SnapshotOrigin
 from kova.api.resources import IMAGES, INSTANCES, VIRTUAL_MACHINE_EXPORTS
 from kova.compute import snapshot
 from kova.image import importer, pace
+from kova.image.quota import Gate
 from kova.image.rules import DONE, ImageView, killed_view, observe_image, parse_image_ref, protected_refusal
 
 PROGRESS_EVERY = 5.0  # seconds between progress checks while importing (a write only on a 10% step)
@@ -92,10 +93,14 @@ async def import_from(rt: Runtime, obj: dict[str, Any], stopped: kopf.DaemonStop
                       checksum: str | None, fetcher: Fetcher | ExportFetcher) -> bool:
     """One import in one of the replica's slots; True when a passing failure asks for another attempt."""
     md = obj["metadata"]
+    quota = rt.image_quota(md["namespace"], md["uid"]) if rt.image_quota is not None else None
+    if quota is not None and quota.wait:  # image_count_uploading: it waits in queued, and says so
+        await reconcile(rt, md["namespace"], md["name"], queued_message=quota.wait)
+        return True
     if not await _import_slot(rt, md["namespace"], md["name"], stopped):
         return False
     try:
-        return await _import_once(rt, obj, stopped, logger, url, disk_format, checksum, fetcher)
+        return await _import_once(rt, obj, stopped, logger, url, disk_format, checksum, fetcher, quota)
     finally:
         rt.import_slots.release(md["namespace"])
 
@@ -124,7 +129,7 @@ async def _import_slot(rt: Runtime, namespace: str, name: str, stopped: kopf.Dae
 
 async def _import_once(rt: Runtime, obj: dict[str, Any], stopped: kopf.DaemonStopped,
                        logger: logging.Logger | logging.LoggerAdapter[Any], url: str, disk_format: str,
-                       checksum: str | None, fetcher: Fetcher | ExportFetcher) -> bool:
+                       checksum: str | None, fetcher: Fetcher | ExportFetcher, quota: Gate | None = None) -> bool:
     """One attempt at moving the bytes; True when a passing failure asks for another."""
     namespace, name, uid = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["metadata"]["uid"]
     state = rt.imports[uid] = ImportState()  # a new attempt: the last one's passing error is over
@@ -132,7 +137,8 @@ async def _import_once(rt: Runtime, obj: dict[str, Any], stopped: kopf.DaemonSto
     metrics.IMPORTS_IN_FLIGHT.inc()
     work = asyncio.create_task(asyncio.to_thread(
         rt.importer.import_url, uid, url, disk_format, checksum, fetcher=fetcher,
-        size_cap=rt.settings.size_cap, progress=state.progress, cancelled=lambda: bool(stopped)))
+        size_cap=quota.size_cap(rt.settings.size_cap) if quota else rt.settings.size_cap, progress=state.progress,
+        cancelled=lambda: bool(stopped)))
     limits = rt.settings.import_limits
     watch = pace.Pace(limits, time.monotonic())
     shown, store_waits = time.monotonic(), 0
@@ -156,7 +162,8 @@ async def _import_once(rt: Runtime, obj: dict[str, Any], stopped: kopf.DaemonSto
     except importer.ImportFailed as e:
         metrics.IMPORTS.labels("killed").inc()
         logger.warning("import failed: %s: %s", e.reason, e)
-        await kill(rt, namespace, name, e.reason, str(e))
+        over = quota.exceeded(rt.settings.size_cap, e.reason) if quota else None  # image_size_total set the cap
+        await kill(rt, namespace, name, "QuotaExceeded" if over else e.reason, str(over or e))
         return False
     except Exception as e:
         # A failure that may pass: the source (5xx, network) or the object store (down, refusing).

@@ -29,6 +29,7 @@ from kova.api.resources import (
 )
 from kova.compute import access, children, lifecycle, server
 from kova.compute.guest import DEFAULT_GROUP
+from kova.compute.lifecycle import Blocked
 from kova.compute.server import Lookup as Cache
 from kova.compute.server import Zones
 
@@ -54,6 +55,8 @@ class Caches:
     # Which Instances wait for which Flavor, Image, KeyPair, ServerGroup, SecurityGroup or zone: that object's
     # next event wakes them.
     waiting: dict[tuple[str, ...], set[tuple[str, str]]] = field(default_factory=dict)
+    # Whether an Instance (with its newest status) is over its namespace's quota (kova.controllers.quota).
+    quota: Callable[[dict[str, Any], dict[str, Any]], Blocked | None] | None = None
 
     def wait_for(self, what: tuple[str, ...], namespace: str, name: str) -> None:
         self.waiting.setdefault(what, set()).add((namespace, name))
@@ -87,14 +90,16 @@ async def _step(rt: Runtime, caches: Caches, inst: dict[str, Any]) -> bool:
     """One step of the life cycle: plan it, carry it out, write the status. True: decide again at once."""
     md = inst["metadata"]
     namespace, name = md["namespace"], md["name"]
+    status = rt.writes.last_status(inst)
     plan = server.plan(server.World(
-        instance=inst, status=rt.writes.last_status(inst), flavors=caches.flavors, images=caches.images,
+        instance=inst, status=status, flavors=caches.flavors, images=caches.images,
         datavolumes=caches.datavolumes, pvcs=caches.pvcs, vms=caches.vms, vmis=caches.vmis,
         keypairs=caches.keypairs, servergroups=caches.servergroups, zones=caches.zones,
         securitygroups=caches.securitygroups,
         snapshots=caches.snapshots.get((namespace, name), set()), presign_ttl=rt.settings.presign_ttl,
         shared_networks=rt.settings.shared_networks,
-        confirm_window=rt.settings.resize_confirm_window))
+        confirm_window=rt.settings.resize_confirm_window,
+        quota=caches.quota(inst, status) if caches.quota is not None else None))
     step = plan.step
     if step.wait_on:
         caches.wait_for(step.wait_on, namespace, name)

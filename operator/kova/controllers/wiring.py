@@ -33,7 +33,7 @@ from kova.api.resources import (
 from kova.compute import access as groups
 from kova.compute.children import INSTANCE_LABEL
 from kova.compute.snapshot import snapshot_running
-from kova.controllers import access, instance
+from kova.controllers import access, instance, quota
 
 # What zones read of a Node (kova.compute.access.zones; its labels are in the metadata, which is kept). The rest
 # of a Node's status is mostly its images, capacity and addresses: kilobytes per Node that nothing reads.
@@ -60,6 +60,7 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
              "zones": view(AVAILABILITY_ZONES, ("status",)),
              "securitygroups": view(SECURITY_GROUPS, ()),  # whether a group exists: its metadata is enough
              "nodes": view(NODES, NODE_FIELDS)}
+    views.update(quota.views(view))
     cache = instance.Caches(flavors=views["flavors"], images=views["images"], instances=views["instances"],
                             datavolumes=views["datavolumes"], vms=views["vms"], vmis=views["vmis"],
                             pvcs=views["pvcs"], keypairs=views["keypairs"], servergroups=views["servergroups"],
@@ -149,13 +150,16 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
     deletions = access.GroupDeletions(users=lambda namespace, group: groups.users(
         namespace, group, views["instances"].objects()))
     views["instances"].listen(lambda old, new: deletions.instance_changed((new or old or {})["metadata"]["namespace"]))
+    keeper = quota.Keeper(runtime, views)  # a namespace's Quota, its ResourceQuota; Instances over quota
+    cache.quota, runtime.image_quota = keeper.check, keeper.image_gate
 
     informers = [i for v in views.values() for i in v]
     memo["caches"], memo["kicks"], memo["group_deletions"] = cache, kicks, deletions
-    memo["other_kicks"] = [zone_kicks, group_kicks]
+    memo["other_kicks"] = [zone_kicks, group_kicks, keeper.kicks]
     memo["informer_tasks"] = [asyncio.create_task(i.run(), name=repr(i)) for i in informers]
     await asyncio.gather(*(i.synced.wait() for i in informers))
     zone_kicks.kick("zones")  # the first list announces nothing
+    keeper.start()
     for body in views["images"].objects():  # the first list announces nothing: snapshots under way are found here
         snapshot(None, body)
 

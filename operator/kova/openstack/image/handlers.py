@@ -31,7 +31,7 @@ from kova.api.resources import IMAGES
 from kova.image import importer
 from kova.image.rules import observe_image
 from kova.openstack.front import Front, read_json
-from kova.openstack.image import glance
+from kova.openstack.image import glance, quotas
 from kova.openstack.image.glance import GlanceError
 
 log = logging.getLogger("kova.api")
@@ -230,21 +230,23 @@ class ImageHandlers(Front):
         spec = obj.get("spec") or {}
         size = glance.check_upload(obj, request.headers.get("Content-Type"), request.headers.get(
             "x-openstack-image-size") or request.headers.get("Content-Length"))
+        uid = obj["metadata"]["uid"]
+        room = await quotas.room(self.rt, self.images, project, uid, size)  # Glance's 413 over quota
         settings = self.rt.settings
         glance.check_upload_slots(project, self.uploading[project], sum(self.uploading.values()),
                                   settings.max_uploads_per_project, settings.max_uploads)
         self.uploading[project] += 1
         try:
-            return await self._receive(request, obj, spec, size)
+            return await self._receive(request, obj, spec, size, room)
         finally:
             self.uploading[project] -= 1
             if not self.uploading[project]:
                 del self.uploading[project]
 
     async def _receive(self, request: web.Request, obj: dict[str, Any], spec: dict[str, Any],
-                       size: int | None) -> web.Response:
-        await self._claim(obj)
+                       size: int | None, room: quotas.Room) -> web.Response:
         uid = obj["metadata"]["uid"]
+        await self._claim(obj)
         loop = asyncio.get_running_loop()
         timeout = self.rt.settings.upload_read_timeout
 
@@ -255,13 +257,14 @@ class ImageHandlers(Front):
         try:
             blob = await loop.run_in_executor(self.upload_pool, functools.partial(
                 self.rt.importer.import_chunks, uid, chunks(), spec["diskFormat"], source=source,
-                size=size, size_cap=self.rt.settings.size_cap))
+                size=size, size_cap=room.size_cap))
         except UploadStalled as e:  # Glance: the image goes back to queued, nothing kept
             await self._requeue(obj, f"the last upload did not complete: {e}")
             raise GlanceError(408, f"The upload did not complete: {e}") from e
         except importer.ImportFailed as e:
-            await self._requeue(obj, f"the last upload was refused: {e}")
-            raise glance.upload_refused(e, spec["diskFormat"]) from e
+            over = room.refusal(e, size)  # the size cap was image_size_total's
+            await self._requeue(obj, f"the last upload was refused: {over or e}")
+            raise (over or glance.upload_refused(e, spec["diskFormat"])) from e
         except Exception as e:  # the store or the connection failed: the image waits for a new upload
             log.warning("upload of %s failed: %r", uid, e)
             await self._requeue(obj, f"the last upload did not complete: {e}")

@@ -1,0 +1,138 @@
+"""Quota: a project's limits and use, and the ResourceQuota that lets the API server count for Kova.
+
+Each namespace that holds an Instance, Image, KeyPair or ServerGroup gets a Quota `default` (made once; its
+spec belongs to the cloud's administrator and Kova never writes it). From the Quota's spec over the Helm
+defaults (kova.api.models.effective_limits), Kova keeps:
+
+- a ResourceQuota `kova` owned by the Quota, whose object counts make the API server itself refuse the
+  Instance, KeyPair, ServerGroup or Image one too many (kova.compute.quota.resource_quota);
+- the Quota's status: every limit with its use (kova.compute.quota for Nova's, kova.image.quota for
+  Glance's), written only when it changed.
+
+It reads only the watch caches: a per-namespace index of the four kinds fed by the shared watches
+(`Index`), and its own watches of Quotas and of the ResourceQuotas Kova made. Any event of a namespace's
+objects wakes that namespace's reconcile through a coalescing scheduler. The Instance controller asks
+`Keeper.check` whether an Instance that has not booted yet is over its namespace's quota.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import cast
+
+from kova.adapters.informer import Body, Coalescer, Listener, View
+from kova.adapters.runtime import Runtime
+from kova.adapters.status import publish
+from kova.api.conditions import Progress
+from kova.api.models import QUOTA, QUOTA_NAME, effective_limits
+from kova.api.resources import MANAGED_BY, MANAGED_BY_SELECTOR, QUOTAS, RESOURCE_QUOTAS
+from kova.compute import quota as nova
+from kova.compute.lifecycle import Blocked
+from kova.image import quota as glance
+
+KINDS = ("instances", "images", "keypairs", "servergroups")
+
+
+class Index:
+    """The objects of each kind per namespace, kept from the shared watches' events."""
+
+    def __init__(self) -> None:
+        self.by_namespace: dict[str, dict[str, dict[str, Body]]] = {}
+
+    def listener(self, kind: str) -> Listener:
+        def changed(old: Body | None, new: Body | None) -> None:
+            md = (new or old or {})["metadata"]
+            kinds = self.by_namespace.setdefault(md["namespace"], {k: {} for k in KINDS})
+            if new is None:
+                kinds[kind].pop(md["name"], None)
+                if not any(kinds.values()):
+                    del self.by_namespace[md["namespace"]]
+            else:
+                kinds[kind][md["name"]] = new
+        return changed
+
+    def of(self, namespace: str, kind: str) -> list[Body]:
+        return list(self.by_namespace.get(namespace, {}).get(kind, {}).values())
+
+    def occupied(self, namespace: str) -> bool:
+        return namespace in self.by_namespace
+
+
+class Keeper:
+    def __init__(self, rt: Runtime, views: dict[str, View]) -> None:
+        self.rt, self.views, self.index = rt, views, Index()
+        self.kicks = Coalescer(self._reconcile, "Quota reconcile")
+        for kind in KINDS:
+            views[kind].listen(self.index.listener(kind))
+            views[kind].listen(self._kick)
+        views["quotas"].listen(self._kick)
+        views["resourcequotas"].listen(self._kick)
+
+    def _kick(self, old: Body | None, new: Body | None) -> None:
+        self.kicks.kick((new or old or {})["metadata"]["namespace"])
+
+    def start(self) -> None:
+        """The first lists announce nothing: every namespace with objects or a Quota is looked at once."""
+        quotas = (q["metadata"]["namespace"] for q in self.views["quotas"].objects())
+        for namespace in {*self.index.by_namespace, *quotas}:
+            self.kicks.kick(namespace)
+
+    def limits(self, namespace: str) -> dict[str, int]:
+        obj = self.views["quotas"].get((namespace, QUOTA_NAME)) or {}
+        return effective_limits(self.rt.settings.quota_defaults, obj.get("spec"))
+
+    def check(self, inst: Body, status: Body) -> Blocked | None:
+        """Whether an Instance (with its newest status) is over its namespace's quota, to boot or to grow by a
+        resize: Nova's refusal."""
+        namespace, me = inst["metadata"]["namespace"], {**inst, "status": status}
+        instances, limits = self.index.of(namespace, "instances"), self.limits(namespace)
+        refusal = nova.check_instance(me, instances, self.views["flavors"], limits) or nova.check_resize(
+            me, [i for i in instances if i["metadata"]["name"] != me["metadata"]["name"]] + [me],
+            self.views["flavors"], limits)
+        if refusal is None:
+            return None
+        return Blocked(refusal.reason, refusal.message, refused=True, code=refusal.code)
+
+    def image_gate(self, namespace: str, uid: str) -> glance.Gate:
+        """What the namespace's quotas say to an import of Image `uid` about to start."""
+        return glance.gate(namespace, self.index.of(namespace, "images"), uid, self.limits(namespace))
+
+    async def _reconcile(self, key: Hashable) -> None:
+        namespace = cast(str, key)
+        async with self.rt.lock("quota", namespace):
+            await self.reconcile(namespace)
+
+    async def reconcile(self, namespace: str) -> None:
+        obj = self.views["quotas"].get((namespace, QUOTA_NAME))
+        if obj is None:
+            if not self.index.occupied(namespace):
+                return  # a namespace without Kova's objects has no Quota to keep
+            obj = await self.rt.kube.create(QUOTAS, {
+                "apiVersion": QUOTAS.api_version, "kind": QUOTA.kind,
+                "metadata": {"name": QUOTA_NAME, "namespace": namespace, "labels": dict(MANAGED_BY)},
+                "spec": {}}) or await self.rt.kube.get(QUOTAS, QUOTA_NAME, namespace)
+            if obj is None:
+                return
+        if obj["metadata"].get("deletionTimestamp"):
+            return
+        limits = effective_limits(self.rt.settings.quota_defaults, obj.get("spec"))
+        desired = nova.resource_quota(obj, limits, MANAGED_BY)
+        cached = self.views["resourcequotas"].get((namespace, nova.RESOURCE_QUOTA))
+        if cached is not None and set((cached.get("spec") or {}).get("hard") or {}) != set(desired["spec"]["hard"]):
+            cached = None  # a limit became unlimited: its entry must go, which "contains" cannot see
+        await self.rt.writes.ensure(RESOURCE_QUOTAS, desired, cached)
+        instances = self.index.of(namespace, "instances")
+        verdict = nova.decide(instances, self.views["flavors"], limits)
+        used = {**nova.counts(instances, len(self.index.of(namespace, "keypairs")),
+                              len(self.index.of(namespace, "servergroups")), verdict.usage),
+                **glance.usage(self.index.of(namespace, "images")).counts()}
+        over, message = nova.summary(limits, used)
+        await publish(self.rt, QUOTAS, obj, word=None, progress=Progress.STALLED if over else Progress.READY,
+                      reason="OverQuota" if over else "Enforced", message=message,
+                      fields={"quotas": nova.items(limits, used), "resourceQuota": nova.RESOURCE_QUOTA})
+
+
+def views(view: Callable[..., View]) -> dict[str, View]:
+    """The Keeper's own watches, made with wiring's `view(resource, fields, selector)`."""
+    return {"quotas": view(QUOTAS, ("spec", "status")),
+            "resourcequotas": view(RESOURCE_QUOTAS, ("spec",), MANAGED_BY_SELECTOR)}
