@@ -191,3 +191,23 @@ def test_the_operator_under_test_has_only_the_charts_permissions(cloud: LocalClo
     assert can_sub("virtualmachineinstances", "pause") and can_sub("virtualmachines", "restart")
     assert not can_sub("virtualmachineinstances", "vnc") and not can_sub("virtualmachines", "migrate")
     assert not can("create", "customresourcedefinitions.apiextensions.k8s.io")
+
+
+@pytest.mark.parametrize("deployment", ["kova", "kova-api"])
+def test_tenant_bytes_go_to_a_worker_container_without_a_kubernetes_token(deployment: str) -> None:
+    pod = find(render(), "Deployment", deployment)["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False, "the kubelet would mount the token into every container"
+    main, worker = pod["containers"]
+    assert worker["name"] == "worker" and worker["args"] == ["worker", "--socket=/run/kova/worker.sock"]
+    token = "/var/run/secrets/kubernetes.io/serviceaccount"
+    assert any(m["mountPath"] == token for m in main["volumeMounts"])
+    assert not any(m["mountPath"].startswith("/var/run/secrets") for m in worker["volumeMounts"])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}} in \
+        volumes["kube-api-access"]["projected"]["sources"]
+    assert {"name": "KOVA_WORKER_SOCKET", "value": "/run/kova/worker.sock"} in main["env"]
+    names = {e["name"] for e in worker["env"]}
+    assert "KOVA_S3_SECRET_KEY" in names and "KOVA_IMPORT_DENIED_HOSTS" in names
+    assert not any(n.startswith("KUBE") for n in names)
+    assert worker["resources"]["limits"] == {"cpu": "2", "memory": "384Mi"}
+    assert worker["securityContext"]["readOnlyRootFilesystem"] is True
