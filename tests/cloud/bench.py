@@ -52,6 +52,21 @@ def bin_dir() -> Path:
     return Path(os.environ.get("KOVA_BIN_DIR", REPO / ".cache" / "bin"))
 
 
+def worker_of(parent: int) -> int | None:
+    """The `kova worker` child of process `parent` (kova.adapters.worker), if it runs."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if ppid == parent and b"worker" in cmdline:
+            return int(entry.name)
+    return None
+
+
 def binary(name: str) -> str:
     path = bin_dir() / name
     if not path.exists():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cloud.bench import LocalCloud
+from tests.cloud.bench import LocalCloud, worker_of
 from tests.conftest import Kubectl, Operator, wait_for
 from tests.httpsource import Source
 from tests.integration.test_e2e import disk, image, store_keys, wait_image
@@ -21,21 +21,6 @@ pytestmark = pytest.mark.integration
 def environ(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
-
-
-def worker_of(parent: int) -> int | None:
-    """The `kova worker` child of process `parent`, if it runs."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-        if ppid == parent and b"worker" in cmdline:
-            return int(entry.name)
-    return None
 
 
 def assert_no_credentials(parent: int) -> int:

@@ -6,14 +6,22 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
 
 from kova.image import importer
 from kova.image.blob import Blob
-from kova.image.importer import MAX_PARTS, PART_QUEUE, PART_SIZE, Cancelled, ImportFailed, part_size_for
+from kova.image.importer import (
+    MAX_PARTS,
+    PART_QUEUE,
+    PART_SIZE,
+    Cancelled,
+    ImportFailed,
+    ImportProgress,
+    part_size_for,
+)
 
 MiB, GiB, TiB = 1 << 20, 1 << 30, 1 << 40
 
@@ -168,3 +176,20 @@ def test_bytes_held_do_not_grow_with_the_announced_size(announced: int | None) -
     bound = (PART_QUEUE + 2) * MiB if announced else 3 * PART_SIZE + MiB
     assert store.peak_held <= bound, store.peak_held / MiB
     assert store.completed is None and store.aborted == ["upload-1"]
+
+
+def test_an_upload_with_its_own_progress_streams_parts_of_the_announced_size() -> None:
+    """The import worker hands import_chunks a progress of its own: the announced size still cuts the parts,
+    so a part of ~93 MiB streams as it arrives instead of being gathered whole."""
+    store = FakeStore(keep=False)
+
+    def chunks() -> Iterator[bytes]:
+        block = os.urandom(MiB)
+        for _ in range(160):
+            store.note_read(MiB)
+            yield block
+    with pytest.raises(ImportFailed):  # 160 MiB of 900 GiB: it ends short, after the parts streamed
+        importer.import_chunks(store, "uid", chunks(), "raw", source="upload", size=900 * GiB,
+                               progress=ImportProgress())
+    assert store.read == 160 * MiB
+    assert store.peak_held <= (PART_QUEUE + 2) * MiB, store.peak_held / MiB

@@ -161,7 +161,8 @@ def import_chunks(store: Store, uid: str, chunks: Iterator[bytes], disk_format: 
                   part_size: int = PART_SIZE) -> Blob:
     """Glance's image-upload: bytes sent by a client (the image API) through the same verified pipeline as
     web-download (hashes, format and safety checks, size cap; nothing visible before it is verified)."""
-    progress = progress or ImportProgress(total=size)
+    progress = progress or ImportProgress()
+    progress.total = size  # what the parts are cut by: a part of known length streams, never held whole
     for upload_id in store.pending_uploads(uid):
         store.abort(uid, upload_id)
     if size is not None and size > size_cap:
