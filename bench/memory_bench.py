@@ -19,12 +19,11 @@ import shutil
 import socket
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from tests.cloud.bench import LocalCloud, worker_of
+from tests.httpsource import Source
 
 MiB, GiB = 1 << 20, 1 << 30
 ANNOUNCED = 900 * GiB
@@ -37,44 +36,6 @@ def vm(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     return 0
-
-
-class HugeSource:
-    """Announces ANNOUNCED bytes and sends BLOCK again and again until the client hangs up."""
-
-    def __init__(self) -> None:
-        self.sent: dict[str, int] = {}
-        source = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Length", str(ANNOUNCED))
-                self.end_headers()
-                source.sent[self.path] = 0
-                try:
-                    while True:
-                        self.wfile.write(BLOCK)
-                        source.sent[self.path] += len(BLOCK)
-                except OSError:
-                    self.close_connection = True
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def netloc(self) -> str:
-        return f"127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def wait(check: object, timeout: float, what: str) -> None:
@@ -94,7 +55,7 @@ def processes(main: int) -> list[int]:
     return [main, worker]
 
 
-def imports(cloud: LocalCloud, source: HugeSource, each: int) -> dict[str, float]:
+def imports(cloud: LocalCloud, source: Source, each: int) -> dict[str, float]:
     op = cloud.start_operator(extra_env={"KOVA_IMPORT_ALLOWED_HOSTS": source.netloc,
                                          "KOVA_MAX_CONCURRENT_IMPORTS": str(IMPORTS)})
     pids = processes(op.popen.pid)
@@ -102,13 +63,14 @@ def imports(cloud: LocalCloud, source: HugeSource, each: int) -> dict[str, float
     before = sum(vm(p, "VmRSS") for p in pids)
     names = [f"huge-{i}" for i in range(IMPORTS)]
     manifests = [{"apiVersion": "image.kova.dev/v1alpha1", "kind": "Image", "metadata": {"name": n},
-                  "spec": {"diskFormat": "raw", "source": {"url": f"http://{source.netloc}/{n}"}}} for n in names]
+                  "spec": {"diskFormat": "raw", "source": {"url": source.add(f"/{n}", BLOCK, claimed_length=ANNOUNCED,
+                                                                             repeat=True)}}} for n in names]
     cloud.kubectl("-n", "bench", "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
                                                                          "items": manifests}))
     start = time.monotonic()
-    wait(lambda: all(source.sent.get(f"/{n}", 0) >= each for n in names), 600, "the imports to read their bytes")
+    wait(lambda: all(source.routes[f"/{n}"].sent >= each for n in names), 600, "the imports to read their bytes")
     seconds = time.monotonic() - start
-    moved = sum(source.sent.values())
+    moved = sum(source.routes[f"/{n}"].sent for n in names)
     peak = sum(vm(p, "VmHWM") for p in pids)
     alive = op.popen.poll() is None and worker_of(op.popen.pid) == pids[1]
     cloud.kubectl("-n", "bench", "delete", "image", *names, "--wait=true", "--timeout=120s")
@@ -157,7 +119,7 @@ def main() -> int:
     each = int(os.environ.get("KOVA_BENCH_HUGE_MIB", "3072")) * MiB
     workdir = Path(tempfile.mkdtemp(prefix="kova-memory-bench-"))
     cloud = LocalCloud(workdir / "cloud", with_simulator=False).start()
-    source = HugeSource()
+    source = Source()  # announces ~900 GiB and repeats a block until the importer hangs up
     try:
         cloud.install_kova_crds()
         cloud.kubectl("create", "namespace", "bench")

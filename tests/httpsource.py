@@ -16,6 +16,9 @@ class Route:
     seconds_per_mib: float = 0.0  # throttle, to catch an import in the middle
     unavailable_first: int = 0  # answer 503 to this many requests first (a passing failure)
     endless: bool = False  # chunked transfer that repeats `data` until the client hangs up
+    repeat: bool = False  # with claimed_length: send `data` again and again (a huge or a trickling source)
+    pause: float = 0.0  # with repeat: seconds between two sends of `data`
+    hung_up: bool = False  # the client closed the connection before the body ended
     sent: int = 0  # bytes written to clients
     hits: int = 0
 
@@ -53,6 +56,17 @@ class Source:
                 if route.claimed_length:
                     self.send_header("Connection", "close")
                 self.end_headers()
+                if route.repeat:
+                    try:
+                        while True:
+                            self.wfile.write(route.data)
+                            self.wfile.flush()
+                            route.sent += len(route.data)
+                            if route.pause:
+                                time.sleep(route.pause)
+                    except OSError:
+                        route.hung_up = self.close_connection = True
+                        return
                 step = 256 * 1024
                 try:
                     for i in range(0, len(route.data), step):

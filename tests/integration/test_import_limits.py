@@ -4,11 +4,9 @@ up on and its Image killed (ImportTooSlow), one that never finishes is killed at
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -23,89 +21,47 @@ MiB = 1 << 20
 DEADLINE = 10
 
 
-class Trickle:
-    """Announces a MiB and sends `per_second` bytes a second until hung up on."""
-
-    def __init__(self) -> None:
-        self.rates: dict[str, int] = {}
-        self.hung_up: set[str] = set()
-        trickle = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Length", str(MiB))
-                self.end_headers()
-                try:
-                    while True:
-                        self.wfile.write(b"\0" * trickle.rates[self.path])
-                        self.wfile.flush()
-                        time.sleep(1)
-                except OSError:
-                    trickle.hung_up.add(self.path)
-                    self.close_connection = True
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def add(self, path: str, per_second: int) -> str:
-        self.rates[path] = per_second
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def trickle(source: Source, path: str, per_second: int) -> str:
+    """A source that announces a MiB and sends `per_second` bytes a second until it is hung up on."""
+    return source.add(path, b"\0" * per_second, claimed_length=MiB, repeat=True, pause=1.0)
 
 
 @pytest.fixture(scope="module")
-def trickle() -> Iterator[Trickle]:
-    t = Trickle()
-    yield t
-    t.close()
-
-
-@pytest.fixture(scope="module")
-def limited(operator: Operator, source: Source, trickle: Trickle) -> Iterator[Operator]:
+def limited(operator: Operator, source: Source) -> Iterator[Operator]:
     """The operator with one import slot, a minimum rate of 1 KiB/s over 2 seconds and a short deadline."""
     operator.stop()
     operator.start(KOVA_MAX_CONCURRENT_IMPORTS="1", KOVA_IMPORT_MIN_RATE="1Ki", KOVA_IMPORT_MIN_RATE_WINDOW="2",
                    KOVA_IMPORT_DEADLINE=str(DEADLINE),
-                   KOVA_IMPORT_ALLOWED_HOSTS=f"{source.netloc},127.0.0.1:{trickle.server.server_address[1]}")
+                   KOVA_IMPORT_ALLOWED_HOSTS=source.netloc)
     yield operator
     operator.stop()
     operator.start()
 
 
-def test_a_source_that_trickles_is_hung_up_on(cloud: LocalCloud, limited: Operator, trickle: Trickle,
+def test_a_source_that_trickles_is_hung_up_on(cloud: LocalCloud, limited: Operator, source: Source,
                                               kubectl: Kubectl) -> None:
     """A byte a second against a minimum of 1 KiB/s over 2 s: killed within seconds, the figures said, the
     source hung up on, nothing kept."""
     path = f"/{kubectl.namespace}/drip"
-    kubectl.apply(image("drip", trickle.add(path, 1), diskFormat="raw"))
+    kubectl.apply(image("drip", trickle(source, path, 1), diskFormat="raw"))
     start = time.monotonic()
     img = assert_killed(cloud, kubectl, "drip", "ImportTooSlow")
     assert time.monotonic() - start < 30
     message = img["status"]["message"]
     assert "bytes/s), under the minimum of 1024 bytes/s over 2 seconds" in message, message
     assert "KOVA_IMPORT_MIN_RATE" in message and f"of {MiB} bytes in all" in message
-    wait_for(lambda: path in trickle.hung_up, 10, "the source to be hung up on")
+    wait_for(lambda: source.routes[path].hung_up, 10, "the source to be hung up on")
 
 
 def test_an_import_that_never_finishes_is_killed_at_the_deadline(cloud: LocalCloud, limited: Operator,
-                                                                 trickle: Trickle, kubectl: Kubectl) -> None:
+                                                                 source: Source, kubectl: Kubectl) -> None:
     """Fast enough for the minimum rate (4 KiB/s), too slow to send its MiB before the deadline."""
     path = f"/{kubectl.namespace}/slow"
-    kubectl.apply(image("slow", trickle.add(path, 4096), diskFormat="raw"))
+    kubectl.apply(image("slow", trickle(source, path, 4096), diskFormat="raw"))
     wait_image(kubectl, "slow", "killed", timeout=DEADLINE + 30)
     img = assert_killed(cloud, kubectl, "slow", "ImportTimeout")
     assert f"within {DEADLINE} seconds (KOVA_IMPORT_DEADLINE)" in img["status"]["message"]
-    wait_for(lambda: path in trickle.hung_up, 10, "the source to be hung up on")
+    wait_for(lambda: source.routes[path].hung_up, 10, "the source to be hung up on")
 
 
 def test_a_namespace_waits_behind_another_namespace_only_for_its_turn(cloud: LocalCloud, limited: Operator,
