@@ -15,10 +15,17 @@ from tests.conftest import Kubectl, Operator, condition, wait_for
 from tests.httpsource import Source
 from tests.integration.test_e2e import image, wait_image
 from tests.integration.test_import_safety import assert_killed
+from tests.integration.test_isolation import Tenant, install_tenant_roles
 
 pytestmark = pytest.mark.integration
 MiB = 1 << 20
 DEADLINE = 10
+
+
+def tenant(cloud: LocalCloud, kubectl: Kubectl) -> Tenant:
+    """A member of the test's namespace (a ServiceAccount token with `edit` there): the attacks are a tenant's."""
+    install_tenant_roles(cloud)
+    return Tenant(cloud, str(kubectl.namespace))
 
 
 def trickle(source: Source, path: str, per_second: int) -> str:
@@ -43,7 +50,7 @@ def test_a_source_that_trickles_is_hung_up_on(cloud: LocalCloud, limited: Operat
     """A byte a second against a minimum of 1 KiB/s over 2 s: killed within seconds, the figures said, the
     source hung up on, nothing kept."""
     path = f"/{kubectl.namespace}/drip"
-    kubectl.apply(image("drip", trickle(source, path, 1), diskFormat="raw"))
+    tenant(cloud, kubectl).apply(image("drip", trickle(source, path, 1), diskFormat="raw"))
     start = time.monotonic()
     img = assert_killed(cloud, kubectl, "drip", "ImportTooSlow")
     assert time.monotonic() - start < 30
@@ -57,7 +64,7 @@ def test_an_import_that_never_finishes_is_killed_at_the_deadline(cloud: LocalClo
                                                                  source: Source, kubectl: Kubectl) -> None:
     """Fast enough for the minimum rate (4 KiB/s), too slow to send its MiB before the deadline."""
     path = f"/{kubectl.namespace}/slow"
-    kubectl.apply(image("slow", trickle(source, path, 4096), diskFormat="raw"))
+    tenant(cloud, kubectl).apply(image("slow", trickle(source, path, 4096), diskFormat="raw"))
     wait_image(kubectl, "slow", "killed", timeout=DEADLINE + 30)
     img = assert_killed(cloud, kubectl, "slow", "ImportTimeout")
     assert f"within {DEADLINE} seconds (KOVA_IMPORT_DEADLINE)" in img["status"]["message"]
@@ -70,13 +77,13 @@ def test_a_namespace_waits_behind_another_namespace_only_for_its_turn(cloud: Loc
     second. A namespace alone gets the slot whenever it is free (A's second runs after B's)."""
     other = f"{kubectl.namespace[:50]}-b{uuid.uuid4().hex[:4]}"
     cloud.kubectl("create", "namespace", other)
-    b = Kubectl(cloud, other)
+    a, b = tenant(cloud, kubectl), Tenant(cloud, other)  # each namespace's own member
     try:
         data = b"\x5a" * (4 * MiB)  # 4 s each at 1 s per MiB: well within the deadline, far above the rate
         routes = {n: f"/{ns}/{n}" for n, ns in (("a1", kubectl.namespace), ("a2", kubectl.namespace),
                                                  ("b1", other))}
         urls = {n: source.add(p, data, seconds_per_mib=1.0) for n, p in routes.items()}
-        kubectl.apply([image(n, urls[n], diskFormat="raw") for n in ("a1", "a2")])
+        a.apply([image(n, urls[n], diskFormat="raw") for n in ("a1", "a2")])
 
         def queued(k: Kubectl, name: str) -> bool:
             return "waiting for an import slot" in (condition(k.get("image", name)).get("message") or "")
