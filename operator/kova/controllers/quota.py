@@ -17,6 +17,8 @@ objects wakes that namespace's reconcile through a coalescing scheduler. The Ins
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable, Hashable
 from typing import cast
 
@@ -31,6 +33,9 @@ from kova.compute.lifecycle import Blocked
 from kova.image import quota as glance
 
 KINDS = ("instances", "images", "keypairs", "servergroups")
+# Seconds between two writes of a namespace's Quota status. Its use changes with every boot, and the checks
+# never read it (they count from the caches): a status that lags by this much keeps a boot at 4 writes.
+STATUS_EVERY = 10.0
 
 
 class Index:
@@ -61,12 +66,18 @@ class Index:
 class Keeper:
     def __init__(self, rt: Runtime, views: dict[str, View]) -> None:
         self.rt, self.views, self.index = rt, views, Index()
+        self.shown: dict[str, float] = {}  # namespace → when its status was last published (monotonic)
+        self.later: set[str] = set()  # namespaces with a publish scheduled for the end of their interval
         self.kicks = Coalescer(self._reconcile, "Quota reconcile")
         for kind in KINDS:
             views[kind].listen(self.index.listener(kind))
             views[kind].listen(self._kick)
         views["quotas"].listen(self._kick)
         views["resourcequotas"].listen(self._kick)
+
+    def _trailing(self, namespace: str) -> None:
+        self.later.discard(namespace)
+        self.kicks.kick(namespace)
 
     def _kick(self, old: Body | None, new: Body | None) -> None:
         self.kicks.kick((new or old or {})["metadata"]["namespace"])
@@ -106,6 +117,7 @@ class Keeper:
         obj = self.views["quotas"].get((namespace, QUOTA_NAME))
         if obj is None:
             if not self.index.occupied(namespace):
+                self.shown.pop(namespace, None)
                 return  # a namespace without Kova's objects has no Quota to keep
             obj = await self.rt.kube.create(QUOTAS, {
                 "apiVersion": QUOTAS.api_version, "kind": QUOTA.kind,
@@ -127,6 +139,13 @@ class Keeper:
                               len(self.index.of(namespace, "servergroups")), verdict.usage),
                 **glance.usage(self.index.of(namespace, "images")).counts()}
         over, message = nova.summary(limits, used)
+        wait = self.shown.get(namespace, -STATUS_EVERY) + STATUS_EVERY - time.monotonic()
+        if wait > 0:
+            if namespace not in self.later:  # one trailing publish carries the newest use
+                self.later.add(namespace)
+                asyncio.get_running_loop().call_later(wait, self._trailing, namespace)
+            return
+        self.shown[namespace] = time.monotonic()
         await publish(self.rt, QUOTAS, obj, word=None, progress=Progress.STALLED if over else Progress.READY,
                       reason="OverQuota" if over else "Enforced", message=message,
                       fields={"quotas": nova.items(limits, used), "resourceQuota": nova.RESOURCE_QUOTA})
