@@ -230,3 +230,10 @@ def test_a_resize_over_quota_is_refused_and_the_server_keeps_running_as_it_was()
     assert plan.step.warning == ("QuotaExceeded", refusal.message)
     assert plan.step.status.actions[-1].action == "resize" and plan.step.status.actions[-1].result == "Error"
     assert plan.step.status.flavor is not None and plan.step.status.flavor.name == "m1"
+
+
+def test_nothing_to_decide_only_when_every_limit_an_instance_adds_is_unlimited() -> None:
+    free = {"instances": -1, "cores": -1, "ram": -1, "server_group_members": -1, "key_pairs": 100}
+    assert quota.unlimited(free)
+    for name in ("instances", "cores", "ram", "server_group_members"):
+        assert not quota.unlimited({**free, name: 10}), name

@@ -46,6 +46,12 @@ def over_quota(name: str, requested: int, used: int, allowed: int) -> Refusal:
 GROUP_FULL = Refusal("Quota exceeded, too many servers in group")  # Nova's words for server_group_members
 
 
+def unlimited(limits: Mapping[str, int]) -> bool:
+    """No limit on what an Instance adds (instances, cores, ram, group members): nothing to decide."""
+    return all(limits.get(name, UNLIMITED) == UNLIMITED for name in ("instances", "cores", "ram",
+                                                                       "server_group_members"))
+
+
 def fits(used: int, requested: int, limit: int) -> bool:
     return limit == UNLIMITED or used + requested <= limit
 

@@ -18,6 +18,7 @@ objects wakes that namespace's reconcile through a coalescing scheduler. The Ins
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable, Hashable
 from typing import cast
@@ -43,15 +44,20 @@ class Index:
 
     def __init__(self) -> None:
         self.by_namespace: dict[str, dict[str, dict[str, Body]]] = {}
+        # namespace → a stamp of its last event, never reused: what a remembered verdict was computed from
+        self.changes: dict[str, int] = {}
+        self._stamps = itertools.count(1)
 
     def listener(self, kind: str) -> Listener:
         def changed(old: Body | None, new: Body | None) -> None:
             md = (new or old or {})["metadata"]
+            self.changes[md["namespace"]] = next(self._stamps)
             kinds = self.by_namespace.setdefault(md["namespace"], {k: {} for k in KINDS})
             if new is None:
                 kinds[kind].pop(md["name"], None)
                 if not any(kinds.values()):
                     del self.by_namespace[md["namespace"]]
+                    self.changes.pop(md["namespace"], None)
             else:
                 kinds[kind][md["name"]] = new
         return changed
@@ -67,6 +73,11 @@ class Keeper:
     def __init__(self, rt: Runtime, views: dict[str, View]) -> None:
         self.rt, self.views, self.index = rt, views, Index()
         self.shown: dict[str, float] = {}  # namespace → when its status was last published (monotonic)
+        # namespace → (what it was computed from, Nova's verdict): every reconcile of every not yet booted
+        # Instance asks, and computing it anew each time costs the whole namespace each time (a burst of n
+        # Instances in one namespace would cost n² flavor lookups).
+        self.verdicts: dict[str, tuple[tuple[object, ...], nova.Verdict]] = {}
+        self.flavor_changes = 0
         self.later: set[str] = set()  # namespaces with a publish scheduled for the end of their interval
         self.kicks = Coalescer(self._reconcile, "Quota reconcile")
         for kind in KINDS:
@@ -74,6 +85,19 @@ class Keeper:
             views[kind].listen(self._kick)
         views["quotas"].listen(self._kick)
         views["resourcequotas"].listen(self._kick)
+        views["flavors"].listen(self._flavor_changed)
+
+    def _flavor_changed(self, old: Body | None, new: Body | None) -> None:
+        self.flavor_changes += 1
+
+    def verdict(self, namespace: str, limits: dict[str, int]) -> nova.Verdict:
+        """Nova's verdict on the namespace's Instances as the caches hold them, remembered until they change."""
+        key = (self.index.changes.get(namespace, 0), self.flavor_changes, tuple(sorted(limits.items())))
+        known = self.verdicts.get(namespace)
+        if known is None or known[0] != key:
+            known = self.verdicts[namespace] = (key, nova.decide(self.index.of(namespace, "instances"),
+                                                                 self.views["flavors"], limits))
+        return known[1]
 
     def _trailing(self, namespace: str) -> None:
         self.later.discard(namespace)
@@ -97,7 +121,15 @@ class Keeper:
         resize: Nova's refusal."""
         namespace, me = inst["metadata"]["namespace"], {**inst, "status": status}
         instances, limits = self.index.of(namespace, "instances"), self.limits(namespace)
-        refusal = nova.check_instance(me, instances, self.views["flavors"], limits) or nova.check_resize(
+        cached = self.index.by_namespace.get(namespace, {}).get("instances", {}).get(inst["metadata"]["name"])
+        if nova.booted(me) or nova.unlimited(limits):
+            refusal = None
+        elif cached is not None and cached.get("status") == status and \
+                cached["metadata"].get("resourceVersion") == inst["metadata"].get("resourceVersion"):
+            refusal = self.verdict(namespace, limits).refused.get(inst["metadata"]["name"])
+        else:  # the caches lag behind this copy: decide with it
+            refusal = nova.check_instance(me, instances, self.views["flavors"], limits)
+        refusal = refusal or nova.check_resize(
             me, [i for i in instances if i["metadata"]["name"] != me["metadata"]["name"]] + [me],
             self.views["flavors"], limits)
         if refusal is None:
@@ -118,6 +150,7 @@ class Keeper:
         if obj is None:
             if not self.index.occupied(namespace):
                 self.shown.pop(namespace, None)
+                self.verdicts.pop(namespace, None)
                 return  # a namespace without Kova's objects has no Quota to keep
             obj = await self.rt.kube.create(QUOTAS, {
                 "apiVersion": QUOTAS.api_version, "kind": QUOTA.kind,
@@ -134,7 +167,7 @@ class Keeper:
             cached = None  # a limit became unlimited: its entry must go, which "contains" cannot see
         await self.rt.writes.ensure(RESOURCE_QUOTAS, desired, cached)
         instances = self.index.of(namespace, "instances")
-        verdict = nova.decide(instances, self.views["flavors"], limits)
+        verdict = self.verdict(namespace, limits)
         used = {**nova.counts(instances, len(self.index.of(namespace, "keypairs")),
                               len(self.index.of(namespace, "servergroups")), verdict.usage),
                 **glance.usage(self.index.of(namespace, "images")).counts()}
