@@ -166,12 +166,7 @@ class Keeper:
         if cached is not None and set((cached.get("spec") or {}).get("hard") or {}) != set(desired["spec"]["hard"]):
             cached = None  # a limit became unlimited: its entry must go, which "contains" cannot see
         await self.rt.writes.ensure(RESOURCE_QUOTAS, desired, cached)
-        instances = self.index.of(namespace, "instances")
-        verdict = self.verdict(namespace, limits)
-        used = {**nova.counts(instances, len(self.index.of(namespace, "keypairs")),
-                              len(self.index.of(namespace, "servergroups")), verdict.usage),
-                **glance.usage(self.index.of(namespace, "images")).counts()}
-        over, message = nova.summary(limits, used)
+        # The use is counted (the whole namespace) only when it may be shown: not on every event of a burst.
         wait = self.shown.get(namespace, -STATUS_EVERY) + STATUS_EVERY - time.monotonic()
         if wait > 0:
             if namespace not in self.later:  # one trailing publish carries the newest use
@@ -179,6 +174,12 @@ class Keeper:
                 asyncio.get_running_loop().call_later(wait, self._trailing, namespace)
             return
         self.shown[namespace] = time.monotonic()
+        instances = self.index.of(namespace, "instances")
+        verdict = self.verdict(namespace, limits)
+        used = {**nova.counts(instances, len(self.index.of(namespace, "keypairs")),
+                              len(self.index.of(namespace, "servergroups")), verdict.usage),
+                **glance.usage(self.index.of(namespace, "images")).counts()}
+        over, message = nova.summary(limits, used)
         await publish(self.rt, QUOTAS, obj, word=None, progress=Progress.STALLED if over else Progress.READY,
                       reason="OverQuota" if over else "Enforced", message=message,
                       fields={"quotas": nova.items(limits, used), "resourceQuota": nova.RESOURCE_QUOTA})
