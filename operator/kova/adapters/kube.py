@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import socket
+import urllib.request
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from kubernetes.aio import client, config
 from kubernetes.aio.client.exceptions import ApiException
@@ -39,6 +41,14 @@ class Kube:
         else:
             await config.load_kube_config(  # type: ignore[no-untyped-call]
                 config_file=kubeconfig, client_configuration=configuration)
+        # The client's aiohttp session would look up the proxy variables and ~/.netrc on a thread for every
+        # request (trust_env): a thread hop per API call. The proxy, if any, is looked up once, here.
+        configuration.client_session_kwargs = {"trust_env": False}
+        if not configuration.proxy:
+            target = urlsplit(configuration.host)
+            proxy = urllib.request.getproxies().get(target.scheme)
+            if proxy and not urllib.request.proxy_bypass(target.hostname or ""):
+                configuration.proxy = proxy
         return cls(client.ApiClient(configuration))
 
     async def close(self) -> None:

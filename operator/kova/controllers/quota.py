@@ -119,19 +119,19 @@ class Keeper:
     def check(self, inst: Body, status: Body) -> Blocked | None:
         """Whether an Instance (with its newest status) is over its namespace's quota, to boot or to grow by a
         resize: Nova's refusal."""
-        namespace, me = inst["metadata"]["namespace"], {**inst, "status": status}
-        instances, limits = self.index.of(namespace, "instances"), self.limits(namespace)
-        cached = self.index.by_namespace.get(namespace, {}).get("instances", {}).get(inst["metadata"]["name"])
+        namespace, name, me = inst["metadata"]["namespace"], inst["metadata"]["name"], {**inst, "status": status}
+        limits = self.limits(namespace)
+        cached = self.index.by_namespace.get(namespace, {}).get("instances", {}).get(name)
         if nova.booted(me) or nova.unlimited(limits):
             refusal = None
         elif cached is not None and cached.get("status") == status and \
                 cached["metadata"].get("resourceVersion") == inst["metadata"].get("resourceVersion"):
-            refusal = self.verdict(namespace, limits).refused.get(inst["metadata"]["name"])
+            refusal = self.verdict(namespace, limits).refused.get(name)
         else:  # the caches lag behind this copy: decide with it
-            refusal = nova.check_instance(me, instances, self.views["flavors"], limits)
-        refusal = refusal or nova.check_resize(
-            me, [i for i in instances if i["metadata"]["name"] != me["metadata"]["name"]] + [me],
-            self.views["flavors"], limits)
+            refusal = nova.check_instance(me, self.index.of(namespace, "instances"), self.views["flavors"], limits)
+        # Lazily: the namespace is walked only when a resize is asked for (check_resize returns before).
+        others = (i for i in self.index.of(namespace, "instances") if i["metadata"]["name"] != name)
+        refusal = refusal or nova.check_resize(me, itertools.chain(others, [me]), self.views["flavors"], limits)
         if refusal is None:
             return None
         return Blocked(refusal.reason, refusal.message, refused=True, code=refusal.code)
