@@ -143,7 +143,8 @@ class Kube:
         if resp.status >= 400:
             text = (await resp.read()).decode(errors="replace")  # type: ignore[no-untyped-call]
             resp.response.release()
-            raise ApiException(status=resp.status, reason=text[:1000])
+            # The body too: its Status (reason, causes such as NamespaceTerminating) is what callers read.
+            raise ApiException(status=resp.status, reason=text[:1000], body=text)
         return resp.response
 
     async def put_subresource(self, res: Resource, name: str, namespace: str, action: str) -> None:

@@ -49,6 +49,7 @@ async def reconcile(rt: Runtime, namespace: str, name: str,
         uid = obj["metadata"]["uid"]
         spec = obj.get("spec") or {}
         state = rt.imports.get(uid)
+        queued_message = queued_message or rt.waiting.get(uid)
         # While this process imports, no record can exist yet: no need to ask the store every second.
         blob = None if state is not None else await asyncio.to_thread(rt.store.read_record, uid)
         view = observe_image(blob, rt.store.location(uid), obj.get("status") or {}, importing=state is not None,
@@ -71,21 +72,27 @@ Log = logging.Logger | logging.LoggerAdapter[Any]
 
 async def run_import(rt: Runtime, namespace: str, name: str, stopped: kopf.DaemonStopped, logger: Log) -> None:
     """The import daemon: returns once the image is active or killed, or when told to stop."""
-    while not stopped:
-        seen = await reconcile(rt, namespace, name)
-        source = ((seen[1].get("spec") or {}).get("source") or {}) if seen else {}
-        if seen is None or seen[0].status in DONE or not (source.get("url") or source.get("instance")):
-            return  # done, or its data comes through the image API (kova.openstack), not from a URL
-        if source.get("instance"):
-            again = await run_snapshot(rt, seen[1], stopped, logger)
-        else:
-            spec = ImageSpec.model_validate(seen[1]["spec"])
-            assert spec.source.url is not None and spec.disk_format is not None  # the API server's rules
-            again = await import_from(rt, seen[1], stopped, logger, spec.source.url, spec.disk_format.value,
-                                      spec.source.checksum, Fetcher(rt.settings.import_filter))
-        if not again:
-            return
-        await stopped.wait(rt.settings.import_retry_delay)  # the slot is free for others meanwhile
+    uid = None
+    try:
+        while not stopped:
+            seen = await reconcile(rt, namespace, name)
+            source = ((seen[1].get("spec") or {}).get("source") or {}) if seen else {}
+            if seen is None or seen[0].status in DONE or not (source.get("url") or source.get("instance")):
+                return  # done, or its data comes through the image API (kova.openstack), not from a URL
+            uid = seen[1]["metadata"]["uid"]
+            if source.get("instance"):
+                again = await run_snapshot(rt, seen[1], stopped, logger)
+            else:
+                spec = ImageSpec.model_validate(seen[1]["spec"])
+                assert spec.source.url is not None and spec.disk_format is not None  # the API server's rules
+                again = await import_from(rt, seen[1], stopped, logger, spec.source.url, spec.disk_format.value,
+                                          spec.source.checksum, Fetcher(rt.settings.import_filter))
+            if not again:
+                return
+            await stopped.wait(rt.settings.import_retry_delay)  # the slot is free for others meanwhile
+    finally:
+        if uid is not None:
+            rt.waiting.pop(uid, None)
 
 
 async def import_from(rt: Runtime, obj: dict[str, Any], stopped: kopf.DaemonStopped,
@@ -95,25 +102,29 @@ async def import_from(rt: Runtime, obj: dict[str, Any], stopped: kopf.DaemonStop
     md = obj["metadata"]
     quota = rt.image_quota(md["namespace"], md["uid"]) if rt.image_quota is not None else None
     if quota is not None and quota.wait:  # image_count_uploading: it waits in queued, and says so
-        await reconcile(rt, md["namespace"], md["name"], queued_message=quota.wait)
+        rt.waiting[md["uid"]] = quota.wait
+        await reconcile(rt, md["namespace"], md["name"])
         return True
-    if not await _import_slot(rt, md["namespace"], md["name"], stopped):
-        return False
+    try:
+        if not await _import_slot(rt, md["namespace"], md["name"], md["uid"], stopped):
+            return False
+    finally:
+        rt.waiting.pop(md["uid"], None)
     try:
         return await _import_once(rt, obj, stopped, logger, url, disk_format, checksum, fetcher, quota)
     finally:
         rt.import_slots.release(md["namespace"])
 
 
-async def _import_slot(rt: Runtime, namespace: str, name: str, stopped: kopf.DaemonStopped) -> bool:
+async def _import_slot(rt: Runtime, namespace: str, name: str, uid: str, stopped: kopf.DaemonStopped) -> bool:
     """Wait for one of KOVA_MAX_CONCURRENT_IMPORTS slots, saying so in the status; False when stopped. Slots
     are shared fairly by namespaces (kova.image.fairness)."""
     if rt.import_slots.take(namespace):  # free: taken without yielding, so no other daemon slips in between
         return True
     limit = rt.settings.max_imports
-    await reconcile(rt, namespace, name, queued_message=f"waiting for an import slot: {limit} imports are "
-                                                        f"running (KOVA_MAX_CONCURRENT_IMPORTS={limit}); a free "
-                                                        "slot goes to the namespace with the fewest running")
+    rt.waiting[uid] = (f"waiting for an import slot: {limit} imports are running (KOVA_MAX_CONCURRENT_IMPORTS="
+                       f"{limit}); a free slot goes to the namespace with the fewest running")
+    await reconcile(rt, namespace, name)
     acquire = asyncio.ensure_future(rt.import_slots.wait(namespace))
     stop = asyncio.ensure_future(stopped.wait())
     await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
