@@ -18,7 +18,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -112,14 +112,8 @@ class Elector:
         if took:
             lease.spec.acquire_time = lease.spec.renew_time
             lease.spec.lease_transitions = (lease.spec.lease_transitions or 0) + 1
-        try:
-            # A replace carries the resourceVersion read above: of two candidates, one gets 409.
-            await self.leases.replace_namespaced_lease(self.name, self.namespace, lease)
-        except ApiException as e:
-            if e.status != 409:
-                log.warning("writing Lease %s/%s: %s", self.namespace, self.name, e.reason)
-            return False
-        return True
+        # A replace carries the resourceVersion read above: of two candidates, one gets 409.
+        return await self._written("writing", self.leases.replace_namespaced_lease(self.name, self.namespace, lease))
 
     async def _create(self) -> bool:
         now = _now()
@@ -127,11 +121,15 @@ class Elector:
                               spec=client.V1LeaseSpec(holder_identity=self.me, acquire_time=now, renew_time=now,
                                                       lease_duration_seconds=max(1, round(self.timing.lease)),
                                                       lease_transitions=0))
+        return await self._written("creating", self.leases.create_namespaced_lease(self.namespace, body))
+
+    async def _written(self, what: str, write: Awaitable[object]) -> bool:
+        """Whether the write went through; a 409 is another candidate's win, anything else is logged."""
         try:
-            await self.leases.create_namespaced_lease(self.namespace, body)
+            await write
         except ApiException as e:
             if e.status != 409:
-                log.warning("creating Lease %s/%s: %s", self.namespace, self.name, e.reason)
+                log.warning("%s Lease %s/%s: %s", what, self.namespace, self.name, e.reason)
             return False
         return True
 
