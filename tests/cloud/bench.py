@@ -413,7 +413,8 @@ class LocalCloud:
         kubeconfig with that account's token (the API runs with what `helm install` gives it, no more)."""
         rendered = subprocess.run(
             [binary("helm"), "template", "kova", str(REPO / "charts" / "kova"), "--namespace", namespace,
-             "--show-only", "templates/api.yaml", "--show-only", "templates/image-roles.yaml"],
+             "--show-only", "templates/api.yaml", "--show-only", "templates/image-roles.yaml",
+             "--show-only", "templates/compute-roles.yaml"],
             capture_output=True, text=True, check=True).stdout
         docs = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] not in ("Deployment", "Service")]
         self.kubectl("create", "namespace", namespace, check=False)

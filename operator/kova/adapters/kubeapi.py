@@ -72,12 +72,13 @@ class Caller:
             "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
         return dict(review.get("status", {}).get("userInfo") or {})
 
-    async def can(self, verb: str, namespace: str, resource: str = IMAGE.plural, subresource: str = "") -> bool:
+    async def can(self, verb: str, namespace: str, resource: str = IMAGE.plural, subresource: str = "",
+                  group: str = IMAGE.group) -> bool:
         """A SelfSubjectAccessReview: Kubernetes says what this token may do (images/file included, a
         subresource that exists only in RBAC rules, as KubeVirt's virt-api checks its own)."""
         review = await self.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body={
             "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-            "spec": {"resourceAttributes": {"group": IMAGE.group, "resource": resource, "verb": verb,
+            "spec": {"resourceAttributes": {"group": group, "resource": resource, "verb": verb,
                                             "namespace": namespace, "subresource": subresource}}})
         return bool(review.get("status", {}).get("allowed"))
 
@@ -113,3 +114,46 @@ class Caller:
         await self.request("DELETE", f"{IMAGES_PATH}/namespaces/{namespace}/{IMAGE.plural}/{name}", body={
             "apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}})
 
+
+    # ----- any namespaced kind, as the caller (the compute API's Instances, KeyPairs, ServerGroups...) -----
+    async def objects(self, group: str, plural: str, namespace: str, version: str = VERSION) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            params = {"limit": "500", **({"continue": token} if token else {})}
+            page = await self.request("GET", _path(group, version, plural, namespace), params=params)
+            out += page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return out
+
+    async def get(self, group: str, plural: str, namespace: str, name: str,
+                  version: str = VERSION) -> dict[str, Any] | None:
+        try:
+            return dict(await self.request("GET", _path(group, version, plural, namespace, name)))
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def create(self, group: str, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(await self.request("POST", _path(group, VERSION, plural, namespace), body=body,
+                                       params={"fieldValidation": "Strict"}))
+
+    async def patch(self, group: str, plural: str, namespace: str, name: str, patch: dict[str, Any],
+                    uid: str | None = None) -> dict[str, Any]:
+        """A merge patch; with `uid`, only of that object (a JSON merge patch cannot carry preconditions, so
+        metadata.uid in the patch makes the API server refuse another object of the same name)."""
+        if uid is not None:
+            patch = {**patch, "metadata": {**(patch.get("metadata") or {}), "uid": uid}}
+        return dict(await self.request("PATCH", _path(group, VERSION, plural, namespace, name), body=patch,
+                                       content_type="application/merge-patch+json"))
+
+    async def delete(self, group: str, plural: str, namespace: str, name: str, uid: str) -> None:
+        await self.request("DELETE", _path(group, VERSION, plural, namespace, name), body={
+            "apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}})
+
+
+def _path(group: str, version: str, plural: str, namespace: str, name: str | None = None) -> str:
+    prefix = f"/api/{version}" if group == "" else f"/apis/{group}/{version}"
+    return f"{prefix}/namespaces/{namespace}/{plural}" + (f"/{name}" if name else "")

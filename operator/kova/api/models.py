@@ -35,6 +35,7 @@ MAX_IMAGE_PROPERTIES = 128  # Glance's image_property_quota
 MAX_IMAGE_TAGS = 128  # Glance's image_tag_quota
 MAX_IMAGE_MEMBERS = 128  # Glance's image_member_quota
 MAX_METADATA_ITEMS = 128  # Nova's metadata_items quota
+MAX_SERVER_TAGS = 50  # Nova's instance.MAX_TAG_COUNT
 
 
 # ---------------------------------------------------------------------------------------------- status
@@ -275,6 +276,14 @@ INSTANCE_SPEC_RULES = [
 class InstanceSpec(Model):
     """A Nova server: boots `imageRef` on a `flavorRef`-sized KubeVirt VirtualMachine."""
 
+    name: str | None = Field(default=None, max_length=255, description=(
+        "The Nova server name, when it is not this object's name: Nova names are free text and need not be "
+        "unique, so the compute API names an Instance after it only when it is a valid, free Kubernetes name."))
+    description: str | None = Field(default=None, max_length=255, description="Nova's server description (2.19).")
+    tags: list[str] = Field(default_factory=list, max_length=MAX_SERVER_TAGS, description=(
+        f"Nova server tags: at most {MAX_SERVER_TAGS}, each at most 60 characters, no comma or slash."),
+        json_schema_extra={"x-kubernetes-list-type": "set",
+                           "items": {"type": "string", "minLength": 1, "maxLength": 60, "pattern": "^[^,/]*$"}})
     flavor_ref: str = Field(min_length=1, max_length=253, description=(
         "Name of a Flavor. Changing it resizes the instance (Nova resize: RESIZE, then VERIFY_RESIZE until "
         "confirmed, reverted, or the confirm window passes)."))
@@ -307,10 +316,14 @@ class InstanceSpec(Model):
         json_schema_extra=cel("self == oldSelf", "keyName is immutable, as in Nova"))
     networks: list[str] = Field(default_factory=list, max_length=16, description=(
         "Networks, in order: `pod` (the cluster's pod network, masquerade) or the name of a Multus "
-        "NetworkAttachmentDefinition (`name` or `namespace/name`, bridge). Empty: the pod network."),
+        "NetworkAttachmentDefinition (`name` or `namespace/name`, bridge). Empty: the pod network. `[none]` "
+        "alone: no network at all (Nova's `networks: none`)."),
         json_schema_extra={"items": {"type": "string", "maxLength": 253,
                                      "pattern": r"^([a-z0-9-]+/)?[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
-                           **cel("self == oldSelf", "networks are fixed at boot")})
+                           "x-kubernetes-validations": [
+                               {"rule": "self == oldSelf", "message": "networks are fixed at boot"},
+                               {"rule": "!('none' in self) || size(self) == 1",
+                                "message": "none means no network: it cannot be listed with others"}]})
     security_groups: list[str] = Field(default_factory=list, max_length=16, description=(
         "SecurityGroups in this namespace; empty: the namespace's `default` group (Neutron's default)."),
         json_schema_extra={"x-kubernetes-list-type": "set"})

@@ -68,3 +68,14 @@ def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
     """A controller reference: the child goes with its owner (Kubernetes' garbage collector)."""
     return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
             "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+def object_names(display: str | None, fallback: str) -> tuple[str | None, str]:
+    """(name, generateName) for an object made for an OpenStack name (Glance's image names, Nova's server
+    names): the name itself when it is a valid Kubernetes name, else a lower-case slug of it (or `fallback`)
+    as a prefix the API server completes. OpenStack names need not be unique, so a taken name also falls back
+    to the prefix; the OpenStack name is kept in spec.name either way."""
+    if display and DNS_LABEL.match(display):
+        return display, f"{display[:50]}-"
+    slug = re.sub(r"[^a-z0-9]+", "-", (display or "").lower()).strip("-")[:50].strip("-")
+    return None, f"{slug or fallback}-"

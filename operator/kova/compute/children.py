@@ -104,7 +104,9 @@ def build_virtual_machine(instance: dict[str, Any], spec: InstanceSpec, flavor: 
             "cpu": cpu,
             "memory": memory,
             "resources": {"requests": {"memory": f"{flavor.ram}Mi", "cpu": str(flavor.vcpus)}},
-            "devices": {"disks": disks, "interfaces": interfaces},
+            # No network (Nova's `none`): KubeVirt would otherwise add the pod network by itself.
+            "devices": {"disks": disks, "interfaces": interfaces,
+                        **({} if interfaces else {"autoattachPodInterface": False})},
         },
         "networks": networks,
         "volumes": volumes,

@@ -21,6 +21,7 @@ from kova.api.errors import Refusal
 from kova.api.models import GROUP_COMPUTE, ServerGroupPolicy
 
 POD = "pod"  # the pod network's name in spec.networks
+NONE = "none"  # spec.networks [none]: no network at all (Nova's `networks: none`)
 SG_LABEL = f"sg.{GROUP_COMPUTE}/"  # + group name: an Instance's membership, selected by NetworkPolicies
 SERVER_GROUP_LABEL = f"{GROUP_COMPUTE}/server-group"
 ZONE_LABEL = "topology.kubernetes.io/zone"
@@ -87,6 +88,8 @@ def nics(networks: list[str], namespace: str | None = None, shared: frozenset[st
     account, so without this check a tenant could attach its VM to another tenant's VLAN. A refused one
     is said exactly as a missing one, so nobody learns which networks other namespaces have."""
     out: list[Nic] = []
+    if networks == [NONE]:
+        return out
     for net in networks or [POD]:
         owner, _, name = net.rpartition("/")
         if namespace is not None and owner and owner != namespace and owner not in shared:

@@ -38,6 +38,7 @@ from kova.api.models import (
     Task,
 )
 from kova.api.quantity import gib, gib_ceil
+from kova.compute import actions
 from kova.compute.children import DISK_IMAGE_ANNOTATION, Guest
 
 Body = dict[str, Any]
@@ -460,7 +461,7 @@ def _new_request(i: Inputs, st: InstanceStatus) -> Step | None:
     # Rebuild: a new image.
     if spec.image_ref != st.image_ref:
         state = _vm_state(i)
-        if state not in ("active", "stopped", "error"):
+        if actions.wrong_state("rebuild", state):
             return _refuse(i, st, "rebuild", spec.image_ref, "RebuildRefused",
                            f"Cannot 'rebuild' instance while it is in vm_state {state}")
         if isinstance(i.image, Blocked):
@@ -478,7 +479,7 @@ def _new_request(i: Inputs, st: InstanceStatus) -> Step | None:
     if spec.flavor_ref not in (st.flavor.name, req.reverted_flavor):
         req.reverted_flavor = None
         state = _vm_state(i)
-        if state not in ("active", "stopped"):
+        if actions.wrong_state("resize", state):
             return _refuse(i, st, "resize", spec.flavor_ref, "ResizeRefused",
                            f"Cannot 'resize' instance while it is in vm_state {state}")
         if isinstance(i.flavor, Blocked):
@@ -516,8 +517,7 @@ def _new_request(i: Inputs, st: InstanceStatus) -> Step | None:
     if reboot and reboot.token != req.reboot:
         req.reboot = reboot.token
         state, hard = _vm_state(i), reboot.type is RebootType.hard
-        allowed = ("active", "paused", "error") if hard else ("active",)
-        if state not in allowed:
+        if actions.wrong_state("reboot-hard" if hard else "reboot", state):
             return _refuse(i, st, "reboot", reboot.token, "RebootRefused",
                            f"Cannot 'reboot' instance while it is in vm_state {state}"
                            + ("" if hard else " (a SOFT reboot needs an active instance)"), oneshot=True)

@@ -1,5 +1,5 @@
-"""`kova api`: the OpenStack front door (Keystone v3 and Glance v2) over Kova's objects, one service per
-package (identity/, image/; room for compute/), each with pure documents and rules and thin handlers."""
+"""`kova api`: the OpenStack front door (Keystone v3, Glance v2 and Nova 2.1) over Kova's objects, one service
+per package (identity/, image/, compute/), each with pure documents and rules and thin handlers."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from kova.adapters.kube import Kube
 from kova.adapters.kubeapi import Apiserver, Cluster
 from kova.adapters.runtime import Runtime, Settings
 from kova.adapters.store import ObjectStore
+from kova.openstack.compute.handlers import ComputeHandlers, nova_middleware
 from kova.openstack.front import TRUSTED_PROXIES
 from kova.openstack.identity.handlers import IdentityHandlers
 from kova.openstack.image.handlers import ImageHandlers, glance_errors
 
 
-def application(identity: IdentityHandlers, images: ImageHandlers) -> web.Application:
-    app = web.Application(middlewares=[glance_errors], client_max_size=1 << 20)
+def application(identity: IdentityHandlers, images: ImageHandlers, compute: ComputeHandlers) -> web.Application:
+    app = web.Application(middlewares=[glance_errors, nova_middleware], client_max_size=1 << 20)
     r = app.router
     r.add_get("/identity", identity.identity_versions)
     r.add_get("/identity/", identity.identity_versions)
@@ -51,14 +52,78 @@ def application(identity: IdentityHandlers, images: ImageHandlers) -> web.Applic
     r.add_delete(p + "/v2/images/{id}/members/{member}", images.delete_member)
     r.add_route("*", p + "/v2/info/{what}", images.not_found)  # no import methods, stores or usage to tell
 
+    compute_routes(r, compute)
+
     async def on_startup(_: web.Application) -> None:
         await images.start()
+        await compute.start()
 
     async def on_cleanup(_: web.Application) -> None:
+        await compute.stop()
         await images.stop()
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     return app
+
+
+def compute_routes(r: web.UrlDispatcher, c: ComputeHandlers) -> None:
+    p = "/projects/{project}/compute"
+    for path in (p, p + "/"):
+        r.add_get(path, c.versions)
+    for path in (p + "/v2", p + "/v2/", p + "/v2.1", p + "/v2.1/"):
+        r.add_get(path, c.version)
+    v = p + "/v2.1"
+    r.add_get(v + "/extensions", c.extensions)
+    r.add_get(v + "/servers", c.list_servers)
+    r.add_get(v + "/servers/detail", c.list_servers)
+    r.add_post(v + "/servers", c.create_server)
+    s = v + "/servers/{id}"
+    r.add_get(s, c.show_server)
+    r.add_put(s, c.update_server)
+    r.add_delete(s, c.delete_server)
+    r.add_post(s + "/action", c.action)
+    r.add_post(s + "/remote-consoles", c.remote_console)
+    for method in ("GET", "PUT", "POST"):
+        r.add_route(method, s + "/metadata", c.metadata)
+    for method in ("GET", "PUT", "DELETE"):
+        r.add_route(method, s + "/metadata/{key}", c.metadata)
+        r.add_route(method, s + "/tags", c.tags)
+        r.add_route(method, s + "/tags/{tag}", c.tags)
+    r.add_get(s + "/ips", c.ips)
+    r.add_get(s + "/ips/{network}", c.ips)
+    r.add_get(s + "/os-security-groups", c.server_security_groups)
+    r.add_get(s + "/os-instance-actions", c.instance_actions)
+    r.add_get(s + "/os-instance-actions/{request_id}", c.instance_actions)
+    r.add_get(v + "/flavors", c.list_flavors)
+    r.add_get(v + "/flavors/detail", c.list_flavors)
+    r.add_post(v + "/flavors", c.admin_only)
+    r.add_get(v + "/flavors/{id}", c.show_flavor)
+    r.add_delete(v + "/flavors/{id}", c.admin_only)
+    r.add_get(v + "/flavors/{id}/os-extra_specs", c.flavor_extra_specs)
+    r.add_get(v + "/flavors/{id}/os-extra_specs/{key}", c.flavor_extra_specs)
+    r.add_post(v + "/flavors/{id}/os-extra_specs", c.admin_only)
+    r.add_get(v + "/flavors/{id}/os-flavor-access", c.flavor_access)
+    r.add_post(v + "/flavors/{id}/action", c.admin_only)
+    r.add_get(v + "/os-keypairs", c.list_keypairs)
+    r.add_post(v + "/os-keypairs", c.create_keypair)
+    r.add_get(v + "/os-keypairs/{name}", c.show_keypair)
+    r.add_delete(v + "/os-keypairs/{name}", c.delete_keypair)
+    r.add_get(v + "/os-server-groups", c.list_server_groups)
+    r.add_post(v + "/os-server-groups", c.create_server_group)
+    r.add_get(v + "/os-server-groups/{id}", c.show_server_group)
+    r.add_delete(v + "/os-server-groups/{id}", c.delete_server_group)
+    r.add_get(v + "/os-availability-zone", c.availability_zones)
+    r.add_get(v + "/os-availability-zone/detail", c.availability_zones)
+    r.add_get(v + "/limits", c.limits)
+    r.add_get(v + "/os-quota-sets/{target}", c.quota_sets)
+    r.add_get(v + "/os-quota-sets/{target}/{what:detail|defaults}", c.quota_sets)
+    r.add_get(v + "/os-simple-tenant-usage", c.tenant_usage)
+    r.add_get(v + "/os-simple-tenant-usage/{target}", c.tenant_usage)
+    for kind in ("os-networks", "os-tenant-networks"):
+        r.add_get(f"{v}/{kind}", c.networks)
+        r.add_get(f"{v}/{kind}/{{id}}", c.networks)
+    r.add_get(v + "/os-security-groups", c.security_groups)
+    r.add_get(v + "/os-security-groups/{id}", c.security_groups)
 
 
 async def make(public_url: str | None = None, kubeconfig: str | None = None) -> web.Application:
@@ -70,6 +135,7 @@ async def make(public_url: str | None = None, kubeconfig: str | None = None) -> 
     rt = Runtime(settings=settings, kube=kube, store=ObjectStore(settings.store))
     apiserver = Apiserver(Cluster.of(kube.api_client.configuration))
     identity, images = IdentityHandlers(apiserver, rt, public_url), ImageHandlers(apiserver, rt, public_url)
-    for front in (identity, images):
+    compute = ComputeHandlers(apiserver, rt, images, public_url)
+    for front in (identity, images, compute):
         front.trusted_proxies = trusted
-    return application(identity, images)
+    return application(identity, images, compute)

@@ -98,7 +98,9 @@ def catalog(base_url: str, project: str) -> list[dict[str, Any]]:
     return [{"type": "identity", "name": "keystone", "id": "identity",
              "endpoints": endpoints(f"{base}/identity", "identity")},
             {"type": "image", "name": "glance", "id": "image",
-             "endpoints": endpoints(f"{base}/projects/{project}/image", "image")}]
+             "endpoints": endpoints(f"{base}/projects/{project}/image", "image")},
+            {"type": "compute", "name": "nova", "id": "compute",
+             "endpoints": endpoints(f"{base}/projects/{project}/compute/v2.1", "compute")}]
 
 
 def token_body(cred: Credential, user: Mapping[str, Any], project: str, roles: list[str], base_url: str,

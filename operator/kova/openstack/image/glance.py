@@ -8,7 +8,6 @@ object's name when that is not set, for Images made with kubectl).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ from kova.api.models import (
     MemberStatus,
     Visibility,
 )
-from kova.api.resources import DNS_LABEL
+from kova.api.resources import object_names
 from kova.image.rules import image_visible_to, protected_refusal
 
 UUID = "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$"
@@ -187,14 +186,8 @@ def image_doc(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- create
 def kubernetes_name(glance_name: str | None) -> tuple[str | None, str]:
-    """(name, generateName) for a new Image: the Glance name itself when it is a valid Kubernetes name,
-    else a lower-case slug of it (or `image`) as a prefix the API server completes. Glance names need not be
-    unique, so a taken name also falls back to the prefix (`images.create`); the Glance name is kept in
-    spec.name either way."""
-    if glance_name and DNS_LABEL.match(glance_name):
-        return glance_name, f"{glance_name[:50]}-"
-    slug = re.sub(r"[^a-z0-9]+", "-", (glance_name or "").lower()).strip("-")[:50].strip("-")
-    return None, f"{slug or 'image'}-"
+    """(name, generateName) for a new Image (front.object_names)."""
+    return object_names(glance_name, "image")
 
 
 def new_image(body: Any, namespace: str) -> dict[str, Any]:

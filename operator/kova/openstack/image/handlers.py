@@ -109,6 +109,11 @@ class ImageHandlers(Front):
             raise missing
         return obj
 
+    def by_key(self, key: tuple[str, ...]) -> dict[str, Any] | None:
+        """An Image from the API's own cache, for a server's view (its uid and properties): never shown as an
+        image, so Glance's visibility is not asked here."""
+        return self.images.get(key)
+
     async def own(self, caller: Caller, project: str, image_id: str) -> dict[str, Any]:
         obj = await self.find(caller, project, image_id)
         if obj["metadata"]["namespace"] != project:
