@@ -82,7 +82,8 @@ def test_the_catalog_and_glance_locations_name_the_trusted_proxys_url(apis: dict
         body, headers = call(f"{api}/identity/v3/auth/tokens", EVIL, auth)
         assert headers["X-Subject-Token"] == token
         urls = {e["url"] for s in body["token"]["catalog"] for e in s["endpoints"]}
-        assert urls == {f"{base}/identity", f"{base}/projects/{namespace}/image"}, which
+        assert urls == {f"{base}/identity", f"{base}/projects/{namespace}/image",
+                        f"{base}/projects/{namespace}/compute/v2.1"}, which
         image, headers = call(f"{api}/projects/{namespace}/image/v2/images", {**EVIL, "X-Auth-Token": token},
                               {"name": f"proxied-{which}", "disk_format": "qcow2", "container_format": "bare"})
         assert headers["Location"] == f"{base}/projects/{namespace}/image/v2/images/{image['id']}", which

@@ -27,6 +27,11 @@ def application(identity: IdentityHandlers, images: ImageHandlers, compute: Comp
     r.add_get("/identity/v3/auth/tokens", identity.validate_token, allow_head=True)
     r.add_get("/identity/v3/projects", identity.projects)
     r.add_get("/identity/v3/projects/{id}", identity.projects)
+    r.add_get("/identity/v3/auth/projects", identity.auth_projects)
+    r.add_get("/identity/v3/users/{user_id}/projects", identity.auth_projects)
+    r.add_get("/identity/v3/auth/catalog", identity.auth_catalog)
+    r.add_get("/identity/v3/domains", identity.domains)
+    r.add_get("/identity/v3/domains/{id}", identity.domains)
     # Not ending in the project id: keystoneauth would take that for a Nova-style /v2.1/{project_id}
     # endpoint and put the id back after the version.
     p = "/projects/{project}/image"
