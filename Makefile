@@ -21,13 +21,21 @@ GO_LDFLAGS := -s -w $(foreach pkg,k8s.io/component-base/version k8s.io/client-go
 HELM_LDFLAGS := -s -w -X helm.sh/helm/v4/internal/version.version=$(HELM_VERSION)
 BINS_KEY := $(shell cat $(GO_MOD)/go.mod $(GO_MOD)/go.sum $(GO_MOD)/cmd/etcd/main.go <(echo '$(MINIO_VERSION) $(HELM_LDFLAGS) $(GO_LDFLAGS)') | sha256sum | cut -c1-16)
 BINS_STAMP := $(BIN)/.built-$(BINS_KEY)
+# OpenTofu and the OpenStack provider, for the tests that drive `kova api` the way a Terraform user does.
+TOFU_MOD := tests/cloud/go-tofu
+OPENSTACK_PROVIDER_VERSION := v3.4.0
+# Their releases' own ldflags: without them tofu says 1.10.6-dev and the provider says version "dev".
+TOFU_LDFLAGS := -s -w -X github.com/opentofu/opentofu/version.dev=no
+PROVIDER_LDFLAGS := -s -w -X github.com/terraform-provider-openstack/terraform-provider-openstack/v3/openstack.version=$(OPENSTACK_PROVIDER_VERSION:v%=%)
+TOFU_KEY := $(shell cat $(TOFU_MOD)/go.mod $(TOFU_MOD)/go.sum <(echo '$(OPENSTACK_PROVIDER_VERSION) $(TOFU_LDFLAGS) $(PROVIDER_LDFLAGS)') | sha256sum | cut -c1-16)
+TOFU_STAMP := $(BIN)/.tofu-$(TOFU_KEY)
 VENV_KEY := $(shell cat pyproject.toml | sha256sum | cut -c1-16)
 VENV_STAMP := $(VENV)/.installed-$(VENV_KEY)
 export KOVA_BIN_DIR := $(BIN)
 export GOFLAGS := -buildvcs=false
 PYTEST_ARGS ?=
 
-.PHONY: help venv bins crds lint unit test demo bench bench-scale cloud-up clean
+.PHONY: help venv bins tofu crds lint unit test demo bench bench-scale cloud-up clean
 
 help:
 	@echo "make test     lint, unit and integration tests on the local cloud (builds what it needs)"
@@ -57,6 +65,15 @@ $(BINS_STAMP):
 	GOBIN=$(BIN) go install -ldflags="-s -w" github.com/minio/minio@$(MINIO_VERSION)
 	@rm -f $(BIN)/.built-* && touch $@
 
+tofu: $(TOFU_STAMP)
+$(TOFU_STAMP):
+	@mkdir -p $(BIN)
+	@echo "building tofu (OpenTofu) and terraform-provider-openstack (first time: several minutes)"
+	cd $(TOFU_MOD) && go build -trimpath -ldflags="$(TOFU_LDFLAGS)" -o $(BIN)/tofu github.com/opentofu/opentofu/cmd/tofu
+	GOBIN=$(BIN) go install -trimpath -ldflags="$(PROVIDER_LDFLAGS)" \
+		github.com/terraform-provider-openstack/terraform-provider-openstack/v3@$(OPENSTACK_PROVIDER_VERSION)
+	@rm -f $(BIN)/.tofu-* && touch $@
+
 crds: venv
 	$(PY) -m kova.cli crds --out crds
 	$(PY) -m tests.cloud.kubevirt_crds
@@ -73,7 +90,7 @@ lint: venv
 unit: venv
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
-test: venv bins lint
+test: venv bins tofu lint
 	$(VENV)/bin/pytest tests $(PYTEST_ARGS)
 
 demo: venv bins
