@@ -454,7 +454,11 @@ class KeyPairSpec(Model):
     """A Nova key pair. With `publicKey` it is imported; without, Kova generates one and delivers the
     private key once, in a Secret the user owns (`privateKeySecret`)."""
 
-    public_key: str | None = Field(default=None, max_length=16384, description="OpenSSH public key to import.")
+    name: str | None = Field(default=None, max_length=255, description=(
+        "The Nova key pair name, when it is not this object's name (Nova's names may hold capitals, spaces, "
+        "'_' and '@'): the compute API finds a key pair by it."))
+    public_key: str | None = Field(default=None, max_length=16384, description=(
+        "OpenSSH public key to import (or, for type x509, a PEM certificate)."))
     type: KeyPairType = Field(default=KeyPairType.ssh)
     private_key_secret: str | None = Field(default=None, max_length=253, description=(
         "For a generated key: the Secret Kova creates with it (default `<name>-private-key`). Kova never "

@@ -5,13 +5,16 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
 from kova.api.errors import Refusal, one_line
@@ -164,6 +167,14 @@ def in_use(group: str, servers: list[str]) -> Refusal | None:
 def fingerprint(public_key: str) -> str:
     """Nova's fingerprint of an OpenSSH public key: MD5 of the key blob, colon-separated; ValueError if the
     text is not one."""
+    if public_key.strip().startswith("-----BEGIN CERTIFICATE"):
+        # Nova's x509 key pairs: the fingerprint is the SHA-1 of the certificate.
+        try:
+            cert = x509.load_pem_x509_certificate(public_key.strip().encode())
+        except ValueError as e:
+            raise ValueError(f"not a valid PEM certificate: {e}") from e
+        digest = cert.fingerprint(hashes.SHA1()).hex()
+        return ":".join(digest[i:i + 2] for i in range(0, 40, 2))
     parts = public_key.strip().split()
     if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-", "sk-")):
         raise ValueError("not an OpenSSH public key (`ssh-ed25519 AAAA...`, `ssh-rsa AAAA...`)")
@@ -183,6 +194,18 @@ def generate(comment: str) -> tuple[str, str]:
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                 serialization.NoEncryption())
     return f"{public.decode()} {comment}", private.decode()
+
+
+def generate_x509(name: str, now: dt.datetime) -> tuple[str, str]:
+    """A new x509 key pair as Nova makes one for `type: x509`: (a self-signed certificate, its private key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name[:64] or "keypair")])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=3650)).sign(key, hashes.SHA256()))
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), private.decode()
 
 
 # ---------------------------------------------------------------------------------------------- zones

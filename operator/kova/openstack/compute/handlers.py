@@ -32,8 +32,8 @@ from kova.api.models import (
     effective_limits,
 )
 from kova.api.resources import AVAILABILITY_ZONES, FLAVORS, INSTANCES, object_names
-from kova.compute import actions, quota
-from kova.compute.access import fingerprint, generate
+from kova.compute import actions, lifecycle, quota
+from kova.compute.access import fingerprint, generate, generate_x509
 from kova.compute.flavors import flavor_usable_in
 from kova.openstack.compute import microversion, nova
 from kova.openstack.compute.microversion import Version
@@ -217,10 +217,17 @@ class ComputeHandlers(Front):
         if flavor is None or not flavor_usable_in(FlavorSpec.model_validate(flavor.get("spec") or {}), project):
             raise NovaError(400, f"Flavor {new.flavor_id} could not be found.")
         spec["flavorRef"] = new.flavor_id
+        annotations: dict[str, str] = {}
         if spec.get("keyName"):
-            key = nova.keypair_object_name(spec["keyName"])
-            if key is None or await self._get(caller, "keypairs", project, key) is None:
+            keypair = await self._find_keypair(caller, project, spec["keyName"])
+            if keypair is None:
                 raise NovaError(400, "Invalid key_name provided.")
+            annotations[nova.KEY_NAME] = spec["keyName"]
+            spec["keyName"] = keypair["metadata"]["name"]
+        refusal = lifecycle.boot_refusal(FlavorSpec.model_validate(flavor.get("spec") or {}), _image_info(image))
+        if refusal is not None:
+            raise NovaError(400, f"Flavor's {'memory' if 'RAM' in refusal else 'disk'} is too small for requested "
+                                 f"image: {refusal}.")
         if new.group_id:
             groups = {uid: n for n, uid in (await self.group_uids(caller, project)).items()}
             if new.group_id not in groups:
@@ -236,7 +243,7 @@ class ComputeHandlers(Front):
             if spec["securityGroups"] == ["default"]:
                 del spec["securityGroups"]
         user = await self._user_id(caller)
-        annotations = {**new.annotations, nova.USER_ID: user, nova.RESERVATION: f"r-{secrets.token_hex(4)}"}
+        annotations.update({**new.annotations, nova.USER_ID: user, nova.RESERVATION: f"r-{secrets.token_hex(4)}"})
         await self._check_quota(caller, project, spec, new.max_count)
         created = []
         for display in nova.instance_names(new.name, new.max_count):
@@ -407,6 +414,8 @@ class ComputeHandlers(Front):
             return await self._create_image(request, caller, project, obj, act, v)
         if act.patch:
             obj = await self._patch(caller, obj, {"spec": act.patch})
+        if act.name == "confirmResize":
+            return web.Response(status=204)
         if act.name == "rebuild":
             groups = await self.group_uids(caller, project) if v.at_least("2.71") else None
             return web.json_response({"server": nova.server_view(obj, v, self.root(request),
@@ -687,7 +696,7 @@ class ComputeHandlers(Front):
             objs = await caller.objects(GROUP_COMPUTE, "keypairs", project)
         except ApiError as e:
             raise _nova(e) from e
-        objs.sort(key=lambda o: o["metadata"]["name"])
+        objs.sort(key=nova.keypair_name)
         docs = [{"keypair": nova.keypair_view(o, v, False)} for o in objs]
         params = list(request.query.items())
         if v.at_least("2.35") and ("limit" in request.query or "marker" in request.query):
@@ -708,9 +717,16 @@ class ComputeHandlers(Front):
         obj = await self._keypair(caller, project, name)
         return web.json_response({"keypair": nova.keypair_view(obj, version_of(request), True)})
 
+    async def _find_keypair(self, caller: Caller, project: str, name: str) -> Body | None:
+        """The project's key pair of this Nova name (its object's name, or spec.name when that differs)."""
+        try:
+            objs = await caller.objects(GROUP_COMPUTE, "keypairs", project)
+        except ApiError as e:
+            raise _nova(e) from e
+        return next((o for o in objs if nova.keypair_name(o) == name), None)
+
     async def _keypair(self, caller: Caller, project: str, name: str) -> Body:
-        key = nova.keypair_object_name(name)
-        obj = await self._get(caller, "keypairs", project, key) if key else None
+        obj = await self._find_keypair(caller, project, name)
         if obj is None:
             raise NovaError(404, f"Keypair {name} not found for user")
         return obj
@@ -719,25 +735,34 @@ class ComputeHandlers(Front):
         caller, project = await self.caller(request)
         v = version_of(request)
         name, public_key, kind = nova.parse_keypair(await read_json(request), v)
-        key = nova.keypair_object_name(name)
-        if key is None:
-            raise NovaError(400, f"Keypair data is invalid: Kova keeps a key pair's name as a Kubernetes name: "
-                                 f"{name!r} must be lower-case letters, digits, '-' and '.'")
+        if await self._find_keypair(caller, project, name) is not None:
+            raise NovaError(409, f"Key pair '{name}' already exists.")
+        key, prefix = object_names(name, "keypair")
         spec: dict[str, Any] = {"type": kind}
+        if key != name:
+            spec["name"] = name
         private_key: str | None = None
         if public_key is not None:
             spec["publicKey"] = public_key.strip()
+        elif kind == "x509":
+            spec["publicKey"], private_key = generate_x509(name, clock.now())
         else:
             # Nova returns a generated private key once; Kova makes it here so it goes to the client only.
             spec["publicKey"], private_key = generate(f"Generated-by-Nova {name}")
         user = await self._user_id(caller)
-        manifest = {"apiVersion": f"{GROUP_COMPUTE}/{VERSION}", "kind": "KeyPair",
-                    "metadata": {"name": key, "annotations": {nova.USER_ID: user}}, "spec": spec}
+        manifest: dict[str, Any] = {"apiVersion": f"{GROUP_COMPUTE}/{VERSION}", "kind": "KeyPair",
+                                    "metadata": {"name": key, "annotations": {nova.USER_ID: user}} if key else
+                                    {"generateName": prefix, "annotations": {nova.USER_ID: user}}, "spec": spec}
         try:
-            obj = await caller.create(GROUP_COMPUTE, "keypairs", project, manifest)
+            try:
+                obj = await caller.create(GROUP_COMPUTE, "keypairs", project, manifest)
+            except ApiError as e:
+                if e.status != 409 or not key:
+                    raise
+                manifest["metadata"] = {"generateName": prefix, "annotations": {nova.USER_ID: user}}
+                manifest["spec"] = {**spec, "name": name}
+                obj = await caller.create(GROUP_COMPUTE, "keypairs", project, manifest)
         except ApiError as e:
-            if e.status == 409:
-                raise NovaError(409, f"Key pair '{name}' already exists.") from e
             raise _nova(e, "key_pairs") from e
         obj.setdefault("status", {})["publicKey"] = spec["publicKey"]
         obj["status"]["fingerprint"] = _fingerprint(spec["publicKey"])
@@ -889,6 +914,15 @@ def _query_time(text: str | None) -> dt.datetime | None:
         return None
     t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+def _image_info(image: Body) -> lifecycle.ImageInfo:
+    spec, status = image.get("spec") or {}, image.get("status") or {}
+    return lifecycle.ImageInfo(ref=image["metadata"]["name"], uid=image["metadata"]["uid"],
+                               sha512=str(status.get("osHashValue") or ""), size=int(status.get("size") or 0),
+                               virtual_size=int(status.get("virtualSize") or status.get("size") or 0),
+                               min_disk=int(spec.get("minDisk") or 0), min_ram=int(spec.get("minRam") or 0),
+                               disk_format=spec.get("diskFormat"))
 
 
 def _fingerprint(public_key: str) -> str:

@@ -43,6 +43,7 @@ ACCESS_IPV6 = "compute.kova.dev/access-ipv6"
 DISK_CONFIG = "compute.kova.dev/disk-config"
 USER_ID = "compute.kova.dev/user-id"
 RESERVATION = "compute.kova.dev/reservation-id"
+KEY_NAME = "compute.kova.dev/key-name"
 PROGRESS_STATUSES = {"ACTIVE", "BUILD", "REBUILD", "RESIZE", "VERIFY_RESIZE", "MIGRATING"}
 # nova.compute.power_state
 POWER_STATES = {"Running": 1, "Paused": 3, "Shutdown": 4, "Crashed": 6, "Suspended": 7}
@@ -219,6 +220,13 @@ def server_brief(obj: Mapping[str, Any], base: str) -> Body:
     return {"id": uid, "name": display_name(obj, spec), "links": links(base, "servers", uid)}
 
 
+def key_name(obj: Mapping[str, Any], spec: InstanceSpec) -> str | None:
+    """The Nova name of the server's key pair (kept at create: the KeyPair object's name may differ)."""
+    if spec.key_name is None:
+        return None
+    return str((obj["metadata"].get("annotations") or {}).get(KEY_NAME) or spec.key_name)
+
+
 def display_name(obj: Mapping[str, Any], spec: InstanceSpec | None = None) -> str:
     spec = spec or InstanceSpec.model_validate(obj.get("spec") or {})
     return spec.name if spec.name is not None else str(obj["metadata"]["name"])
@@ -248,14 +256,15 @@ def server_view(obj: Mapping[str, Any], v: Version, base: str, rel: Related, mod
                         "created": updated_at(obj)}
     if full:
         doc.update({
-            "key_name": spec.key_name, "security_groups": [{"name": g} for g in spec.security_groups or ["default"]],
+            "key_name": key_name(obj, spec),
+            "security_groups": [{"name": g} for g in spec.security_groups or ["default"]],
             "OS-SRV-USG:launched_at": _launched_at(status), "OS-SRV-USG:terminated_at": None,
             "OS-EXT-AZ:availability_zone": status.availability_zone or spec.availability_zone or "",
             "OS-EXT-STS:vm_state": vm_state, "OS-EXT-STS:task_state": task, "OS-EXT-STS:power_state": power,
             "os-extended-volumes:volumes_attached": [], "config_drive": ""})
     if mode == "rebuild":
         if v.at_least("2.54"):
-            doc["key_name"] = spec.key_name
+            doc["key_name"] = key_name(obj, spec)
         if v.at_least("2.57"):
             doc["user_data"] = _b64(spec.user_data)
     if v.at_least("2.9"):
@@ -454,7 +463,8 @@ def parse_create(body: Any, v: Version) -> NewServer:
         image = str(root.get("uuid") or "")
     if not image:
         raise NovaError(400, "Missing imageRef attribute")
-    min_count, max_count = _count(server, "min_count"), _count(server, "max_count")
+    min_count = _count(server, "min_count")
+    max_count = _count(server, "max_count") if "max_count" in server else min_count
     if min_count > max_count:
         raise NovaError(400, "min_count must be <= max_count")
     spec: Body = {"flavorRef": "", "imageRef": ""}
@@ -644,9 +654,10 @@ def parse_action(body: Any, spec: InstanceSpec, status: InstanceStatus, token: s
 
 def create_image_answer(image_id: str, image_base: str, v: Version) -> tuple[Body | None, dict[str, str]]:
     """createImage's answer: the image id in the body from 2.45, a Location header before."""
+    location = {"Location": f"{image_base}/v2/images/{image_id}"}
     if v.at_least("2.45"):
-        return {"image_id": image_id}, {}
-    return None, {"Location": f"{image_base}/v2/images/{image_id}"}
+        return {"image_id": image_id}, location
+    return None, location
 
 
 # ---------------------------------------------------------------------------------------------- lists
@@ -769,7 +780,7 @@ def server_matches(obj: Mapping[str, Any], filters: Mapping[str, str], rel: Rela
             except re.error:
                 return False
         elif key == "key_name":
-            if value != (spec.key_name or ""):
+            if value != (key_name(obj, spec) or ""):
                 return False
         elif key == "description":
             if value != (spec.description or ""):
@@ -791,7 +802,7 @@ def page(items: list[Body], query: ServerQuery, key: str = "id") -> tuple[list[B
         start = ids.index(query.marker) + 1
     limit = min(query.limit if query.limit is not None else DEFAULT_LIMIT, DEFAULT_LIMIT)
     chosen = items[start:start + limit]
-    return chosen, start + limit < len(items) and query.limit is not None and len(chosen) == limit
+    return chosen, bool(chosen) and start + limit < len(items) and query.limit is not None and len(chosen) == limit
 
 
 def next_link(url: str, params: Sequence[tuple[str, str]], last_id: str) -> list[Body]:
@@ -861,11 +872,16 @@ def flavor_listed(obj: Mapping[str, Any], is_public: str | None, min_disk: int, 
 
 
 # ---------------------------------------------------------------------------------------------- key pairs
+def keypair_name(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("spec") or {}).get("name") or obj["metadata"]["name"])
+
+
 def keypair_view(obj: Mapping[str, Any], v: Version, detail: bool) -> Body:
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
     md = obj["metadata"]
-    doc: Body = {"name": md["name"], "public_key": status.get("publicKey") or spec.get("publicKey") or "",
-                 "fingerprint": status.get("fingerprint") or ""}
+    public_key = status.get("publicKey") or spec.get("publicKey") or ""
+    doc: Body = {"name": keypair_name(obj), "public_key": public_key,
+                 "fingerprint": status.get("fingerprint") or _fingerprint(public_key)}
     if v.at_least("2.2"):
         doc["type"] = spec.get("type") or "ssh"
     if detail:
@@ -900,7 +916,7 @@ def parse_keypair(body: Any, v: Version) -> tuple[str, str | None, str]:
     if kind not in ("ssh", "x509"):
         raise NovaError(400, f"Invalid input for field/attribute type. Value: {kind}. {kind!r} is not one of "
                              "['ssh', 'x509']")
-    if kind == "ssh" and public_key is not None:
+    if public_key is not None:
         try:
             fingerprint(public_key)
         except ValueError as e:
@@ -908,9 +924,11 @@ def parse_keypair(body: Any, v: Version) -> tuple[str, str | None, str]:
     return name, public_key, kind
 
 
-def keypair_object_name(name: str) -> str | None:
-    """Key pairs keep Nova's name as the object's name: names that Kubernetes cannot take are refused."""
-    return name if re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name) and len(name) <= 253 else None
+def _fingerprint(public_key: str) -> str:
+    try:
+        return fingerprint(public_key) if public_key else ""
+    except ValueError:
+        return ""
 
 
 # ---------------------------------------------------------------------------------------------- server groups
@@ -981,10 +999,9 @@ def limits_view(quotas: Mapping[str, tuple[int, int]], v: Version) -> Body:
     absolute["maxPersonality"] = 5
     absolute["maxPersonalitySize"] = 10240
     absolute["maxImageMeta"] = 128
-    if v.at_least("2.36"):
-        for key in ("maxSecurityGroups", "maxSecurityGroupRules", "maxTotalFloatingIps", "maxImageMeta"):
-            absolute.pop(key, None)
-    else:
+    if v.at_least("2.39"):
+        absolute.pop("maxImageMeta")
+    if not v.at_least("2.36"):
         absolute.update({"maxSecurityGroups": 10, "maxSecurityGroupRules": 20, "maxTotalFloatingIps": 10,
                          "totalSecurityGroupsUsed": 0, "totalFloatingIpsUsed": 0})
     if v.at_least("2.57"):

@@ -1,0 +1,148 @@
+"""Tempest 47 `tempest.api.compute` against `kova api`'s Nova on the local cloud (with the operator booting the
+servers), with pre-provisioned credentials: ServiceAccount tokens as passwords, a member (edit) and a reader
+(view) account in each of two namespaces; `[service_available] neutron = false`, max_microversion 2.100.
+
+tests/tempest/compute/include.txt names what runs; tests/tempest/compute/excluded.txt lists every other test of
+the package with its reason. At least 40 must pass and none may fail.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.cloud.bench import REPO, LocalCloud
+from tests.conftest import Kubectl, Operator, tenant_token
+from tests.httpsource import Source
+from tests.integration.test_e2e import flavor, wait_image
+from tests.integration.test_lifecycle import raw_disk
+from tests.integration.test_tempest import TEMPEST, summary
+
+HERE = REPO / "tests" / "tempest" / "compute"
+
+
+def config(api: str, work: Path, image_ref: str, image_ref_alt: str, flavor_ref: str, flavor_ref_alt: str) -> Path:
+    (work / "logs").mkdir()
+    conf = f"""
+[DEFAULT]
+log_dir = {work / "logs"}
+log_file = tempest.log
+[oslo_concurrency]
+lock_path = {work / "locks"}
+[auth]
+use_dynamic_credentials = False
+test_accounts_file = {work / "accounts.yaml"}
+default_credentials_domain_name = Default
+[identity]
+uri_v3 = {api}/identity/v3
+auth_version = v3
+region = RegionOne
+v3_endpoint_type = public
+[identity-feature-enabled]
+api_v2 = False
+api_v3 = True
+[service_available]
+nova = True
+glance = True
+cinder = False
+neutron = False
+swift = False
+horizon = False
+[enforce_scope]
+nova = False
+glance = False
+[image]
+catalog_type = image
+endpoint_type = public
+container_formats = bare,ovf
+disk_formats = raw
+build_timeout = 120
+[image-feature-enabled]
+api_v2 = True
+[compute]
+catalog_type = compute
+endpoint_type = public
+image_ref = {image_ref}
+image_ref_alt = {image_ref_alt}
+flavor_ref = {flavor_ref}
+flavor_ref_alt = {flavor_ref_alt}
+build_interval = 1
+build_timeout = 120
+max_microversion = 2.100
+[compute-feature-enabled]
+resize = True
+pause = True
+suspend = True
+snapshot = True
+disk_config = True
+enable_instance_password = False
+console_output = False
+shelve = False
+rescue = False
+interface_attach = False
+live_migration = False
+cold_migration = False
+metadata_service = False
+config_drive = False
+attach_encrypted_volume = False
+ide_bus = False
+change_password = False
+personality = False
+vnc_console = False
+spice_console = False
+serial_console = False
+[validation]
+run_validation = False
+"""
+    path = work / "tempest.conf"
+    path.write_text(conf)
+    return path
+
+
+def test_tempest_compute(operator: Operator, api: str, cloud: LocalCloud, source: Source, tmp_path: Path) -> None:
+    suffix = re.sub(r"[^a-z0-9]", "", tmp_path.name.lower())[-6:]
+    projects = [f"tempest-c{p}-{suffix}" for p in ("a", "b")]
+    images_ns = f"tempest-cimg-{suffix}"
+    for ns in (*projects, images_ns):
+        cloud.kubectl("create", "namespace", ns)
+    admin = Kubectl(cloud, images_ns)
+    small, big = f"tempest-tiny-{suffix}", f"tempest-small-{suffix}"
+    try:
+        admin.apply(flavor(small, vcpus=1, ram=512, disk=1))
+        admin.apply(flavor(big, vcpus=1, ram=1024, disk=2))
+        refs = []
+        for name in ("cirros", "cirros-alt"):  # the cloud's public images, as an operator publishes them
+            url = source.add(f"/{images_ns}/{name}", raw_disk(name))
+            admin.apply({"apiVersion": "image.kova.dev/v1alpha1", "kind": "Image", "metadata": {"name": name},
+                         "spec": {"diskFormat": "raw", "visibility": "public", "source": {"url": url}}})
+            refs.append(wait_image(admin, name, "active")["metadata"]["uid"])
+        for ns in projects:  # room for Tempest's servers beside what a class leaves while it cleans up
+            Kubectl(cloud, ns).apply({"apiVersion": "compute.kova.dev/v1alpha1", "kind": "Quota",
+                                      "metadata": {"name": "default"},
+                                      "spec": {"instances": 40, "cores": 80, "ram": 81920}})
+        accounts: list[dict[str, Any]] = [
+            {"username": f"member-{ns}", "project_name": ns, "password": tenant_token(cloud, ns, "edit"),
+             "roles": ["member"]} for ns in projects]
+        accounts += [{"username": f"reader-{ns}", "project_name": ns,
+                      "password": tenant_token(cloud, ns, "view", name="os-reader"), "roles": ["reader"]}
+                     for ns in projects]
+        (tmp_path / "accounts.yaml").write_text(yaml.safe_dump(accounts))
+        conf = config(api, tmp_path, refs[0], refs[1], small, big)
+        run = subprocess.run(
+            [TEMPEST, "run", "--config-file", str(conf), "--include-list", str(HERE / "include.txt"),
+             "--exclude-list", str(HERE / "excluded.txt"), "--serial"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=1800)
+        figures = summary(run.stdout)
+        print(f"Tempest tempest.api.compute: {figures}")
+        failed = [line for line in run.stdout.splitlines() if "... FAILED" in line]
+        assert figures.get("failed", 0) == 0 and not failed, run.stdout[-8000:]
+        assert figures.get("passed", 0) >= 40, run.stdout[-8000:]
+    finally:
+        for ns in (*projects, images_ns):
+            cloud.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        for name in (small, big):
+            cloud.kubectl("delete", "flavor", name, "--wait=false", check=False)
