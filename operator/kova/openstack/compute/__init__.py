@@ -1,0 +1,1 @@
+"""Nova's compute API over Instances and KubeVirt's VirtualMachines."""
