@@ -10,16 +10,29 @@ kube-system/extension-apiserver-authentication), then trusts X-Remote-User / X-R
 has already authorized the request with RBAC (`update` on virtualmachineinstances/pause in the group
 subresources.kubevirt.io, say) before proxying it.
 
-Served, as virt-api does (pkg/virt-api/api.go, pkg/virt-api/rest/lifecycle.go):
+Served, as virt-api does (pkg/virt-api/api.go, pkg/virt-api/rest/lifecycle.go, console.go, vnc.go):
   GET  /, /apis, /apis/subresources.kubevirt.io, /apis/subresources.kubevirt.io/{v1,v1alpha3}[/]
        (an APIResourceList whose names come from the vendored swagger's paths: names and `namespaced`
        only, no verbs or kinds, as virt-api lists them), .../healthz, .../version, /healthz, /openapi/v2,
        /openapi/v3 (the vendored document cut down to this group)
+  GET  .../virtualmachineinstances/{name}/console | vnc   → 101, a websocket (tests/cloud/websocket.py;
+       subprotocol plain.kubevirt.io when offered, binary frames): the console is a fake guest's serial
+       port (a "\r\n<name> login: " banner, then an echo of what is typed, as a tty with echo on), vnc a
+       fake QEMU VNC server (RFB 3.8: `RFB 003.008\n`, security type None, ServerInit with the desktop
+       name "QEMU (<namespace>_<name>)"; what the client sends after that is read and ignored)
   PUT  .../virtualmachineinstances/{name}/pause | unpause | softreboot   → 200, empty body
   PUT  .../virtualmachines/{name}/start | stop | restart                  → 202, empty body
 Errors are metav1.Status objects with virt-api's codes and messages (404 when the VMI/VM is missing, 409
-"VMI is already paused", "VMI is not paused", "VM is not running", "VMI is paused", ...). Other
-subresources in the discovery list answer 501.
+"VMI is already paused", "VMI is not paused", "VM is not running", "VMI is paused", ...; for console and
+vnc, checked before the upgrade as v1.7's streamer does: 404, 400 "VMI is not running", 409 "VMI is in
+failed status" (console), 400 "No serial consoles are present." / "No graphics devices are present." when
+autoattachSerialConsole / autoattachGraphicsDevice is false; a request that is no websocket handshake gets
+gorilla/websocket's plain-text 400). Other subresources in the discovery list answer 501.
+
+As virt-operator does, the simulator installs the `subresources.kubevirt.io` get rule of KubeVirt's
+`kubevirt.io:edit` and `kubevirt.io:admin` ClusterRoles (console, vnc, vnc/screenshot, ...), aggregated
+into the built-in edit and admin roles: a namespace's editors may open its consoles. The rest of those
+roles (kubevirt.io kinds, the update verbs) is not installed.
 
 What virt-handler and virt-controller would then do is applied here too: pause sets the VMI's Paused
 condition (PausedByUser) and turns its Ready condition False the way the pod readiness gate does; unpause
@@ -34,6 +47,7 @@ import json
 import logging
 import re
 import ssl
+import struct
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
@@ -42,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubernetes.client.exceptions import ApiException
 
+from tests.cloud import websocket
 from tests.cloud.pki import TLSServer, leaf, new_ca, pem_cert, server_context
 from tests.cloud.sim import KV, PAUSED_NOT_READY, condition, find_condition, has_condition, vmi_final
 
@@ -54,6 +69,15 @@ VERSIONS = ("v1", "v1alpha3")  # v1.SubresourceGroupVersions: the first is prefe
 SERVICE = ("kubevirt", "virt-api")
 THIRD_PARTY = Path(__file__).resolve().parents[2] / "third_party" / "kubevirt"
 FIELD_MANAGER = "kubevirt-simulator"
+PLAIN_STREAM = "plain.kubevirt.io"  # client-go's subresources.PlainStreamProtocolName
+# The get rule of KubeVirt v1.7's kubevirt.io:edit and kubevirt.io:admin (pkg/virt-operator/resource/
+# generate/rbac/cluster.go): the VMI subresources a namespace's editors read, consoles among them.
+EDITORS_GET = ["virtualmachineinstances/console", "virtualmachineinstances/vnc",
+               "virtualmachineinstances/vnc/screenshot", "virtualmachineinstances/portforward",
+               "virtualmachineinstances/guestosinfo", "virtualmachineinstances/filesystemlist",
+               "virtualmachineinstances/userlist", "virtualmachineinstances/sev/fetchcertchain",
+               "virtualmachineinstances/sev/querylaunchmeasurement", "virtualmachineinstances/usbredir",
+               "virtualmachines/objectgraph", "virtualmachineinstances/objectgraph"]
 
 
 class StatusError(Exception):
@@ -161,6 +185,73 @@ def version() -> str:
     return (THIRD_PARTY / "VERSION").read_text().strip()
 
 
+def cluster_roles() -> list[dict[str, Any]]:
+    """What virt-operator installs for a namespace's editors and admins, the console part of it."""
+    return [{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+             "metadata": {"name": f"kubevirt.io:{role}",
+                          "labels": {"kubevirt.io": "", f"rbac.authorization.k8s.io/aggregate-to-{role}": "true"}},
+             "rules": [{"apiGroups": [GROUP], "resources": EDITORS_GET, "verbs": ["get"]}]}
+            for role in ("edit", "admin")]
+
+
+class SerialPort:
+    """A guest's serial console as virt-handler streams it: a Linux guest's login prompt, then the tty's echo
+    of every byte typed."""
+
+    def __init__(self, ns: str, name: str) -> None:
+        self.name = name
+
+    def greeting(self) -> bytes:
+        return f"\r\n{self.name} login: ".encode()
+
+    def receive(self, data: bytes) -> tuple[bytes, bool]:
+        return data, False
+
+
+class Framebuffer:
+    """A guest's display as QEMU's VNC server offers it to virt-handler: the RFB 3.8 handshake with security
+    type None (KubeVirt's VNC socket has no password), up to ServerInit; later client messages (SetEncodings,
+    FramebufferUpdateRequest, ...) are read and ignored. RFC 6143 §7.1-7.3."""
+
+    VERSION = b"RFB 003.008\n"
+    WIDTH, HEIGHT = 720, 400  # the VGA text mode a guest boots in
+    # 32 bits per pixel, depth 24, little-endian, true colour, 255 per channel, shifts 16/8/0.
+    PIXEL_FORMAT = struct.pack(">BBBBHHHBBB3x", 32, 24, 0, 1, 255, 255, 255, 16, 8, 0)
+
+    def __init__(self, ns: str, name: str) -> None:
+        self.desktop = f"QEMU ({ns}_{name})"  # libvirt names the domain <namespace>_<name>
+        self.buffer = b""
+        self.state = "version"
+
+    def greeting(self) -> bytes:
+        return self.VERSION
+
+    def receive(self, data: bytes) -> tuple[bytes, bool]:
+        self.buffer += data
+        if self.state == "version" and len(self.buffer) >= 12:
+            version, self.buffer = self.buffer[:12], self.buffer[12:]
+            if version != self.VERSION:
+                reason = f"unsupported RFB version {version!r}".encode()
+                return b"\x00" + struct.pack(">I", len(reason)) + reason, True  # no security types: failed
+            self.state = "security"
+            return b"\x01\x01", False  # one security type: None
+        if self.state == "security" and self.buffer:
+            chosen, self.buffer = self.buffer[0], self.buffer[1:]
+            if chosen != 1:
+                reason = b"security type not offered"
+                return struct.pack(">II", 1, len(reason)) + reason, True
+            self.state = "init"
+            return struct.pack(">I", 0), False  # SecurityResult OK
+        if self.state == "init" and self.buffer:
+            self.buffer, self.state = b"", "normal"  # ClientInit's shared flag
+            name = self.desktop.encode()
+            return struct.pack(">HH", self.WIDTH, self.HEIGHT) + self.PIXEL_FORMAT + struct.pack(">I", len(name)) \
+                + name, False
+        if self.state == "normal":
+            self.buffer = b""
+        return b"", False
+
+
 def run_strategy(vm: dict[str, Any]) -> str:
     spec = vm["spec"]
     if spec.get("runStrategy"):
@@ -241,6 +332,8 @@ class VirtAPI:
                 "spec": {"group": GROUP, "version": version_, "groupPriorityMinimum": 1000,
                          "versionPriority": priority, "caBundle": base64.b64encode(ca_pem).decode(),
                          "service": {"namespace": ns, "name": name, "port": self.port}}})
+        for role in cluster_roles():
+            self.apply(f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{role['metadata']['name']}", role)
 
     # ----- reads and writes, as virt-api makes them (from the API server, not a cache) -----
     def get(self, plural: str, ns: str, name: str) -> dict[str, Any] | None:
@@ -342,6 +435,23 @@ class VirtAPI:
         self.sim.event(vmi, "SoftRebooted", "VirtualMachineInstance soft rebooted", "virt-handler")
         return 200
 
+    def stream_target(self, ns: str, name: str, sub: str) -> SerialPort | Framebuffer:
+        """The VMI's serial port or display, once virt-api's checks before the upgrade pass (rest/console.go
+        validateVMIForConsole, rest/vnc.go vmiHasDisplay)."""
+        vmi = self.vmi(ns, name)
+        devices = vmi["spec"].get("domain", {}).get("devices") or {}
+        phase = vmi.get("status", {}).get("phase")
+        if sub == "console":
+            if devices.get("autoattachSerialConsole") is False:
+                raise bad_request("No serial consoles are present.")
+            if phase == "Failed":
+                raise conflict("virtualmachineinstance", name, "VMI is in failed status")
+        elif devices.get("autoattachGraphicsDevice") is False:
+            raise bad_request("No graphics devices are present.")
+        if phase != "Running":
+            raise bad_request("VMI is not running")
+        return SerialPort(ns, name) if sub == "console" else Framebuffer(ns, name)
+
     # ----- VM subresources: they change the VM, virt-controller does the rest -----
     def vm(self, ns: str, name: str) -> dict[str, Any]:
         vm = self.get("virtualmachines", ns, name)
@@ -437,6 +547,10 @@ _PUT = re.compile(rf"^/apis/{re.escape(GROUP)}/(?P<version>v1|v1alpha3)/namespac
                   r"(?P<plural>virtualmachineinstances|virtualmachines)/(?P<name>[^/]+)/(?P<sub>.+)$")
 
 
+_STREAM = re.compile(rf"^/apis/{re.escape(GROUP)}/(?:v1|v1alpha3)/namespaces/(?P<ns>[^/]+)/"
+                     r"virtualmachineinstances/(?P<name>[^/]+)/(?P<sub>console|vnc)$")
+
+
 class VirtAPIHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     app: VirtAPI
@@ -478,6 +592,10 @@ class VirtAPIHandler(BaseHTTPRequestHandler):
         if not self.authenticated():
             return
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        stream = _STREAM.match(path)
+        if stream:
+            self.stream(stream["ns"], stream["name"], stream["sub"])
+            return
         base = f"/apis/{GROUP}"
         routes: dict[str, Callable[[], Any]] = {
             "/": lambda: {"paths": ["/apis", "/openapi/v2", base, *(f"{base}/{v}" for v in VERSIONS)]},
@@ -499,6 +617,48 @@ class VirtAPIHandler(BaseHTTPRequestHandler):
             self.reply(404, StatusError(404, "NotFound", "the server could not find the requested resource").status())
         else:
             self.reply(200, route())
+
+    def stream(self, ns: str, name: str, sub: str) -> None:
+        """A console or VNC websocket: virt-api's checks, then the upgrade, then the guest's side of it until
+        either end closes. The connection is the websocket's from then on, never another request's."""
+        try:
+            guest = self.app.stream_target(ns, name, sub)
+        except StatusError as e:
+            self.reply(e.code, e.status())
+            return
+        refusal = websocket.handshake_error(self.command, self.headers)
+        if refusal:
+            # gorilla's Upgrader answers http.Error(400, "Bad Request"); virt-api's writeError then appends its
+            # Status to that body (its WriteHeader is superfluous by then).
+            data = b"Bad Request\n" + json.dumps(bad_request(refusal).status()).encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Sec-Websocket-Version", "13")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        self.close_connection = True
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", websocket.accept(self.headers["Sec-WebSocket-Key"]))
+        protocol = websocket.subprotocol(self.headers, (PLAIN_STREAM,))
+        if protocol:
+            self.send_header("Sec-WebSocket-Protocol", protocol)
+        self.end_headers()
+        conn = websocket.Connection(self.rfile, self.wfile)
+        try:
+            conn.send(guest.greeting())
+            while (message := conn.receive()) is not None:
+                reply, done = guest.receive(message[1])
+                if reply:
+                    conn.send(reply)
+                if done:
+                    conn.close()
+        except OSError as e:
+            log.info("%s of %s/%s: the connection ended: %s", sub, ns, name, e)
+        log.info("%s of %s/%s closed (peer's code %s)", sub, ns, name, conn.close_code)
 
     def do_PUT(self) -> None:
         if not self.authenticated():

@@ -3,13 +3,16 @@ kube-scheduler's filters and scores for VMIs, and the addresses VMIs' interfaces
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import io
 import json
+from email.message import Message
 from typing import Any
 
 import pytest
 
-from tests.cloud import networks, virtapi
+from tests.cloud import networks, virtapi, websocket
 from tests.cloud.scheduler import (
     EXISTING_ANTI_AFFINITY,
     NODE_AFFINITY,
@@ -253,3 +256,81 @@ def test_nad_ipam_decides_the_subnet() -> None:
     assert networks.nad_subnet("a", "n", None) != networks.nad_subnet("b", "n", None)  # per namespace/name
     assert networks.nad_ref("ns", "other/n") == ("other", "n") and networks.nad_ref("ns", "n") == ("ns", "n")
     assert networks.interfaces({"spec": {}})[0][1] == {"name": "default", "pod": {}}  # auto-attached
+
+
+# ------------------------------------------------------------------------------- virt-api's console websockets
+def request_headers(**changes: str) -> Message:
+    """Headers as http.server reads them: names in any case."""
+    message = Message()
+    for name, value in {"connection": "keep-alive, Upgrade", "upgrade": "websocket", "sec-websocket-version": "13",
+                        "sec-websocket-key": base64.b64encode(b"0123456789abcdef").decode(),
+                        **{k.replace("_", "-"): v for k, v in changes.items()}}.items():
+        message[name] = value
+    return message
+
+
+def test_websocket_handshake_is_checked_as_gorilla_does() -> None:
+    assert websocket.handshake_error("GET", request_headers()) is None
+    assert "'upgrade' token not found in 'Connection' header" in str(
+        websocket.handshake_error("GET", request_headers(connection="close")))
+    assert "unsupported version" in str(websocket.handshake_error("GET", request_headers(sec_websocket_version="8")))
+    assert "16-byte length" in str(websocket.handshake_error("GET", request_headers(sec_websocket_key="c2hvcnQ=")))
+    # RFC 6455 §1.3's example.
+    assert websocket.accept("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    assert websocket.subprotocol({"Sec-WebSocket-Protocol": "binary, plain.kubevirt.io"},
+                                 ("plain.kubevirt.io",)) == "plain.kubevirt.io"
+    assert websocket.subprotocol({}, ("plain.kubevirt.io",)) is None
+
+
+def client_frames(*frames: bytes) -> io.BytesIO:
+    return io.BytesIO(b"".join(frames))
+
+
+def test_websocket_messages_pings_and_the_closing_handshake() -> None:
+    mask = b"\x01\x02\x03\x04"
+    big = bytes(range(256)) * 300  # a 64-bit length
+    rfile = client_frames(websocket.encode(websocket.TEXT, "hé".encode(), mask, fin=False),
+                          websocket.encode(websocket.PING, b"p", mask),
+                          websocket.encode(websocket.CONTINUATION, b"llo", mask),
+                          websocket.encode(websocket.BINARY, big, mask),
+                          websocket.encode(websocket.CLOSE, websocket.close_payload(1000), mask))
+    wfile = io.BytesIO()
+    conn = websocket.Connection(rfile, wfile)
+    assert conn.receive() == (websocket.TEXT, "hé".encode() + b"llo")  # reassembled, the ping answered between
+    assert conn.receive() == (websocket.BINARY, big)
+    assert conn.receive() is None and conn.close_code == 1000 and conn.closed
+    conn.send(b"late")  # (a server's frames are not masked)
+    sent = io.BytesIO(wfile.getvalue())
+    assert websocket.read_frame(sent, masked=False) == websocket.Frame(True, websocket.PONG, b"p")
+    assert websocket.read_frame(sent, masked=False) == websocket.Frame(True, websocket.CLOSE, b"\x03\xe8")
+
+
+def test_websocket_refuses_an_unmasked_client_frame() -> None:
+    wfile = io.BytesIO()
+    conn = websocket.Connection(client_frames(websocket.encode(websocket.BINARY, b"x")), wfile)
+    assert conn.receive() is None
+    assert websocket.read_frame(io.BytesIO(wfile.getvalue()), masked=False).payload[:2] == b"\x03\xea"  # 1002
+
+
+def test_the_fake_guests_serial_port_and_display() -> None:
+    port = virtapi.SerialPort("ns", "web-1")
+    assert port.greeting() == b"\r\nweb-1 login: " and port.receive(b"root\r") == (b"root\r", False)
+    display = virtapi.Framebuffer("ns", "web-1")
+    assert display.greeting() == b"RFB 003.008\n"
+    assert display.receive(b"RFB 003") == (b"", False)  # a version split across messages
+    assert display.receive(b".008\n") == (b"\x01\x01", False)
+    assert display.receive(b"\x01") == (b"\x00\x00\x00\x00", False)
+    init, done = display.receive(b"\x00")
+    assert not done and init[:4] == b"\x02\xd0\x01\x90" and init[24:] == b"QEMU (ns_web-1)"
+    assert display.receive(b"\x02\x00\x00\x01\x00\x00\x00\x00") == (b"", False)  # SetEncodings: ignored
+    assert virtapi.Framebuffer("ns", "x").receive(b"RFB 003.003\n")[1]  # an older client: refused
+
+
+def test_editors_may_open_consoles_as_kubevirts_roles_say() -> None:
+    edit, admin = virtapi.cluster_roles()
+    assert edit["metadata"]["name"] == "kubevirt.io:edit"
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert admin["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    rule = edit["rules"][0]
+    assert rule["apiGroups"] == ["subresources.kubevirt.io"] and rule["verbs"] == ["get"]
+    assert {"virtualmachineinstances/console", "virtualmachineinstances/vnc"} <= set(rule["resources"])
