@@ -5,12 +5,8 @@ HTTP for what a user sees of authorization. A namespace is a project, a ServiceA
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
 
-import openstack
 import pytest
 
 from tests.cloud.bench import LocalCloud
@@ -77,8 +73,11 @@ def test_openstack_cli_server_lifecycle(operator: Operator, api: str, cloud: Loc
     refused = cli.run("server", "delete", created["id"], check=False)
     assert refused.returncode != 0 and "locked" in refused.stderr
     cli.run("server", "unlock", created["id"])
+    console = cli.json("console", "url", "show", "--serial", created["id"])
+    assert console["type"] == "serial" and console["url"].startswith("ws://127.0.0.1")
     snap = cli.json("server", "image", "create", "--name", "web-snap", "--wait", created["id"])
-    assert snap["status"] == "active"
+    assert snap["status"] == "active" and snap["name"] == "web-snap"
+    wait_for(lambda: cli.json("server", "show", created["id"])["status"] == "ACTIVE", what="ACTIVE after the snapshot")
 
     none = cli.json("server", "create", "--flavor", small, "--image", os_image, "--nic", "none", "--wait", "isolated")
     assert none["status"] == "ACTIVE" and none["addresses"] in ({}, "")
@@ -88,7 +87,7 @@ def test_openstack_cli_server_lifecycle(operator: Operator, api: str, cloud: Loc
     assert {f["Name"] for f in cli.json("flavor", "list")} >= {small, big}
     assert cli.json("flavor", "show", big)["vcpus"] == 2
     limits = {row["Name"]: row["Value"] for row in cli.json("limits", "show", "--absolute")}
-    assert limits["maxTotalInstances"] == 10 and limits["totalInstancesUsed"] == 3
+    assert limits["instances"] == 10 and limits["instances_used"] == 3
     assert cli.json("availability", "zone", "list", "--compute") is not None
     group = cli.json("server", "group", "create", "--policy", "anti-affinity", "apart")
     assert group["policy"] == "anti-affinity"

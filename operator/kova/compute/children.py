@@ -98,7 +98,7 @@ def build_virtual_machine(instance: dict[str, Any], spec: InstanceSpec, flavor: 
     if data is not None:
         disks.append({"name": "cloudinit", "disk": {"bus": "virtio"}})
         volumes.append({"name": "cloudinit", "cloudInitNoCloud": {"userData": data}})
-    interfaces, networks = guest.interfaces(g.nics, g.devices.vif_model)
+    interfaces, networks = guest.interfaces(g.nics, g.devices.vif_model, instance["metadata"].get("uid"))
     template_spec: dict[str, Any] = {
         "domain": {
             "cpu": cpu,

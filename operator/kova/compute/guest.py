@@ -102,14 +102,25 @@ def nics(networks: list[str], namespace: str | None = None, shared: frozenset[st
     return out
 
 
-def interfaces(nic_list: list[Nic], model: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def mac_address(seed: str, interface: str) -> str:
+    """A locally administered MAC fixed per server and interface, as a Nova port keeps its MAC: a reboot, a
+    rebuild or a resize (each a new VMI) leaves the guest's address, its DHCP lease and its licences alone."""
+    digest = hashlib.sha256(f"{seed}/{interface}".encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])  # libvirt's prefix, as guests get
+
+
+def interfaces(nic_list: list[Nic], model: str | None,
+               seed: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """KubeVirt interfaces and networks: masquerade on the pod network, bridge on a Multus network. Without
-    the pod network, the first Multus network is the default one (KubeVirt needs one)."""
+    the pod network, the first Multus network is the default one (KubeVirt needs one). With a `seed` (the
+    Instance's uid) each interface gets its fixed MAC."""
     ifaces, nets = [], []
     has_pod = any(n.network == POD for n in nic_list)
     for i, nic in enumerate(nic_list):
         binding = "masquerade" if nic.network == POD else "bridge"
         iface: dict[str, Any] = {"name": nic.interface, binding: {}}
+        if seed is not None:
+            iface["macAddress"] = mac_address(seed, nic.interface)
         if model:
             iface["model"] = model
         ifaces.append(iface)

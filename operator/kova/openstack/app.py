@@ -10,6 +10,7 @@ from kova.adapters.kube import Kube
 from kova.adapters.kubeapi import Apiserver, Cluster
 from kova.adapters.runtime import Runtime, Settings
 from kova.adapters.store import ObjectStore
+from kova.openstack.compute.console_proxy import ConsoleProxy, add_routes
 from kova.openstack.compute.handlers import ComputeHandlers, nova_middleware
 from kova.openstack.front import TRUSTED_PROXIES
 from kova.openstack.identity.handlers import IdentityHandlers
@@ -58,6 +59,8 @@ def application(identity: IdentityHandlers, images: ImageHandlers, compute: Comp
     r.add_route("*", p + "/v2/info/{what}", images.not_found)  # no import methods, stores or usage to tell
 
     compute_routes(r, compute)
+    if compute.console is not None:
+        add_routes(r, compute.console)
 
     async def on_startup(_: web.Application) -> None:
         await images.start()
@@ -141,6 +144,7 @@ async def make(public_url: str | None = None, kubeconfig: str | None = None) -> 
     apiserver = Apiserver(Cluster.of(kube.api_client.configuration))
     identity, images = IdentityHandlers(apiserver, rt, public_url), ImageHandlers(apiserver, rt, public_url)
     compute = ComputeHandlers(apiserver, rt, images, public_url)
+    compute.console = ConsoleProxy.from_env(apiserver)
     for front in (identity, images, compute):
         front.trusted_proxies = trusted
     return application(identity, images, compute)

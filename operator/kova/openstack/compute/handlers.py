@@ -36,6 +36,7 @@ from kova.compute import actions, lifecycle, quota
 from kova.compute.access import fingerprint, generate, generate_x509
 from kova.compute.flavors import flavor_usable_in
 from kova.openstack.compute import microversion, nova
+from kova.openstack.compute.console_proxy import ConsoleProxy
 from kova.openstack.compute.microversion import Version
 from kova.openstack.compute.nova import NovaError, Related
 from kova.openstack.front import Front, read_json
@@ -61,7 +62,7 @@ def _nova(e: ApiError, what: str = "") -> NovaError:
     """kube-apiserver's refusal of the caller's write, as Nova says it."""
     if e.status == 403 and "exceeded quota" in e.message:
         return NovaError(403, f"Quota exceeded{' for ' + what if what else ''}: {e.message}")
-    if e.status == 422:
+    if e.status in (400, 422):
         return NovaError(400, e.message)
     if e.status == 403:
         return NovaError(403, f"Policy doesn't allow this to be performed: {e.message}")
@@ -78,7 +79,7 @@ class ComputeHandlers(Front):
         self.by_uid: dict[str, tuple[str, ...]] = {}
         self.instances.listeners.append(self._index)
         self._tasks: list[asyncio.Task[None]] = []
-        self.console: Any = None  # a console issuer, when kova api serves remote consoles
+        self.console: ConsoleProxy | None = None  # when kova api serves remote consoles
 
     def _index(self, old: Body | None, new: Body | None) -> None:
         if old is not None:
@@ -459,36 +460,38 @@ class ComputeHandlers(Front):
 
     async def _legacy_console(self, request: web.Request, caller: Caller, project: str, obj: Body,
                               body: dict[str, Any]) -> web.Response:
+        """Before 2.6: os-getVNCConsole / os-getSerialConsole actions, answered as {"console": {type, url}}."""
         key, arg = next(iter(body.items()))
         protocol = "vnc" if key == "os-getVNCConsole" else "serial"
         kind = str((arg or {}).get("type") or ("novnc" if protocol == "vnc" else "serial"))
-        doc = await self._console(request, caller, project, obj, protocol, kind)
-        return web.json_response({"console": {"type": doc["type"], "url": doc["url"]}})
+        doc = self._console(request, caller, project, obj, {"remote_console": {"protocol": protocol, "type": kind}},
+                            (2, 6))
+        return web.json_response({"console": {"type": doc["remote_console"]["type"],
+                                              "url": doc["remote_console"]["url"]}})
 
     async def remote_console(self, request: web.Request) -> web.Response:
         caller, project = await self.caller(request)
+        v = version_of(request)
+        if not v.at_least("2.6"):
+            raise NovaError(404, "The resource could not be found.")
         obj = await self.server(caller, project, request.match_info["id"])
         body = await read_json(request)
-        console = body.get("remote_console") if isinstance(body, dict) else None
-        if not isinstance(console, dict):
-            raise NovaError(400, "Invalid input for field/attribute remote_console. 'remote_console' is a "
-                                 "required property")
-        doc = await self._console(request, caller, project, obj, str(console.get("protocol")),
-                                  str(console.get("type")))
-        return web.json_response({"remote_console": doc})
+        return web.json_response(self._console(request, caller, project, obj, body, (v.major, v.minor)))
 
-    async def _console(self, request: web.Request, caller: Caller, project: str, obj: Body, protocol: str,
-                       kind: str) -> dict[str, Any]:
+    def _console(self, request: web.Request, caller: Caller, project: str, obj: Body, body: Any,
+                 version: tuple[int, int]) -> dict[str, Any]:
         if self.console is None:
             raise NovaError(501, "Remote consoles are not served by this API")
         word = nova.nova_status(obj)[0]
-        if word not in ("ACTIVE", "PAUSED", "REBOOT", "HARD_REBOOT", "VERIFY_RESIZE"):
+        if word not in ("ACTIVE", "PAUSED", "VERIFY_RESIZE"):
             raise NovaError(409, f"Instance {obj['metadata']['uid']} is not ready: its console opens once it runs "
                                  f"(status {word})")
         vmi = (obj.get("status") or {}).get("virtualMachine") or obj["metadata"]["name"]
-        result: dict[str, Any] = await self.console.issue(request, caller.token, project, vmi, obj["metadata"]["uid"],
-                                                          protocol, kind)
-        return result
+        try:
+            return self.console.issue_console(self.base(request), caller.token, project, vmi,
+                                              obj["metadata"]["uid"], body, microversion=version)
+        except StatusError as e:
+            raise NovaError(e.status, e.message) from e
 
     # ------------------------------------------------------------------------------------------- sub-resources
     async def metadata(self, request: web.Request) -> web.Response:
