@@ -49,7 +49,8 @@ OPENSTACK = str(Path(sys.executable).parent / "openstack")
 
 def start_openstack_api(cloud: LocalCloud, workdir: Path) -> Path:
     """`kova api` on loopback, and a clouds.yaml (cloud `kova-demo`) with a token of a ServiceAccount that
-    may edit the `default` namespace; `openstack image list` through it shows the demo image."""
+    may edit the `default` namespace; `openstack image list` and `openstack server list` through it show the
+    demo image and server."""
     proc = cloud.start_api(cloud.api_kubeconfig())
     token = cloud.tenant_token("default", "edit", name="demo")
     clouds = workdir / "clouds.yaml"
@@ -57,11 +58,12 @@ def start_openstack_api(cloud: LocalCloud, workdir: Path) -> Path:
         "auth_type": "v3token", "region_name": "RegionOne", "identity_api_version": 3,
         "auth": {"auth_url": f"http://127.0.0.1:{proc.ports['http']}/identity/v3", "token": token,
                  "project_name": "default", "project_domain_name": "Default"}}}}))
-    print(f"\n$ OS_CLIENT_CONFIG_FILE={clouds.relative_to(REPO)} openstack --os-cloud kova-demo image list")
-    listed = subprocess.run([OPENSTACK, "--os-cloud", "kova-demo", "image", "list"], capture_output=True, text=True,
-                            env={**os.environ, "OS_CLIENT_CONFIG_FILE": str(clouds)}, stdin=subprocess.DEVNULL,
-                            timeout=120)
-    print(listed.stdout or listed.stderr)
+    for what in (("image", "list"), ("server", "list")):
+        print(f"\n$ OS_CLIENT_CONFIG_FILE={clouds.relative_to(REPO)} openstack --os-cloud kova-demo {' '.join(what)}")
+        listed = subprocess.run([OPENSTACK, "--os-cloud", "kova-demo", *what], capture_output=True, text=True,
+                                env={**os.environ, "OS_CLIENT_CONFIG_FILE": str(clouds)}, stdin=subprocess.DEVNULL,
+                                timeout=120)
+        print(listed.stdout or listed.stderr)
     return clouds
 
 
@@ -94,9 +96,11 @@ def main() -> int:
         print("\n".join(cloud.kubectl("describe", "instance", "web-1", "-n", "default").splitlines()[-8:]))
         clouds = start_openstack_api(cloud, workdir)
         print(f"\ndemo done in {time.monotonic() - started:.0f}s")
+        cli = f"OS_CLIENT_CONFIG_FILE={clouds} {OPENSTACK} --os-cloud kova-demo"
+        print(f"\nA server through Nova's API, to paste while the cloud runs (`.venv/bin/python -m tests.demo --keep`):"
+              f"\n  {cli} server create --flavor m1.tiny --image demo-os --network pod --wait web-2")
         if args.keep:
-            print(f"\nOpenStack clients work too, while this runs:\n  OS_CLIENT_CONFIG_FILE={clouds} "
-                  f"{OPENSTACK} --os-cloud kova-demo image list")
+            print(f"\nOpenStack clients work too, while this runs:\n  {cli} image list\n  {cli} server list --long")
             print(f"\nstill running; in another shell:\n  source {workdir / 'env'}\n"
                   f"  {binary('kubectl')} get instances -A\nCtrl-C stops it")
             with contextlib.suppress(KeyboardInterrupt):
