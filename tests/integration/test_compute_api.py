@@ -62,11 +62,22 @@ def test_openstack_cli_server_lifecycle(operator: Operator, api: str, cloud: Loc
     wait_for(lambda: cli.json("server", "show", created["id"])["status"] == "PAUSED", what="PAUSED")
     cli.run("server", "unpause", created["id"])
     wait_for(lambda: cli.json("server", "show", created["id"])["status"] == "ACTIVE", what="unpaused")
+    cli.run("server", "suspend", created["id"])
+    wait_for(lambda: cli.json("server", "show", created["id"])["status"] == "SUSPENDED", what="SUSPENDED")
+    cli.run("server", "resume", created["id"])
+    wait_for(lambda: cli.json("server", "show", created["id"])["status"] == "ACTIVE", what="resumed")
+    cli.run("server", "resize", "--flavor", big, "--wait", created["id"])
+    cli.run("server", "resize", "revert", created["id"])
+    wait_for(lambda: cli.json("server", "show", created["id"])["status"] == "ACTIVE", what="resize reverted")
+    assert small in json.dumps(cli.json("server", "show", created["id"])["flavor"])
     cli.run("server", "resize", "--flavor", big, "--wait", created["id"])
     assert cli.json("server", "show", created["id"])["status"] == "VERIFY_RESIZE"
     cli.run("server", "resize", "confirm", created["id"])
     wait_for(lambda: cli.json("server", "show", created["id"])["status"] == "ACTIVE", what="resize confirmed")
     assert kubectl.get("instance", obj["metadata"]["name"])["status"]["flavor"]["name"] == big  # type: ignore[index]
+    rebuilt = cli.json("server", "rebuild", "--image", os_image, "--wait", created["id"])
+    assert rebuilt["status"] == "ACTIVE"
+    assert cli.json("keypair", "show", "mykey")["fingerprint"] == key["fingerprint"]
     cli.run("server", "lock", "--reason", "maintenance", created["id"])
     refused = cli.run("server", "stop", created["id"], check=False)
     assert refused.returncode != 0 and "locked" in refused.stderr

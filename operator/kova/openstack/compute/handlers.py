@@ -245,9 +245,9 @@ class ComputeHandlers(Front):
                 del spec["securityGroups"]
         user = await self._user_id(caller)
         annotations.update({**new.annotations, nova.USER_ID: user, nova.RESERVATION: f"r-{secrets.token_hex(4)}"})
-        await self._check_quota(caller, project, spec, new.max_count)
+        count = await self._check_quota(caller, project, spec, new.min_count, new.max_count)
         created = []
-        for display in nova.instance_names(new.name, new.max_count):
+        for display in nova.instance_names(new.name, count):
             created.append(await self._create_instance(caller, project, display, {**spec, "name": display},
                                                        annotations))
         if new.return_reservation_id:
@@ -282,20 +282,24 @@ class ComputeHandlers(Front):
         self._index(None, obj)
         return obj
 
-    async def _check_quota(self, caller: Caller, project: str, spec: dict[str, Any], count: int) -> None:
-        """Nova's 403 for cores and RAM before anything is written: the operator's own quota rule over the
-        namespace's Instances (the API server counts the Instances themselves)."""
+    async def _check_quota(self, caller: Caller, project: str, spec: dict[str, Any], least: int, most: int) -> int:
+        """How many servers of a multiple create fit the project's quota, at least `least` (else Nova's 403),
+        at most `most`, decided before anything is written with the operator's own quota rule over the
+        namespace's Instances, as Nova creates as many as fit between min_count and max_count."""
         limits = await self._limits(caller, project)
         if quota.unlimited(limits):
-            return
+            return most
         instances = await self._instances(caller, project)
-        for n in range(count):
+        for n in range(most):
             probe = {"metadata": {"name": f"\x00new-{n}", "namespace": project,
                                   "creationTimestamp": "9999-12-31T23:59:59Z"}, "spec": spec}
             refusal = quota.check_instance(probe, instances, self.flavors, limits)
             if refusal is not None:
-                raise NovaError(403, refusal.message)
+                if n < least:
+                    raise NovaError(403, refusal.message)
+                return n
             instances.append(probe)
+        return most
 
     async def _limits(self, caller: Caller, project: str) -> dict[str, int]:
         q = await self._get(caller, "quotas", project, QUOTA_NAME)
