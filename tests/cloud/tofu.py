@@ -39,8 +39,9 @@ class Tofu:
     """`tofu` in `work` (where the *.tf files are), with its CLI configuration and provider mirror in
     `work/.kova-tofu` (tofu reads only the *.tf files of the directory itself, not of its subdirectories)."""
 
-    def __init__(self, bin_dir: Path, work: Path) -> None:
+    def __init__(self, bin_dir: Path, work: Path, env: Mapping[str, str] | None = None) -> None:
         self.tofu = _binary(bin_dir, "tofu")
+        self.env = dict(env or {})  # added to every run's environment (a dead proxy, say)
         provider = _binary(bin_dir, "terraform-provider-openstack")
         self.work = work
         self.home = work / ".kova-tofu"
@@ -70,7 +71,7 @@ class Tofu:
         return {**base, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1", "TF_INPUT": "0",
                 "TF_CLI_CONFIG_FILE": str(self.cli_config),
                 # tofu puts these after the subcommand, nested ones (`state list`) too, which args can't know.
-                "TF_CLI_ARGS": "-no-color", **(env or {})}
+                "TF_CLI_ARGS": "-no-color", **self.env, **(env or {})}
 
     def run(self, *args: str, env: Mapping[str, str] | None = None, check: bool = False,
             timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -96,6 +97,14 @@ class Tofu:
             self.vars = dict(vars)
         return self.run("destroy", "-input=false", "-auto-approve", env=self._tf_vars(), check=True,
                         timeout=timeout)
+
+    def plan(self, vars: Mapping[str, str] | None = None,
+             timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """`tofu plan -detailed-exitcode` (0: no changes, 2: changes, 1: an error), with these variables or
+        the last apply's; it refreshes every resource and data source first, so it also proves the
+        credentials and the API."""
+        env = self._tf_vars() if vars is None else {f"TF_VAR_{k}": v for k, v in vars.items()}
+        return self.run("plan", "-input=false", "-detailed-exitcode", env=env, timeout=timeout)
 
     def output(self) -> dict[str, Any]:
         """The root module's outputs, name to value."""
