@@ -75,8 +75,11 @@ def test_openstack_cli_server_lifecycle(operator: Operator, api: str, cloud: Loc
     cli.run("server", "resize", "confirm", created["id"])
     wait_for(lambda: cli.json("server", "show", created["id"])["status"] == "ACTIVE", what="resize confirmed")
     assert kubectl.get("instance", obj["metadata"]["name"])["status"]["flavor"]["name"] == big  # type: ignore[index]
-    rebuilt = cli.json("server", "rebuild", "--image", os_image, "--wait", created["id"])
-    assert rebuilt["status"] == "ACTIVE"
+    kubectl.apply(image("os2", source.add(f"/{kubectl.namespace}/os2", disk("os2"))))
+    os2 = wait_image(kubectl, "os2", "active")["metadata"]["uid"]
+    cli.run("server", "rebuild", "--image", "os2", "--wait", created["id"])
+    rebuilt = cli.json("server", "show", created["id"])
+    assert rebuilt["status"] == "ACTIVE" and os2 in json.dumps(rebuilt["image"])
     assert cli.json("keypair", "show", "mykey")["fingerprint"] == key["fingerprint"]
     cli.run("server", "lock", "--reason", "maintenance", created["id"])
     refused = cli.run("server", "stop", created["id"], check=False)

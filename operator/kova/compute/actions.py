@@ -49,6 +49,8 @@ def pending_task(spec: InstanceSpec, status: InstanceStatus) -> str | None:
         return POWER_TASKS.get((served, spec.power_state), "powering-off")
     if status.image_ref and spec.image_ref != status.image_ref:
         return "rebuilding"
+    if status.resize is not None and spec.flavor_ref == status.resize.old_flavor.name:
+        return "resize_reverting"
     if spec.flavor_ref not in (status.flavor.name, status.requests.reverted_flavor) and status.resize is None:
         return "resize_prep"
     if spec.reboot_request and spec.reboot_request.token != status.requests.reboot:

@@ -413,6 +413,9 @@ class ComputeHandlers(Front):
             if str((image.get("status") or {}).get("status")) != "active":
                 raise NovaError(400, f"Image {act.image_id} is not active.")
             act.patch["imageRef"] = name if owner == project else f"{owner}/{name}"
+            if act.patch["imageRef"] == spec.image_ref:
+                raise NovaError(400, "Kova rebuilds a server onto another image (its imageRef changes); a rebuild "
+                                     "onto the image it runs is not served: delete and create the server instead")
             if "name" in act.patch and act.patch["name"] == obj["metadata"]["name"]:
                 act.patch["name"] = None
         if act.name == "createImage":

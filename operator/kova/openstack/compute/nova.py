@@ -614,6 +614,9 @@ def parse_action(body: Any, spec: InstanceSpec, status: InstanceStatus, token: s
         if flavor_id == current:
             raise NovaError(400, "When resizing, instances must change flavor!")
         return Action(name, {"flavorRef": flavor_id}, flavor_id=flavor_id)
+    if name == "revertResize" and status.resize is not None:
+        # The flavor set back: the declarative revert, which also lets a later resize ask for that flavor again.
+        return Action(name, {"flavorRef": status.resize.old_flavor.name})
     if name in ("confirmResize", "revertResize"):
         return Action(name, {"resizeRequest": {"action": "Confirm" if name == "confirmResize" else "Revert",
                                                "token": token}})
