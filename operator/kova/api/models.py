@@ -267,6 +267,9 @@ _SAME_ACTIONS = " && ".join([
     *(f"(has(self.{f}) ? has(oldSelf.{f}) && self.{f} == oldSelf.{f} : !has(oldSelf.{f}))"
       for f in ("powerState", "metadata", "rebootRequest", "resizeRequest", "userData"))])
 INSTANCE_SPEC_RULES = [
+    {"rule": "(has(self.keyName) ? has(oldSelf.keyName) && self.keyName == oldSelf.keyName : !has(oldSelf.keyName)) "
+             "|| self.imageRef != oldSelf.imageRef",
+     "message": "keyName changes only with a rebuild (a new imageRef in the same change), as in Nova"},
     {"rule": f"!(has(oldSelf.locked) && oldSelf.locked && has(self.locked) && self.locked) || ({_SAME_ACTIONS})",
      "message": "the instance is locked (Nova answers 409): set locked to false first; only lockedReason "
                 "may change while it is locked"},
@@ -312,8 +315,8 @@ class InstanceSpec(Model):
         "VM and VMI as the JSON annotation compute.kova.dev/server-metadata."))
     key_name: str | None = Field(default=None, max_length=253, description=(
         "A KeyPair in this namespace: its public key reaches the guest through cloud-init (with userData, "
-        "combined as cloud-init accepts). The instance waits for it, as for its Flavor."),
-        json_schema_extra=cel("self == oldSelf", "keyName is immutable, as in Nova"))
+        "combined as cloud-init accepts). The instance waits for it, as for its Flavor. It changes only with a "
+        "rebuild (a new imageRef in the same write), as Nova 2.54 allows."))
     networks: list[str] = Field(default_factory=list, max_length=16, description=(
         "Networks, in order: `pod` (the cluster's pod network, masquerade) or the name of a Multus "
         "NetworkAttachmentDefinition (`name` or `namespace/name`, bridge). Empty: the pod network. `[none]` "

@@ -714,6 +714,8 @@ def _rebuild(i: Inputs, st: InstanceStatus, task: Task) -> Step:
                         power_state="Shutdown", **base)  # type: ignore[arg-type]
         size = max(root_disk_gib(st.flavor, image), st.root_disk_gib or 0)
         st.root_disk_gib, st.image_checksum = size, image.sha512
+        # The key the new disk boots with is copied now, as at boot: a rebuild may name another one.
+        st.public_key = i.guest.keys[0] if isinstance(i.guest, Guest) and i.guest.keys else None
         task.step = "spawning"
         return Step(NovaStatus.rebuild, Progress.RECONCILING, "Rebuilding", f"making a new {size} GiB root disk "
                     f"from image {image.ref}", running=False, disk=image, task_state="rebuild_spawning",

@@ -200,12 +200,15 @@ def guest_of(w: World, spec: InstanceSpec, status: InstanceStatus, image: lifecy
     it, the key is the one copied at boot, and a ServerGroup or zone gone meanwhile changes nothing."""
     namespace = w.instance["metadata"]["namespace"]
     keys: list[str] = []
+    rebuilding = bool(status.image_ref) and spec.image_ref != status.image_ref
     if spec.key_name:
-        if status.public_key:
+        if status.public_key and not rebuilding:
             keys = [status.public_key]
         else:
+            # At boot, and at a rebuild (which may name another key pair, Nova 2.54): the KeyPair's key, or the
+            # one copied at boot when it is gone.
             kp = w.keypairs.get((namespace, spec.key_name)) or {}
-            public = (kp.get("status") or {}).get("publicKey")
+            public = (kp.get("status") or {}).get("publicKey") or (status.public_key if rebuilding else None)
             if not public and not booted:
                 return lifecycle.Blocked("WaitingForKeyPair", f"KeyPair {spec.key_name} does not exist or has no key "
                                          "yet", on=("KeyPair", namespace, spec.key_name))

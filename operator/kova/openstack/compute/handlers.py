@@ -393,6 +393,7 @@ class ComputeHandlers(Front):
         refusal = actions.refusal(act.name, uid, spec, status, hard=act.hard)
         if refusal is not None:
             raise NovaError(409, refusal)
+        annotations: dict[str, str | None] = {}  # what the action changes of the Nova words kept beside the spec
         if act.name == "resize":
             assert act.flavor_id is not None
             flavor = self.flavors.get((act.flavor_id,))
@@ -418,10 +419,20 @@ class ComputeHandlers(Front):
                                      "onto the image it runs is not served: delete and create the server instead")
             if "name" in act.patch and act.patch["name"] == obj["metadata"]["name"]:
                 act.patch["name"] = None
+            if act.key_name == "":
+                act.patch["keyName"] = None
+                annotations[nova.KEY_NAME] = None
+            elif act.key_name is not None:
+                keypair = await self._find_keypair(caller, project, act.key_name)
+                if keypair is None:
+                    raise NovaError(400, "Invalid key_name provided.")
+                act.patch["keyName"] = keypair["metadata"]["name"]
+                annotations[nova.KEY_NAME] = act.key_name
         if act.name == "createImage":
             return await self._create_image(request, caller, project, obj, act, v)
         if act.patch:
-            obj = await self._patch(caller, obj, {"spec": act.patch})
+            obj = await self._patch(caller, obj, {"spec": act.patch, **(
+                {"metadata": {"annotations": annotations}} if annotations else {})})
         if act.name == "confirmResize":
             return web.Response(status=204)
         if act.name == "rebuild":

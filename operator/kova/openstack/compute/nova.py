@@ -562,6 +562,7 @@ class Action:
     image_id: str | None = None  # rebuild
     image_name: str | None = None  # createImage
     image_metadata: dict[str, str] = field(default_factory=dict)
+    key_name: str | None = None  # rebuild from 2.54: another key pair ("" to have none)
 
 
 ACTION_NAMES = {"os-start": "start", "os-stop": "stop", "pause": "pause", "unpause": "unpause",
@@ -643,10 +644,13 @@ def parse_action(body: Any, spec: InstanceSpec, status: InstanceStatus, token: s
             patch["description"] = arg["description"]
         if "user_data" in arg and v.at_least("2.57"):
             patch["userData"] = _user_data(arg["user_data"])
-        if arg.get("key_name") not in (None, spec.key_name) and v.at_least("2.54"):
-            raise NovaError(400, "Kova fixes key_name at boot (the KeyPair is copied into the server): rebuild "
-                                 "keeps it")
-        return Action(name, patch, image_id=ref_id(str(arg["imageRef"])))
+        act = Action(name, patch, image_id=ref_id(str(arg["imageRef"])))
+        if "key_name" in arg:
+            if not v.at_least("2.54"):
+                raise NovaError(400, "Invalid input for field/attribute rebuild. Additional properties are not "
+                                     "allowed ('key_name' was unexpected)")
+            act.key_name = arg["key_name"] if arg["key_name"] is not None else ""  # "": unset the key
+        return act
     if name == "createImage":
         if not isinstance(arg, dict) or not isinstance(arg.get("name"), str) or not arg["name"].strip():
             raise NovaError(400, "Invalid input for field/attribute createImage. 'name' is a required property")
