@@ -213,3 +213,25 @@ def test_a_group_is_in_use_while_an_instance_of_its_namespace_names_it() -> None
     assert refusal.message.startswith("Security Group web in use by server(s) a, b")
     many = access.in_use("web", [f"s{n:02}" for n in range(25)])
     assert many is not None and "s09 and 15 more" in many.message and "s10" not in many.message
+
+
+def test_the_key_copied_at_boot_stays_until_a_rebuild_takes_the_key_pair_it_names() -> None:
+    from kova.api.models import InstanceSpec, InstanceStatus
+    keypairs = Objects(obj("k2", status={"publicKey": "ssh-ed25519 NEW"}))
+    image = server.image_info(world().images, "cirros", "team-a")
+    assert not isinstance(image, type(None))
+    status = InstanceStatus.model_validate({"imageRef": "cirros", "publicKey": "ssh-ed25519 OLD"})
+    w = world(keypairs=keypairs)
+
+    def keys(spec: dict[str, Any], st: InstanceStatus = status) -> list[str]:
+        g = server.guest_of(w, InstanceSpec.model_validate(spec), st, image, booted=True)
+        assert not isinstance(g, type(None)) and hasattr(g, "keys"), g
+        return list(g.keys)
+
+    # Running: the key pair of the same name may change; the server keeps what it booted with (Nova's copy).
+    assert keys({"flavorRef": "m1", "imageRef": "cirros", "keyName": "k2"}) == ["ssh-ed25519 OLD"]
+    # A rebuild (a new imageRef) takes the key pair it names now (Nova 2.54)...
+    assert keys({"flavorRef": "m1", "imageRef": "other", "keyName": "k2"}) == ["ssh-ed25519 NEW"]
+    # ...or, when that key pair is gone, keeps the one copied at boot; and none when it names none.
+    assert keys({"flavorRef": "m1", "imageRef": "other", "keyName": "gone"}) == ["ssh-ed25519 OLD"]
+    assert keys({"flavorRef": "m1", "imageRef": "other"}) == []
