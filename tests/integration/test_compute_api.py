@@ -5,12 +5,8 @@ HTTP for what a user sees of authorization. A namespace is a project, a ServiceA
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
 
-import openstack
 import pytest
 
 from tests.cloud.bench import LocalCloud
