@@ -100,6 +100,7 @@ def test_openstack_cli_server_lifecycle(operator: Operator, api: str, cloud: Loc
 
     assert {f["Name"] for f in cli.json("flavor", "list")} >= {small, big}
     assert cli.json("flavor", "show", big)["vcpus"] == 2
+    # The CLI names the limits as openstacksdk does (the API sends Nova's maxTotalInstances, totalInstancesUsed).
     limits = {row["Name"]: row["Value"] for row in cli.json("limits", "show", "--absolute")}
     assert limits["instances"] == 10 and limits["instances_used"] == 3
     assert cli.json("availability", "zone", "list", "--compute") is not None

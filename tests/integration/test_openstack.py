@@ -11,7 +11,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import openstack
 import pytest
@@ -30,7 +30,10 @@ def qcow2(tag: str, kib: int = 256) -> bytes:
 
 
 class Cli:
-    """The `openstack` command through a clouds.yaml with auth_type v3token, as a user would run it."""
+    """The `openstack` command through a clouds.yaml with auth_type v3token, as a user would run it (with
+    `extra_env` in its environment: OS_COMPUTE_API_VERSION, say)."""
+
+    extra_env: ClassVar[dict[str, str]] = {}
 
     def __init__(self, api: str, token: str, project: str, tmp: Path) -> None:
         self.config = tmp / "clouds.yaml"
@@ -40,7 +43,8 @@ class Cli:
                      "project_domain_name": "Default"}}}}))
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(self.config), "HOME": str(self.config.parent)}
+        env = {**os.environ, **self.extra_env, "OS_CLIENT_CONFIG_FILE": str(self.config),
+               "HOME": str(self.config.parent)}
         res = subprocess.run([OPENSTACK, "--os-cloud", "kova", *args], capture_output=True, text=True, env=env,
                              stdin=subprocess.DEVNULL, timeout=120)
         if check and res.returncode != 0:
