@@ -44,14 +44,17 @@ def pending_task(spec: InstanceSpec, status: InstanceStatus) -> str | None:
         return status.task_state
     if status.vm_state in (None, "building") or status.flavor is None:
         return None  # still building: the spec is the boot itself
+    # A request the operator refused (an Error action for it) is over: it no longer holds the server.
+    refused = {(a.action, a.request_id) for a in status.actions if a.result == "Error"}
     served = PowerState(status.requests.power or PowerState.running.value)
     if spec.power_state is not served:
         return POWER_TASKS.get((served, spec.power_state), "powering-off")
-    if status.image_ref and spec.image_ref != status.image_ref:
+    if status.image_ref and spec.image_ref != status.image_ref and ("rebuild", spec.image_ref) not in refused:
         return "rebuilding"
     if status.resize is not None and spec.flavor_ref == status.resize.old_flavor.name:
         return "resize_reverting"
-    if spec.flavor_ref not in (status.flavor.name, status.requests.reverted_flavor) and status.resize is None:
+    if (spec.flavor_ref not in (status.flavor.name, status.requests.reverted_flavor) and status.resize is None
+            and ("resize", spec.flavor_ref) not in refused):
         return "resize_prep"
     if spec.reboot_request and spec.reboot_request.token != status.requests.reboot:
         return "rebooting_hard" if spec.reboot_request.type.value == "HARD" else "rebooting"

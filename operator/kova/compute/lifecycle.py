@@ -147,6 +147,14 @@ def root_disk_gib(flavor: FlavorSpec | AppliedFlavor, image: ImageInfo) -> int:
     return max(flavor.disk, gib_ceil(max(image.virtual_size, image.size)), image.min_disk, 1)
 
 
+def shrink_refusal(name: str, flavor: FlavorSpec | AppliedFlavor, current_gib: int) -> str | None:
+    """Why a resize to this flavor is refused: its disk is smaller than the root disk (Nova cannot shrink one)."""
+    if flavor.disk and flavor.disk < current_gib:
+        return (f"flavor {name} has a {flavor.disk} GiB disk, smaller than the instance's {current_gib} GiB root "
+                "disk: a disk cannot shrink (Nova: unable to resize disk down)")
+    return None
+
+
 def boot_refusal(flavor: FlavorSpec | AppliedFlavor, image: ImageInfo) -> str | None:
     """Why this image cannot boot on this flavor (Nova's FlavorMemoryTooSmall / FlavorDiskTooSmall)."""
     if flavor.ram < image.min_ram:
@@ -495,10 +503,9 @@ def _new_request(i: Inputs, st: InstanceStatus) -> Step | None:
         else:
             new_size = max(i.flavor.disk, 1)
         current = max(st.root_disk_gib or 0, i.children.disk_gib or 0)
-        if i.flavor.disk and i.flavor.disk < current:
-            return _refuse(i, st, "resize", spec.flavor_ref, "ResizeDiskShrink",
-                           f"flavor {spec.flavor_ref} has a {i.flavor.disk} GiB disk, smaller than the instance's "
-                           f"{current} GiB root disk: a disk cannot shrink (Nova: unable to resize disk down)")
+        shrink = shrink_refusal(spec.flavor_ref, i.flavor, current)
+        if shrink:
+            return _refuse(i, st, "resize", spec.flavor_ref, "ResizeDiskShrink", shrink)
         record(st, "resize", spec.flavor_ref, i.now)
         st.resize = ResizeState(old_flavor=st.flavor, new_flavor=spec.flavor_ref)
         st.task = Task(action="resize", request_id=spec.flavor_ref, step="grow" if new_size > current else "apply")

@@ -399,6 +399,15 @@ class ComputeHandlers(Front):
             flavor = self.flavors.get((act.flavor_id,))
             if flavor is None or not flavor_usable_in(FlavorSpec.model_validate(flavor.get("spec") or {}), project):
                 raise NovaError(400, f"Flavor {act.flavor_id} could not be found.")
+            # What the operator would refuse, answered now (else the server would wait in RESIZE for nothing).
+            new_flavor = FlavorSpec.model_validate(flavor.get("spec") or {})
+            current = max(status.root_disk_gib or 0, status.flavor.disk if status.flavor else 0)
+            refused = lifecycle.shrink_refusal(act.flavor_id, new_flavor, current)
+            base_image = self.images.by_key(self.image_key(obj))
+            if refused is None and base_image is not None:
+                refused = lifecycle.boot_refusal(new_flavor, _image_info(base_image))
+            if refused is not None:
+                raise NovaError(400, f"Unable to resize the server: {refused}.")
             probe = {**obj, "spec": {**(obj.get("spec") or {}), "flavorRef": act.flavor_id}}
             refusal_q = quota.check_resize(probe, await self._instances(caller, project), self.flavors,
                                            await self._limits(caller, project))
@@ -413,6 +422,10 @@ class ComputeHandlers(Front):
             owner, name = image["metadata"]["namespace"], image["metadata"]["name"]
             if str((image.get("status") or {}).get("status")) != "active":
                 raise NovaError(400, f"Image {act.image_id} is not active.")
+            if status.flavor is not None:
+                refused = lifecycle.boot_refusal(status.flavor, _image_info(image))
+                if refused is not None:
+                    raise NovaError(400, f"Unable to rebuild the server: {refused}.")
             act.patch["imageRef"] = name if owner == project else f"{owner}/{name}"
             if act.patch["imageRef"] == spec.image_ref:
                 raise NovaError(400, "Kova rebuilds a server onto another image (its imageRef changes); a rebuild "

@@ -429,6 +429,8 @@ def _networks(server: Mapping[str, Any], v: Version) -> list[str] | None:
                              "of ['none', 'auto'] or a list")
     if not isinstance(value, list):
         raise NovaError(400, f"Invalid input for field/attribute networks. Value: {value}. Not a list")
+    if not value:  # as no request: the project's network (the CLI sends [] below 2.37)
+        return None
     out = []
     for item in value:
         if not isinstance(item, dict):
