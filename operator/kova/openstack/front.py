@@ -131,7 +131,7 @@ class Front:
             if len(self._access) > 10_000:
                 self._access = {k: v for k, v in self._access.items() if v[0] >= now}
         if not known[1]:
-            raise StatusError(403, f"You are not authorized to list images in project {project}.")
+            raise StatusError(403, f"You are not authorized to access project {project} (RBAC: list images there).")
         return caller, project
 
 
