@@ -4,9 +4,11 @@ HTTP for what a user sees of authorization. A namespace is a project, a ServiceA
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.cloud.bench import LocalCloud
@@ -89,6 +91,7 @@ def test_openstack_cli_server_lifecycle(operator: Operator, api: str, cloud: Loc
     cli.run("server", "unlock", created["id"])
     console = cli.json("console", "url", "show", "--serial", created["id"])
     assert console["type"] == "serial" and console["url"].startswith("ws://127.0.0.1")
+    assert b"login:" in asyncio.run(_first_frame(console["url"]))  # the guest's serial port, through kova api
     snap = cli.json("server", "image", "create", "--name", "web-snap", "--wait", created["id"])
     assert snap["status"] == "active" and snap["name"] == "web-snap"
     wait_for(lambda: cli.json("server", "show", created["id"])["status"] == "ACTIVE", what="ACTIVE after the snapshot")
@@ -113,6 +116,13 @@ def test_openstack_cli_server_lifecycle(operator: Operator, api: str, cloud: Loc
     assert cli.json("server", "list") == []
     cli.run("keypair", "delete", "mykey")
     assert cli.json("keypair", "list") == []
+
+
+async def _first_frame(url: str) -> bytes:
+    async with aiohttp.ClientSession() as session, session.ws_connect(url, timeout=aiohttp.ClientWSTimeout(
+            ws_close=10)) as ws:
+        message = await ws.receive(timeout=30)
+        return message.data if isinstance(message.data, bytes) else str(message.data).encode()
 
 
 def _public_key(tmp: Path) -> Path:
