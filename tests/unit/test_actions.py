@@ -127,16 +127,3 @@ def test_rebuild_from_active_stopped_or_error() -> None:
         assert refusal("rebuild", instance(vm_state)) is None
     assert refusal("rebuild", instance("suspended")) == (
         f"Cannot 'rebuild' instance {SERVER_ID} while it is in vm_state suspended")
-
-
-@pytest.mark.xfail(strict=True, reason="Nova does not check the lock for createImage (compute/api.py snapshot: "
-                                       "'lock is intended to prevent accidental change/delete'); Kova answers 409")
-def test_a_locked_server_may_still_be_snapshotted() -> None:
-    assert refusal("createImage", instance(locked=True)) is None
-
-
-@pytest.mark.xfail(strict=True, reason="Nova's snapshot takes vm_state active, stopped, paused and suspended; "
-                                       "ALLOWED_VM_STATES['createImage'] has only active and stopped")
-@pytest.mark.parametrize("vm_state", ["paused", "suspended"])
-def test_a_paused_or_suspended_server_may_be_snapshotted(vm_state: str) -> None:
-    assert refusal("createImage", instance(vm_state)) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import total_ordering
@@ -39,10 +40,11 @@ class NotAcceptable(StatusError):
 
 
 def parse_number(text: str) -> Version:
-    major, _, minor = text.strip().partition(".")
-    if not major.isdigit() or not minor.isdigit():
+    # Nova's APIVersionRequest: no leading zeros, ASCII digits only.
+    match = re.fullmatch(r"([1-9][0-9]*)\.([1-9][0-9]*|0)", text.strip())
+    if match is None:
         raise StatusError(400, f"Invalid API version request: {text!r}")
-    return Version(int(major), int(minor))
+    return Version(int(match[1]), int(match[2]))
 
 
 def requested(headers: Mapping[str, str]) -> Version:

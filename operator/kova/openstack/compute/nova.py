@@ -148,6 +148,11 @@ class Related:
     groups: list[str] = field(default_factory=list)  # uids of its ServerGroup
 
 
+# nova.api.openstack.common._STATE_MAP: the task words each vm_state shows; other tasks keep the vm_state's word.
+TASK_WORDS_SHOWN: dict[str, set[str]] = {"active": set(actions.TASK_WORDS), "stopped": {"resize_prep", "rebuilding"},
+                                         "error": {"rebuilding"}, "resized": {"resize_reverting"}}
+
+
 def nova_status(obj: Mapping[str, Any]) -> tuple[str, str, str | None, int]:
     """(status, vm_state, task_state, power_state) as Nova shows them, the spec's pending action included."""
     spec, status = actions.parse(dict(obj))
@@ -155,7 +160,7 @@ def nova_status(obj: Mapping[str, Any]) -> tuple[str, str, str | None, int]:
         return NovaStatus.deleted.value, status.vm_state or "deleted", "deleting", _power(status)
     word = status.status.value if status.status else NovaStatus.build.value
     task = actions.pending_task(spec, status)
-    if task is not None and not status.task_state:
+    if task is not None and not status.task_state and task in TASK_WORDS_SHOWN.get(status.vm_state or "", ()):
         word = actions.TASK_WORDS.get(task, word)
     if word == NovaStatus.build.value and task is None:
         task = "spawning" if status.virtual_machine else "scheduling"
@@ -279,6 +284,8 @@ def server_view(obj: Mapping[str, Any], v: Version, base: str, rel: Related, mod
         doc["server_groups"] = list(rel.groups)
     if v.at_least("2.73"):
         doc["locked_reason"] = spec.locked_reason if spec.locked else None
+    if v.at_least("2.90"):  # shown to every user from 2.90: the guest's hostname is the VM's name
+        doc["OS-EXT-SRV-ATTR:hostname"] = str(md["name"])
     if v.at_least("2.96") and (full or mode in ("update", "rebuild")):
         doc["pinned_availability_zone"] = spec.availability_zone
     if v.at_least("2.100"):
@@ -420,6 +427,9 @@ def _networks(server: Mapping[str, Any], v: Version) -> list[str] | None:
             raise NovaError(400, "Invalid input for field/attribute server. Value: .... 'networks' is a required "
                                  "property")
         return None
+    if value in ("auto", "none") and not v.at_least("2.37"):
+        raise NovaError(400, f"Invalid input for field/attribute networks. Value: {value}. {value!r} is not of type "
+                             "'array'")
     if value == "auto":
         return None
     if value == "none":
@@ -446,6 +456,15 @@ def _networks(server: Mapping[str, Any], v: Version) -> list[str] | None:
     return out
 
 
+def _check_uuid(key: str, value: str) -> None:
+    """Nova's imageRef is a uuid (format uuid in its create and rebuild schemas), not a link."""
+    try:
+        uuid.UUID(value)
+    except ValueError as e:
+        raise NovaError(400, f"Invalid input for field/attribute {key}. Value: {value}. {value!r} is not a "
+                             "'uuid'") from e
+
+
 def parse_create(body: Any, v: Version) -> NewServer:
     """POST /servers: Nova's checks of the request body, and what it asks of an Instance."""
     server = body.get("server") if isinstance(body, dict) else None
@@ -455,16 +474,17 @@ def parse_create(body: Any, v: Version) -> NewServer:
     flavor = _string(server, "flavorRef", required=True) or ""
     image = _string(server, "imageRef", maximum=4096) or ""
     bdm = server.get("block_device_mapping_v2")
+    if isinstance(bdm, list) and any(not isinstance(b, dict) or b.get("source_type") != "image"
+                                     or b.get("destination_type", "local") != "local" for b in bdm):
+        raise NovaError(400, "Kova boots only from an image onto a local root disk: volumes come later "
+                             "(block_device_mapping_v2 with source_type image, destination_type local)")
     if not image and isinstance(bdm, list) and bdm:
         # `openstack server create --image` sends its image as the root device's source.
-        roots = [b for b in bdm if isinstance(b, dict) and str(b.get("boot_index", "")) == "0"] or bdm
-        root = roots[0]
-        if root.get("source_type") != "image" or root.get("destination_type", "local") != "local":
-            raise NovaError(400, "Kova boots only from an image onto a local root disk: volumes come later "
-                                 "(block_device_mapping_v2 with source_type image, destination_type local)")
-        image = str(root.get("uuid") or "")
+        roots = [b for b in bdm if str(b.get("boot_index", "")) == "0"] or bdm
+        image = str(roots[0].get("uuid") or "")
     if not image:
         raise NovaError(400, "Missing imageRef attribute")
+    _check_uuid("imageRef", image)
     min_count = _count(server, "min_count")
     max_count = _count(server, "max_count") if "max_count" in server else min_count
     if min_count > max_count:
@@ -625,9 +645,8 @@ def parse_action(body: Any, spec: InstanceSpec, status: InstanceStatus, token: s
                                                "token": token}})
     if name == "lock":
         reason = (arg or {}).get("locked_reason") if isinstance(arg, dict) else None
-        if reason is not None and not v.at_least("2.73"):
-            raise NovaError(400, "Invalid input for field/attribute lock. Additional properties are not allowed "
-                                 "('locked_reason' was unexpected)")
+        if not v.at_least("2.73"):
+            reason = None  # Nova's lock takes any body before 2.73 and ignores a reason
         if reason is not None and (not isinstance(reason, str) or len(reason) > 255):
             raise NovaError(400, "Invalid input for field/attribute locked_reason: a string of at most 255 "
                                  "characters")
@@ -637,6 +656,7 @@ def parse_action(body: Any, spec: InstanceSpec, status: InstanceStatus, token: s
     if name == "rebuild":
         if not isinstance(arg, dict) or not arg.get("imageRef"):
             raise NovaError(400, "Invalid input for field/attribute rebuild. 'imageRef' is a required property")
+        _check_uuid("imageRef", str(arg["imageRef"]))
         patch: Body = {}
         if "name" in arg:
             patch["name"] = check_name(str(arg["name"]))
@@ -695,6 +715,12 @@ USER_FILTERS = {"reservation_id", "name", "status", "image", "flavor", "ip", "ch
                 "key_name", "vm_state", "task_state", "power_state", "description"}
 
 
+# Every status word of nova.api.openstack.common._STATE_MAP: from 2.38 another one is a 400.
+NOVA_STATUS_WORDS = {"ACTIVE", "BUILD", "DELETED", "ERROR", "HARD_REBOOT", "MIGRATING", "PASSWORD", "PAUSED", "REBOOT",
+                     "REBUILD", "RESCUE", "RESIZE", "REVERT_RESIZE", "SHELVED", "SHELVED_OFFLOADED", "SHUTOFF",
+                     "SOFT_DELETED", "SUSPENDED", "VERIFY_RESIZE"}
+
+
 def parse_server_query(params: Sequence[tuple[str, str]], v: Version) -> ServerQuery:
     filters: dict[str, str] = {}
     limit: int | None = None
@@ -723,6 +749,8 @@ def parse_server_query(params: Sequence[tuple[str, str]], v: Version) -> ServerQ
                 _parse_time(filters[key])
             except ValueError as e:
                 raise NovaError(400, f"Invalid filter field: {key}.") from e
+    if "status" in filters and filters["status"].upper() not in NOVA_STATUS_WORDS and v.at_least("2.38"):
+        raise NovaError(400, "Invalid status value")
     if "locked" in filters and filters["locked"].lower() not in ("true", "false", "1", "0", "yes", "no"):
         raise NovaError(400, f"Unrecognized value '{filters['locked']}', acceptable values are: '0', '1', 'false', "
                              "'n', 'no', 'off', 'on', 't', 'true', 'y', 'yes'")
@@ -900,7 +928,8 @@ def keypair_view(obj: Mapping[str, Any], v: Version, detail: bool) -> Body:
     return doc
 
 
-KEYPAIR_NAME = re.compile(r"^[a-zA-Z0-9 _.@-]{1,255}$")
+KEYPAIR_NAME = re.compile(r"[a-zA-Z0-9 _-]{1,255}")  # Nova's keypair_name_special_chars
+KEYPAIR_NAME_V292 = re.compile(r"[a-zA-Z0-9 _.@-]{1,255}")  # 2.92 adds '@' and '.'
 
 
 def parse_keypair(body: Any, v: Version) -> tuple[str, str | None, str]:
@@ -909,7 +938,8 @@ def parse_keypair(body: Any, v: Version) -> tuple[str, str | None, str]:
     if not isinstance(keypair, dict):
         raise NovaError(400, "Invalid input for field/attribute keypair. 'keypair' is a required property")
     name = keypair.get("name")
-    if not isinstance(name, str) or not KEYPAIR_NAME.match(name) or not name.strip():
+    pattern = KEYPAIR_NAME_V292 if v.at_least("2.92") else KEYPAIR_NAME
+    if not isinstance(name, str) or not pattern.fullmatch(name) or name != name.strip():
         raise NovaError(400, f"Invalid input for field/attribute name. Value: {name}. Keypair data is invalid: "
                              "the name is 1 to 255 letters, digits, spaces, '_', '.', '@' or '-'")
     public_key = keypair.get("public_key")
