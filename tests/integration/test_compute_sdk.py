@@ -349,3 +349,28 @@ def test_a_resize_to_a_smaller_disk_leaves_the_server_usable(operator: Operator,
     assert conn.compute.get_server(server.id).flavor.original_name == big
     conn.compute.stop_server(server)  # and it takes the next action
     conn.compute.wait_for_server(server, status="SHUTOFF", interval=1, wait=60)
+
+
+def test_novaclient_boots_lists_and_deletes(operator: Operator, api: str, cloud: LocalCloud, source: Source,
+                                            kubectl: Kubectl, namespace: str) -> None:
+    """python-novaclient (its Python API, on a keystoneauth session with the token) at 2.1 and at 2.latest."""
+    from keystoneauth1 import session as ks_session
+    from keystoneauth1.identity import v3
+    from novaclient import client as nova_client
+
+    small, _big, _mid = project(kubectl, source, "novacl")
+    token = tenant_token(cloud, namespace)
+    auth = v3.Token(auth_url=f"{api}/identity/v3", token=token, project_name=namespace,
+                    project_domain_name="Default")
+    sess = ks_session.Session(auth=auth)
+    image_id = connect(api, token, namespace).image.find_image("os").id  # type: ignore[union-attr]
+    old, new = nova_client.Client("2.1", session=sess), nova_client.Client("2.latest", session=sess)
+    assert str(new.api_version) == "2.100"  # negotiated from the version document
+    assert small in {f.id for f in old.flavors.list()}
+    server = new.servers.create("nova-cl", image_id, small, nics="none")
+    wait_for(lambda: new.servers.get(server.id).status == "ACTIVE", 60, "the server ACTIVE")
+    listed = old.servers.list(search_opts={"name": "^nova-"})
+    assert [s.id for s in listed] == [server.id]
+    assert instance_of(kubectl, server.id)["spec"]["networks"] == ["none"]
+    old.servers.delete(server.id)
+    wait_for(lambda: not old.servers.list(), 90, "the server gone")
