@@ -616,6 +616,10 @@ def test_paging_with_limit_and_marker() -> None:
     assert (page, more) == (items[4:], False)
     assert nova.page(items, q()) == (items, False)
     assert nova.page(items, q(("limit", "0"))) == ([], False)
+    # Without a limit a page holds Nova's max_limit (1000) and says there is more: nothing is cut off unsaid.
+    many = [{"id": f"id-{n}"} for n in range(1001)]
+    assert nova.page(many, q()) == (many[:1000], True)
+    assert nova.page(many, q(("marker", "id-999"))) == (many[1000:], False)
     assert "id-9" in refused(lambda: nova.page(items, q(("marker", "id-9"))))
     for bad in ("-1", "ten"):
         refused(partial(q, ("limit", bad)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import total_ordering
+from functools import lru_cache, total_ordering
 
 from kova.api.errors import StatusError
 
@@ -28,7 +28,7 @@ class Version:
         return f"{self.major}.{self.minor}"
 
     def at_least(self, text: str) -> bool:
-        return self >= parse_number(text)
+        return self >= _constant(text)
 
 
 MIN = Version(2, 1)
@@ -45,6 +45,12 @@ def parse_number(text: str) -> Version:
     if match is None:
         raise StatusError(400, f"Invalid API version request: {text!r}")
     return Version(int(match[1]), int(match[2]))
+
+
+@lru_cache(maxsize=256)
+def _constant(text: str) -> Version:
+    """parse_number of the versions the views compare with ("2.47", "2.100"...): once each, not per server."""
+    return parse_number(text)
 
 
 def requested(headers: Mapping[str, str]) -> Version:

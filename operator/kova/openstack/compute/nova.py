@@ -767,6 +767,8 @@ def _truthy(text: str) -> bool:
 
 
 def server_matches(obj: Mapping[str, Any], filters: Mapping[str, str], rel: Related) -> bool:
+    if not filters:  # the common list: no need to parse the Instance twice more before its view does
+        return True
     spec, status = actions.parse(dict(obj))
     word, vm_state, task, power = nova_status(obj)
     for key, value in filters.items():
@@ -839,7 +841,9 @@ def page(items: list[Body], query: ServerQuery, key: str = "id") -> tuple[list[B
         start = ids.index(query.marker) + 1
     limit = min(query.limit if query.limit is not None else DEFAULT_LIMIT, DEFAULT_LIMIT)
     chosen = items[start:start + limit]
-    return chosen, bool(chosen) and start + limit < len(items) and query.limit is not None and len(chosen) == limit
+    # A next link whenever more remain, with a limit or without (Nova's _get_collection_links: a page of
+    # max_limit servers carries one), or a client that sent none silently gets the first 1,000 only.
+    return chosen, bool(chosen) and start + limit < len(items)
 
 
 def next_link(url: str, params: Sequence[tuple[str, str]], last_id: str) -> list[Body]:
