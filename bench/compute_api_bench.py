@@ -274,20 +274,23 @@ def main() -> int:
             "added": lambda t, o: t == "ADDED",
             "active": lambda t, o: (o.get("status") or {}).get("status") == "ACTIVE"})
         tenant.kubectl("get", "instances")  # kubectl's discovery cache, warm as a regular user's is
+        load = [os.getloadavg()[0]]
         boot = boots(cloud, tenant, watch, n)
+        load.append(os.getloadavg()[0])
         listed = lists(cloud, tenant, total, 2 * n, rounds)
+        load.append(os.getloadavg()[0])
     finally:
         cloud.stop()
         source.close()
         shutil.rmtree(workdir, ignore_errors=True)
-    figures = report(boot, listed, n, total, rounds, cloud.sim_delay)
+    figures = report(boot, listed, n, total, rounds, cloud.sim_delay, load)
     if os.environ.get("KOVA_API_BENCH_JSON"):  # for tests/integration/test_bench.py
         Path(os.environ["KOVA_API_BENCH_JSON"]).write_text(json.dumps(figures))
     return 0
 
 
 def report(boot: dict[str, list[dict[str, float]]], listed: dict[str, Any], n: int, total: int, rounds: int,
-           sim_delay: float) -> dict[str, Any]:
+           sim_delay: float, load: list[float]) -> dict[str, Any]:
     def med(rows: list[dict[str, float]], key: str) -> float:
         return statistics.median(r[key] for r in rows)
 
@@ -328,7 +331,11 @@ def report(boot: dict[str, list[dict[str, float]]], listed: dict[str, Any], n: i
     detail_ratio = percentile(s["detail"], 0.5) / percentile(s["kubectl"], 0.5)
     print(f"  ratio GET /servers/detail / kubectl get, P50: {detail_ratio:.2f}x; over kova api's own LIST: "
           f"{percentile(s['detail'], 0.5) / percentile(s['kube_list'], 0.5):.2f}x")
+    # Whatever else runs on the machine shows here: every figure above shared these CPUs with it.
+    print(f"\n  load average (1 min) before the boots, between the parts, at the end: "
+          f"{', '.join(f'{x:.1f}' for x in load)} ({os.cpu_count()} CPUs)")
     return {
+        "load": load,
         "boot": {k: {"median": med(v, "total"), "max": max(r["total"] for r in v), "created": med(v, "created"),
                      "active": med(v, "active"), "samples": [r["total"] for r in v]} for k, v in boot.items()},
         "boot_ratio": boot_ratio,
