@@ -40,7 +40,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make test     lint, unit and integration tests on the local cloud (builds what it needs)"
 	@echo "make demo     local cloud + operator + examples/: an Instance booted from an imported Image"
-	@echo "make bench    import throughput and memory benchmark"
+	@echo "make bench    import throughput and memory; the compute API against kubectl (boot, 500-server list)"
 	@echo "make bench-scale  a burst of Instances: latencies, API writes, RSS, restart (KOVA_SCALE_N=500)"
 	@echo "make cloud-up run the local cloud in the foreground (Ctrl-C stops it)"
 	@echo "make crds     regenerate crds/ from the models"
@@ -100,6 +100,7 @@ bench: venv bins
 	$(PY) -m bench.import_bench
 	$(PY) -m bench.upload_bench
 	$(PY) -m bench.memory_bench
+	$(PY) -m bench.compute_api_bench
 
 bench-scale: venv bins
 	$(PY) -m bench.scale_bench

@@ -251,3 +251,30 @@ def test_memory_bench_runs_and_imports_stay_small(tmp_path: Path) -> None:
     for who, target in (("operator", 250), ("api", 100)):
         f = figures[who]
         assert f["alive"] and (f["peak"] - f["before"]) / (1 << 20) <= target, (who, f)
+
+
+def test_compute_api_bench_runs_and_its_figures_are_sane(tmp_path: Path) -> None:
+    """`make bench`'s compute API part at a small size (one boot each way, 20 servers listed, 5 requests each):
+    it runs to the end, both boots reach ACTIVE in the order the watch saw, and every list returns every server.
+    Nothing about how fast."""
+    out = tmp_path / "figures.json"
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'operator'}", "KOVA_API_BENCH_N": "1",
+           "KOVA_API_BENCH_LIST_N": "20", "KOVA_API_BENCH_REQUESTS": "5", "KOVA_API_BENCH_JSON": str(out)}
+    res = subprocess.run([sys.executable, "-m", "bench.compute_api_bench"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=280)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    for line in ("openstack server create --wait", "kubectl apply + kubectl wait", "GET /servers/detail",
+                 "GET /servers (compute 2.100)", "kubectl get instances -o json"):
+        assert line in res.stdout, res.stdout
+    figures = json.loads(out.read_text())
+    for way in ("openstack", "kubectl"):
+        boot = figures["boot"][way]
+        assert len(boot["samples"]) == 1, boot
+        # From the command's start: the Instance was created, then ACTIVE, and the command returned after the create.
+        assert 0 < boot["created"] < boot["active"] and boot["created"] < boot["median"] == boot["max"], (way, boot)
+    assert 0 < figures["boot_ratio"] < float("inf")
+    assert figures["statuses"] == {"ACTIVE": 2, "BUILD": 18}, figures["statuses"]
+    for way in ("detail", "brief", "kubectl", "kube_list"):
+        listed = figures["list"][way]
+        assert listed["n"] == 5 and listed["servers"] == [20] and 0 < listed["p50"] <= listed["p95"], (way, listed)
+    assert 0 < figures["list_ratio"] < float("inf")
