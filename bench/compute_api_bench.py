@@ -37,7 +37,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ from tests.conftest import chart_rbac_kubeconfig, import_env, wait_settled
 from tests.httpsource import Source
 from tests.qcow2 import make_qcow2
 
-from bench.scale_bench import Watch
+from bench.scale_bench import Watch, create
 
 NS = "bench"
 FLAVOR = "bench.small"
@@ -177,20 +176,7 @@ def marks(cloud: LocalCloud, watch: Watch, started: float, uid: str = "", name: 
 # ---------------------------------------------------------------------------------------------- 2. lists
 def fill(cloud: LocalCloud, names: list[str], clients: int = 8) -> float:
     """POST the Instances (of the absent Flavor) from `clients` connections; the seconds it took."""
-    pki = cloud.workdir / "pki"
-    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
-    ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
-    url = f"{cloud.api_url}{GROUP}/namespaces/{NS}/instances"
-
-    def post(name: str) -> None:
-        request = urllib.request.Request(url, data=json.dumps(instance(name, ABSENT_FLAVOR)).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, context=ctx, timeout=120) as resp:
-            resp.read()
-    started = time.monotonic()
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(post, names))
-    return time.monotonic() - started
+    return create(cloud, names, clients, NS, lambda name: instance(name, ABSENT_FLAVOR))
 
 
 def statuses(cloud: LocalCloud) -> dict[str, int]:

@@ -126,16 +126,18 @@ def instance(name: str, image: str = "tiny") -> dict[str, Any]:
             "spec": {"flavorRef": "scale.tiny", "imageRef": image}}
 
 
-def create(cloud: LocalCloud, names: list[str], clients: int = 8) -> float:
-    """POST the Instances from `clients` connections at once, as a burst of users or a GitOps sync would;
-    returns the seconds it took."""
+def create(cloud: LocalCloud, names: list[str], clients: int = 8, namespace: str = NS,
+           body: Any = None) -> float:
+    """POST the Instances (`body(name)`, this bench's by default) into `namespace` from `clients` connections at
+    once, as a burst of users or a GitOps sync would; returns the seconds it took."""
     pki = cloud.workdir / "pki"
     ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
-    url = f"{cloud.api_url}/apis/compute.kova.dev/v1alpha1/namespaces/{NS}/instances"
+    url = f"{cloud.api_url}/apis/compute.kova.dev/v1alpha1/namespaces/{namespace}/instances"
+    make = body or instance
 
     def post(name: str) -> None:
-        request = urllib.request.Request(url, data=json.dumps(instance(name)).encode(), method="POST",
+        request = urllib.request.Request(url, data=json.dumps(make(name)).encode(), method="POST",
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, context=ctx, timeout=120) as resp:
             resp.read()

@@ -22,9 +22,10 @@ TEMPEST = str(Path(sys.executable).parent / "tempest")
 HERE = REPO / "tests" / "tempest"
 
 
-def config(api: str, work: Path) -> Path:
+def common(api: str, work: Path) -> str:
+    """The sections every Tempest run against `kova api` shares: logs, locks, pre-provisioned accounts, Keystone."""
     (work / "logs").mkdir()
-    conf = f"""
+    return f"""
 [DEFAULT]
 log_dir = {work / "logs"}
 log_file = tempest.log
@@ -42,6 +43,11 @@ v3_endpoint_type = public
 [identity-feature-enabled]
 api_v2 = False
 api_v3 = True
+"""
+
+
+def config(api: str, work: Path) -> Path:
+    conf = common(api, work) + """
 [service_available]
 glance = True
 nova = False

@@ -20,31 +20,13 @@ from tests.conftest import Kubectl, Operator, tenant_token
 from tests.httpsource import Source
 from tests.integration.test_e2e import flavor, wait_image
 from tests.integration.test_lifecycle import raw_disk
-from tests.integration.test_tempest import TEMPEST, summary
+from tests.integration.test_tempest import TEMPEST, common, summary
 
 HERE = REPO / "tests" / "tempest" / "compute"
 
 
 def config(api: str, work: Path, image_ref: str, image_ref_alt: str, flavor_ref: str, flavor_ref_alt: str) -> Path:
-    (work / "logs").mkdir()
-    conf = f"""
-[DEFAULT]
-log_dir = {work / "logs"}
-log_file = tempest.log
-[oslo_concurrency]
-lock_path = {work / "locks"}
-[auth]
-use_dynamic_credentials = False
-test_accounts_file = {work / "accounts.yaml"}
-default_credentials_domain_name = Default
-[identity]
-uri_v3 = {api}/identity/v3
-auth_version = v3
-region = RegionOne
-v3_endpoint_type = public
-[identity-feature-enabled]
-api_v2 = False
-api_v3 = True
+    conf = common(api, work) + f"""
 [service_available]
 nova = True
 glance = True

@@ -15,6 +15,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from kova.adapters.env import IPNetwork
+from kova.adapters.informer import object_key
 from kova.adapters.kubeapi import ApiError, Apiserver, Caller
 from kova.adapters.runtime import Runtime
 from kova.api.errors import StatusError
@@ -95,6 +96,17 @@ def _valid_host(text: str) -> bool:
         except ValueError:
             return False
     return True
+
+
+class UidIndex(dict[str, tuple[str, ...]]):
+    """uid → (namespace, name) of a watched kind: OpenStack ids are uids, Kubernetes finds objects by name.
+    Fed as an Informer listener, and by hand with what this process just created (read-your-writes)."""
+
+    def update_from(self, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if old is not None:
+            self.pop(old["metadata"]["uid"], None)
+        if new is not None:
+            self[new["metadata"]["uid"]] = object_key(new)
 
 
 class Front:

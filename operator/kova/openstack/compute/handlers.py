@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from kova.adapters.informer import Body, Informer, object_key
+from kova.adapters.informer import Body, Informer
 from kova.adapters.kubeapi import ApiError, Apiserver, Caller
 from kova.adapters.runtime import Runtime
 from kova.api import clock
@@ -39,7 +39,7 @@ from kova.openstack.compute import microversion, nova
 from kova.openstack.compute.console_proxy import ConsoleProxy
 from kova.openstack.compute.microversion import Version
 from kova.openstack.compute.nova import NovaError, Related
-from kova.openstack.front import Front, read_json
+from kova.openstack.front import Front, UidIndex, read_json
 
 log = logging.getLogger("kova.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -76,16 +76,10 @@ class ComputeHandlers(Front):
         self.flavors = Informer(rt.kube, FLAVORS, fields=("spec",))
         self.zones = Informer(rt.kube, AVAILABILITY_ZONES, fields=("status",))
         self.instances = Informer(rt.kube, INSTANCES, fields=())  # metadata only: uid → name
-        self.by_uid: dict[str, tuple[str, ...]] = {}
-        self.instances.listeners.append(self._index)
+        self.by_uid = UidIndex()
+        self.instances.listeners.append(self.by_uid.update_from)
         self._tasks: list[asyncio.Task[None]] = []
         self.console: ConsoleProxy | None = None  # when kova api serves remote consoles
-
-    def _index(self, old: Body | None, new: Body | None) -> None:
-        if old is not None:
-            self.by_uid.pop(old["metadata"]["uid"], None)
-        if new is not None:
-            self.by_uid[new["metadata"]["uid"]] = object_key(new)
 
     async def start(self) -> None:
         for informer in (self.flavors, self.zones, self.instances):
@@ -93,7 +87,7 @@ class ComputeHandlers(Front):
         for informer in (self.flavors, self.zones, self.instances):
             await informer.synced.wait()
         for obj in self.instances:
-            self._index(None, obj)
+            self.by_uid.update_from(None, obj)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -115,11 +109,15 @@ class ComputeHandlers(Front):
         return web.json_response({"extensions": []})
 
     # ------------------------------------------------------------------------------------------- lookups
-    async def _instances(self, caller: Caller, project: str) -> list[Body]:
+    async def _objects(self, caller: Caller, plural: str, project: str) -> list[Body]:
+        """The project's objects of one compute kind, read with the caller's token; refusals as Nova's."""
         try:
-            return await caller.objects(GROUP_COMPUTE, INSTANCES.plural, project)
+            return await caller.objects(GROUP_COMPUTE, plural, project)
         except ApiError as e:
             raise _nova(e) from e
+
+    async def _instances(self, caller: Caller, project: str) -> list[Body]:
+        return await self._objects(caller, INSTANCES.plural, project)
 
     async def server(self, caller: Caller, project: str, server_id: str) -> Body:
         """The Instance with this id in the caller's project, read with its token; 404 otherwise."""
@@ -279,7 +277,7 @@ class ComputeHandlers(Front):
                 obj = await caller.create(GROUP_COMPUTE, INSTANCES.plural, project, manifest)
         except ApiError as e:
             raise _nova(e, "instances") from e
-        self._index(None, obj)
+        self.by_uid.update_from(None, obj)
         return obj
 
     async def _check_quota(self, caller: Caller, project: str, spec: dict[str, Any], least: int, most: int) -> int:
@@ -635,10 +633,7 @@ class ComputeHandlers(Front):
 
     async def security_groups(self, request: web.Request) -> web.Response:
         caller, project = await self.caller(request)
-        try:
-            objs = await caller.objects(GROUP_COMPUTE, "securitygroups", project)
-        except ApiError as e:
-            raise _nova(e) from e
+        objs = await self._objects(caller, "securitygroups", project)
         groups = [self._security_group(project, o["metadata"]["name"], o) for o in objs]
         if not any(g["name"] == "default" for g in groups):
             groups.insert(0, self._security_group(project, "default", None))
@@ -726,10 +721,7 @@ class ComputeHandlers(Front):
     async def list_keypairs(self, request: web.Request) -> web.Response:
         caller, project = await self.caller(request)
         v = version_of(request)
-        try:
-            objs = await caller.objects(GROUP_COMPUTE, "keypairs", project)
-        except ApiError as e:
-            raise _nova(e) from e
+        objs = await self._objects(caller, "keypairs", project)
         objs.sort(key=nova.keypair_name)
         docs = [{"keypair": nova.keypair_view(o, v, False)} for o in objs]
         params = list(request.query.items())
@@ -753,10 +745,7 @@ class ComputeHandlers(Front):
 
     async def _find_keypair(self, caller: Caller, project: str, name: str) -> Body | None:
         """The project's key pair of this Nova name (its object's name, or spec.name when that differs)."""
-        try:
-            objs = await caller.objects(GROUP_COMPUTE, "keypairs", project)
-        except ApiError as e:
-            raise _nova(e) from e
+        objs = await self._objects(caller, "keypairs", project)
         return next((o for o in objs if nova.keypair_name(o) == name), None)
 
     async def _keypair(self, caller: Caller, project: str, name: str) -> Body:
@@ -827,19 +816,13 @@ class ComputeHandlers(Front):
     async def list_server_groups(self, request: web.Request) -> web.Response:
         caller, project = await self.caller(request)
         v = version_of(request)
-        try:
-            objs = await caller.objects(GROUP_COMPUTE, "servergroups", project)
-        except ApiError as e:
-            raise _nova(e) from e
+        objs = await self._objects(caller, "servergroups", project)
         members = await self._members(caller, project)
         docs = [nova.server_group_view(o, v, members.get(o["metadata"]["name"], [])) for o in objs]
         return web.json_response({"server_groups": docs})
 
     async def _server_group(self, caller: Caller, project: str, ident: str) -> Body:
-        try:
-            objs = await caller.objects(GROUP_COMPUTE, "servergroups", project)
-        except ApiError as e:
-            raise _nova(e) from e
+        objs = await self._objects(caller, "servergroups", project)
         found = next((o for o in objs if o["metadata"]["uid"] == ident), None)
         if found is None:
             raise NovaError(404, f"Instance group {ident} could not be found.")

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 from kubernetes.aio.client.exceptions import ApiException
 
-from kova.adapters.informer import Body, Informer, object_key
+from kova.adapters.informer import Informer
 from kova.adapters.kubeapi import ApiError, Apiserver, Caller
 from kova.adapters.runtime import Runtime
 from kova.adapters.status import publish
@@ -30,7 +30,7 @@ from kova.api.models import IMAGE, VERSION, GlanceStatus
 from kova.api.resources import IMAGES
 from kova.image import importer
 from kova.image.rules import observe_image
-from kova.openstack.front import Front, read_json
+from kova.openstack.front import Front, UidIndex, read_json
 from kova.openstack.image import glance, quotas
 from kova.openstack.image.glance import GlanceError
 
@@ -61,25 +61,19 @@ class ImageHandlers(Front):
     def __init__(self, apiserver: Apiserver, rt: Runtime, public_url: str | None = None) -> None:
         super().__init__(apiserver, rt, public_url)
         self.images = Informer(rt.kube, IMAGES, fields=("spec", "status"))
-        self.by_uid: dict[str, tuple[str, ...]] = {}
-        self.images.listeners.append(self._index)
+        self.by_uid = UidIndex()
+        self.images.listeners.append(self.by_uid.update_from)
         self._task: asyncio.Task[None] | None = None
         # Uploads on threads of their own, as many as may run at once: a slow client holds one for as long as
         # it takes, and downloads and other calls (asyncio's default pool) never wait behind it.
         self.uploading: Counter[str] = Counter()  # project → uploads being received by this replica
         self.upload_pool = ThreadPoolExecutor(max_workers=rt.settings.max_uploads, thread_name_prefix="upload")
 
-    def _index(self, old: Body | None, new: Body | None) -> None:
-        if old is not None:
-            self.by_uid.pop(old["metadata"]["uid"], None)
-        if new is not None:
-            self.by_uid[new["metadata"]["uid"]] = object_key(new)
-
     async def start(self) -> None:
         self._task = asyncio.create_task(self.images.run())
         await self.images.synced.wait()
         for obj in self.images:
-            self._index(None, obj)
+            self.by_uid.update_from(None, obj)
 
     async def stop(self) -> None:
         if self._task:
@@ -165,7 +159,7 @@ class ImageHandlers(Front):
                 obj = await caller.create_image(project, manifest)
         except ApiError as e:
             raise GlanceError(400 if e.status == 422 else e.status, e.message) from e
-        self._index(None, obj)
+        self.by_uid.update_from(None, obj)
         self.images.offer(obj)  # read-your-writes: another project may ask for it before the watch says so
         doc = glance.image_doc(obj)
         return web.json_response(doc, status=201, headers={"Location": f"{self.base(request)}/projects/{project}/image"
