@@ -85,6 +85,30 @@ def summary(output: str) -> dict[str, int]:
     return {k.lower(): int(v) for k, v in re.findall(r"- (Passed|Failed|Skipped): (\d+)", output)}
 
 
+def write_accounts(cloud: LocalCloud, projects: list[str], work: Path) -> None:
+    """Pre-provisioned accounts: member accounts first (Tempest takes "alt" as the first free account), then the
+    readers; ServiceAccount tokens as passwords."""
+    accounts = [{"username": f"member-{ns}", "project_name": ns, "password": tenant_token(cloud, ns, "edit"),
+                 "roles": ["member"]} for ns in projects]
+    accounts += [{"username": f"reader-{ns}", "project_name": ns,
+                  "password": tenant_token(cloud, ns, "view", name="os-reader"), "roles": ["reader"]}
+                 for ns in projects]
+    (work / "accounts.yaml").write_text(yaml.safe_dump(accounts))
+
+
+def run_tempest(conf: Path, lists: Path, work: Path, what: str, at_least: int, timeout: float) -> None:
+    """Tempest with the include and exclude lists in `lists`: none may fail, `at_least` must pass."""
+    run = subprocess.run(
+        [TEMPEST, "run", "--config-file", str(conf), "--include-list", str(lists / "include.txt"),
+         "--exclude-list", str(lists / "excluded.txt"), "--serial"],
+        cwd=work, capture_output=True, text=True, timeout=timeout)
+    figures = summary(run.stdout)
+    print(f"Tempest {what}: {figures}")
+    failed = [line for line in run.stdout.splitlines() if "... FAILED" in line]
+    assert figures.get("failed", 0) == 0 and not failed, run.stdout[-8000:]
+    assert figures.get("passed", 0) >= at_least, run.stdout[-8000:]
+
+
 def test_tempest_image_v2(operator: Any, api: str, cloud: LocalCloud, tmp_path: Path) -> None:
     projects = []
     for suffix in ("a", "b"):
@@ -93,23 +117,8 @@ def test_tempest_image_v2(operator: Any, api: str, cloud: LocalCloud, tmp_path: 
         cloud.kubectl("create", "namespace", ns)
         projects.append(ns)
     try:
-        # Member accounts first (Tempest takes "alt" as the first free account), then the readers.
-        accounts = [{"username": f"member-{ns}", "project_name": ns, "password": tenant_token(cloud, ns, "edit"),
-                     "roles": ["member"]} for ns in projects]
-        accounts += [{"username": f"reader-{ns}", "project_name": ns,
-                      "password": tenant_token(cloud, ns, "view", name="os-reader"), "roles": ["reader"]}
-                     for ns in projects]
-        (tmp_path / "accounts.yaml").write_text(yaml.safe_dump(accounts))
-        conf = config(api, tmp_path)
-        run = subprocess.run(
-            [TEMPEST, "run", "--config-file", str(conf), "--include-list", str(HERE / "include.txt"),
-             "--exclude-list", str(HERE / "excluded.txt"), "--serial"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=900)
-        figures = summary(run.stdout)
-        print(f"Tempest tempest.api.image.v2: {figures}")
-        failed = [line for line in run.stdout.splitlines() if "... FAILED" in line]
-        assert figures.get("failed", 0) == 0 and not failed, run.stdout[-6000:]
-        assert figures.get("passed", 0) >= 30, run.stdout[-6000:]
+        write_accounts(cloud, projects, tmp_path)
+        run_tempest(config(api, tmp_path), HERE, tmp_path, "tempest.api.image.v2", 30, 900)
     finally:
         for ns in projects:
             cloud.kubectl("delete", "namespace", ns, "--wait=false", check=False)

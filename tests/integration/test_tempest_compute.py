@@ -9,18 +9,14 @@ the package with its reason. At least 40 must pass and none may fail.
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from tests.cloud.bench import REPO, LocalCloud
-from tests.conftest import Kubectl, Operator, tenant_token
+from tests.conftest import Kubectl, Operator
 from tests.httpsource import Source
 from tests.integration.test_e2e import flavor, wait_image
 from tests.integration.test_lifecycle import raw_disk
-from tests.integration.test_tempest import TEMPEST, common, summary
+from tests.integration.test_tempest import common, run_tempest, write_accounts
 
 HERE = REPO / "tests" / "tempest" / "compute"
 
@@ -106,23 +102,9 @@ def test_tempest_compute(operator: Operator, api: str, cloud: LocalCloud, source
             Kubectl(cloud, ns).apply({"apiVersion": "compute.kova.dev/v1alpha1", "kind": "Quota",
                                       "metadata": {"name": "default"},
                                       "spec": {"instances": 40, "cores": 80, "ram": 81920}})
-        accounts: list[dict[str, Any]] = [
-            {"username": f"member-{ns}", "project_name": ns, "password": tenant_token(cloud, ns, "edit"),
-             "roles": ["member"]} for ns in projects]
-        accounts += [{"username": f"reader-{ns}", "project_name": ns,
-                      "password": tenant_token(cloud, ns, "view", name="os-reader"), "roles": ["reader"]}
-                     for ns in projects]
-        (tmp_path / "accounts.yaml").write_text(yaml.safe_dump(accounts))
+        write_accounts(cloud, projects, tmp_path)
         conf = config(api, tmp_path, refs[0], refs[1], small, big)
-        run = subprocess.run(
-            [TEMPEST, "run", "--config-file", str(conf), "--include-list", str(HERE / "include.txt"),
-             "--exclude-list", str(HERE / "excluded.txt"), "--serial"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=1800)
-        figures = summary(run.stdout)
-        print(f"Tempest tempest.api.compute: {figures}")
-        failed = [line for line in run.stdout.splitlines() if "... FAILED" in line]
-        assert figures.get("failed", 0) == 0 and not failed, run.stdout[-8000:]
-        assert figures.get("passed", 0) >= 40, run.stdout[-8000:]
+        run_tempest(conf, HERE, tmp_path, "tempest.api.compute", 40, 1800)
     finally:
         for ns in (*projects, images_ns):
             cloud.kubectl("delete", "namespace", ns, "--wait=false", check=False)
