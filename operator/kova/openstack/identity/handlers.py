@@ -82,7 +82,10 @@ class IdentityHandlers(Front):
             return _keystone_error(401 if e.status in (401, 403) else 503, e.message)
         name = request.match_info.get("id") or request.query.get("name")
         if name is None:
-            return web.json_response({"projects": [], "links": {"self": None, "next": None, "previous": None}})
+            # Keystone's answer to a non-admin listing every project; `openstack project list` then falls back
+            # to the caller's own projects (/v3/users/{id}/projects), the namespaces it may work in.
+            return _keystone_error(403, "You are not authorized to perform the requested action: "
+                                        "identity:list_projects.")
         if not DNS_LABEL.match(name):
             return _keystone_error(404, f"Could not find project: {name}.")
         project = keystone.project(name)
