@@ -379,3 +379,49 @@ def test_novaclient_boots_lists_and_deletes(operator: Operator, api: str, cloud:
     assert instance_of(kubectl, server.id)["spec"]["networks"] == ["none"]
     old.servers.delete(server.id)
     wait_for(lambda: not old.servers.list(), 90, "the server gone")
+
+
+def test_the_projects_usage_quotas_and_read_only_catalogues(operator: Operator, api: str, cloud: LocalCloud,
+                                                            source: Source, kubectl: Kubectl,
+                                                            namespace: str) -> None:
+    """What Horizon's overview and `openstack` read besides servers, as a tenant, over plain HTTP at 2.100."""
+    small, _big, _mid = project(kubectl, source, "reads")
+    kubectl.apply({"apiVersion": "compute.kova.dev/v1alpha1", "kind": "SecurityGroup", "metadata": {"name": "web"},
+                   "spec": {"rules": [{"protocol": "tcp", "portRangeMin": 443, "portRangeMax": 443}]}})
+    token = tenant_token(cloud, namespace)
+    conn = connect(api, token, namespace)
+    image_id = conn.image.find_image("os").id  # type: ignore[union-attr]
+    base, latest = f"{api}/projects/{namespace}/compute/v2.1", {"OpenStack-API-Version": "compute 2.100"}
+    server = conn.compute.wait_for_server(conn.compute.create_server(
+        name="used", image_id=image_id, flavor_id=small, networks="none", security_groups=[{"name": "web"}]),
+        interval=1)
+
+    status, _, usage = http("GET", f"{base}/os-simple-tenant-usage/{namespace}", token, headers=latest)
+    assert status == 200 and [u["instance_id"] for u in usage["tenant_usage"]["server_usages"]] == [server.id]
+    assert usage["tenant_usage"]["server_usages"][0]["vcpus"] == 1
+    assert http("GET", f"{base}/os-simple-tenant-usage/someone-else", token, headers=latest)[0] == 403
+    status, _, quotas = http("GET", f"{base}/os-quota-sets/{namespace}/detail", token, headers=latest)
+    assert status == 200 and quotas["quota_set"]["instances"]["limit"] == 10
+    wait_for(lambda: http("GET", f"{base}/os-quota-sets/{namespace}/detail", token, headers=latest)[2]
+             ["quota_set"]["instances"]["in_use"] == 1, what="the Quota's use counted")
+    status, _, groups = http("GET", f"{base}/os-security-groups", token, headers=latest)
+    web = next(g for g in groups["security_groups"] if g["name"] == "web")
+    assert web["rules"][0]["from_port"] == 443 and web["rules"][0]["ip_protocol"] == "tcp"
+    status, _, mine = http("GET", f"{base}/servers/{server.id}/os-security-groups", token, headers=latest)
+    assert [g["name"] for g in mine["security_groups"]] == ["web"]
+    status, _, nets = http("GET", f"{base}/os-networks", token, headers=latest)
+    assert [n["label"] for n in nets["networks"]] == ["pod"]
+    status, _, zones = http("GET", f"{base}/os-availability-zone", token, headers=latest)
+    assert status == 200 and {z["zoneName"] for z in zones["availabilityZoneInfo"]} >= {"zone-a", "zone-b"}
+    assert http("GET", f"{base}/flavors/{small}/os-extra_specs", token, headers=latest)[2] == {"extra_specs": {}}
+    assert http("POST", f"{base}/flavors", token, {"flavor": {"name": "mine", "ram": 64, "vcpus": 1, "disk": 0}},
+                latest)[0] == 403
+    # An x509 key pair made by Kova (Nova's type x509 without a key): a certificate and its private key, once.
+    status, _, made = http("POST", f"{base}/os-keypairs", token, {"keypair": {"name": "Cert Pair", "type": "x509"}},
+                           {"OpenStack-API-Version": "compute 2.2"})
+    assert status == 201 and made["keypair"]["public_key"].startswith("-----BEGIN CERTIFICATE")
+    assert "PRIVATE KEY" in made["keypair"]["private_key"] and len(made["keypair"]["fingerprint"]) == 59
+    status, _, shown = http("GET", f"{base}/os-keypairs/Cert%20Pair", token, headers=latest)
+    assert status == 200 and "private_key" not in shown["keypair"] and shown["keypair"]["type"] == "x509"
+    conn.compute.delete_server(server)
+    conn.compute.wait_for_delete(server, interval=1, wait=90)
