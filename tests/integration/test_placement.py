@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from kova.compute.guest import mac_address
 from tests.cloud.bench import LocalCloud
 from tests.conftest import Kubectl, Operator, condition, wait_for
 from tests.httpsource import Source
@@ -89,7 +90,10 @@ def test_two_networks_two_addresses(cloud: LocalCloud, operator: Operator, sourc
     assert ipaddress.ip_address(addresses["pod"]) in ipaddress.ip_network("10.244.0.0/16")
     spec = (kubectl.get("vm", "srv") or {})["spec"]["template"]["spec"]
     assert spec["networks"][1] == {"name": "storage", "multus": {"networkName": "storage"}}
-    assert spec["domain"]["devices"]["interfaces"][1] == {"name": "storage", "bridge": {}}
+    # Each interface has its MAC fixed per server, as a Nova port keeps its own across reboots and rebuilds.
+    mac = mac_address(inst["metadata"]["uid"], "storage")
+    assert spec["domain"]["devices"]["interfaces"][1] == {"name": "storage", "bridge": {}, "macAddress": mac}
+    assert {a["interface"]: a.get("mac") for a in inst["status"]["addresses"]}["storage"] == mac
     # A network that does not exist: ERROR as Nova says it, and no guess.
     kubectl.apply(instance("lost", fl, "os", networks=["nowhere"]))
     lost = wait_instance(kubectl, "lost", "ERROR", timeout=60)
