@@ -104,8 +104,11 @@ def test_openstack_cli_server_lifecycle(operator: Operator, api: str, cloud: Loc
     assert {f["Name"] for f in cli.json("flavor", "list")} >= {small, big}
     assert cli.json("flavor", "show", big)["vcpus"] == 2
     # The CLI names the limits as openstacksdk does (the API sends Nova's maxTotalInstances, totalInstancesUsed).
-    limits = {row["Name"]: row["Value"] for row in cli.json("limits", "show", "--absolute")}
-    assert limits["instances"] == 10 and limits["instances_used"] == 3
+    def limits() -> dict[str, int]:
+        return {row["Name"]: row["Value"] for row in cli.json("limits", "show", "--absolute")}
+    assert limits()["instances"] == 10
+    # The Quota's use is counted by the operator (at most every 10 s): three servers, once it has.
+    wait_for(lambda: limits()["instances_used"] == 3, what="the three servers counted in /limits")
     assert cli.json("availability", "zone", "list", "--compute") is not None
     group = cli.json("server", "group", "create", "--policy", "anti-affinity", "apart")
     assert group["policy"] == "anti-affinity"
