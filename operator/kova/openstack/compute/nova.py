@@ -29,7 +29,6 @@ from kova.api.models import (
     InstanceSpec,
     InstanceStatus,
     NovaStatus,
-    PowerState,
 )
 from kova.compute import actions
 from kova.compute.access import fingerprint
@@ -616,7 +615,7 @@ def parse_action(body: Any, spec: InstanceSpec, status: InstanceStatus, token: s
         raise NovaError(400, "There is either no action or more than one action in the request body")
     key, arg = next(iter(body.items()))
     if key in NOT_SERVED:
-        raise NovaError(400 if key not in ("os-getConsoleOutput",) else 409, f"{key}: {NOT_SERVED[key]}")
+        raise NovaError(400, f"{key}: {NOT_SERVED[key]}")
     name = ACTION_NAMES.get(key)
     if name is None:
         raise NovaError(400, f"There is no such action: {key}")
@@ -1149,7 +1148,3 @@ def simple_usage(project: str, instances: Sequence[Mapping[str, Any]], start: dt
         totals["total_hours"] += hours
     return {"tenant_usage": {"tenant_id": project, "start": start.strftime("%Y-%m-%dT%H:%M:%S.%f"),
                              "stop": stop.strftime("%Y-%m-%dT%H:%M:%S.%f"), "server_usages": usages, **totals}}
-
-
-def power_target(name: str) -> PowerState | None:
-    return actions.POWER_TARGETS.get(name)
