@@ -8,8 +8,9 @@
 //	                         virt-controller's ServiceAccount, ClusterRole(Binding) and Role(Binding)
 //	                         (pkg/virt-operator/resource/generate/rbac/controller.go, GetAllController)
 //
-// Each object goes through tools/util.MarshallObject, as KubeVirt's manifest generators do (no status, no
-// creationTimestamp, no managed-by label).
+// Each object is marshalled as KubeVirt's manifest generators do (tools/util.MarshallObject: no status, no
+// creationTimestamp, no managed-by label), minus that function's textual quote "fixes" (strings.Replace of
+// ` '"` and `"'`), which break descriptions that start with a double quote (DataVolume's contentType).
 //
 // Regenerate the vendored copies (from the repository root):
 //
@@ -20,16 +21,19 @@
 package main
 
 import (
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
 
 	extv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/yaml"
 
+	virtv1 "kubevirt.io/api/core/v1"
 	"kubevirt.io/kubevirt/pkg/virt-operator/resource/generate/components"
 	"kubevirt.io/kubevirt/pkg/virt-operator/resource/generate/rbac"
-	"kubevirt.io/kubevirt/tools/util"
 )
 
 // The install strategy's list, in its order (strategy.go), after the KubeVirt CRD itself.
@@ -66,10 +70,31 @@ func main() {
 		fail(fmt.Errorf("unknown -rbac %q (known: controller)", *which))
 	}
 	for _, obj := range objects {
-		if err := util.MarshallObject(obj, os.Stdout); err != nil {
+		if err := marshal(obj); err != nil {
 			fail(err)
 		}
 	}
+}
+
+// marshal prints one object as a `---` YAML document, without what tools/util.MarshallObject drops.
+func marshal(obj runtime.Object) error {
+	raw, err := json.Marshal(obj)
+	if err != nil {
+		return err
+	}
+	var u unstructured.Unstructured
+	if err := json.Unmarshal(raw, &u.Object); err != nil {
+		return err
+	}
+	unstructured.RemoveNestedField(u.Object, "metadata", "creationTimestamp")
+	unstructured.RemoveNestedField(u.Object, "status")
+	unstructured.RemoveNestedField(u.Object, "metadata", "labels", virtv1.ManagedByLabel)
+	out, err := yaml.Marshal(u.Object)
+	if err != nil {
+		return err
+	}
+	_, err = os.Stdout.Write(append([]byte("---\n"), out...))
+	return err
 }
 
 func fail(err error) {
