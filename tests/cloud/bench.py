@@ -482,6 +482,14 @@ class LocalCloud:
                 if line.strip():
                     yield json.loads(line)["object"]
 
+    # ----- the real virt-controller (issue 19; opt-in, tests/cloud/kubevirt.py) -----
+    def start_kubevirt(self) -> Any:
+        """KubeVirt v1.7.0's virt-controller (its CRDs, RBAC and config), kube-scheduler when built, and the node
+        side (tests/cloud/virthandler.py); for a cloud started with_simulator=False. Returns a kubevirt.KubeVirt."""
+        from tests.cloud import kubevirt
+
+        return kubevirt.start(self)
+
 
 # The simulator's CSI driver: the default class, as a cluster's storage vendor installs it.
 STORAGE_CLASS: dict[str, Any] = {

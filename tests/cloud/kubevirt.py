@@ -1,0 +1,237 @@
+"""KubeVirt v1.7.0's real virt-controller on the local cloud (issue 19), instead of the simulator's VM/VMI logic.
+
+`start(cloud)` installs what virt-operator would have installed before virt-controller runs, then starts it
+(and kube-scheduler, when built) with every port on 127.0.0.1:
+
+* every CRD of v1.7.0 (`third_party/kubevirt/v1.7.0/crds.yaml`, KubeVirt's own generators), over the
+  swagger-derived ones the local cloud installed at start; CRDs must be there before virt-controller starts:
+  it decides once, at start, whether CDI is there (a DataVolume CRD) and then waits for its informers of
+  CDI's kinds (CDI, CDIConfig, DataSource, StorageProfile) too, so those get a schema-less CRD when absent;
+* the namespace `kubevirt` (virt-controller's namespace when it finds no service-account namespace file), the
+  KubeVirt CR `kubevirt/kubevirt` with `status.phase: Deployed` (pkg/virt-config/configuration.go reads a
+  KubeVirt CR's configuration only once it has a phase, as virt-operator sets it);
+* virt-controller's ServiceAccount, ClusterRole, Role and bindings (`third_party/kubevirt/v1.7.0/
+  rbac-controller.yaml`, rbac/controller.go), and a kubeconfig with a token of that account: it runs with
+  exactly the rights virt-operator gives it;
+* a serving certificate for its HTTPS endpoint (`--prom-cert-file`, `--prom-key-file`: /healthz, /leader,
+  /metrics).
+
+virt-controller takes `--kubeconfig` (not $KUBECONFIG); it takes the Lease `kubevirt/virt-controller` and
+is ready when `GET /leader` says `{"apiserver": {"leader": "true"}}` (after its informers synced).
+
+The node side (kubelet for the pods, virt-handler for the VMIs) is `tests/cloud/virthandler.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from tests.cloud.pki import leaf, new_ca, pem_cert, pem_key
+
+if TYPE_CHECKING:
+    from tests.cloud.bench import LocalCloud, Proc
+
+REPO = Path(__file__).resolve().parents[2]
+VERSION = "v1.7.0"
+MANIFESTS = REPO / "third_party" / "kubevirt" / VERSION
+NAMESPACE = "kubevirt"
+LOOPBACK = "127.0.0.1"
+# Host-less image names: nothing pulls them (the node side only reads them), they only have to be valid.
+LAUNCHER_IMAGE = f"virt-launcher:{VERSION}"
+EXPORTER_IMAGE = f"virt-exportserver:{VERSION}"
+HANDLER_IMAGE = f"virt-handler:{VERSION}"
+CONTROLLER_SA = "kubevirt-controller"  # components.ControllerServiceAccountName
+# CDI's kinds virt-controller watches once it finds the DataVolume CRD (pkg/controller/virtinformers.go: CDI(),
+# CDIConfig(), DataSource(), StorageProfile()): (plural, kind, scope).
+CDI_KINDS = (("cdis", "CDI", "Cluster"), ("cdiconfigs", "CDIConfig", "Cluster"),
+             ("datasources", "DataSource", "Namespaced"), ("storageprofiles", "StorageProfile", "Cluster"))
+
+KUBEVIRT_CR: dict[str, Any] = {
+    "apiVersion": "kubevirt.io/v1", "kind": "KubeVirt",
+    "metadata": {"name": "kubevirt", "namespace": NAMESPACE},
+    "spec": {"imagePullPolicy": "IfNotPresent", "configuration": {"developerConfiguration": {"featureGates": []}}},
+}
+
+
+def _schemaless_crd(plural: str, kind: str, scope: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.cdi.kubevirt.io"},
+        "spec": {"group": "cdi.kubevirt.io", "scope": scope,
+                 "names": {"plural": plural, "singular": kind.lower(), "kind": kind, "listKind": f"{kind}List"},
+                 "versions": [{"name": "v1beta1", "served": True, "storage": True,
+                               "subresources": {"status": {}},
+                               "schema": {"openAPIV3Schema": {"type": "object",
+                                                              "x-kubernetes-preserve-unknown-fields": True}}}]},
+    }
+
+
+@dataclass
+class KubeVirt:
+    """The real virt-controller (and kube-scheduler) of one LocalCloud."""
+
+    cloud: LocalCloud
+    controller: Proc | None = None
+    scheduler: Proc | None = None
+    controller_port: int = 0
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def dir(self) -> Path:
+        return self.cloud.workdir / "kubevirt"
+
+    # ----- what virt-operator would have installed -----
+    def install(self) -> None:
+        cloud = self.cloud
+        self.dir.mkdir(parents=True, exist_ok=True)
+        crds = [d for d in yaml.safe_load_all((MANIFESTS / "crds.yaml").read_text()) if d]
+        names = [d["metadata"]["name"] for d in crds]
+        # The local cloud's swagger-derived CRDs (v1.9.0's document) were applied at start. One of them stores a
+        # version v1.7.0 does not have (VirtualMachineExport v1; v1.7.0 serves v1alpha1 and v1beta1 only): the
+        # API server refuses to drop a stored version, so such a CRD goes first (a fresh cloud has no objects).
+        for crd in crds:
+            existing = cloud.kubectl("get", "crd", crd["metadata"]["name"], "-o", "json", "--ignore-not-found")
+            stored = set(json.loads(existing)["status"].get("storedVersions") or []) if existing.strip() else set()
+            if stored - {v["name"] for v in crd["spec"]["versions"]}:
+                cloud.kubectl("delete", "crd", crd["metadata"]["name"], "--wait=true", "--timeout=60s")
+        # Server-side, forced: the fields the swagger-derived CRDs of the same names set are taken over.
+        cloud.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(MANIFESTS / "crds.yaml"))
+        have = set(cloud.kubectl("get", "crd", "-o", "name").split())
+        missing = [_schemaless_crd(*k) for k in CDI_KINDS
+                   if f"customresourcedefinition.apiextensions.k8s.io/{k[0]}.cdi.kubevirt.io" not in have]
+        if missing:
+            cloud.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(missing))
+        cloud.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd",
+                      *names, *(f"{k[0]}.cdi.kubevirt.io" for k in CDI_KINDS))
+        cloud.kubectl("create", "namespace", NAMESPACE, check=False)
+        cloud.kubectl("apply", "--server-side", "-f", str(MANIFESTS / "rbac-controller.yaml"))
+        cloud.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(KUBEVIRT_CR))
+        # virt-operator's status: the phase is what makes virt-controller take the CR's configuration.
+        status = {"status": {"phase": "Deployed", "observedKubeVirtVersion": VERSION,
+                             "targetKubeVirtVersion": VERSION}}
+        cloud.kubectl("-n", NAMESPACE, "patch", "kubevirts.kubevirt.io", "kubevirt", "--subresource=status",
+                      "--type=merge", "-p", json.dumps(status))
+
+    def controller_kubeconfig(self) -> Path:
+        """A kubeconfig with a token of virt-controller's own ServiceAccount."""
+        from tests.cloud.bench import kubeconfig_dict
+
+        token = self.cloud.kubectl("-n", NAMESPACE, "create", "token", CONTROLLER_SA, "--duration=48h").strip()
+        path = self.dir / "virt-controller.kubeconfig"
+        path.write_text(yaml.safe_dump(kubeconfig_dict(
+            self.cloud.api_url, (self.cloud.workdir / "pki" / "ca.crt").read_text(), token=token,
+            user=CONTROLLER_SA)))
+        return path
+
+    def _serving_cert(self) -> tuple[Path, Path, Path]:
+        ca = new_ca("virt-controller-ca")
+        cert, key = leaf("virt-controller", ca, server=True)
+        files = (self.dir / "controller-ca.crt", self.dir / "controller.crt", self.dir / "controller.key")
+        for path, data in zip(files, (pem_cert(ca[0]), pem_cert(cert), pem_key(key)), strict=True):
+            path.write_bytes(data)
+        return files
+
+    # ----- processes -----
+    def start_scheduler(self) -> Proc | None:
+        """kube-scheduler with its default profile, if `make` built it; None otherwise."""
+        from tests.cloud.bench import LOOPBACK as _LB
+        from tests.cloud.bench import bin_dir, free_port
+
+        path = bin_dir() / "kube-scheduler"
+        if not path.exists():
+            return None
+        port = free_port()
+        kubeconfig = str(self.cloud.kubeconfig)
+        proc = self.cloud.spawn("kube-scheduler", [
+            str(path), f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}", "--leader-elect=false", f"--bind-address={_LB}",
+            f"--secure-port={port}", "--v=1"])
+        proc.ports = {"https": port}
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # its own self-signed serving certificate
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"https://{_LB}:{port}/healthz", context=ctx, timeout=2) as resp:
+                return bool(resp.status == 200)
+        self.cloud._wait(proc, healthy, "kube-scheduler /healthz")
+        self.scheduler = proc
+        return proc
+
+    def start_controller(self, timeout: float = 120) -> Proc:
+        from tests.cloud.bench import binary, free_port
+
+        ca, cert, key = self._serving_cert()
+        self.controller_port = free_port()
+        proc = self.cloud.spawn("virt-controller", [
+            binary("virt-controller"), f"--kubeconfig={self.controller_kubeconfig()}",
+            f"--listen={LOOPBACK}", f"--port={self.controller_port}",
+            f"--prom-cert-file={cert}", f"--prom-key-file={key}",
+            f"--launcher-image={LAUNCHER_IMAGE}", f"--exporter-image={EXPORTER_IMAGE}",
+            # Shorter than the 15 s / 10 s / 2 s defaults: a restarted controller takes over sooner.
+            "--leader-elect-lease-duration=4s", "--leader-elect-renew-deadline=3s",
+            "--leader-elect-retry-period=1s", "--v=3"],
+            # No in-cluster configuration: it would be tried before --kubeconfig.
+            env={"KUBERNETES_SERVICE_HOST": "", "KUBERNETES_SERVICE_PORT": ""})
+        proc.ports = {"https": self.controller_port}
+        ctx = ssl.create_default_context(cafile=str(ca))
+        url = f"https://{LOOPBACK}:{self.controller_port}/leader"
+
+        def leading() -> bool:
+            with urllib.request.urlopen(url, context=ctx, timeout=2) as resp:
+                return bool(json.loads(resp.read())["apiserver"]["leader"] == "true")
+        self.cloud._wait(proc, leading, "virt-controller to lead (GET /leader)", timeout=timeout)
+        self.controller = proc
+        return proc
+
+    def start_node_side(self) -> Proc:
+        """tests/cloud/virthandler.py: kubelet and virt-handler of the simulated nodes."""
+        log = self.cloud.logs / "virthandler.log"
+        offset = log.stat().st_size if log.exists() else 0
+        proc = self.cloud.spawn("virthandler", [sys.executable, "-m", "tests.cloud.virthandler"],
+                                env={**self.cloud.env(), "PYTHONPATH": str(REPO)})
+        self.cloud._wait(proc, lambda: log.read_bytes()[offset:].find(b"node side ready") >= 0,
+                         "the node side (virthandler)")
+        return proc
+
+
+def start(cloud: LocalCloud, *, node_side: bool = True) -> KubeVirt:
+    """Install v1.7.0's objects, start the node side, kube-scheduler (when built) and virt-controller."""
+    kv = KubeVirt(cloud)
+    kv.install()
+    if node_side:
+        kv.start_node_side()  # Nodes first: virt-controller's node controller looks at them from the start
+    kv.start_scheduler()
+    kv.start_controller()
+    return kv
+
+
+def leader(cloud: LocalCloud) -> str:
+    """The holder of virt-controller's Lease."""
+    out = cloud.kubectl("-n", NAMESPACE, "get", "lease", "virt-controller", "-o", "jsonpath={.spec.holderIdentity}")
+    return out.strip()
+
+
+def wait_for(predicate: Any, what: str, timeout: float = 60, interval: float = 0.2) -> Any:
+    """Poll `predicate` until it returns something truthy (returned), or raise after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except (subprocess.SubprocessError, RuntimeError, KeyError, ValueError) as e:
+            last = e
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise TimeoutError(f"timed out waiting for {what}; last: {last!r}")
