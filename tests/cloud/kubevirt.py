@@ -14,7 +14,15 @@
   rbac-controller.yaml`, rbac/controller.go), and a kubeconfig with a token of that account: it runs with
   exactly the rights virt-operator gives it;
 * a serving certificate for its HTTPS endpoint (`--prom-cert-file`, `--prom-key-file`: /healthz, /leader,
-  /metrics).
+  /metrics);
+* the export CA (ECDSA: the export controller asserts an *ecdsa.PrivateKey) at the fixed path
+  /etc/virt-controller/exportca/tls.{crt,key} (pkg/storage/export/export/export.go `caDefaultPath`, no flag),
+  and its certificate in ConfigMap kubevirt/kubevirt-export-ca (`ca-bundle`). Without the file virt-controller
+  dies of a nil pointer (export.go:688, createCertSecretManifest) as soon as an export needs its exporter pod.
+  The file is put there in a private mount namespace only virt-controller sees (`unshare --mount`, an overlay
+  over /etc whose upper layer is in the cloud's workdir): nothing is written to the machine's /etc. Where
+  that is not permitted (no CAP_SYS_ADMIN, no user namespaces), virt-controller runs without it
+  (`KubeVirt.export_ca` False) and exports must not be tested.
 
 virt-controller takes `--kubeconfig` (not $KUBECONFIG); it takes the Lease `kubevirt/virt-controller` and
 is ready when `GET /leader` says `{"apiserver": {"leader": "true"}}` (after its informers synced).
@@ -24,19 +32,23 @@ The node side (kubelet for the pods, virt-handler for the VMIs) is `tests/cloud/
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import ssl
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.cloud.pki import leaf, new_ca, pem_cert, pem_key
+from tests.cloud.pki import leaf, name, new_ca, pem_cert, pem_key
 
 if TYPE_CHECKING:
     from tests.cloud.bench import LocalCloud, Proc
@@ -84,6 +96,7 @@ class KubeVirt:
     controller: Proc | None = None
     scheduler: Proc | None = None
     controller_port: int = 0
+    export_ca: bool = False  # whether virt-controller sees /etc/virt-controller/exportca (see the docstring)
     ports: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -141,6 +154,44 @@ class KubeVirt:
             path.write_bytes(data)
         return files
 
+    def _export_ca(self) -> Path:
+        """The export CA as virt-operator makes it (ECDSA P-256, self-signed), under an /etc overlay's upper
+        layer; its certificate in ConfigMap kubevirt-export-ca. Returns the overlay's root."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = name("kubevirt-export-ca")
+        stamp = dt.datetime.now(dt.UTC)
+        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(stamp - dt.timedelta(minutes=5))
+                .not_valid_after(stamp + dt.timedelta(days=7))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=True, key_cert_sign=True,
+                                             content_commitment=False, data_encipherment=False, key_agreement=False,
+                                             crl_sign=False, encipher_only=False, decipher_only=False),
+                               critical=True)
+                .sign(key, hashes.SHA256()))
+        root = self.dir / "etc-overlay"
+        ca_dir = root / "upper" / "virt-controller" / "exportca"
+        ca_dir.mkdir(parents=True, exist_ok=True)
+        (root / "work").mkdir(exist_ok=True)
+        (ca_dir / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (ca_dir / "tls.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                           serialization.PrivateFormat.TraditionalOpenSSL,
+                                                           serialization.NoEncryption()))
+        self.cloud.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "kubevirt-export-ca", "namespace": NAMESPACE},
+            "data": {"ca-bundle": cert.public_bytes(serialization.Encoding.PEM).decode()}}))
+        return root
+
+    @staticmethod
+    def _in_etc_overlay(root: Path, args: list[str]) -> list[str]:
+        """`args` run in a private mount namespace with `root`/upper laid over /etc (as root; else in a user
+        namespace, where the kernel allows unprivileged overlays)."""
+        user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+        script = (f'mount -t overlay overlay -o "lowerdir=/etc,upperdir={root}/upper,workdir={root}/work" /etc '
+                  '&& exec "$@"')
+        return ["unshare", "--mount", *user, "sh", "-c", script, "sh", *args]
+
     # ----- processes -----
     def start_scheduler(self) -> Proc | None:
         """kube-scheduler with its default profile, if `make` built it; None otherwise."""
@@ -172,8 +223,16 @@ class KubeVirt:
 
         ca, cert, key = self._serving_cert()
         self.controller_port = free_port()
+        command = [binary("virt-controller")]
+        overlay = self._export_ca()
+        probe = subprocess.run(
+            self._in_etc_overlay(overlay, ["test", "-s", "/etc/virt-controller/exportca/tls.key"]),
+            capture_output=True, timeout=30)
+        self.export_ca = probe.returncode == 0
+        if self.export_ca:
+            command = self._in_etc_overlay(overlay, command)
         proc = self.cloud.spawn("virt-controller", [
-            binary("virt-controller"), f"--kubeconfig={self.controller_kubeconfig()}",
+            *command, f"--kubeconfig={self.controller_kubeconfig()}",
             f"--listen={LOOPBACK}", f"--port={self.controller_port}",
             f"--prom-cert-file={cert}", f"--prom-key-file={key}",
             f"--launcher-image={LAUNCHER_IMAGE}", f"--exporter-image={EXPORTER_IMAGE}",
@@ -219,19 +278,3 @@ def leader(cloud: LocalCloud) -> str:
     """The holder of virt-controller's Lease."""
     out = cloud.kubectl("-n", NAMESPACE, "get", "lease", "virt-controller", "-o", "jsonpath={.spec.holderIdentity}")
     return out.strip()
-
-
-def wait_for(predicate: Any, what: str, timeout: float = 60, interval: float = 0.2) -> Any:
-    """Poll `predicate` until it returns something truthy (returned), or raise after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except (subprocess.SubprocessError, RuntimeError, KeyError, ValueError) as e:
-            last = e
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise TimeoutError(f"timed out waiting for {what}; last: {last!r}")
