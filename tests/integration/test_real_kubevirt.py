@@ -97,8 +97,8 @@ def test_controller_leads_with_its_own_service_account(kv: KubeVirt) -> None:
 def test_vm_runs_and_is_ready(kv: KubeVirt) -> None:
     create(kv, vm_body("runs"))
     vm = wait_for(lambda: running_and_ready(kv, "runs"), timeout=90, what="VM runs Running and ready")
-    # pkg/virt-controller/watch/vm/vm.go, setPrintableStatus / isVirtualMachineStatusRunning; status.ready from
-    # the VMI's Ready condition (vm.go, syncReadyConditionFromVMI... on the VMI: lifecycle.go below).
+    # pkg/virt-controller/watch/vm/vm.go: setPrintableStatus (isVirtualMachineStatusRunning); updateStatus sets
+    # created (a VMI exists) and ready (the VMI's Ready condition True); syncReadyConditionFromVMI copies it.
     assert vm["printableStatus"] == "Running" and vm["created"] is True and vm["ready"] is True
     assert cond(vm, "Ready")["status"] == "True"
 
@@ -229,8 +229,8 @@ def test_pause_restart_stop(kv: KubeVirt) -> None:
     gate = cond(pod["status"], "kubevirt.io/virtual-machine-unpaused")
     assert (gate["status"], gate["reason"], gate["message"]) == ("False", "Paused", "the virtual machine is paused")
 
-    # Restart as virt-api's restart does it: stateChangeRequests Stop (of this VMI) then Start
-    # (vm.go, handleStateChangeRequests... the VMI is deleted and a new one created).
+    # Restart as virt-api's restart does it (pkg/virt-api/rest/lifecycle.go): stateChangeRequests Stop (of this
+    # VMI's uid) then Start; vm.go deletes the VMI, creates a new one and pops each request (popStateChangeRequest).
     old_uid = vmi["metadata"]["uid"]
     kv.cloud.kubectl("-n", NS, "patch", "vm", "life", "--subresource=status", "--type=merge", "-p", json.dumps(
         {"status": {"stateChangeRequests": [{"action": "Stop", "uid": old_uid}, {"action": "Start"}]}}))
@@ -245,8 +245,9 @@ def test_pause_restart_stop(kv: KubeVirt) -> None:
     # Stop: runStrategy Halted -> the VMI is deleted (virt-handler shuts it down), the VM Stopped.
     kv.cloud.kubectl("-n", NS, "patch", "vm", "life", "--type=merge", "-p", '{"spec":{"runStrategy":"Halted"}}')
     vm = wait_for(lambda: (s := status(kv, "vm", "life")).get("printableStatus") == "Stopped"
-                  and get(kv, "vmi", "life") is None and s, timeout=60, what="VM Stopped")
-    ready = cond(vm, "Ready")  # vm.go: no VMI
+                  and get(kv, "vmi", "life") is None and cond(s, "Ready").get("reason") == "VMINotExists" and s,
+                  timeout=60, what="VM Stopped, its Ready condition saying why")
+    ready = cond(vm, "Ready")  # vm.go, syncReadyConditionFromVMI: no VMI
     assert (ready["status"], ready["reason"], ready["message"]) == ("False", "VMINotExists", "VMI does not exist")
     assert "created" not in vm and "ready" not in vm
 
