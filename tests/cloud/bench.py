@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -39,6 +40,10 @@ from tests.cloud.pki import leaf, new_ca, new_key, pem_cert, pem_key
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = Path(__file__).resolve().parent / "crds" / "kubevirt-cdi.yaml"
+# CDI v1.65.0's own CRDs, as its operator installs them (vendored, see third_party/README.md): the version of
+# the cdi-controller the local cloud runs.
+CDI_CRDS = REPO / "third_party" / "cdi" / "v1.65.0" / "crds.yaml"
+CDI_NAMESPACE = "cdi"
 # Multus' NetworkAttachmentDefinition, as its project publishes it (vendored, see third_party/README.md).
 NAD_CRD = REPO / "third_party" / "network-attachment-definition" / "networks-crd.yaml"
 LOOPBACK = "127.0.0.1"
@@ -105,6 +110,10 @@ class LocalCloud:
     s3_port: int = 0
     virt_api_port: int = 0  # the simulator's aggregated API (subresources.kubevirt.io), behind an APIService
     export_port: int = 0  # the simulator's VirtualMachineExport server
+    # Controllers a cluster runs as Deployments: restarted when they exit, as kubelet restarts their pods
+    # (cdi-controller exits when it loses its leader Lease, for instance while kube-apiserver restarts).
+    supervised: dict[str, Any] = field(default_factory=dict)
+    restarts: Counter[str] = field(default_factory=Counter)
     s3_access_key: str = "kova-bench"
     s3_secret_key: str = "kova-bench-secret"
 
@@ -148,7 +157,10 @@ class LocalCloud:
             # (it discovers kinds added later only every 30 s, and owner references to them wait until then).
             self._install_crds()
             self._start_controller_manager()
+            self._start_scheduler()
             self._start_minio()
+            self._install_cdi()
+            self.supervise("cdi-controller", self._start_cdi)
             if self.with_simulator:
                 self.start_simulator()
             (self.workdir / "env").write_text("".join(f"export {k}={v}\n" for k, v in self.env().items()))
@@ -168,7 +180,27 @@ class LocalCloud:
             raise
         return self
 
+    def supervise(self, name: str, start: Any) -> None:
+        """Run `start()` now and again whenever the process it spawned (named `name`) exits."""
+        start()
+        self.supervised[name] = start
+        if len(self.supervised) == 1:
+            threading.Thread(target=self._supervisor, daemon=True, name="supervisor").start()
+
+    def _supervisor(self) -> None:
+        while self.supervised:
+            time.sleep(0.5)
+            for name, start in list(self.supervised.items()):
+                proc = next((p for p in self.procs if p.name == name), None)
+                if proc is None or proc.popen.poll() is None:
+                    continue
+                self.procs.remove(proc)
+                self.restarts[name] += 1
+                with contextlib.suppress(Exception):  # tried again on the next round
+                    start()
+
     def stop(self) -> None:
+        self.supervised.clear()
         # One after the other, newest first: kube-apiserver stops in about a second while etcd is still
         # there, but waits out the whole deadline for an etcd that went away under it.
         deadline = time.monotonic() + 10
@@ -351,12 +383,57 @@ class LocalCloud:
         # Kova's own too (install_kova_crds applies them again, unchanged): the resourcequota controller, like
         # the garbage collector, counts kinds added later only after its next discovery, up to 30 s on, and
         # until then the API server refuses every object a ResourceQuota counts ("status unknown for quota").
-        self.kubectl("apply", "--server-side", "-f", str(CRDS), "-f", str(NAD_CRD), "-f", str(REPO / "crds"))
+        # KubeVirt's kinds from kubevirt-cdi.yaml; CDI's (DataVolume included) from CDI's own v1.65.0 set.
+        kubevirt = [d for d in yaml.safe_load_all(CRDS.read_text()) if d and d["spec"]["group"] != "cdi.kubevirt.io"]
+        self.kubectl("apply", "--server-side", "-f", "-", "-f", str(CDI_CRDS), "-f", str(NAD_CRD),
+                     "-f", str(REPO / "crds"), input=yaml.safe_dump_all(kubevirt))
         self.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(STORAGE_CLASS))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd",
                      "virtualmachines.kubevirt.io", "virtualmachineinstances.kubevirt.io",
                      "datavolumes.cdi.kubevirt.io", "virtualmachineexports.export.kubevirt.io",
-                     "network-attachment-definitions.k8s.cni.cncf.io")
+                     "network-attachment-definitions.k8s.cni.cncf.io", "storageprofiles.cdi.kubevirt.io",
+                     "cdis.cdi.kubevirt.io")
+
+    def _start_scheduler(self) -> None:
+        """kube-scheduler, built from the same module as the API server, with its default profile."""
+        port = free_port()
+        proc = self.spawn("kube-scheduler", [
+            binary("kube-scheduler"), f"--kubeconfig={self.kubeconfig}", "--leader-elect=false",
+            f"--bind-address={LOOPBACK}", f"--secure-port={port}", "--v=1"])
+        self._wait(proc, lambda: (self.logs / "kube-scheduler.log").read_text().find("Serving securely") >= 0,
+                   "kube-scheduler")
+
+    def _install_cdi(self) -> None:
+        """What CDI's operator installs for cdi-controller (v1.65.0): namespace `cdi`, the CDI resource, the
+        clone token keys; and a StorageProfile for the simulated driver, which CDI cannot know (a cluster
+        administrator writes its claim properties, as for any driver CDI has no defaults for)."""
+        self.kubectl("create", "namespace", CDI_NAMESPACE, check=False)
+        self.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all([
+            {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "CDI", "metadata": {"name": "cdi"},
+             "spec": {"config": {"featureGates": []}}},
+            {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "StorageProfile", "metadata": {"name": "sim-local"},
+             "spec": {"claimPropertySets": [{"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"}]}}]))
+        keys = self.workdir / "pki" / "cdi-token"
+        keys.mkdir(exist_ok=True)
+        key = new_key()
+        (keys / "id_rsa").write_bytes(pem_key(key))
+        (keys / "id_rsa.pub").write_bytes(key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+    def _start_cdi(self) -> None:
+        """cdi-controller, naming images in the pods it makes that nothing pulls (the simulated kubelet runs the
+        importer's payload itself)."""
+        keys = self.workdir / "pki" / "cdi-token"
+        proc = self.spawn("cdi-controller", [
+            binary("cdi-controller"), f"-kubeconfig={self.kubeconfig}", f"-token-key-dir={keys}",
+            f"-metrics-bind-address={LOOPBACK}:{free_port()}", "-v=1"],
+            env={"IMPORTER_IMAGE": "cdi-importer:v1.65.0", "CLONER_IMAGE": "cdi-cloner:v1.65.0",
+                 "UPLOADSERVER_IMAGE": "cdi-uploadserver:v1.65.0", "OVIRT_POPULATOR_IMAGE": "ovirt-populator:v1.65.0",
+                 "UPLOADPROXY_SERVICE": "cdi-uploadproxy", "PULL_POLICY": "IfNotPresent",
+                 "KUBECONFIG": str(self.kubeconfig)})
+        # Ready once it leads and its config controller made the CDIConfig.
+        self._wait(proc, lambda: json.loads(self._api_get("/apis/cdi.kubevirt.io/v1beta1/cdiconfigs/config")),
+                   "cdi-controller (CDIConfig config)", timeout=120)
 
     def start_simulator(self) -> Proc:
         """The KubeVirt/CDI simulator; returns once its caches are synced and kube-apiserver finds its
@@ -495,7 +572,7 @@ class LocalCloud:
 STORAGE_CLASS: dict[str, Any] = {
     "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
     "metadata": {"name": "sim-local", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
-    "provisioner": "sim.kova.dev/local", "allowVolumeExpansion": True, "reclaimPolicy": "Delete",
+    "provisioner": "local.sim.kova.dev", "allowVolumeExpansion": True, "reclaimPolicy": "Delete",
     "volumeBindingMode": "Immediate",
 }
 

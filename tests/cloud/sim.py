@@ -1,30 +1,19 @@
-"""A small KubeVirt + CDI simulator: plays their controllers on a cluster that has no KVM or kubelet.
+"""The KubeVirt side the local cloud does not run for real yet, and the node side it has no machine for.
 
-CDI: a DataVolume is imported for real. For an `http` source the simulator GETs the URL (a presigned MinIO
-URL, say) and checks `checksum` (`sha256:`/`sha512:`) when given; for an `s3` source it reads the Secret
-named by `secretRef` (accessKeyId / secretKey) and downloads the object. The bytes land in a file that
-stands for the PVC (`<volumes>/<namespace>/<name>.img`). A `blank` source downloads nothing: the file is
-empty (0 bytes; the claim records the size). Phases: ImportScheduled → ImportInProgress (with progress) →
-Succeeded, or Failed with a reason and message. As CDI does, each DataVolume gets a
-PersistentVolumeClaim of its name that it controls, with its labels and annotations (and CDI's own), asking
-for the DataVolume's size; `status.claimName` names it.
+CDI is real: cdi-controller v1.65.0 (started by tests/cloud/bench.py) makes each DataVolume's claim and
+importer pod, and reports phases, conditions and restarts itself. What it needs of a node is here:
+kubelet (tests/cloud/kubelet.py: the Nodes, pods run as far as controllers can see, restarts), the
+importer pod's payload (tests/cloud/importer.py: download, checksum, conversion to raw, the importer's
+failure modes) and a CSI driver (tests/cloud/csi.py: provisioning, binding, expansion, deletion). Pods are
+placed by the real kube-scheduler.
 
-CSI driver (`sim.kova.dev/local`, StorageClass `sim-local`, the default): claims of the class are bound at
-once (capacity = request; no PersistentVolume object). A grown request is played as external-resizer and
-kubelet do: Resizing → FileSystemResizePending → the new capacity. The file on disk keeps its bytes.
-
-Nodes (kubelet, the node lifecycle controller): three Node objects, registered at start and kept Ready
-(no kubelet heartbeats them, and no controller of the local cloud marks nodes NotReady): sim-node-0 in
-zone-a, sim-node-1 and sim-node-2 in zone-b (`topology.kubernetes.io/zone`), each 256 CPUs, 256 GiB, 250
-pods, podCIDR 10.244.<n>.0/24. The admission's not-ready taint is removed once Ready.
-
-kube-scheduler (tests/cloud/scheduler.py, pure functions): a VMI's virt-launcher pod carries the VMI's
-labels, nodeSelector, affinity, tolerations and requests; it is placed on a node that passes the filters
-(taints, nodeSelector and required node affinity, the sum of requests already on the node, required pod
-affinity and anti-affinity over the placed VMIs' labels by topologyKey, and other VMIs' anti-affinity),
-best by preferred (anti-)affinity weights, then fewest VMIs, then name. When none fits, the VMI stays
-Scheduling with PodScheduled False / Unschedulable and kube-scheduler's message ("0/3 nodes are available:
-..."), the VM says ErrorUnschedulable; it is retried every step, so a freed node takes it.
+kube-scheduler for VMIs (tests/cloud/scheduler.py, pure functions, until virt-controller makes launcher
+pods here): a VMI is placed on a node that passes the filters (taints, nodeSelector and required node
+affinity, the sum of requests already on the node, required pod affinity and anti-affinity over the placed
+VMIs' labels by topologyKey, and other VMIs' anti-affinity), best by preferred (anti-)affinity weights, then
+fewest VMIs, then name. When none fits, the VMI stays Scheduling with PodScheduled False / Unschedulable and
+kube-scheduler's message ("0/3 nodes are available: ..."), the VM says ErrorUnschedulable; it is retried
+every step, so a freed node takes it.
 
 KubeVirt: a VirtualMachine that should run (runStrategy Always/RerunOnFailure/Once, or `running: true`;
 Manual on a start request) waits for its DataVolumes (Provisioning), gets a VirtualMachineInstance it
@@ -47,9 +36,9 @@ virt-api: the aggregated API subresources.kubevirt.io (tests/cloud/virtapi.py), 
 virt-exportproxy and the export controller: VirtualMachineExports (tests/cloud/exportserver.py).
 
 Like KubeVirt's and CDI's controllers, it works from informer-style caches: one watch per kind keeps an
-in-memory copy of every DataVolume, PersistentVolumeClaim, VirtualMachine, VirtualMachineInstance,
-VirtualMachineExport and Node, and its own writes update that copy at once. A pass over the caches costs the API
-server nothing.
+in-memory copy of every DataVolume, PersistentVolumeClaim, PersistentVolume, Pod, VirtualMachine,
+VirtualMachineInstance, VirtualMachineExport and Node, and its own writes update that copy at once.
+A pass over the caches costs the API server nothing.
 
     python -m tests.cloud.sim [--delay SECONDS] [--virt-api-port N] [--export-port N]     # uses $KUBECONFIG
 """
@@ -57,11 +46,9 @@ server nothing.
 from __future__ import annotations
 
 import argparse
-import base64
 import dataclasses
 import datetime as dt
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -69,9 +56,6 @@ import re
 import secrets
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -79,8 +63,7 @@ from typing import Any
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from tests.cloud import networks, scheduler
-from tests.cloud.scheduler import quantity
+from tests.cloud import csi, importer, kubelet, networks, scheduler
 
 log = logging.getLogger("sim")
 KV = ("kubevirt.io", "v1")
@@ -90,8 +73,6 @@ NAD = ("k8s.cni.cncf.io", "v1", "network-attachment-definitions")
 # The nodes: (name, zone). Each is big enough that bench-scale's ~700 one-vCPU Instances fit on three, and
 # small enough that a VMI asking 512 GiB fits on none (the e2e test of ErrorUnschedulable). 250 pods: a
 # /24 podCIDR holds that many addresses.
-NODES = (("sim-node-0", "zone-a"), ("sim-node-1", "zone-b"), ("sim-node-2", "zone-b"))
-NODE_CAPACITY = {"cpu": "256", "memory": "256Gi", "pods": "250", "ephemeral-storage": "1Ti"}
 NODE_NAME_LABEL = "kubevirt.io/nodeName"  # virt-controller's label on a scheduled VMI
 RUNNING_STRATEGIES = {"Always", "RerunOnFailure", "Once"}
 STORAGE_CLASS = "sim-local"
@@ -157,38 +138,6 @@ def vmi_final(vmi: dict[str, Any]) -> bool:
     return vmi.get("status", {}).get("phase") in ("Succeeded", "Failed")
 
 
-def node_object(index: int, name: str, zone: str) -> dict[str, Any]:
-    """A Node as kubelet registers it and virt-handler labels it (kubevirt.io/schedulable)."""
-    return {"apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "labels": {
-                "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-                "topology.kubernetes.io/zone": zone, "topology.kubernetes.io/region": "sim",
-                scheduler.SCHEDULABLE_LABEL: "true"}},
-            "spec": {"podCIDR": networks.pod_cidr(index), "podCIDRs": [networks.pod_cidr(index)],
-                     "providerID": f"sim://{name}"}}
-
-
-def node_status(index: int) -> dict[str, Any]:
-    stamp = now()
-
-    def cond(type_: str, status: str, reason: str, message: str) -> dict[str, str]:
-        return {"type": type_, "status": status, "reason": reason, "message": message,
-                "lastHeartbeatTime": stamp, "lastTransitionTime": stamp}
-    return {"capacity": NODE_CAPACITY, "allocatable": NODE_CAPACITY,
-            "conditions": [cond("MemoryPressure", "False", "KubeletHasSufficientMemory",
-                                "kubelet has sufficient memory available"),
-                           cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-                           cond("PIDPressure", "False", "KubeletHasSufficientPID",
-                                "kubelet has sufficient PID available"),
-                           cond("Ready", "True", "KubeletReady", "kubelet is posting ready status")],
-            "addresses": [{"type": "InternalIP", "address": f"172.18.0.{index + 2}"},
-                          {"type": "Hostname", "address": NODES[index][0]}],
-            "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "osImage": "Kova simulated node",
-                         "kernelVersion": "6.8.0", "kubeletVersion": "v1.37.2", "kubeProxyVersion": "",
-                         "containerRuntimeVersion": "containerd://2.1.0", "bootID": "", "machineID": "",
-                         "systemUUID": ""}}
-
-
 class Cluster:
     """One pass's view for kube-scheduler and the IPAM, built when first needed and kept current as the
     pass binds VMIs and hands out addresses (the caches only see those writes on the next pass)."""
@@ -219,29 +168,28 @@ class Cluster:
         return ((found or {}).get("spec") or {}).get("podCIDR") or networks.pod_cidr(0)
 
 
-class ImportFailed(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
 class Simulator:
     def __init__(self, delay: float, volumes: Path) -> None:
         self.delay = delay
         self.volumes = volumes
         self.api = client.CustomObjectsApi()
         self.core = client.CoreV1Api()
-        self.importing: set[str] = set()
         self.last_step: dict[str, float] = {}
         self.lock = threading.Lock()
         self.caches: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
             "datavolumes": {}, "virtualmachines": {}, "virtualmachineinstances": {},
-            "virtualmachineexports": {}, "persistentvolumeclaims": {}, "nodes": {}}
+            "virtualmachineexports": {}, "persistentvolumeclaims": {}, "nodes": {}, "pods": {},
+            "persistentvolumes": {}}
         self.synced = {plural: threading.Event() for plural in self.caches}
         self.soft_reboots: dict[str, int] = {}  # by VMI uid: the guest rebooted this often
         self.exports: Any = None  # the export server (exportserver.ExportServer), once started
         self.export_links: Callable[[dict[str, Any], list[str]], dict[str, Any]] | None = None
         self.warned: set[str] = set()  # VMI uid + reason: Warning events already recorded
+        self.kubelet = kubelet.Kubelet(self)
+        self.kubelet.payloads.append((kubelet.IMPORTER_LABEL, functools.partial(importer.run, self)))
+
+    def reconcile_claims(self) -> None:
+        csi.reconcile(self)
 
     # ----- raw API calls -----
     def rest(self, method: str, path: str, body: Any = None,
@@ -361,238 +309,6 @@ class Simulator:
             self.last_step[key] = t
             return True
         return False
-
-    # ----- nodes: kubelet registering them, the node lifecycle controller -----
-    def ensure_nodes(self) -> None:
-        """Register the nodes, Ready. The TaintNodesByCondition admission gives a new Node the not-ready
-        taint; the node lifecycle controller takes it off once the node is Ready, and so does this."""
-        for index, (name, zone) in enumerate(NODES):
-            body = node_object(index, name, zone)
-            try:
-                self.rest("POST", "/api/v1/nodes", body, "application/json")
-            except ApiException as e:
-                if e.status != 409:
-                    raise
-                self.rest("PATCH", f"/api/v1/nodes/{name}", {"metadata": {"labels": body["metadata"]["labels"]}})
-            self.rest("PATCH", f"/api/v1/nodes/{name}/status", {"status": node_status(index)})
-            self.rest("PATCH", f"/api/v1/nodes/{name}", {"spec": {"taints": None}})
-        log.info("nodes %s registered", ", ".join(f"{n} ({z})" for n, z in NODES))
-
-    # ----- CDI -----
-    def reconcile_datavolumes(self) -> None:
-        for dv in self.cached("datavolumes"):
-            uid = dv["metadata"]["uid"]
-            phase = dv.get("status", {}).get("phase", "")
-            if phase in ("Succeeded", "Failed") or dv["metadata"].get("deletionTimestamp"):
-                continue
-            with self.lock:
-                if uid in self.importing:
-                    continue
-                self.importing.add(uid)
-            threading.Thread(target=self.import_dv, args=(dv,), daemon=True).start()
-
-    def import_dv(self, dv: dict[str, Any]) -> None:
-        md = dv["metadata"]
-        try:
-            self.ensure_claim(dv)
-            self.patch_status(CDI, "datavolumes", dv, {
-                "phase": "ImportScheduled", "progress": "N/A", "claimName": md["name"],
-                "conditions": [condition("Bound", True, "Bound"), condition("Ready", False, "ImportScheduled"),
-                               condition("Running", False, "Pending")]})
-            time.sleep(self.delay)
-            target = self.volumes / md["namespace"] / f"{md['name']}.img"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            size = self.download(dv, target)
-            self.patch_status(CDI, "datavolumes", dv, {
-                "phase": "Succeeded", "progress": "100.0%",
-                "conditions": [condition("Bound", True, "Bound"), condition("Ready", True, "Completed"),
-                               condition("Running", False, "Completed", f"Import Complete; {size} bytes")]})
-            log.info("datavolume %s/%s imported %d bytes", md["namespace"], md["name"], size)
-        except ImportFailed as e:
-            log.info("datavolume %s/%s failed: %s: %s", md["namespace"], md["name"], e.reason, e)
-            self.patch_status(CDI, "datavolumes", dv, {
-                "phase": "Failed", "progress": "N/A",
-                "conditions": [condition("Bound", True, "Bound"), condition("Ready", False, e.reason, str(e)),
-                               condition("Running", False, e.reason, str(e))]})
-        except Exception:
-            log.exception("datavolume %s/%s", md["namespace"], md["name"])
-            with self.lock:
-                self.importing.discard(md["uid"])  # try again on the next pass
-
-    def download(self, dv: dict[str, Any], target: Path) -> int:
-        source = dv["spec"].get("source", {})
-        if "http" in source:
-            return self.download_http(dv, source["http"], target)
-        if "s3" in source:
-            return self.download_s3(dv, source["s3"], target)
-        if "blank" in source:
-            # CDI's blank source: an empty disk, no download. The file stays empty (0 bytes) rather than
-            # sparse at the requested size, like the claim's capacity it only records the size.
-            self.progress(dv, 0, None)
-            target.write_bytes(b"")
-            return 0
-        raise ImportFailed("UnsupportedSource",
-                           f"the simulator imports http, s3 and blank sources, not {list(source)}")
-
-    def progress(self, dv: dict[str, Any], done: int, total: int | None) -> None:
-        pct = f"{100.0 * done / total:.2f}%" if total else "N/A"
-        self.patch_status(CDI, "datavolumes", dv, {"phase": "ImportInProgress", "progress": pct, "conditions": [
-            condition("Bound", True, "Bound"), condition("Ready", False, "TransferRunning"),
-            condition("Running", True, "Pod is running")]})
-
-    def copy(self, dv: dict[str, Any], stream: Any, total: int | None, target: Path,
-             digests: list[Any]) -> int:
-        done, last = 0, 0.0
-        with target.open("wb") as out:
-            while chunk := stream.read(1 << 20):
-                out.write(chunk)
-                for d in digests:
-                    d.update(chunk)
-                done += len(chunk)
-                if time.monotonic() - last > 0.5:
-                    last = time.monotonic()
-                    self.progress(dv, done, total)
-        return done
-
-    def download_http(self, dv: dict[str, Any], http: dict[str, Any], target: Path) -> int:
-        url = http["url"]
-        digests = []
-        algo, expected = "", ""
-        if http.get("checksum"):
-            algo, _, expected = http["checksum"].partition(":")
-            if algo not in ("sha256", "sha512") or not expected:
-                raise ImportFailed("InvalidChecksum", f"checksum must be sha256:<hex> or sha512:<hex>, "
-                                                      f"got {http['checksum']!r}")
-            digests.append(hashlib.new(algo))
-        self.progress(dv, 0, None)
-        try:
-            with urllib.request.urlopen(url, timeout=30) as resp:
-                total = int(resp.headers["Content-Length"]) if resp.headers.get("Content-Length") else None
-                size = self.copy(dv, resp, total, target, digests)
-        except urllib.error.HTTPError as e:
-            body = e.read()[:500].decode(errors="replace")
-            reason = "Forbidden" if e.code == 403 else "NotFound" if e.code == 404 else "HTTPError"
-            raise ImportFailed(reason, f"GET {urllib.parse.urlsplit(url).path}: HTTP {e.code}: {body}") from e
-        except (urllib.error.URLError, OSError) as e:
-            raise ImportFailed("TransferFailed", f"GET {url}: {e}") from e
-        if digests and digests[0].hexdigest() != expected.lower():
-            target.unlink(missing_ok=True)
-            raise ImportFailed("ChecksumMismatch", f"{algo} of the downloaded data is "
-                                                   f"{digests[0].hexdigest()}, expected {expected}")
-        return size
-
-    def download_s3(self, dv: dict[str, Any], s3: dict[str, Any], target: Path) -> int:
-        from minio import Minio
-        from minio.error import S3Error
-
-        ns = dv["metadata"]["namespace"]
-        try:
-            secret = self.core.read_namespaced_secret(s3["secretRef"], ns)
-        except ApiException as e:
-            raise ImportFailed("SecretNotFound", f"secret {ns}/{s3.get('secretRef')}: {e.reason}") from e
-        data = secret.data or {}
-        try:
-            access = base64.b64decode(data["accessKeyId"]).decode()
-            secret_key = base64.b64decode(data["secretKey"]).decode()
-        except KeyError as e:
-            raise ImportFailed("InvalidSecret", f"secret {ns}/{s3['secretRef']} lacks {e}") from e
-        url = urllib.parse.urlsplit(s3["url"])
-        bucket, _, key = url.path.lstrip("/").partition("/")
-        store = Minio(url.netloc, access_key=access, secret_key=secret_key, secure=url.scheme == "https")
-        self.progress(dv, 0, None)
-        try:
-            resp = store.get_object(bucket, key)
-        except S3Error as e:
-            reason = {"NoSuchKey": "NotFound", "NoSuchBucket": "NotFound"}.get(e.code, "Forbidden")
-            raise ImportFailed(reason, f"s3 {bucket}/{key}: {e.code}: {e.message}") from e
-        try:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            return self.copy(dv, resp, total, target, [])
-        finally:
-            resp.close()
-            resp.release_conn()
-
-    # ----- CDI: claims; the CSI driver: binding and expansion -----
-    def ensure_claim(self, dv: dict[str, Any]) -> None:
-        """The DataVolume's PersistentVolumeClaim, as CDI's newPersistentVolumeClaim makes it."""
-        md = dv["metadata"]
-        if self.get_cached("persistentvolumeclaims", md["namespace"], md["name"]) is not None:
-            return
-        spec = dv["spec"]
-        storage = spec.get("storage") or spec.get("pvc") or {}
-        volume_mode = storage.get("volumeMode") or "Filesystem"
-        labels = {"app": "containerized-data-importer"}
-        if volume_mode == "Filesystem":
-            labels["alerts.k8s.io/KubePersistentVolumeFillingUp"] = "disabled"
-        labels.update(md.get("labels") or {})
-        annotations = {**(md.get("annotations") or {}),
-                       "cdi.kubevirt.io/storage.pod.restarts": "0",
-                       "cdi.kubevirt.io/storage.contentType": spec.get("contentType") or "kubevirt",
-                       "cdi.kubevirt.io/storage.preallocation.requested": "false",
-                       "cdi.kubevirt.io/createdForDataVolume": md["uid"]}
-        claim_spec: dict[str, Any] = {
-            # CDI takes access modes the storage API leaves out from the StorageProfile; this class's is RWO.
-            "accessModes": storage.get("accessModes") or ["ReadWriteOnce"],
-            "volumeMode": volume_mode,
-            "resources": {"requests": {
-                "storage": (storage.get("resources") or {}).get("requests", {}).get("storage", "1Gi")}},
-        }
-        if storage.get("storageClassName"):
-            claim_spec["storageClassName"] = storage["storageClassName"]
-        body = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                "metadata": {"name": md["name"], "namespace": md["namespace"], "labels": labels,
-                             "annotations": annotations,
-                             "ownerReferences": [{"apiVersion": "/".join(CDI), "kind": "DataVolume",
-                                                  "name": md["name"], "uid": md["uid"], "controller": True,
-                                                  "blockOwnerDeletion": True}]},
-                "spec": claim_spec}
-        try:
-            created = self.rest("POST", f"/api/v1/namespaces/{md['namespace']}/persistentvolumeclaims", body,
-                                "application/json")
-        except ApiException as e:
-            if not moot(e):  # the namespace is going away, or the claim is there already
-                raise
-            return
-        self.remember("persistentvolumeclaims", created)
-        log.info("pvc %s/%s created for its datavolume", md["namespace"], md["name"])
-
-    def reconcile_claims(self) -> None:
-        claims = {self._key(c) for c in self.cached("persistentvolumeclaims")}
-        for dv in self.cached("datavolumes"):
-            # DataVolumes imported before the simulator made claims get theirs now.
-            if self._key(dv) not in claims and not dv["metadata"].get("deletionTimestamp"):
-                self.ensure_claim(dv)
-        for pvc in self.cached("persistentvolumeclaims"):
-            if pvc["spec"].get("storageClassName") != STORAGE_CLASS or pvc["metadata"].get("deletionTimestamp"):
-                continue
-            status = pvc.get("status") or {}
-            requested = pvc["spec"]["resources"]["requests"]["storage"]
-            if status.get("phase") != "Bound":
-                self.patch_claim_status(pvc, {"phase": "Bound", "accessModes": pvc["spec"].get("accessModes"),
-                                              "capacity": {"storage": requested}})
-                log.info("pvc %s/%s bound (%s)", *self._key(pvc), requested)
-            elif quantity(requested) > quantity((status.get("capacity") or {}).get("storage", 0)):
-                self.expand(pvc, requested)
-
-    def expand(self, pvc: dict[str, Any], requested: str) -> None:
-        """external-resizer, then kubelet: the claim's capacity grows in steps; the disk file does not (a
-        sparse file of GiBs would only slow tests down)."""
-        key = f"resize/{pvc['metadata']['uid']}"
-        types = {c.get("type") for c in pvc.get("status", {}).get("conditions") or []}
-        if not types & {"Resizing", "FileSystemResizePending"}:
-            self.last_step[key] = time.monotonic()
-            self.patch_claim_status(pvc, {
-                "conditions": [condition("Resizing", True)], "allocatedResources": {"storage": requested},
-                "allocatedResourceStatuses": {"storage": "ControllerResizeInProgress"}})
-        elif "Resizing" in types and self.due(key):
-            self.patch_claim_status(pvc, {
-                "conditions": [condition("FileSystemResizePending", True, "", "Waiting for user to (re-)start a "
-                                         "pod to finish file system resize of volume on node.")],
-                "allocatedResourceStatuses": {"storage": "NodeResizePending"}})
-        elif "FileSystemResizePending" in types and self.due(key):
-            self.patch_claim_status(pvc, {"capacity": {"storage": requested}, "conditions": None,
-                                          "allocatedResourceStatuses": None})
-            log.info("pvc %s/%s expanded to %s", *self._key(pvc), requested)
 
     # ----- KubeVirt -----
     def reconcile_vms(self) -> None:
@@ -939,13 +655,17 @@ class Simulator:
                                self.core.list_persistent_volume_claim_for_all_namespaces)).start()
         threading.Thread(target=self.informer, daemon=True, name="nodes",
                          args=("nodes", "/api/v1/nodes", self.core.list_node)).start()
+        threading.Thread(target=self.informer, daemon=True, name="persistentvolumes",
+                         args=("persistentvolumes", "/api/v1/persistentvolumes",
+                               self.core.list_persistent_volume)).start()
+        threading.Thread(target=self.informer, daemon=True, name="pods",
+                         args=("pods", "/api/v1/pods", self.core.list_pod_for_all_namespaces)).start()
         for synced in self.synced.values():
             synced.wait()
 
     def run(self, interval: float) -> None:
         while True:
-            for step in (self.reconcile_datavolumes, self.reconcile_claims, self.reconcile_vms,
-                         self.reconcile_exports):
+            for step in (self.reconcile_claims, self.kubelet.reconcile, self.reconcile_vms, self.reconcile_exports):
                 try:
                     step()
                 except Exception:
@@ -970,7 +690,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config.load_kube_config()
     sim = Simulator(args.delay, args.volumes)
-    sim.ensure_nodes()
+    sim.kubelet.register_nodes()
     sim.start_informers()
     if args.export_port:
         ExportServer(sim, args.export_port, args.state_dir).start()

@@ -6,7 +6,8 @@ import hashlib
 import json
 import os
 import threading
-import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 import pytest
@@ -331,21 +332,30 @@ def test_crd_validation_rejects_bad_specs(operator: Operator, kubectl: Kubectl) 
 
 def test_expired_image_link_is_renewed(cloud: LocalCloud, operator: Operator, source: Source,
                                        kubectl: Kubectl) -> None:
-    """CDI gets to the DataVolume only after its presigned link expired: Kova makes a new one."""
+    """The importer runs only after the DataVolume's presigned link expired (no node ran it meanwhile): it
+    gets 403, and real CDI retries that forever (restartCount, the Running condition; never Failed). Kova
+    sees the failed attempt on an expired link and makes a new DataVolume with a new link."""
     url = source.add(f"/{kubectl.namespace}/os", disk("renew"))
     fl = unique(kubectl, "f")
     kubectl.apply([flavor(fl), image("os", url)])
     wait_image(kubectl, "os", "active")
     simulator = next(p for p in cloud.procs if p.name == "simulator" and p.popen.poll() is None)
     operator.stop()
-    simulator.popen.terminate()  # no CDI for a while
+    simulator.popen.terminate()  # the nodes' kubelet: no pod runs for a while
     simulator.popen.wait()
     try:
         operator.start(KOVA_PRESIGN_TTL="3")
         kubectl.apply(instance("vm", fl, "os"))
         first = wait_for(lambda: kubectl.get("dv", "vm-root"), 30, "the DataVolume")
-        time.sleep(4)  # the link expires before the importer runs
+        link = first["spec"]["source"]["http"]["url"]
+        wait_for(lambda: http_status(link) == 403, 30, "the link to expire before the importer runs")
         cloud.start_simulator()
+        retried = wait_for(lambda: (d := kubectl.get("dv", "vm-root")) and (
+            d["metadata"]["uid"] != first["metadata"]["uid"] or d.get("status", {}).get("restartCount")) and d,
+            60, "the importer to fail once, or Kova to replace the DataVolume")
+        if retried["metadata"]["uid"] == first["metadata"]["uid"]:  # seen between the failure and the renewal
+            running = next(c for c in retried["status"]["conditions"] if c["type"] == "Running")
+            assert retried["status"]["phase"] == "ImportInProgress" and "got 403" in running["message"], retried
         wait_for(lambda: (d := kubectl.get("dv", "vm-root")) and d["metadata"]["uid"] != first["metadata"]["uid"],
                  60, "a new DataVolume with a new link")
         wait_instance(kubectl, "vm", "ACTIVE", timeout=60)
@@ -354,6 +364,14 @@ def test_expired_image_link_is_renewed(cloud: LocalCloud, operator: Operator, so
             cloud.start_simulator()
         operator.stop()
         operator.start()
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as e:
+        return e.code
 
 
 def test_deactivated_image_refuses_new_boots_only(operator: Operator, source: Source, kubectl: Kubectl) -> None:

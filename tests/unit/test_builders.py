@@ -129,14 +129,19 @@ def test_summarize_sets_kstatus_triplet() -> None:
     assert all(c["observedGeneration"] == 5 for c in ready)
 
 
-def test_image_link_expired_only_for_an_old_forbidden_failure() -> None:
-    def dv(phase: str, reason: str, created: str) -> dict[str, Any]:
+def test_image_link_expired_only_for_an_old_import_cdi_keeps_retrying() -> None:
+    # What CDI v1.65.0 writes for an importer that got 403 (pkg/controller/datavolume/controller-base.go,
+    # from the PVC annotations pkg/controller/import-controller.go sets): still ImportInProgress, restarted.
+    def dv(phase: str, restarts: int, created: str) -> dict[str, Any]:
+        message = "Unable to connect to http data source: expected status code 200, got 403. Status: 403 Forbidden"
         return {"metadata": {"creationTimestamp": created},
-                "status": {"phase": phase, "conditions": [{"type": "Running", "reason": reason}]}}
+                "status": {"phase": phase, "restartCount": restarts, "conditions": [
+                    {"type": "Running", "status": "False", "reason": "Error", "message": message}]}}
 
     now = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
     ttl = dt.timedelta(hours=1)
-    assert children.image_link_expired(dv("Failed", "Forbidden", "2026-01-01T10:59:00Z"), ttl, now)
-    assert not children.image_link_expired(dv("Failed", "Forbidden", "2026-01-01T11:30:00Z"), ttl, now)
-    assert not children.image_link_expired(dv("Failed", "ChecksumMismatch", "2026-01-01T10:00:00Z"), ttl, now)
-    assert not children.image_link_expired(dv("ImportInProgress", "Forbidden", "2026-01-01T10:00:00Z"), ttl, now)
+    assert children.image_link_expired(dv("ImportInProgress", 1, "2026-01-01T10:59:00Z"), ttl, now)
+    assert not children.image_link_expired(dv("ImportInProgress", 5, "2026-01-01T11:30:00Z"), ttl, now)  # valid
+    assert not children.image_link_expired(dv("ImportInProgress", 0, "2026-01-01T10:00:00Z"), ttl, now)  # no try
+    assert not children.image_link_expired(dv("Failed", 0, "2026-01-01T10:00:00Z"), ttl, now)  # checksum: final
+    assert not children.image_link_expired(dv("Succeeded", 2, "2026-01-01T10:00:00Z"), ttl, now)

@@ -341,3 +341,25 @@ def test_the_export_link_is_the_raw_url_of_the_root_volume() -> None:
     assert export_link(ready, "web-root") == ("https://x/web-root/disk.img", "PEM")
     assert export_link({"status": {"phase": "Pending"}}, "web-root") is None
     assert export_link({}, "web-root") is None
+
+
+def _importing(restarts: int, running: str, reason: str = "Error", message: str = "", phase: str = "ImportInProgress",
+               ) -> dict[str, Any]:
+    """A root disk as CDI v1.65.0 reports an import it retries (pkg/controller/datavolume/controller-base.go)."""
+    return {"metadata": {"name": "srv-root"}, "status": {"phase": phase, "restartCount": restarts, "conditions": [
+        {"type": "Running", "status": running, "reason": reason, "message": message}]}}
+
+
+def test_an_import_cdi_keeps_retrying_is_a_fault_after_three_restarts_and_keeps_its_words() -> None:
+    refused = "Unable to connect to http data source: expected status code 200, got 404. Status: 404 Not Found"
+    assert lifecycle.import_failure(_importing(2, "False", message=refused)) is None  # kubelet's back-off: wait
+    fault = lifecycle.import_failure(_importing(3, "False", message=refused))
+    assert fault == f"root disk import failed (CDI keeps retrying): Error: {refused}"
+    # While the next attempt runs, CDI says "Pod is running": the fault already given stays as it was.
+    assert lifecycle.import_failure(_importing(3, "True", "Pod is running"), fault) == fault
+    assert lifecycle.import_failure(_importing(4, "True", "Pod is running")) == \
+        "root disk import failed 4 times (CDI keeps retrying)"
+    # An attempt that succeeds ends it; a checksum that does not match is final at once.
+    assert lifecycle.import_failure(_importing(5, "False", "Completed", phase="Succeeded"), fault) is None
+    final = lifecycle.import_failure(_importing(0, "False", "ChecksumError", "checksum mismatch", phase="Failed"))
+    assert final == "root disk import failed: ChecksumError: checksum mismatch"

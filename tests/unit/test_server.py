@@ -70,7 +70,10 @@ def test_a_disk_that_exists_is_not_planned_again() -> None:
 
 
 def test_an_expired_link_replaces_the_data_volume() -> None:
-    dv = obj("web-root", status={"phase": "Failed", "conditions": [{"type": "Running", "reason": "Forbidden"}]})
+    # CDI retries the import forever (restartCount), the DataVolume stays ImportInProgress.
+    dv = obj("web-root", status={"phase": "ImportInProgress", "restartCount": 2, "conditions": [
+        {"type": "Running", "status": "False", "reason": "Error", "message": "Unable to connect to http data "
+         "source: expected status code 200, got 403. Status: 403 Forbidden"}]})
     plan = server.plan(world(datavolumes=Objects(dv), presign_ttl=dt.timedelta(minutes=30)))
     assert plan.delete == [("web-root", "uid-web-root")]
     assert [d.name for d in plan.disks] == ["web-root"]  # a new one, with a new link

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.cloud import networks, virtapi, websocket
+from tests.cloud.kubelet import NODES
 from tests.cloud.scheduler import (
     EXISTING_ANTI_AFFINITY,
     NODE_AFFINITY,
@@ -22,10 +23,11 @@ from tests.cloud.scheduler import (
     Pod,
     fit_error,
     node_selector_term,
+    quantity,
     schedule,
     vmi_requests,
 )
-from tests.cloud.sim import NODES, claim_names, duration, quantity
+from tests.cloud.sim import claim_names, duration
 
 
 def test_discovery_comes_from_the_vendored_swagger() -> None:
@@ -334,3 +336,21 @@ def test_editors_may_open_consoles_as_kubevirts_roles_say() -> None:
     rule = edit["rules"][0]
     assert rule["apiGroups"] == ["subresources.kubevirt.io"] and rule["verbs"] == ["get"]
     assert {"virtualmachineinstances/console", "virtualmachineinstances/vnc"} <= set(rule["resources"])
+
+
+def test_qcow2_to_raw_gives_the_guest_view_as_a_sparse_disk(tmp_path: Any) -> None:
+    import os
+
+    from tests.qcow2 import NotQcow2, make_qcow2, qcow2_to_raw
+
+    guest = os.urandom(200_000)
+    src, dst = tmp_path / "img.qcow2", tmp_path / "disk.img"
+    src.write_bytes(make_qcow2(32 << 20, guest))
+    with src.open("rb") as f, dst.open("wb") as out:
+        assert qcow2_to_raw(f, out) == 32 << 20
+    disk = dst.read_bytes()
+    assert len(disk) == 32 << 20 and disk[:len(guest)] == guest and not disk[len(guest):].strip(b"\0")
+    assert dst.stat().st_blocks * 512 < 4 << 20  # the unallocated clusters are holes
+    src.write_bytes(make_qcow2(1 << 20, b"x", backing_file="base.qcow2"))
+    with src.open("rb") as f, dst.open("wb") as out, pytest.raises(NotQcow2, match="backing file"):
+        qcow2_to_raw(f, out)

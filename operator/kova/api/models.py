@@ -147,7 +147,7 @@ class ImageSpec(Model):
         "unique, so the image API names an Image after it only when it is a valid, free Kubernetes name."))
     disk_format: DiskFormat | None = Field(default=None, description=(
         "Format of the disk image; checked against the bytes. Required for a url source; an upload may set it "
-        "until the data arrives, as in Glance."))
+        "until the data arrives, as in Glance; a snapshot of an Instance is raw (Kova sets it)."))
     container_format: ContainerFormat = Field(default=ContainerFormat.bare)
     min_disk: int = Field(default=0, ge=0, description="GiB of root disk the image needs to boot.")
     min_ram: int = Field(default=0, ge=0, description="MiB of RAM the image needs to boot.")
@@ -172,7 +172,11 @@ class ImageSpec(Model):
 
 
 IMAGE_SPEC_RULES = [{"rule": "has(self.diskFormat) || !has(self.source.url)",
-                     "message": "diskFormat is required to import from a url"}]
+                     "message": "diskFormat is required to import from a url"},
+                    # CDI converts every import to raw on the claim, so KubeVirt's export serves raw, always.
+                    {"rule": "!has(self.source.instance) || !has(self.diskFormat) || self.diskFormat == 'raw'",
+                     "message": "a snapshot of an Instance is a raw disk (what KubeVirt's export serves): leave "
+                                "diskFormat out, or set it to raw"}]
 
 
 class GlanceStatus(StrEnum):

@@ -143,14 +143,19 @@ def build_virtual_machine(instance: dict[str, Any], spec: InstanceSpec, flavor: 
     }
 
 
+def import_restarts(dv: dict[str, Any]) -> int:
+    """How often CDI's importer pod failed and was restarted (DataVolume `status.restartCount`). CDI never
+    fails an import that cannot read its source: kubelet restarts the importer (restartPolicy OnFailure)
+    and the DataVolume stays ImportInProgress, its Running condition saying why (CDI PR #1099)."""
+    return int((dv.get("status") or {}).get("restartCount") or 0)
+
+
 def image_link_expired(dv: dict[str, Any], ttl: dt.timedelta, now: dt.datetime) -> bool:
-    """CDI could not read the image (403) and the DataVolume is older than its link's lifetime: the link
-    expired before the import ran. Any other failure (a wrong checksum, say) is not cured by a new link."""
+    """CDI could not read the image (the importer failed at least once and the import is still retried) and
+    the DataVolume is older than its link's lifetime: the link expired before the import ran, and CDI would
+    retry it forever. A new DataVolume gets a new link. A failure CDI made final (a checksum that does not
+    match: phase Failed) is not cured by a new link; neither is one while the link is still valid."""
     status = dv.get("status") or {}
-    if status.get("phase") != "Failed":
+    if status.get("phase") in ("Succeeded", "Failed") or import_restarts(dv) < 1:
         return False
-    reasons = {c.get("reason") for c in status.get("conditions", [])}
-    created = clock.parse(dv["metadata"]["creationTimestamp"])
-    return "Forbidden" in reasons and now - created >= ttl
-
-
+    return now - clock.parse(dv["metadata"]["creationTimestamp"]) >= ttl

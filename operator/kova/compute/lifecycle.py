@@ -346,7 +346,7 @@ def _observe(i: Inputs, st: InstanceStatus) -> Step:
     building = f"importing image {st.image_ref} into a {st.root_disk_gib} GiB root disk, then starting it"
     base = {"status": st, "flavor": st.flavor, "running": running, "disk_gib": st.root_disk_gib or 0,
             "disk": _current_image(i, st)}
-    failed = _failure(ch)
+    failed = _failure(ch, st.fault.message if st.fault else None)
     if failed is not None:
         reason, message = failed
         finish(st, "create", i.now, "Error", message)
@@ -401,12 +401,34 @@ def _observe(i: Inputs, st: InstanceStatus) -> Step:
                 **base)  # type: ignore[arg-type]
 
 
-def _failure(ch: Children) -> tuple[str, str] | None:
-    dv_status = (ch.dv or {}).get("status", {})
-    if dv_status.get("phase") == "Failed":
-        cond: dict[str, Any] = next((c for c in dv_status.get("conditions", []) if c.get("type") == "Running"), {})
-        return "DiskImportFailed", f"root disk import failed: {cond.get('reason', 'Failed')}: " \
-                                   f"{cond.get('message', '')}".rstrip(": ")
+IMPORT_RESTARTS_FAULT = 3  # kubelet's back-off (10 s, 20 s, 40 s): about 70 s of failed imports on a real node
+IMPORT_FAILED = "root disk import failed"
+
+
+def import_failure(dv: Body | None, previous: str | None = None) -> str | None:
+    """The fault of a root disk CDI cannot import: final (phase Failed: a checksum that does not match), or
+    failed IMPORT_RESTARTS_FAULT times, which CDI keeps retrying (restartCount; the Running condition says
+    why between attempts, and says "Pod is running" during one: the fault already given then stays). A
+    retry that succeeds clears it."""
+    status = (dv or {}).get("status") or {}
+    cond: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Running"), {})
+    said = f"{cond.get('reason') or 'Failed'}: {cond.get('message') or ''}".rstrip(": ")
+    if status.get("phase") == "Failed":
+        return f"{IMPORT_FAILED}: {said}"
+    restarts = int(status.get("restartCount") or 0)
+    if status.get("phase") == "Succeeded" or restarts < IMPORT_RESTARTS_FAULT:
+        return None
+    if cond.get("status") == "False" and cond.get("message"):
+        return f"{IMPORT_FAILED} (CDI keeps retrying): {said}"
+    if previous and previous.startswith(IMPORT_FAILED):
+        return previous
+    return f"{IMPORT_FAILED} {restarts} times (CDI keeps retrying)"
+
+
+def _failure(ch: Children, previous: str | None = None) -> tuple[str, str] | None:
+    disk = import_failure(ch.dv, previous)
+    if disk is not None:
+        return "DiskImportFailed", disk
     vm_status = (ch.vm or {}).get("status", {})
     printable = vm_status.get("printableStatus", "")
     if printable in ("ErrorUnschedulable", "ErrorPvcNotFound", "DataVolumeError", "CrashLoopBackOff",

@@ -250,7 +250,8 @@ async def run_snapshot(rt: Runtime, obj: dict[str, Any], stopped: kopf.DaemonSto
             return False
         url, ca = link
         logger.info("reading the export of Instance %s from %s", instance_name, url.split("?")[0])
-        return await import_from(rt, obj, stopped, logger, url, spec.get("diskFormat") or "raw", None,
+        # Raw: CDI converted the disk to raw when it imported it, and the export serves it as it is.
+        return await import_from(rt, obj, stopped, logger, url, "raw", None,
                                  ExportFetcher(ca_pem=ca, token=token))
     finally:
         await _remove(rt, namespace, export)

@@ -4,7 +4,10 @@ module kova.local/kvbuild/cdi
 
 go 1.24.0
 
-tool kubevirt.io/containerized-data-importer/cmd/cdi-controller
+tool (
+	kova.local/kvbuild/cdi/cmd/cdi-controller
+	kova.local/kvbuild/cdi/cmd/cdi-crds
+)
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect

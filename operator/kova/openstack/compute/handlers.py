@@ -461,8 +461,9 @@ class ComputeHandlers(Front):
         name, prefix = object_names(act.image_name, "snapshot")
         spec: dict[str, Any] = {"source": {"instance": obj["metadata"]["name"]}, "visibility": "private"}
         base_image = self.images.by_key(self.image_key(obj))
-        # Nova's snapshot keeps the base image's formats: the exported disk holds what the root disk holds.
-        spec["diskFormat"] = ((base_image or {}).get("spec") or {}).get("diskFormat") or "raw"
+        # Raw whatever the base image was: CDI converted it to raw on the volume, and the export serves that
+        # (Nova's libvirt driver would keep qcow2; here the disk no longer is).
+        spec["diskFormat"] = "raw"
         spec["containerFormat"] = ((base_image or {}).get("spec") or {}).get("containerFormat") or "bare"
         if name != act.image_name:
             spec["name"] = act.image_name
