@@ -36,6 +36,7 @@ from typing import IO, Any
 import yaml
 from cryptography.hazmat.primitives import serialization
 
+from tests.cloud.kubevirt import KubeVirt
 from tests.cloud.pki import leaf, new_ca, new_key, pem_cert, pem_key
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,6 +44,8 @@ CRDS = Path(__file__).resolve().parent / "crds" / "kubevirt-cdi.yaml"
 # CDI v1.65.0's own CRDs, as its operator installs them (vendored, see third_party/README.md): the version of
 # the cdi-controller the local cloud runs.
 CDI_CRDS = REPO / "third_party" / "cdi" / "v1.65.0" / "crds.yaml"
+# KubeVirt v1.7.0's, printed by its own generators (third_party/kubevirt/v1.7.0): virt-controller's version.
+KUBEVIRT_CRDS = REPO / "third_party" / "kubevirt" / "v1.7.0" / "crds.yaml"
 CDI_NAMESPACE = "cdi"
 # Multus' NetworkAttachmentDefinition, as its project publishes it (vendored, see third_party/README.md).
 NAD_CRD = REPO / "third_party" / "network-attachment-definition" / "networks-crd.yaml"
@@ -109,10 +112,10 @@ class LocalCloud:
     api_port: int = 0
     s3_port: int = 0
     virt_api_port: int = 0  # the simulator's aggregated API (subresources.kubevirt.io), behind an APIService
-    export_port: int = 0  # the simulator's VirtualMachineExport server
     # Controllers a cluster runs as Deployments: restarted when they exit, as kubelet restarts their pods
     # (cdi-controller exits when it loses its leader Lease, for instance while kube-apiserver restarts).
     supervised: dict[str, Any] = field(default_factory=dict)
+    kubevirt: Any = None  # tests.cloud.kubevirt.KubeVirt, once started
     restarts: Counter[str] = field(default_factory=Counter)
     s3_access_key: str = "kova-bench"
     s3_secret_key: str = "kova-bench-secret"
@@ -161,8 +164,11 @@ class LocalCloud:
             self._start_minio()
             self._install_cdi()
             self.supervise("cdi-controller", self._start_cdi)
+            self.kubevirt = KubeVirt(self)
+            self.kubevirt.install()
             if self.with_simulator:
-                self.start_simulator()
+                self.start_simulator()  # the Nodes first: virt-controller's node controller reads them at start
+            self.supervise("virt-controller", self.kubevirt.start_controller)
             (self.workdir / "env").write_text("".join(f"export {k}={v}\n" for k, v in self.env().items()))
         except BaseException:
             self.stop()
@@ -350,10 +356,11 @@ class LocalCloud:
         # pvc-protection takes the kubernetes.io/pvc-protection finalizer off claims no pod uses (the
         # simulator's PVCs), or no namespace holding one could ever be deleted. resourcequota computes the
         # use of the ResourceQuota Kova keeps per namespace, which the API server's admission then enforces.
+        # endpointslice gives a Service (KubeVirt's exporter's) the addresses of its ready pods, as Kova reads them.
         proc = self.spawn("kube-controller-manager", [
             binary("kube-controller-manager"), f"--kubeconfig={self.kubeconfig}",
             "--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token,clusterrole-aggregation,"
-            "pvc-protection,resourcequota",
+            "pvc-protection,resourcequota,endpointslice",
             f"--service-account-private-key-file={self.workdir / 'pki' / 'sa.key'}",
             f"--root-ca-file={self.workdir / 'pki' / 'ca.crt'}",
             "--leader-elect=false", f"--bind-address={LOOPBACK}", f"--secure-port={free_port()}",
@@ -383,13 +390,12 @@ class LocalCloud:
         # Kova's own too (install_kova_crds applies them again, unchanged): the resourcequota controller, like
         # the garbage collector, counts kinds added later only after its next discovery, up to 30 s on, and
         # until then the API server refuses every object a ResourceQuota counts ("status unknown for quota").
-        # KubeVirt's kinds from kubevirt-cdi.yaml; CDI's (DataVolume included) from CDI's own v1.65.0 set.
-        kubevirt = [d for d in yaml.safe_load_all(CRDS.read_text()) if d and d["spec"]["group"] != "cdi.kubevirt.io"]
-        self.kubectl("apply", "--server-side", "-f", "-", "-f", str(CDI_CRDS), "-f", str(NAD_CRD),
-                     "-f", str(REPO / "crds"), input=yaml.safe_dump_all(kubevirt))
+        # KubeVirt's and CDI's own, of the versions whose controllers run here.
+        self.kubectl("apply", "--server-side", "-f", str(KUBEVIRT_CRDS), "-f", str(CDI_CRDS), "-f", str(NAD_CRD),
+                     "-f", str(REPO / "crds"))
         self.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(STORAGE_CLASS))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd",
-                     "virtualmachines.kubevirt.io", "virtualmachineinstances.kubevirt.io",
+                     "virtualmachines.kubevirt.io", "virtualmachineinstances.kubevirt.io", "kubevirts.kubevirt.io",
                      "datavolumes.cdi.kubevirt.io", "virtualmachineexports.export.kubevirt.io",
                      "network-attachment-definitions.k8s.cni.cncf.io", "storageprofiles.cdi.kubevirt.io",
                      "cdis.cdi.kubevirt.io")
@@ -440,12 +446,10 @@ class LocalCloud:
         aggregated API (the APIService v1.subresources.kubevirt.io) Available."""
         # Ports stay the same across restarts: the APIService and export links keep pointing at them.
         self.virt_api_port = self.virt_api_port or free_port()
-        self.export_port = self.export_port or free_port()
         log = self.logs / "simulator.log"
         offset = log.stat().st_size if log.exists() else 0
         proc = self.spawn("simulator", [sys.executable, "-m", "tests.cloud.sim", "--delay", str(self.sim_delay),
-                                        "--virt-api-port", str(self.virt_api_port),
-                                        "--export-port", str(self.export_port)],
+                                        "--virt-api-port", str(self.virt_api_port)],
                           env={**self.env(), "PYTHONPATH": str(REPO)})
         self._wait(proc, lambda: log.read_bytes()[offset:].find(b"simulator ready") >= 0, "the simulator")
         self._wait(proc, lambda: self._apiservice_available(), "APIService v1.subresources.kubevirt.io Available")
@@ -560,12 +564,6 @@ class LocalCloud:
                     yield json.loads(line)["object"]
 
     # ----- the real virt-controller (issue 19; opt-in, tests/cloud/kubevirt.py) -----
-    def start_kubevirt(self) -> Any:
-        """KubeVirt v1.7.0's virt-controller (its CRDs, RBAC and config), kube-scheduler when built, and the node
-        side (tests/cloud/virthandler.py); for a cloud started with_simulator=False. Returns a kubevirt.KubeVirt."""
-        from tests.cloud import kubevirt
-
-        return kubevirt.start(self)
 
 
 # The simulator's CSI driver: the default class, as a cluster's storage vendor installs it.

@@ -1,16 +1,18 @@
-"""VirtualMachineExport downloads, as virt-exportproxy and the exporter pods serve them, on 127.0.0.1.
+"""The payload of KubeVirt's exporter pod (virt-exportserver, cmd/virt-exportserver in KubeVirt v1.7.0), for the
+simulated kubelet: the real export controller makes the pod, its Service, certificate and token Secrets; this
+does what its container would.
 
-The export controller (tests/cloud/sim.py) decides when an export is Ready and which claims it exports; this
-server serves those, and nothing else, at the paths of KubeVirt's export proxy:
+It serves, over HTTPS on the pod's address and port 8443 (a loopback address: tests/cloud/kubelet.py), with
+the certificate from the Secret mounted at /cert (signed by the export CA, for the Service's name):
 
-    https://127.0.0.1:<port>/api/export.kubevirt.io/v1/namespaces/<ns>/<export>/volumes/<claim>/disk.img
-                                                                              .../volumes/<claim>/disk.img.gz
+    /exportready                  200 once serving (the pod's readiness probe)
+    $VOLUME<i>_EXPORT_RAW_URI      the claim mounted at $VOLUME<i>_EXPORT_PATH, as it is (disk.img)
+    $VOLUME<i>_EXPORT_RAW_GZIP_URI the same, gzip-compressed and streamed (disk.img.gz)
 
 `disk.img` is the claim's bytes (the simulator's volume file) with Content-Length and Range support, as
-http.ServeContent sends them; `disk.img.gz` is the same gzip-compressed, streamed (chunked). The token, from
-the Secret `status.tokenSecretRef` names (key `token`), goes in the `x-kubevirt-export-token` header or
-query parameter; without it, or with another, the answer is 401 with an empty body. An export that is gone
-or not Ready is not served (404). The certificate is signed by a CA whose PEM is `links.*.cert`.
+http.ServeContent sends them. The token, from the Secret mounted at /token (key `token`), goes in the
+`x-kubevirt-export-token` header or query parameter; without it, or with another, the answer is 401 with an
+empty body (pkg/storage/export/virt-exportserver/exportserver.go).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import base64
 import hmac
 import logging
 import re
+import ssl
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -29,88 +33,95 @@ from typing import TYPE_CHECKING, Any
 
 from kubernetes.client.exceptions import ApiException
 
-from tests.cloud.pki import LOOPBACK, TLSServer, leaf, new_ca, pem_cert, server_context
+from tests.cloud.pki import TLSServer
 
 if TYPE_CHECKING:
     from tests.cloud.sim import Simulator
 
-log = logging.getLogger("virt-exportproxy")
+log = logging.getLogger("virt-exportserver")
 TOKEN = "x-kubevirt-export-token"
-_PATH = re.compile(r"^/api/export\.kubevirt\.io/v1/namespaces/(?P<ns>[^/]+)/(?P<name>[^/]+)/volumes/"
-                   r"(?P<volume>[^/]+)/(?P<file>disk\.img|disk\.img\.gz)$")
+PORT = 8443
+EXPORTER_LABEL = ("kubevirt.io.virt-export-service", "")  # any value: the export's name
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-Published = dict[tuple[str, str], tuple[str, list[str], str]]  # (ns, export) → (uid, claims, token secret)
 
 
-class ExportServer:
-    def __init__(self, sim: Simulator, port: int, state_dir: Path) -> None:
+def mounted_secret(pod: dict[str, Any], mount_path: str) -> str:
+    container = pod["spec"]["containers"][0]
+    volume = next(m["name"] for m in container.get("volumeMounts") or [] if m["mountPath"] == mount_path)
+    return str(next(v for v in pod["spec"]["volumes"] if v["name"] == volume)["secret"]["secretName"])
+
+
+class Exporter:
+    """One exporter pod's server."""
+
+    def __init__(self, sim: Simulator, pod: dict[str, Any]) -> None:
         self.sim = sim
-        self.port = port
-        self.state_dir = state_dir
-        self.lock = threading.Lock()
-        self.published: Published = {}
-        self.tokens: dict[tuple[str, str], tuple[float, str | None]] = {}
-        self.ca_pem = ""
+        self.ns = pod["metadata"]["namespace"]
+        self.token_secret = mounted_secret(pod, "/token")
+        self.cert_secret = mounted_secret(pod, "/cert")
+        self.tokens: tuple[float, str | None] = (0.0, None)
+        env = {e["name"]: e.get("value", "") for e in pod["spec"]["containers"][0].get("env") or []}
+        mounts = {m["mountPath"]: m["name"] for m in pod["spec"]["containers"][0].get("volumeMounts") or []}
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"]
+                  if v.get("persistentVolumeClaim")}
+        self.files: dict[str, tuple[str, Path]] = {}  # URI path -> (raw | gzip, volume file)
+        i = 0
+        while f"VOLUME{i}_EXPORT_PATH" in env:
+            claim = claims[mounts[env[f"VOLUME{i}_EXPORT_PATH"]]]
+            path = sim.volumes / self.ns / f"{claim}.img"
+            if env.get(f"VOLUME{i}_EXPORT_RAW_URI"):
+                self.files[env[f"VOLUME{i}_EXPORT_RAW_URI"]] = ("raw", path)
+            if env.get(f"VOLUME{i}_EXPORT_RAW_GZIP_URI"):
+                self.files[env[f"VOLUME{i}_EXPORT_RAW_GZIP_URI"]] = ("gzip", path)
+            i += 1
 
-    def start(self) -> None:
-        ca = new_ca("kubevirt.io:export-ca")
-        serving = leaf("virt-exportproxy.kubevirt.svc", ca, server=True, dns=("virt-exportproxy.kubevirt.svc",))
-        self.ca_pem = pem_cert(ca[0]).decode()
-        (self.state_dir / "export-ca.crt").write_text(self.ca_pem)
-        server = self
+    def context(self) -> ssl.SSLContext:
+        data = self.sim.rest("GET", f"/api/v1/namespaces/{self.ns}/secrets/{self.cert_secret}")["data"]
+        with tempfile.TemporaryDirectory() as tmp:
+            cert, key = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
+            cert.write_bytes(base64.b64decode(data["tls.crt"]))
+            key.write_bytes(base64.b64decode(data["tls.key"]))
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(cert, key)
+        ctx.set_alpn_protocols(["http/1.1"])
+        return ctx
 
-        class Handler(ExportHandler):
-            app = server
-
-        TLSServer(self.port, Handler, server_context(*serving, self.state_dir / "virt-exportproxy", "tls")
-                  ).serve_in_thread("virt-exportproxy")
-        self.sim.exports = self
-        self.sim.export_links = self.links
-        log.info("export server on https://%s:%d", LOOPBACK, self.port)
-
-    def serve(self, ns: str, name: str, entry: tuple[str, list[str], str]) -> None:
-        """Serve one export from now on: the controller calls this before it writes Ready, as KubeVirt's
-        exporter pod is ready before the export's status says so."""
-        with self.lock:
-            self.published[(ns, name)] = entry
-
-    def publish(self, ready: Published) -> None:
-        with self.lock:
-            gone = set(self.published) - set(ready)
-            self.published = dict(ready)
-        for ns, name in sorted(gone):
-            log.info("export %s/%s is no longer served", ns, name)
-
-    def links(self, export: dict[str, Any], claims: list[str]) -> dict[str, Any]:
-        md = export["metadata"]
-        base = f"https://{LOOPBACK}:{self.port}/api/export.kubevirt.io/v1/namespaces/{md['namespace']}/{md['name']}"
-        link = {"cert": self.ca_pem, "volumes": [
-            {"name": claim, "formats": [{"format": "raw", "url": f"{base}/volumes/{claim}/disk.img"},
-                                        {"format": "gzip", "url": f"{base}/volumes/{claim}/disk.img.gz"}]}
-            for claim in claims]}
-        # Both are the proxy's: the internal link of a real cluster names the exporter's Service instead.
-        return {"internal": link, "external": link}
-
-    def token(self, ns: str, secret: str) -> str | None:
-        """The export's token as the exporter pod sees it (a mounted Secret: a change shows after a moment)."""
-        key = (ns, secret)
-        cached = self.tokens.get(key)
-        if cached and time.monotonic() - cached[0] < 2:
-            return cached[1]
+    def token(self) -> str | None:
+        """The export's token as the pod sees it (a mounted Secret: a change shows after a moment)."""
+        if time.monotonic() - self.tokens[0] < 2:
+            return self.tokens[1]
         try:
-            data = self.sim.rest("GET", f"/api/v1/namespaces/{ns}/secrets/{secret}").get("data") or {}
+            data = self.sim.rest("GET", f"/api/v1/namespaces/{self.ns}/secrets/{self.token_secret}").get("data") or {}
             value: str | None = base64.b64decode(data["token"]).decode() if "token" in data else None
         except ApiException as e:
             if e.status != 404:
                 raise
             value = None
-        self.tokens[key] = (time.monotonic(), value)
+        self.tokens = (time.monotonic(), value)
         return value
+
+
+def run(sim: Simulator, stopped: threading.Event, pod: dict[str, Any]) -> tuple[int, str]:
+    """The container: serve until the pod is deleted."""
+    exporter = Exporter(sim, pod)
+
+    class Handler(ExportHandler):
+        app = exporter
+
+    ip = sim.kubelet.pod_ip(pod)
+    server = TLSServer(PORT, Handler, exporter.context(), host=ip)
+    server.serve_in_thread(f"exporter {pod['metadata']['name']}")
+    log.info("exporter %s/%s serving %s on https://%s:%d", exporter.ns, pod["metadata"]["name"],
+             ", ".join(sorted(exporter.files)), ip, PORT)
+    stopped.wait()
+    server.shutdown()
+    server.server_close()
+    return 0, ""
 
 
 class ExportHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    app: ExportServer
+    app: Exporter
 
     def handle(self) -> None:
         try:
@@ -130,22 +141,23 @@ class ExportHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         url = urllib.parse.urlsplit(self.path)
-        m = _PATH.match(url.path)
-        with self.app.lock:
-            entry = self.app.published.get((m["ns"], m["name"])) if m else None
-        if m is None or entry is None or m["volume"] not in entry[1]:
+        if url.path == "/exportready":
+            self.empty(200)
+            return
+        served = self.app.files.get(url.path)
+        if served is None:
             self.empty(404)
             return
-        token = self.app.token(m["ns"], entry[2])
+        token = self.app.token()
         offered = [*urllib.parse.parse_qs(url.query).get(TOKEN, []), self.headers.get(TOKEN, "")]
         if not token or not any(hmac.compare_digest(o.encode(), token.encode()) for o in offered if o):
             self.empty(401)
             return
-        path = self.app.sim.volumes / m["ns"] / f"{m['volume']}.img"
+        kind, path = served
         if not path.is_file():
             self.empty(404)
             return
-        if m["file"] == "disk.img":
+        if kind == "raw":
             self.raw(path)
         else:
             self.gzip(path)

@@ -28,6 +28,7 @@ import http.client
 import json
 import logging
 import os
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -68,7 +69,7 @@ def claim_of(pod: dict[str, Any]) -> str:
     raise RuntimeError("the importer pod mounts no cdi-data-vol claim")
 
 
-def run(sim: Simulator, pod: dict[str, Any]) -> tuple[int, str]:
+def run(sim: Simulator, stopped: threading.Event, pod: dict[str, Any]) -> tuple[int, str]:
     """One run of the importer container: (exit code, termination message)."""
     env = env_of(sim, pod)
     ns = pod["metadata"]["namespace"]

@@ -20,9 +20,12 @@ lastState, restartCount) in Kubernetes v1.37.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,10 +42,19 @@ log = logging.getLogger("kubelet")
 # small enough that a VMI asking 512 GiB fits on none (the e2e test of ErrorUnschedulable). 250 pods: a
 # /24 podCIDR holds that many addresses.
 NODES = (("sim-node-0", "zone-a"), ("sim-node-1", "zone-b"), ("sim-node-2", "zone-b"))
-NODE_CAPACITY = {"cpu": "256", "memory": "256Gi", "pods": "250", "ephemeral-storage": "1Ti"}
+# virt-handler's device plugins (pkg/virt-handler/device-manager, --max-devices 1000): every virt-launcher pod
+# asks one of each, so a node without them fails scheduling with "Insufficient devices.kubevirt.io/kvm".
+DEVICES = {"devices.kubevirt.io/kvm": "1k", "devices.kubevirt.io/tun": "1k", "devices.kubevirt.io/vhost-net": "1k"}
+NODE_CAPACITY = {"cpu": "256", "memory": "256Gi", "pods": "250", "ephemeral-storage": "1Ti", **DEVICES}
+HEARTBEAT = "kubevirt.io/heartbeat"  # virt-handler's (pkg/virt-handler/heartbeat/heartbeat.go), every minute
+HEARTBEAT_EVERY = 60.0
+HANDLER_NAMESPACE = "kubevirt"
+LAUNCHER = ("kubevirt.io", "virt-launcher")
+CREATED_BY = "kubevirt.io/created-by"  # the VMI uid on its launcher pod
 BACKOFF_BASE, BACKOFF_MAX = 10.0, 300.0  # kubelet's container restart back-off (pkg/kubelet/kubelet.go)
 BACKOFF_SCALE = 0.1  # the local cloud's kubelet waits a tenth of that: 1 s, 2 s, 4 s ... 30 s
 IMPORTER_LABEL = ("cdi.kubevirt.io", "importer")
+Payload = Callable[[threading.Event, dict[str, Any]], tuple[int, str]]
 
 
 def now() -> str:
@@ -57,7 +69,7 @@ def node_object(index: int, name: str, zone: str) -> dict[str, Any]:
             "metadata": {"name": name, "labels": {
                 "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
                 "topology.kubernetes.io/zone": zone, "topology.kubernetes.io/region": "sim",
-                scheduler.SCHEDULABLE_LABEL: "true"}},
+                scheduler.SCHEDULABLE_LABEL: "true", "cpumanager": "false"}},
             "spec": {"podCIDR": networks.pod_cidr(index), "podCIDRs": [networks.pod_cidr(index)],
                      "providerID": f"sim://{name}"}}
 
@@ -93,6 +105,7 @@ class Container:
     started_at: str = ""
     backoff_until: float = 0.0
     running: bool = False  # the payload thread is running
+    probed: bool = False  # its readiness probe passed once
     done: bool = False  # exited 0, or exited and never restarted: nothing more happens
     last: dict[str, Any] = field(default_factory=dict)  # lastState
 
@@ -106,7 +119,11 @@ class Kubelet:
         self.containers: dict[str, Container] = {}
         self.ips: dict[str, str] = {}
         self.lock = threading.Lock()
-        self.payloads: list[tuple[tuple[str, str], Callable[[dict[str, Any]], tuple[int, str]]]] = []
+        # What a pod's first container does, by label (an empty value: any): (exit code, termination message).
+        # It gets an Event set when the pod is deleted (a server stops then).
+        self.payloads: list[tuple[tuple[str, str], Payload]] = []
+        self.stops: dict[str, threading.Event] = {}
+        self.heartbeat_at = 0.0
 
     def register_nodes(self) -> None:
         """Register the nodes, Ready. The TaintNodesByCondition admission gives a new Node the not-ready
@@ -121,25 +138,67 @@ class Kubelet:
                 self.sim.rest("PATCH", f"/api/v1/nodes/{name}", {"metadata": {"labels": body["metadata"]["labels"]}})
             self.sim.rest("PATCH", f"/api/v1/nodes/{name}/status", {"status": node_status(index)})
             self.sim.rest("PATCH", f"/api/v1/nodes/{name}", {"spec": {"taints": None}})
+            self.handler_pod(name)
+        self.heartbeat()
         log.info("nodes %s registered", ", ".join(f"{n} ({z})" for n, z in NODES))
 
+    def handler_pod(self, node: str) -> None:
+        """virt-handler's pod on the node, as its DaemonSet makes it: virt-controller's node controller looks
+        for it before it fails the VMIs of a node whose heartbeat is stale."""
+        body = {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": f"virt-handler-{node}", "namespace": HANDLER_NAMESPACE,
+                             "labels": {"kubevirt.io": "virt-handler", "app.kubernetes.io/component": "kubevirt"}},
+                "spec": {"nodeName": node, "automountServiceAccountToken": False,
+                         "containers": [{"name": "virt-handler", "image": "virt-handler:v1.7.0"}]}}
+        try:
+            self.sim.rest("POST", f"/api/v1/namespaces/{HANDLER_NAMESPACE}/pods", body, "application/json")
+        except ApiException as e:
+            if e.status not in (404, 409):  # 404: no kubevirt namespace (a cloud without KubeVirt)
+                raise
+
+    def heartbeat(self) -> None:
+        """virt-handler's heartbeat: the node schedulable, and the time."""
+        self.heartbeat_at = time.monotonic()
+        for name, _ in NODES:
+            self.sim.rest("PATCH", f"/api/v1/nodes/{name}", {"metadata": {
+                "labels": {scheduler.SCHEDULABLE_LABEL: "true", "cpumanager": "false"},
+                "annotations": {HEARTBEAT: now()}}})
+
     def pod_ip(self, pod: dict[str, Any]) -> str:
+        """A launcher pod gets the next free address of its node's podCIDR (the VMI's pod network shows it;
+        nothing dials it). Any other pod gets a loopback address (127.<100+node>.x.y): CDI dials its importer
+        pods (progress), kube-apiserver an exporter pod (its service proxy), and they must stay on this machine."""
         uid = pod["metadata"]["uid"]
         with self.lock:
             if uid not in self.ips:
                 node = next((i for i, (n, _) in enumerate(NODES) if n == pod["spec"]["nodeName"]), 0)
-                used = set(self.ips.values())
-                self.ips[uid] = next(ip for n in range(2, 65000)
-                                     if (ip := f"127.{100 + node}.{n // 250}.{n % 250 + 2}") not in used)
+                used = set(self.ips.values()) | {p.get("status", {}).get("podIP") for p in self.sim.cached("pods")}
+                known = (pod.get("status") or {}).get("podIP")
+                if known:
+                    self.ips[uid] = known
+                elif (pod["metadata"].get("labels") or {}).get(LAUNCHER[0]) == LAUNCHER[1]:
+                    self.ips[uid] = networks.allocate(ipaddress.ip_network(networks.pod_cidr(node)),
+                                                      {ip for ip in used if ip})
+                else:
+                    self.ips[uid] = next(ip for n in range(2, 65000)
+                                         if (ip := f"127.{100 + node}.{n // 250}.{n % 250 + 2}") not in used)
             return self.ips[uid]
 
-    def payload(self, pod: dict[str, Any]) -> Callable[[dict[str, Any]], tuple[int, str]] | None:
+    def payload(self, pod: dict[str, Any]) -> Payload | None:
         labels = pod["metadata"].get("labels") or {}
-        return next((fn for (k, v), fn in self.payloads if labels.get(k) == v), None)
+        return next((fn for (k, v), fn in self.payloads if k in labels and (not v or labels[k] == v)), None)
+
+    def stop_event(self, uid: str) -> threading.Event:
+        with self.lock:
+            return self.stops.setdefault(uid, threading.Event())
 
     def reconcile(self) -> None:
+        if time.monotonic() - self.heartbeat_at >= HEARTBEAT_EVERY:
+            self.heartbeat()
         nodes = {n for n, _ in NODES}
         live = set()
+        finished = {v["metadata"]["uid"] for v in self.sim.cached("virtualmachineinstances")
+                    if (v.get("status") or {}).get("phase") in ("Succeeded", "Failed")}
         for pod in self.sim.cached("pods"):
             if pod["spec"].get("nodeName") not in nodes:
                 continue
@@ -147,12 +206,18 @@ class Kubelet:
             if pod["metadata"].get("deletionTimestamp"):
                 self.delete(pod)
                 continue
+            labels = pod["metadata"].get("labels") or {}
+            if labels.get(LAUNCHER[0]) == LAUNCHER[1] and labels.get(CREATED_BY) in finished:
+                self.exited(pod)  # the domain is gone: virt-launcher exits
+                continue
             try:
                 self.sync(pod)
             except ApiException as e:
                 if e.status not in (404, 409):
                     raise
         with self.lock:
+            for uid in set(self.stops) - live:
+                self.stops.pop(uid).set()
             for uid in set(self.containers) - live:
                 del self.containers[uid]
             for uid in set(self.ips) - live:
@@ -161,12 +226,29 @@ class Kubelet:
     def delete(self, pod: dict[str, Any]) -> None:
         """A pod being deleted: its containers are stopped at once (no grace period to wait out)."""
         md = pod["metadata"]
+        self.stop_event(md["uid"]).set()
         try:
             self.sim.rest("DELETE", f"/api/v1/namespaces/{md['namespace']}/pods/{md['name']}",
                           {"gracePeriodSeconds": 0, "preconditions": {"uid": md["uid"]}}, "application/json")
         except ApiException as e:
             if e.status not in (404, 409):
                 raise
+
+    def exited(self, pod: dict[str, Any]) -> None:
+        status = pod.get("status") or {}
+        if status.get("phase") in ("Succeeded", "Failed"):
+            return
+        stamp = now()
+        md = pod["metadata"]
+        done = [{"type": t, "status": "False", "reason": "PodCompleted"} for t in ("Ready", "ContainersReady")]
+        written = self.sim.rest("PATCH", f"/api/v1/namespaces/{md['namespace']}/pods/{md['name']}/status", {"status": {
+            "phase": "Succeeded", "conditions": done,
+            "containerStatuses": [
+                {"name": c["name"], "image": c.get("image", ""), "imageID": "", "restartCount": 0, "ready": False,
+                 "started": False, "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": stamp,
+                                                            "finishedAt": stamp}}}
+                for c in pod["spec"].get("containers") or []]}}, "application/strategic-merge-patch+json")
+        self.sim.remember("pods", written)
 
     def sync(self, pod: dict[str, Any]) -> None:
         uid = pod["metadata"]["uid"]
@@ -187,10 +269,10 @@ class Kubelet:
                 threading.Thread(target=self.run, args=(pod, c, payload), daemon=True).start()
         self.write(pod, c)
 
-    def run(self, pod: dict[str, Any], c: Container, payload: Callable[[dict[str, Any]], tuple[int, str]]) -> None:
+    def run(self, pod: dict[str, Any], c: Container, payload: Payload) -> None:
         md = pod["metadata"]
         try:
-            code, message = payload(pod)
+            code, message = payload(self.stop_event(md["uid"]), pod)
         except Exception as e:  # the container crashed
             log.exception("pod %s/%s", md["namespace"], md["name"])
             code, message = 2, f"{type(e).__name__}: {e}"
@@ -210,6 +292,21 @@ class Kubelet:
                 if e.status not in (404, 409):
                     raise
 
+    def probe(self, pod: dict[str, Any], c: Container) -> bool:
+        """The first container's HTTP readiness probe, as kubelet runs it (on the pod's loopback address)."""
+        get = ((pod["spec"]["containers"] or [{}])[0].get("readinessProbe") or {}).get("httpGet")
+        if get is None or c.probed:
+            return True
+        url = f"{get.get('scheme', 'HTTP').lower()}://{self.pod_ip(pod)}:{get['port']}{get.get('path', '/')}"
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # kubelet does not verify probe certificates
+        try:
+            with urllib.request.urlopen(url, timeout=1, context=ctx) as resp:
+                c.probed = 200 <= resp.status < 400
+        except OSError:
+            c.probed = False
+        return c.probed
+
     @staticmethod
     def backoff(c: Container) -> float:
         return min(BACKOFF_BASE * 2 ** c.restarts, BACKOFF_MAX) * BACKOFF_SCALE
@@ -225,7 +322,7 @@ class Kubelet:
         containers = spec.get("containers") or []
         if c.exited is None:
             state: dict[str, Any] = {"running": {"startedAt": c.started_at}}
-            phase, ready = "Running", True
+            phase, ready = "Running", self.probe(pod, c)
         elif c.done:
             state, ready = self.terminated(c), False
             phase = "Succeeded" if c.exited[0] == 0 else "Failed"
@@ -248,23 +345,44 @@ class Kubelet:
                 "restartCount": c.restarts if first else 0,
                 "state": state if first else {"running": {"startedAt": c.started_at}},
                 **({"lastState": c.last} if first and c.last else {})})
+        inits = []
+        for container in spec.get("initContainers") or []:
+            sidecar = container.get("restartPolicy") == "Always"  # runs beside the containers
+            inits.append({"name": container["name"], "image": container.get("image", ""), "imageID": "",
+                          "containerID": "", "restartCount": 0, "ready": sidecar, "started": sidecar,
+                          "state": {"running": {"startedAt": c.started_at}} if sidecar else {"terminated": {
+                              "exitCode": 0, "reason": "Completed", "startedAt": c.started_at,
+                              "finishedAt": c.started_at, "containerID": ""}}})
+        # Ready: containers ready and every readiness gate's condition True (the launcher pod's
+        # kubevirt.io/virtual-machine-unpaused, which virt-controller writes: False while the VMI is paused).
+        current = {x.get("type"): x for x in status.get("conditions") or []}
         gates = [g["conditionType"] for g in spec.get("readinessGates") or []]
-        gated = all(any(x.get("type") == g and x.get("status") == "True" for x in status.get("conditions") or [])
-                    for g in gates)
+        closed = [g for g in gates if (current.get(g) or {}).get("status") != "True"]
         containers_ready = phase == "Running" and all(s["ready"] for s in statuses)
-        keep = [x for x in status.get("conditions") or [] if x.get("type") in gates]
-        conditions = [*keep, *({"type": t, "status": "True" if v else "False", "lastTransitionTime": None,
-                                "lastProbeTime": None}
-                               for t, v in (("PodReadyToStartContainers", phase == "Running"), ("Initialized", True),
-                                            ("ContainersReady", containers_ready),
-                                            ("Ready", containers_ready and gated), ("PodScheduled", True)))]
+
+        def cond(type_: str, ok: bool, reason: str = "", message: str = "") -> dict[str, Any]:
+            return {"type": type_, "status": "True" if ok else "False", "lastTransitionTime": None,
+                    "lastProbeTime": None, **({"reason": reason} if reason else {}),
+                    **({"message": message} if message else {})}
+        if containers_ready and closed:
+            ready = cond("Ready", False, "ReadinessGatesNotReady", f'the status of pod readiness gate "{closed[0]}" '
+                         f'is not "True", but {(current.get(closed[0]) or {}).get("status", "False")}')
+        else:
+            ready = cond("Ready", containers_ready)
+        # Strategic merge by type: the gates' conditions (virt-controller's) are neither sent nor overwritten.
+        conditions = [cond("PodReadyToStartContainers", phase == "Running"), cond("Initialized", True),
+                      cond("ContainersReady", containers_ready), ready, cond("PodScheduled", True)]
         ip = self.pod_ip(pod)
-        desired = {"phase": phase, "hostIP": ip.rsplit(".", 2)[0] + ".0.1", "podIP": ip, "podIPs": [{"ip": ip}],
-                   "containerStatuses": statuses, "qosClass": status.get("qosClass") or "Burstable"}
+        node = next((i for i, (n, _) in enumerate(NODES) if n == spec["nodeName"]), 0)
+        host = f"127.{100 + node}.0.1"  # the node's InternalIP
+        desired = {"phase": phase, "hostIP": host, "hostIPs": [{"ip": host}], "podIP": ip, "podIPs": [{"ip": ip}],
+                   "containerStatuses": statuses, "initContainerStatuses": inits,
+                   "qosClass": status.get("qosClass") or "Burstable"}
 
         def signature(s: dict[str, Any]) -> Any:
-            conds = sorted((x.get("type"), x.get("status")) for x in s.get("conditions") or [])
-            return ({k: s.get(k) for k in desired}, conds)
+            conds = sorted((x.get("type"), x.get("status"), x.get("reason", "")) for x in s.get("conditions") or []
+                           if x.get("type") not in gates)
+            return ({k: s.get(k) or None for k in desired}, conds)
         if signature(status) == signature({**desired, "conditions": conditions}):
             return
         stamp = now()
@@ -275,5 +393,5 @@ class Kubelet:
         md = pod["metadata"]
         written = self.sim.rest("PATCH", f"/api/v1/namespaces/{md['namespace']}/pods/{md['name']}/status",
                                 {"status": {**desired, "startTime": status.get("startTime") or stamp,
-                                            "conditions": conditions}})
+                                            "conditions": conditions}}, "application/strategic-merge-patch+json")
         self.sim.remember("pods", written)

@@ -1,12 +1,12 @@
 """KubeVirt v1.7.0's real virt-controller on the local cloud (issue 19), instead of the simulator's VM/VMI logic.
 
-`start(cloud)` installs what virt-operator would have installed before virt-controller runs, then starts it
-(and kube-scheduler, when built) with every port on 127.0.0.1:
+`install()` puts what virt-operator would have installed before virt-controller runs, `start_controller()`
+starts it with every port on 127.0.0.1 (tests/cloud/bench.py restarts it when it exits, as kubelet would):
 
-* every CRD of v1.7.0 (`third_party/kubevirt/v1.7.0/crds.yaml`, KubeVirt's own generators), over the
-  swagger-derived ones the local cloud installed at start; CRDs must be there before virt-controller starts:
-  it decides once, at start, whether CDI is there (a DataVolume CRD) and then waits for its informers of
-  CDI's kinds (CDI, CDIConfig, DataSource, StorageProfile) too, so those get a schema-less CRD when absent;
+* every CRD of v1.7.0 (`third_party/kubevirt/v1.7.0/crds.yaml`, KubeVirt's own generators), applied by
+  tests/cloud/bench.py with CDI's before virt-controller starts: it decides once, at start, whether CDI is
+  there (a DataVolume CRD) and then waits for its informers of CDI's kinds (CDI, CDIConfig, DataSource,
+  StorageProfile) too;
 * the namespace `kubevirt` (virt-controller's namespace when it finds no service-account namespace file), the
   KubeVirt CR `kubevirt/kubevirt` with `status.phase: Deployed` (pkg/virt-config/configuration.go reads a
   KubeVirt CR's configuration only once it has a phase, as virt-operator sets it);
@@ -27,7 +27,8 @@
 virt-controller takes `--kubeconfig` (not $KUBECONFIG); it takes the Lease `kubevirt/virt-controller` and
 is ready when `GET /leader` says `{"apiserver": {"leader": "true"}}` (after its informers synced).
 
-The node side (kubelet for the pods, virt-handler for the VMIs) is `tests/cloud/virthandler.py`.
+The node side is the simulator's: kubelet (tests/cloud/kubelet.py) and virt-handler
+(tests/cloud/virthandler.py).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ import json
 import os
 import ssl
 import subprocess
-import sys
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,29 +63,11 @@ LAUNCHER_IMAGE = f"virt-launcher:{VERSION}"
 EXPORTER_IMAGE = f"virt-exportserver:{VERSION}"
 HANDLER_IMAGE = f"virt-handler:{VERSION}"
 CONTROLLER_SA = "kubevirt-controller"  # components.ControllerServiceAccountName
-# CDI's kinds virt-controller watches once it finds the DataVolume CRD (pkg/controller/virtinformers.go: CDI(),
-# CDIConfig(), DataSource(), StorageProfile()): (plural, kind, scope).
-CDI_KINDS = (("cdis", "CDI", "Cluster"), ("cdiconfigs", "CDIConfig", "Cluster"),
-             ("datasources", "DataSource", "Namespaced"), ("storageprofiles", "StorageProfile", "Cluster"))
-
 KUBEVIRT_CR: dict[str, Any] = {
     "apiVersion": "kubevirt.io/v1", "kind": "KubeVirt",
     "metadata": {"name": "kubevirt", "namespace": NAMESPACE},
     "spec": {"imagePullPolicy": "IfNotPresent", "configuration": {"developerConfiguration": {"featureGates": []}}},
 }
-
-
-def _schemaless_crd(plural: str, kind: str, scope: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.cdi.kubevirt.io"},
-        "spec": {"group": "cdi.kubevirt.io", "scope": scope,
-                 "names": {"plural": plural, "singular": kind.lower(), "kind": kind, "listKind": f"{kind}List"},
-                 "versions": [{"name": "v1beta1", "served": True, "storage": True,
-                               "subresources": {"status": {}},
-                               "schema": {"openAPIV3Schema": {"type": "object",
-                                                              "x-kubernetes-preserve-unknown-fields": True}}}]},
-    }
 
 
 @dataclass
@@ -105,27 +87,9 @@ class KubeVirt:
 
     # ----- what virt-operator would have installed -----
     def install(self) -> None:
+        """What virt-operator installs besides the CRDs (tests/cloud/bench.py applies v1.7.0's with the others)."""
         cloud = self.cloud
         self.dir.mkdir(parents=True, exist_ok=True)
-        crds = [d for d in yaml.safe_load_all((MANIFESTS / "crds.yaml").read_text()) if d]
-        names = [d["metadata"]["name"] for d in crds]
-        # The local cloud's swagger-derived CRDs (v1.9.0's document) were applied at start. One of them stores a
-        # version v1.7.0 does not have (VirtualMachineExport v1; v1.7.0 serves v1alpha1 and v1beta1 only): the
-        # API server refuses to drop a stored version, so such a CRD goes first (a fresh cloud has no objects).
-        for crd in crds:
-            existing = cloud.kubectl("get", "crd", crd["metadata"]["name"], "-o", "json", "--ignore-not-found")
-            stored = set(json.loads(existing)["status"].get("storedVersions") or []) if existing.strip() else set()
-            if stored - {v["name"] for v in crd["spec"]["versions"]}:
-                cloud.kubectl("delete", "crd", crd["metadata"]["name"], "--wait=true", "--timeout=60s")
-        # Server-side, forced: the fields the swagger-derived CRDs of the same names set are taken over.
-        cloud.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(MANIFESTS / "crds.yaml"))
-        have = set(cloud.kubectl("get", "crd", "-o", "name").split())
-        missing = [_schemaless_crd(*k) for k in CDI_KINDS
-                   if f"customresourcedefinition.apiextensions.k8s.io/{k[0]}.cdi.kubevirt.io" not in have]
-        if missing:
-            cloud.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(missing))
-        cloud.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd",
-                      *names, *(f"{k[0]}.cdi.kubevirt.io" for k in CDI_KINDS))
         cloud.kubectl("create", "namespace", NAMESPACE, check=False)
         cloud.kubectl("apply", "--server-side", "-f", str(MANIFESTS / "rbac-controller.yaml"))
         cloud.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(KUBEVIRT_CR))
@@ -193,31 +157,6 @@ class KubeVirt:
         return ["unshare", "--mount", *user, "sh", "-c", script, "sh", *args]
 
     # ----- processes -----
-    def start_scheduler(self) -> Proc | None:
-        """kube-scheduler with its default profile, if `make` built it; None otherwise."""
-        from tests.cloud.bench import LOOPBACK as _LB
-        from tests.cloud.bench import bin_dir, free_port
-
-        path = bin_dir() / "kube-scheduler"
-        if not path.exists():
-            return None
-        port = free_port()
-        kubeconfig = str(self.cloud.kubeconfig)
-        proc = self.cloud.spawn("kube-scheduler", [
-            str(path), f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
-            f"--authorization-kubeconfig={kubeconfig}", "--leader-elect=false", f"--bind-address={_LB}",
-            f"--secure-port={port}", "--v=1"])
-        proc.ports = {"https": port}
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # its own self-signed serving certificate
-
-        def healthy() -> bool:
-            with urllib.request.urlopen(f"https://{_LB}:{port}/healthz", context=ctx, timeout=2) as resp:
-                return bool(resp.status == 200)
-        self.cloud._wait(proc, healthy, "kube-scheduler /healthz")
-        self.scheduler = proc
-        return proc
-
     def start_controller(self, timeout: float = 120) -> Proc:
         from tests.cloud.bench import binary, free_port
 
@@ -251,27 +190,6 @@ class KubeVirt:
         self.cloud._wait(proc, leading, "virt-controller to lead (GET /leader)", timeout=timeout)
         self.controller = proc
         return proc
-
-    def start_node_side(self) -> Proc:
-        """tests/cloud/virthandler.py: kubelet and virt-handler of the simulated nodes."""
-        log = self.cloud.logs / "virthandler.log"
-        offset = log.stat().st_size if log.exists() else 0
-        proc = self.cloud.spawn("virthandler", [sys.executable, "-m", "tests.cloud.virthandler"],
-                                env={**self.cloud.env(), "PYTHONPATH": str(REPO)})
-        self.cloud._wait(proc, lambda: log.read_bytes()[offset:].find(b"node side ready") >= 0,
-                         "the node side (virthandler)")
-        return proc
-
-
-def start(cloud: LocalCloud, *, node_side: bool = True) -> KubeVirt:
-    """Install v1.7.0's objects, start the node side, kube-scheduler (when built) and virt-controller."""
-    kv = KubeVirt(cloud)
-    kv.install()
-    if node_side:
-        kv.start_node_side()  # Nodes first: virt-controller's node controller looks at them from the start
-    kv.start_scheduler()
-    kv.start_controller()
-    return kv
 
 
 def leader(cloud: LocalCloud) -> str:

@@ -73,8 +73,9 @@ class TLSServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, port: int, handler: type[BaseHTTPRequestHandler], context: ssl.SSLContext) -> None:
-        super().__init__((LOOPBACK, port), handler)
+    def __init__(self, port: int, handler: type[BaseHTTPRequestHandler], context: ssl.SSLContext,
+                 host: str = LOOPBACK) -> None:
+        super().__init__((host, port), handler)
         self.context = context
 
     def get_request(self) -> tuple[socket.socket, Any]:

@@ -33,42 +33,39 @@ and a Warning event, as virt-controller leaves it; the VM shows Starting with th
 the NAD exists the VMI starts.
 
 virt-api: the aggregated API subresources.kubevirt.io (tests/cloud/virtapi.py), behind a real APIService.
-virt-exportproxy and the export controller: VirtualMachineExports (tests/cloud/exportserver.py).
+The exporter pods' payload: tests/cloud/exportserver.py (the export controller is virt-controller's).
 
 Like KubeVirt's and CDI's controllers, it works from informer-style caches: one watch per kind keeps an
 in-memory copy of every DataVolume, PersistentVolumeClaim, PersistentVolume, Pod, VirtualMachine,
 VirtualMachineInstance, VirtualMachineExport and Node, and its own writes update that copy at once.
 A pass over the caches costs the API server nothing.
 
-    python -m tests.cloud.sim [--delay SECONDS] [--virt-api-port N] [--export-port N]     # uses $KUBECONFIG
+    python -m tests.cloud.sim [--delay SECONDS] [--virt-api-port N]     # uses $KUBECONFIG
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import functools
 import json
 import logging
 import os
 import re
-import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from tests.cloud import csi, importer, kubelet, networks, scheduler
+from tests.cloud import csi, exportserver, importer, kubelet, networks, virthandler
 
 log = logging.getLogger("sim")
 KV = ("kubevirt.io", "v1")
 CDI = ("cdi.kubevirt.io", "v1beta1")
-EXPORT = ("export.kubevirt.io", "v1")
 NAD = ("k8s.cni.cncf.io", "v1", "network-attachment-definitions")
 # The nodes: (name, zone). Each is big enough that bench-scale's ~700 one-vCPU Instances fit on three, and
 # small enough that a VMI asking 512 GiB fits on none (the e2e test of ErrorUnschedulable). 250 pods: a
@@ -138,36 +135,6 @@ def vmi_final(vmi: dict[str, Any]) -> bool:
     return vmi.get("status", {}).get("phase") in ("Succeeded", "Failed")
 
 
-class Cluster:
-    """One pass's view for kube-scheduler and the IPAM, built when first needed and kept current as the
-    pass binds VMIs and hands out addresses (the caches only see those writes on the next pass)."""
-
-    def __init__(self, nodes: list[dict[str, Any]], vmis: list[dict[str, Any]]) -> None:
-        self.node_objects = sorted(nodes, key=lambda n: n["metadata"]["name"])
-        self.vmis = vmis
-
-    @functools.cached_property
-    def nodes(self) -> list[scheduler.Node]:
-        return [scheduler.node_from_object(n) for n in self.node_objects]
-
-    @functools.cached_property
-    def placed(self) -> list[scheduler.Pod]:
-        # A pod that has finished holds nothing; one that is being deleted still does, until it is gone.
-        return [scheduler.pod_from_vmi(v) for v in self.vmis
-                if (v.get("status") or {}).get("nodeName") and not vmi_final(v)]
-
-    @functools.cached_property
-    def used(self) -> dict[str, set[str]]:
-        return networks.used_addresses([v for v in self.vmis if not vmi_final(v)])
-
-    def bind(self, pod: scheduler.Pod, node: str) -> None:
-        self.placed.append(dataclasses.replace(pod, node=node))
-
-    def pod_cidr(self, node: str) -> str:
-        found = next((n for n in self.node_objects if n["metadata"]["name"] == node), None)
-        return ((found or {}).get("spec") or {}).get("podCIDR") or networks.pod_cidr(0)
-
-
 class Simulator:
     def __init__(self, delay: float, volumes: Path) -> None:
         self.delay = delay
@@ -178,15 +145,15 @@ class Simulator:
         self.lock = threading.Lock()
         self.caches: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
             "datavolumes": {}, "virtualmachines": {}, "virtualmachineinstances": {},
-            "virtualmachineexports": {}, "persistentvolumeclaims": {}, "nodes": {}, "pods": {},
+            "persistentvolumeclaims": {}, "nodes": {}, "pods": {},
             "persistentvolumes": {}}
         self.synced = {plural: threading.Event() for plural in self.caches}
         self.soft_reboots: dict[str, int] = {}  # by VMI uid: the guest rebooted this often
-        self.exports: Any = None  # the export server (exportserver.ExportServer), once started
-        self.export_links: Callable[[dict[str, Any], list[str]], dict[str, Any]] | None = None
         self.warned: set[str] = set()  # VMI uid + reason: Warning events already recorded
         self.kubelet = kubelet.Kubelet(self)
+        self.virt_handler = virthandler.VirtHandler(self)
         self.kubelet.payloads.append((kubelet.IMPORTER_LABEL, functools.partial(importer.run, self)))
+        self.kubelet.payloads.append((exportserver.EXPORTER_LABEL, functools.partial(exportserver.run, self)))
 
     def reconcile_claims(self) -> None:
         csi.reconcile(self)
@@ -311,134 +278,6 @@ class Simulator:
         return False
 
     # ----- KubeVirt -----
-    def reconcile_vms(self) -> None:
-        vmis = {self._key(v): v for v in self.cached("virtualmachineinstances")}
-        dvs = {self._key(d): d for d in self.cached("datavolumes")}
-        cluster = Cluster(self.cached("nodes"), list(vmis.values()))
-        for vm in self.cached("virtualmachines"):
-            if vm["metadata"].get("deletionTimestamp"):
-                continue
-            key = (vm["metadata"]["namespace"], vm["metadata"]["name"])
-            try:
-                self.reconcile_vm(vm, vmis.get(key), dvs, cluster)
-            except ApiException as e:
-                if not moot(e):
-                    raise
-
-    def reconcile_vm(self, vm: dict[str, Any], vmi: dict[str, Any] | None,
-                     dvs: dict[tuple[str, str], dict[str, Any]], cluster: Cluster) -> None:
-        ns, name = vm["metadata"]["namespace"], vm["metadata"]["name"]
-        spec = vm["spec"]
-        strategy = spec.get("runStrategy") or ("Always" if spec.get("running") else "Halted")
-        status = vm.get("status", {})
-        requests = status.get("stateChangeRequests") or []
-        if requests and requests[0].get("action") == "Stop":
-            # A stop (or the first half of a restart) of one VMI: delete it; once it is gone, the request is done.
-            uid = requests[0].get("uid")
-            if vmi is not None and uid in (None, vmi["metadata"]["uid"]):
-                self.delete_vmi(vmi)
-                self.set_vm(vm, "Stopping", ready=False, created=True)
-            else:
-                self.set_requests(vm, requests[1:])
-            return
-        start_requested = bool(requests) and requests[0].get("action") == "Start"
-        wants_vmi = strategy in RUNNING_STRATEGIES or (strategy == "Manual" and (vmi is not None or start_requested))
-        if not wants_vmi:
-            if vmi is not None:
-                self.delete_vmi(vmi)
-                self.set_vm(vm, "Stopping", ready=False, created=True)
-            elif status.get("printableStatus") != "Stopped":
-                self.set_vm(vm, "Stopped", ready=False, created=False)
-            if start_requested and strategy == "Halted":
-                self.set_requests(vm, requests[1:])  # a paused start is not simulated
-            return
-        # Volumes first: a VM waits for its DataVolumes the way virt-controller does.
-        for volume in spec["template"]["spec"].get("volumes", []):
-            ref = volume.get("dataVolume", {}).get("name")
-            if ref is None:
-                continue
-            dv = dvs.get((ns, ref))
-            phase = (dv or {}).get("status", {}).get("phase")
-            if phase == "Failed":
-                self.set_vm(vm, "DataVolumeError", ready=False, created=False,
-                            message=f"DataVolume {ref} failed to import")
-                return
-            if phase != "Succeeded":
-                self.set_vm(vm, "Provisioning" if dv else "WaitingForVolumeBinding", ready=False, created=False)
-                return
-        if vmi is None:
-            self.create_vmi(vm)
-            self.last_step[f"vmi/{ns}/{name}"] = time.monotonic()
-            if start_requested:
-                self.set_requests(vm, requests[1:])
-            self.set_vm(vm, "Starting", ready=False, created=True)
-            return
-        if start_requested:
-            self.set_requests(vm, requests[1:])  # already running: nothing to start
-        phase = vmi.get("status", {}).get("phase", "Pending")
-        if phase == "Running":
-            # virt-controller mirrors the VMI's conditions on the VM (syncConditions): Ready as it is on the
-            # VMI (False, ReadinessGatesNotReady while paused), and the others (LiveMigratable, Paused, ...).
-            mirrored = [c for c in vmi.get("status", {}).get("conditions") or [] if c.get("type") != "Ready"]
-            if has_condition(vmi, "Paused"):
-                self.set_vm(vm, "Paused", ready=False, created=True, ready_condition=find_condition(vmi, "Ready"),
-                            extra=mirrored)
-            else:
-                self.set_vm(vm, "Running", ready=True, created=True, extra=mirrored)
-            return
-        if not self.due(f"vmi/{ns}/{name}"):
-            return
-        if phase in ("Pending", "Scheduling"):
-            self.schedule_vmi(vm, vmi, cluster)
-        elif phase == "Scheduled":
-            self.run_vmi(vmi, cluster)
-
-    def schedule_vmi(self, vm: dict[str, Any], vmi: dict[str, Any], cluster: Cluster) -> None:
-        """virt-controller renders the launcher pod (every NAD it names must exist), kube-scheduler binds it."""
-        status = vmi.get("status") or {}
-        missing = [ref for ref, nad in self.nads(vmi).items() if nad is None]
-        if missing:
-            # What virt-controller's VMI controller does when RenderLaunchManifest fails: no pod, the VMI
-            # stays Pending with Synchronized False / FailedCreate (the VM shows Starting, mirroring it).
-            message = f"failed to render launch manifest: failed to locate network attachment definition {missing[0]}"
-            sync = condition("Synchronized", False, "FailedCreate", message)
-            if signature(status.get("conditions")) != signature([sync]):
-                self.patch_status(KV, "virtualmachineinstances", vmi, {"phase": "Pending", "conditions": [sync]})
-                self.warn_once(vmi, "FailedCreate", message, "virtualmachine-controller")
-            self.set_vm(vm, "Starting", ready=False, created=True, extra=[sync])
-            return
-        pod = scheduler.pod_from_vmi(vmi)
-        decision = scheduler.schedule(pod, cluster.nodes, cluster.placed, self.namespace_labels(pod))
-        if decision.node is None:
-            unschedulable = condition("PodScheduled", False, "Unschedulable", decision.message)
-            if status.get("phase") != "Scheduling" or signature(status.get("conditions")) != signature(
-                    [unschedulable]):
-                self.patch_status(KV, "virtualmachineinstances", vmi,
-                                  {"phase": "Scheduling", "conditions": [unschedulable]})
-                log.info("vmi %s/%s unschedulable: %s", *self._key(vmi), decision.message)
-            self.set_vm(vm, "ErrorUnschedulable", ready=False, created=True, message=decision.message,
-                        extra=[unschedulable])
-            return
-        md = vmi["metadata"]
-        # virt-controller records the launcher pod's node on the VMI: status.nodeName and a label.
-        self.remember("virtualmachineinstances", self.api.patch_namespaced_custom_object(
-            *KV, md["namespace"], "virtualmachineinstances", md["name"],
-            {"metadata": {"labels": {NODE_NAME_LABEL: decision.node}}}))
-        self.patch_status(KV, "virtualmachineinstances", vmi, {
-            "phase": "Scheduled", "nodeName": decision.node, "conditions": [condition("PodScheduled", True)]})
-        cluster.bind(pod, decision.node)
-        log.info("vmi %s/%s scheduled on %s", md["namespace"], md["name"], decision.node)
-        self.set_vm(vm, "Starting", ready=False, created=True)
-
-    def run_vmi(self, vmi: dict[str, Any], cluster: Cluster) -> None:
-        """virt-handler starts the domain; the guest agent reports one address per interface."""
-        node = (vmi.get("status") or {}).get("nodeName", "")
-        interfaces = networks.interface_status(vmi, cluster.pod_cidr(node), self.nads(vmi), cluster.used)
-        self.patch_status(KV, "virtualmachineinstances", vmi, {
-            "phase": "Running", "nodeName": node,
-            "conditions": [condition("Ready", True), condition("LiveMigratable", True)],
-            "interfaces": interfaces})
-
     def nads(self, vmi: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
         """The NetworkAttachmentDefinitions a VMI's Multus networks name, by `ns/name` (None: missing)."""
         out: dict[str, dict[str, Any] | None] = {}
@@ -454,198 +293,9 @@ class Simulator:
                 out[f"{ns}/{name}"] = None
         return out
 
-    def namespace_labels(self, pod: scheduler.Pod) -> dict[str, dict[str, str]]:
-        """Namespaces' labels, read only for a pod whose affinity terms have a namespaceSelector."""
-        if "namespaceSelector" not in json.dumps(pod.affinity):
-            return {}
-        listed = self.rest("GET", "/api/v1/namespaces")
-        return {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in listed["items"]}
-
-    def warn_once(self, obj: dict[str, Any], reason: str, message: str, component: str) -> None:
-        key = f"{obj['metadata']['uid']}/{reason}"
-        if key not in self.warned:
-            self.warned.add(key)
-            self.event(obj, reason, message, component, "Warning")
-
-    def delete_vmi(self, vmi: dict[str, Any]) -> None:
-        if vmi["metadata"].get("deletionTimestamp") is None:
-            md = vmi["metadata"]
-            try:
-                self.api.delete_namespaced_custom_object(*KV, md["namespace"], "virtualmachineinstances", md["name"])
-            except ApiException as e:
-                if e.status != 404:
-                    raise
-            self.forget("virtualmachineinstances", vmi)
-            log.info("vmi %s/%s deleted", md["namespace"], md["name"])
-
-    def set_requests(self, vm: dict[str, Any], rest: list[dict[str, Any]]) -> None:
-        self.patch_status(KV, "virtualmachines", vm, {"stateChangeRequests": rest or None})
-
-    def create_vmi(self, vm: dict[str, Any]) -> None:
-        md = vm["metadata"]
-        template = vm["spec"]["template"]
-        body = {
-            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
-            "metadata": {"name": md["name"], "namespace": md["namespace"],
-                         "annotations": template.get("metadata", {}).get("annotations", {}),
-                         "labels": {**template.get("metadata", {}).get("labels", {}),
-                                    "kubevirt.io/created-by": md["uid"]},
-                         "ownerReferences": [{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-                                              "name": md["name"], "uid": md["uid"], "controller": True,
-                                              "blockOwnerDeletion": True}]},
-            "spec": template["spec"],
-        }
-        self.remember("virtualmachineinstances",
-                      self.api.create_namespaced_custom_object(*KV, md["namespace"], "virtualmachineinstances", body))
-        log.info("vmi %s/%s created", md["namespace"], md["name"])
-
-    def set_vm(self, vm: dict[str, Any], printable: str, *, ready: bool, created: bool, message: str = "",
-               ready_condition: dict[str, Any] | None = None, extra: Sequence[dict[str, Any]] = ()) -> None:
-        status = vm.get("status", {})
-        ready_cond = ({**condition("Ready", False), **{k: ready_condition.get(k, "") for k in ("reason", "message")}}
-                      if ready_condition else condition("Ready", ready, "" if ready else printable, message))
-        conditions = [ready_cond, *(c for c in extra if c)]
-        if (status.get("printableStatus"), status.get("ready", False), status.get("created", False),
-                signature(status.get("conditions"))) == (printable, ready, created, signature(conditions)):
-            return
-        self.patch_status(KV, "virtualmachines", vm, {
-            "printableStatus": printable, "ready": ready, "created": created, "conditions": conditions})
-        log.info("vm %s/%s %s", vm["metadata"]["namespace"], vm["metadata"]["name"], printable)
-
-    # ----- the export controller -----
-    def reconcile_exports(self) -> None:
-        vms = {self._key(v): v for v in self.cached("virtualmachines")}
-        vmis = {self._key(v): v for v in self.cached("virtualmachineinstances")}
-        dvs = {self._key(d): d for d in self.cached("datavolumes")}
-        claims = {self._key(c): c for c in self.cached("persistentvolumeclaims")}
-        ready: dict[tuple[str, str], tuple[str, list[str], str]] = {}
-        for export in self.cached("virtualmachineexports"):
-            if export["metadata"].get("deletionTimestamp"):
-                continue
-            try:
-                volumes = self.reconcile_export(export, vms, vmis, dvs, claims)
-            except ApiException as e:
-                if e.status not in (404, 409):
-                    raise
-                continue
-            if volumes is not None:
-                md = export["metadata"]
-                ready[self._key(export)] = (md["uid"], volumes, self.token_secret_name(export))
-        if self.exports is not None:
-            self.exports.publish(ready)  # what is no longer Ready (or is gone) is no longer served
-
-    @staticmethod
-    def token_secret_name(export: dict[str, Any]) -> str:
-        # naming.GetName("export-token", name, 63) in KubeVirt
-        return export["spec"].get("tokenSecretRef") or f"export-token-{export['metadata']['name']}"[:63]
-
-    def reconcile_export(self, export: dict[str, Any], vms: dict[tuple[str, str], dict[str, Any]],
-                         vmis: dict[tuple[str, str], dict[str, Any]], dvs: dict[tuple[str, str], dict[str, Any]],
-                         claims: dict[tuple[str, str], dict[str, Any]]) -> list[str] | None:
-        """One pass of KubeVirt's VMExportController over an export; the claims it serves when Ready."""
-        md, spec = export["metadata"], export["spec"]
-        ns, name = md["namespace"], md["name"]
-        status = export.get("status") or {}
-        try:
-            ttl = duration(spec["ttlDuration"]) if spec.get("ttlDuration") else EXPORT_TTL
-        except ValueError:
-            ttl = EXPORT_TTL
-        expires = parse_time(md["creationTimestamp"]) + ttl
-        if dt.datetime.now(dt.UTC) >= expires:  # the TTL is over: the controller deletes the export
-            self.api.delete_namespaced_custom_object(*EXPORT, ns, "virtualmachineexports", name)
-            self.forget("virtualmachineexports", export)
-            log.info("virtualmachineexport %s/%s expired", ns, name)
-            return None
-        token_secret = self.token_secret_name(export)
-        if not spec.get("tokenSecretRef") and status.get("tokenSecretRef") != token_secret:
-            self.create_token_secret(export, token_secret)
-        source = spec["source"]
-        kind, src = source.get("kind"), source.get("name", "")
-        group = source.get("apiGroup") or ""
-        desired: dict[str, Any] = {"tokenSecretRef": token_secret, "serviceName": f"virt-export-{name}"[:63],
-                                   "ttlExpirationTime": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
-        conditions: list[dict[str, str]] = []
-        volumes: list[str] = []
-        not_ready: tuple[str, str] | None = None
-        phase = "Pending"
-        if kind == "VirtualMachine" and group == "kubevirt.io":
-            desired["virtualMachineName"] = src
-            vm = vms.get((ns, src))
-            volumes = claim_names(vm["spec"]["template"]["spec"]) if vm else []
-            populated = all(self.populated(claims.get((ns, v)), dvs.get((ns, v))) for v in volumes)
-            vmi = vmis.get((ns, src))
-            if vm is None:
-                not_ready, phase = ("VMNotFound", f"Virtual Machine {ns}/{src} not found"), "Skipped"
-            elif not volumes:
-                not_ready, phase = ("VMNoVolumes", f"Virtual Machine {ns}/{src} has no volumes"), "Skipped"
-            elif not populated:
-                not_ready = ("VolumesNotPopulated", f"Not all volumes in the Virtual Machine {ns}/{src} are populated")
-            elif vmi is not None and not vmi_final(vmi):
-                not_ready = ("InUse", f"Virtual Machine {ns}/{src} is running")
-        elif kind == "PersistentVolumeClaim" and group == "":
-            pvc = claims.get((ns, src))
-            volumes = [src] if pvc else []
-            if pvc is None:
-                not_ready = ("Initializing", "")
-                conditions.append(condition("PVC", False, "PVCNotFound", f"PersistentVolumeClaim {ns}/{src} not found"))
-            else:
-                bound = (pvc.get("status") or {}).get("phase") == "Bound"
-                conditions.append(condition("PVC", bound, "PVCBound" if bound else "PVCPending"))
-                # In use: a pod mounts it; here, a VMI not yet finished whose volumes name it.
-                in_use = any(v["metadata"]["namespace"] == ns and not vmi_final(v) and src in claim_names(v["spec"])
-                             for v in vmis.values())
-                if in_use:
-                    not_ready = ("InUse", f"PersistentVolumeClaim {ns}/{src} is in use")
-                elif not self.populated(pvc, dvs.get((ns, src))):
-                    not_ready = ("PVCPending", f"PersistentVolumeClaim {ns}/{src} is not populated")
-        else:
-            not_ready = ("Initializing", "")  # snapshots and templates are not simulated
-        if not_ready is None:
-            phase = "Ready"
-            conditions.insert(0, condition("Ready", True, "PodReady"))
-            desired["links"] = self.export_links(export, volumes) if self.export_links else None
-            if self.exports is not None:
-                # The links answer before the status says Ready, never after: a client that saw Ready and
-                # downloaded at once got 404 while this pass still went through the other exports.
-                self.exports.serve(ns, name, (md["uid"], volumes, token_secret))
-        else:
-            conditions.insert(0, condition("Ready", False, *not_ready))
-        desired["phase"] = phase
-        desired["conditions"] = conditions
-        current = {k: v for k, v in status.items() if k != "conditions"}
-        wanted = {k: v for k, v in desired.items() if k != "conditions" and v is not None}
-        if current != wanted or signature(status.get("conditions")) != signature(conditions):
-            patch = {**{k: None for k in status}, **desired}  # merge patch: what is no longer wanted goes
-            self.patch_status(EXPORT, "virtualmachineexports", export, patch)
-            log.info("virtualmachineexport %s/%s %s %s", ns, name, phase, not_ready[0] if not_ready else "")
-        return volumes if phase == "Ready" else None
-
-    @staticmethod
-    def populated(pvc: dict[str, Any] | None, dv: dict[str, Any] | None) -> bool:
-        """A claim is populated once bound and, when a DataVolume fills it, once the import succeeded."""
-        if pvc is None or (pvc.get("status") or {}).get("phase") != "Bound":
-            return False
-        return dv is None or dv.get("status", {}).get("phase") == "Succeeded"
-
-    def create_token_secret(self, export: dict[str, Any], secret_name: str) -> None:
-        """KubeVirt's generated export token (kutil.GenerateVMExportToken), in a Secret the export controls."""
-        md = export["metadata"]
-        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                "metadata": {"name": secret_name, "namespace": md["namespace"],
-                             "ownerReferences": [{"apiVersion": "/".join(EXPORT), "kind": "VirtualMachineExport",
-                                                  "name": md["name"], "uid": md["uid"], "controller": True,
-                                                  "blockOwnerDeletion": True}]},
-                "stringData": {"token": secrets.token_urlsafe(24)}}
-        try:
-            self.rest("POST", f"/api/v1/namespaces/{md['namespace']}/secrets", body, "application/json")
-        except ApiException as e:
-            if e.status != 409:
-                raise
-
     # ----- loop -----
     def start_informers(self) -> None:
-        crds = ((CDI, "datavolumes"), (KV, "virtualmachines"), (KV, "virtualmachineinstances"),
-                (EXPORT, "virtualmachineexports"))
+        crds = ((CDI, "datavolumes"), (KV, "virtualmachines"), (KV, "virtualmachineinstances"))
         for gv, plural in crds:
             threading.Thread(target=self.informer, daemon=True, name=plural,
                              args=(plural, f"/apis/{gv[0]}/{gv[1]}/{plural}", self.api.list_cluster_custom_object,
@@ -665,7 +315,7 @@ class Simulator:
 
     def run(self, interval: float) -> None:
         while True:
-            for step in (self.reconcile_claims, self.kubelet.reconcile, self.reconcile_vms, self.reconcile_exports):
+            for step in (self.reconcile_claims, self.kubelet.reconcile, self.virt_handler.reconcile):
                 try:
                     step()
                 except Exception:
@@ -674,7 +324,6 @@ class Simulator:
 
 
 def main() -> None:
-    from tests.cloud.exportserver import ExportServer
     from tests.cloud.virtapi import VirtAPI
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -685,15 +334,12 @@ def main() -> None:
     parser.add_argument("--state-dir", type=Path, default=state,
                         help="where the simulator writes its CAs (virt-api-ca.crt, export-ca.crt)")
     parser.add_argument("--virt-api-port", type=int, default=0, help="0: no aggregated API")
-    parser.add_argument("--export-port", type=int, default=0, help="0: no export server")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config.load_kube_config()
     sim = Simulator(args.delay, args.volumes)
     sim.kubelet.register_nodes()
     sim.start_informers()
-    if args.export_port:
-        ExportServer(sim, args.export_port, args.state_dir).start()
     if args.virt_api_port:
         VirtAPI(sim, args.virt_api_port, args.state_dir).start()
     log.info("simulator ready (delay %.2fs)", args.delay)

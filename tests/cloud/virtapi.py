@@ -58,7 +58,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.cloud import websocket
 from tests.cloud.pki import TLSServer, leaf, new_ca, pem_cert, server_context
-from tests.cloud.sim import KV, PAUSED_NOT_READY, condition, find_condition, has_condition, vmi_final
+from tests.cloud.sim import KV, condition, find_condition, has_condition, vmi_final
 
 if TYPE_CHECKING:
     from tests.cloud.sim import Simulator
@@ -345,17 +345,16 @@ class VirtAPI:
             raise internal(f"unable to retrieve {plural} [{name}]: {e.reason}") from e
 
     def vmi_conditions(self, ns: str, name: str, change: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> None:
-        """What virt-handler and virt-controller write once the domain is (un)paused: the VMI's conditions,
-        guarded by resourceVersion, retried on a conflict."""
+        """What virt-handler writes once the domain is (un)paused: the VMI's conditions, by an update of the whole
+        VMI (it has no status subresource) guarded by its resourceVersion, retried on a conflict."""
         for _ in range(5):
             vmi = self.get("virtualmachineinstances", ns, name)
             if vmi is None:
                 return
+            vmi["status"] = {**(vmi.get("status") or {}), "conditions": change(vmi)}
             try:
-                written = self.sim.rest("PATCH", f"/apis/{KV[0]}/{KV[1]}/namespaces/{ns}/virtualmachineinstances/"
-                                                 f"{name}/status",
-                                        {"metadata": {"resourceVersion": vmi["metadata"]["resourceVersion"]},
-                                         "status": {"conditions": change(vmi)}})
+                written = self.sim.rest("PUT", f"/apis/{KV[0]}/{KV[1]}/namespaces/{ns}/virtualmachineinstances/"
+                                               f"{name}", vmi, "application/json")
             except ApiException as e:
                 if e.status == 409:
                     continue
@@ -392,10 +391,12 @@ class VirtAPI:
         if body.get("dryRun") == ["All"]:
             return 200
 
+        # virt-handler's Paused condition; virt-controller then closes the launcher pod's readiness gate, and the
+        # VMI's Ready follows the pod's.
         def paused(v: dict[str, Any]) -> list[dict[str, Any]]:
-            keep = [c for c in v.get("status", {}).get("conditions") or [] if c["type"] not in ("Ready", "Paused")]
-            return [condition("Ready", False, *PAUSED_NOT_READY), *keep,
-                    condition("Paused", True, "PausedByUser", "VMI was paused by user")]
+            keep = [c for c in v.get("status", {}).get("conditions") or [] if c["type"] != "Paused"]
+            return [*keep, {**condition("Paused", True, "PausedByUser", "VMI was paused by user"),
+                            "lastProbeTime": None}]
         self.vmi_conditions(ns, name, paused)
         self.sim.event(vmi, "Paused", "VirtualMachineInstance paused", "virt-handler")
         return 200
@@ -413,8 +414,7 @@ class VirtAPI:
             return 200
 
         def unpaused(v: dict[str, Any]) -> list[dict[str, Any]]:
-            keep = [c for c in v.get("status", {}).get("conditions") or [] if c["type"] not in ("Ready", "Paused")]
-            return [condition("Ready", True), *keep]
+            return [c for c in v.get("status", {}).get("conditions") or [] if c["type"] != "Paused"]
         self.vmi_conditions(ns, name, unpaused)
         self.sim.event(vmi, "Unpaused", "VirtualMachineInstance unpaused", "virt-handler")
         return 200

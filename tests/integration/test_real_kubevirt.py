@@ -1,5 +1,6 @@
 """KubeVirt v1.7.0's real virt-controller on the local cloud (issue 19): what it writes for VirtualMachines like
-Kova's, with the node side of tests/cloud/virthandler.py (kubelet, virt-handler) and the real kube-scheduler.
+Kova's, with the simulated node side (tests/cloud/kubelet.py, virthandler.py) and the real kube-scheduler.
+Fixtures of record: each behaviour Kova reads, driven by the real controller.
 
 Each asserted field names the KubeVirt v1.7.0 source that produces it (paths in kubevirt.io/kubevirt@v1.7.0).
 Skipped when `make controllers` has not built virt-controller."""
@@ -15,8 +16,8 @@ from typing import Any
 import pytest
 
 from tests.cloud.bench import LocalCloud, bin_dir
+from tests.cloud.kubelet import NODES
 from tests.cloud.kubevirt import LAUNCHER_IMAGE, KubeVirt
-from tests.cloud.virthandler import NODES
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.integration,
@@ -28,11 +29,10 @@ NODE_NAMES = {n for n, _ in NODES}
 
 @pytest.fixture(scope="module")
 def kv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeVirt]:
-    cloud = LocalCloud(Path(tmp_path_factory.mktemp("real-kubevirt")), with_simulator=False).start()
+    cloud = LocalCloud(Path(tmp_path_factory.mktemp("real-kubevirt"))).start()
     try:
-        started = cloud.start_kubevirt()
         cloud.kubectl("create", "namespace", NS)
-        yield started
+        yield cloud.kubevirt
     finally:
         cloud.stop()
 

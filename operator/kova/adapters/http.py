@@ -73,13 +73,18 @@ class ExportFetcher:
     ca_pem: str
     token: str
     timeout: urllib3.Timeout = field(default_factory=lambda: urllib3.Timeout(connect=10, read=60))
+    # The exporter pod's address (from its Service's EndpointSlice): connected to instead of the link's host,
+    # whose name the certificate is still verified for.
+    address: tuple[str, int] | None = None
 
     def open(self, url: str) -> Any:
         parts = urlsplit(url)
         if parts.scheme != "https" or not parts.hostname:
             raise NotAllowed(f"an export link must be https, not {url}")
-        pool = urllib3.HTTPSConnectionPool(parts.hostname, parts.port or 443, timeout=self.timeout, maxsize=1,
-                                           retries=False, cert_reqs="CERT_REQUIRED", ca_cert_data=self.ca_pem)
+        host, port = self.address or (parts.hostname, parts.port or 443)
+        pool = urllib3.HTTPSConnectionPool(host, port, timeout=self.timeout, maxsize=1, retries=False,
+                                           cert_reqs="CERT_REQUIRED", ca_cert_data=self.ca_pem,
+                                           server_hostname=parts.hostname, assert_hostname=parts.hostname)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         return pool.urlopen("GET", path, headers={"x-kubevirt-export-token": self.token,
                                                   "User-Agent": "kova-image-snapshot", "Accept-Encoding": "identity"},

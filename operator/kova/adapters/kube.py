@@ -133,6 +133,17 @@ class Kube:
         finally:
             resp.release()
 
+    async def list_objects(self, res: Resource, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """One list of `res` in `namespace` by label, read once (not watched)."""
+        prefix = f"/apis/{res.group}/{res.version}" if res.group else f"/api/{res.version}"
+        resp = await self._call("GET", f"{prefix}/namespaces/{namespace}/{res.plural}",
+                                query=[("labelSelector", label_selector)])
+        try:
+            items: list[dict[str, Any]] = json.loads(await resp.read())["items"]
+            return items
+        finally:
+            resp.release()
+
     async def _call(self, method: str, path: str, *, query: list[tuple[str, Any]] | None = None, body: Any = None,
                     content_type: str = "application/json", request_timeout: float | None = None) -> Any:
         """A request the generated client has no method for; raises ApiException on 4xx/5xx like the others."""

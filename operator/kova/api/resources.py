@@ -50,7 +50,9 @@ QUOTAS = resource(QUOTA)
 VIRTUAL_MACHINES = Resource("kubevirt.io", "v1", "virtualmachines")
 VIRTUAL_MACHINE_INSTANCES = Resource("kubevirt.io", "v1", "virtualmachineinstances")
 DATA_VOLUMES = Resource("cdi.kubevirt.io", "v1beta1", "datavolumes")
-VIRTUAL_MACHINE_EXPORTS = Resource("export.kubevirt.io", "v1", "virtualmachineexports")
+# v1beta1: the version both KubeVirt v1.7 (v1alpha1, v1beta1) and v1.9 (v1, v1beta1) serve.
+VIRTUAL_MACHINE_EXPORTS = Resource("export.kubevirt.io", "v1beta1", "virtualmachineexports")
+ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices")
 PERSISTENT_VOLUME_CLAIMS = Resource("", "v1", "persistentvolumeclaims")  # the core group
 NODES = Resource("", "v1", "nodes", namespaced=False)
 NAMESPACES = Resource("", "v1", "namespaces", namespaced=False)

@@ -5,6 +5,7 @@ the export and its token Secret, and where the export serves the disk. The contr
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from kova.api.errors import Refusal
 from kova.api.models import GlanceStatus, NovaStatus
@@ -72,3 +73,21 @@ def export_link(export: dict[str, Any], volume: str) -> tuple[str, str] | None:
     chosen = next((v for v in volumes if v.get("name") == volume), volumes[0] if len(volumes) == 1 else None)
     url = next((f["url"] for f in (chosen or {}).get("formats") or [] if f.get("format") == "raw"), None)
     return (url, internal.get("cert") or "") if url else None
+
+
+def export_service(url: str) -> tuple[str, str] | None:
+    """(namespace, Service) of an internal export link, `https://<service>.<namespace>.svc/...`."""
+    host = (urlsplit(url).hostname or "").split(".")
+    return (host[1], host[0]) if len(host) == 3 and host[2] == "svc" else None
+
+
+def export_address(slices: list[dict[str, Any]]) -> tuple[str, int] | None:
+    """A ready address and port of the exporter pod, from its Service's EndpointSlices: Kova connects there
+    and verifies the certificate for the Service's name, so it needs neither cluster DNS nor a route to the
+    Service's virtual IP (an operator outside the cluster reaches the pod the same way)."""
+    for piece in slices:
+        ports = [p.get("port") for p in piece.get("ports") or [] if p.get("port")]
+        for endpoint in piece.get("endpoints") or []:
+            if (endpoint.get("conditions") or {}).get("ready", True) and endpoint.get("addresses") and ports:
+                return str(endpoint["addresses"][0]), int(ports[0])
+    return None

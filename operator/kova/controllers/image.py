@@ -29,7 +29,7 @@ from kova.adapters.status import publish
 from kova.adapters.worker import WorkerLost
 from kova.api.errors import Refusal
 from kova.api.models import ImageSpec, SnapshotOrigin
-from kova.api.resources import IMAGES, INSTANCES, VIRTUAL_MACHINE_EXPORTS
+from kova.api.resources import ENDPOINT_SLICES, IMAGES, INSTANCES, VIRTUAL_MACHINE_EXPORTS
 from kova.compute import snapshot
 from kova.image import importer, pace
 from kova.image.quota import Gate
@@ -249,10 +249,12 @@ async def run_snapshot(rt: Runtime, obj: dict[str, Any], stopped: kopf.DaemonSto
         if link is None:
             return False
         url, ca = link
-        logger.info("reading the export of Instance %s from %s", instance_name, url.split("?")[0])
+        address = await _exporter_address(rt, url)
+        logger.info("reading the export of Instance %s from %s (%s)", instance_name, url.split("?")[0],
+                    f"{address[0]}:{address[1]}" if address else "by name")
         # Raw: CDI converted the disk to raw when it imported it, and the export serves it as it is.
         return await import_from(rt, obj, stopped, logger, url, "raw", None,
-                                 ExportFetcher(ca_pem=ca, token=token))
+                                 ExportFetcher(ca_pem=ca, token=token, address=address))
     finally:
         await _remove(rt, namespace, export)
 
@@ -274,6 +276,15 @@ async def _ready(rt: Runtime, namespace: str, name: str, export: str, volume: st
             said = True
         await asyncio.sleep(EXPORT_POLL)
     return None
+
+
+async def _exporter_address(rt: Runtime, url: str) -> tuple[str, int] | None:
+    """The exporter pod's address behind an internal link's Service, None when the link is not a Service's."""
+    service = snapshot.export_service(url)
+    if service is None:
+        return None
+    slices = await rt.kube.list_objects(ENDPOINT_SLICES, service[0], f"kubernetes.io/service-name={service[1]}")
+    return snapshot.export_address(slices)
 
 
 async def _remove(rt: Runtime, namespace: str, export: str) -> None:
