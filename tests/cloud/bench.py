@@ -356,11 +356,10 @@ class LocalCloud:
         # pvc-protection takes the kubernetes.io/pvc-protection finalizer off claims no pod uses (the
         # simulator's PVCs), or no namespace holding one could ever be deleted. resourcequota computes the
         # use of the ResourceQuota Kova keeps per namespace, which the API server's admission then enforces.
-        # endpointslice gives a Service (KubeVirt's exporter's) the addresses of its ready pods, as Kova reads them.
         proc = self.spawn("kube-controller-manager", [
             binary("kube-controller-manager"), f"--kubeconfig={self.kubeconfig}",
             "--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token,clusterrole-aggregation,"
-            "pvc-protection,resourcequota,endpointslice",
+            "pvc-protection,resourcequota",
             f"--service-account-private-key-file={self.workdir / 'pki' / 'sa.key'}",
             f"--root-ca-file={self.workdir / 'pki' / 'ca.crt'}",
             "--leader-elect=false", f"--bind-address={LOOPBACK}", f"--secure-port={free_port()}",

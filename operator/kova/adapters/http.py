@@ -73,8 +73,8 @@ class ExportFetcher:
     ca_pem: str
     token: str
     timeout: urllib3.Timeout = field(default_factory=lambda: urllib3.Timeout(connect=10, read=60))
-    # The exporter pod's address (from its Service's EndpointSlice): connected to instead of the link's host,
-    # whose name the certificate is still verified for.
+    # The exporter pod's address (behind the export's Service): connected to instead of the link's host, whose
+    # name the certificate is still verified for.
     address: tuple[str, int] | None = None
 
     def open(self, url: str) -> Any:

@@ -56,6 +56,13 @@ class Kube:
 
     async def get(self, res: Resource, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         try:
+            if not res.group:  # the core group (a Service): not a custom object path
+                path = f"/api/{res.version}/" + (f"namespaces/{namespace}/" if res.namespaced else "")
+                resp = await self._call("GET", f"{path}{res.plural}/{name}")
+                try:
+                    return cast(dict[str, Any], json.loads(await resp.read()))
+                finally:
+                    resp.release()
             if res.namespaced:
                 obj = await self.custom.get_namespaced_custom_object(
                     res.group, res.version, namespace or "", res.plural, name)

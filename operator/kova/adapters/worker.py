@@ -116,8 +116,9 @@ class Remote:
     def import_url(self, uid: str, url: str, disk_format: str, checksum: str | None, *,
                    fetcher: Fetcher | ExportFetcher, size_cap: int, progress: ImportProgress,
                    cancelled: Callable[[], bool]) -> Blob:
-        source: dict[str, str] = {"kind": "web"} if isinstance(fetcher, Fetcher) else \
-            {"kind": "export", "ca": fetcher.ca_pem, "token": fetcher.token}
+        source: dict[str, Any] = {"kind": "web"} if isinstance(fetcher, Fetcher) else \
+            {"kind": "export", "ca": fetcher.ca_pem, "token": fetcher.token,
+             "address": list(fetcher.address) if fetcher.address else None}
         with self._connect() as sock:
             lock = threading.Lock()
             send(sock, b"H", json.dumps({"op": "url", "uid": uid, "url": url, "disk_format": disk_format,
@@ -244,7 +245,9 @@ class Worker:
             if header["op"] == "url":
                 source = header["source"]
                 fetcher: Fetcher | ExportFetcher = Fetcher(self.import_filter) if source["kind"] == "web" else \
-                    ExportFetcher(ca_pem=source["ca"], token=source["token"])
+                    ExportFetcher(ca_pem=source["ca"], token=source["token"],
+                                  address=(source["address"][0], int(source["address"][1])) if source.get("address")
+                                  else None)
                 blob = importer.import_url(self.store, header["uid"], header["url"], header["disk_format"],
                                            header["checksum"], fetcher=fetcher, size_cap=header["size_cap"],
                                            progress=progress, cancelled=gone.is_set)

@@ -52,7 +52,8 @@ VIRTUAL_MACHINE_INSTANCES = Resource("kubevirt.io", "v1", "virtualmachineinstanc
 DATA_VOLUMES = Resource("cdi.kubevirt.io", "v1beta1", "datavolumes")
 # v1beta1: the version both KubeVirt v1.7 (v1alpha1, v1beta1) and v1.9 (v1, v1beta1) serve.
 VIRTUAL_MACHINE_EXPORTS = Resource("export.kubevirt.io", "v1beta1", "virtualmachineexports")
-ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices")
+SERVICES = Resource("", "v1", "services")
+PODS = Resource("", "v1", "pods")
 PERSISTENT_VOLUME_CLAIMS = Resource("", "v1", "persistentvolumeclaims")  # the core group
 NODES = Resource("", "v1", "nodes", namespaced=False)
 NAMESPACES = Resource("", "v1", "namespaces", namespaced=False)

@@ -81,13 +81,17 @@ def export_service(url: str) -> tuple[str, str] | None:
     return (host[1], host[0]) if len(host) == 3 and host[2] == "svc" else None
 
 
-def export_address(slices: list[dict[str, Any]]) -> tuple[str, int] | None:
-    """A ready address and port of the exporter pod, from its Service's EndpointSlices: Kova connects there
-    and verifies the certificate for the Service's name, so it needs neither cluster DNS nor a route to the
-    Service's virtual IP (an operator outside the cluster reaches the pod the same way)."""
-    for piece in slices:
-        ports = [p.get("port") for p in piece.get("ports") or [] if p.get("port")]
-        for endpoint in piece.get("endpoints") or []:
-            if (endpoint.get("conditions") or {}).get("ready", True) and endpoint.get("addresses") and ports:
-                return str(endpoint["addresses"][0]), int(ports[0])
+def export_address(service: dict[str, Any] | None, pods: list[dict[str, Any]]) -> tuple[str, int] | None:
+    """A ready pod behind the export's Service (its selector's pods) and the Service's target port: Kova
+    connects there and verifies the certificate for the Service's name, so it needs neither cluster DNS nor a
+    route to the Service's virtual IP (an operator outside the cluster reaches the pod the same way)."""
+    ports = ((service or {}).get("spec") or {}).get("ports") or []
+    target = ports[0].get("targetPort") if ports else None
+    if not isinstance(target, int):
+        return None
+    for pod in pods:
+        status = pod.get("status") or {}
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        if ready and status.get("podIP") and not pod["metadata"].get("deletionTimestamp"):
+            return str(status["podIP"]), target
     return None

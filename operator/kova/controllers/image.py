@@ -29,7 +29,7 @@ from kova.adapters.status import publish
 from kova.adapters.worker import WorkerLost
 from kova.api.errors import Refusal
 from kova.api.models import ImageSpec, SnapshotOrigin
-from kova.api.resources import ENDPOINT_SLICES, IMAGES, INSTANCES, VIRTUAL_MACHINE_EXPORTS
+from kova.api.resources import IMAGES, INSTANCES, PODS, SERVICES, VIRTUAL_MACHINE_EXPORTS
 from kova.compute import snapshot
 from kova.image import importer, pace
 from kova.image.quota import Gate
@@ -248,8 +248,7 @@ async def run_snapshot(rt: Runtime, obj: dict[str, Any], stopped: kopf.DaemonSto
         link = await _ready(rt, namespace, name, export, ist.get("dataVolume") or "", instance_name, stopped)
         if link is None:
             return False
-        url, ca = link
-        address = await _exporter_address(rt, url)
+        url, ca, address = link
         logger.info("reading the export of Instance %s from %s (%s)", instance_name, url.split("?")[0],
                     f"{address[0]}:{address[1]}" if address else "by name")
         # Raw: CDI converted the disk to raw when it imported it, and the export serves it as it is.
@@ -260,14 +259,17 @@ async def run_snapshot(rt: Runtime, obj: dict[str, Any], stopped: kopf.DaemonSto
 
 
 async def _ready(rt: Runtime, namespace: str, name: str, export: str, volume: str, instance: str,
-                 stopped: kopf.DaemonStopped) -> tuple[str, str] | None:
+                 stopped: kopf.DaemonStopped) -> tuple[str, str, tuple[str, int] | None] | None:
     """Wait for KubeVirt to serve the export (the Instance stops for it); None when told to stop."""
     said = False
     while not stopped:
         obj = await rt.kube.get(VIRTUAL_MACHINE_EXPORTS, export, namespace)
         link = snapshot.export_link(obj or {}, volume)
         if link is not None:
-            return link
+            # Ready, and the pod behind its Service ready too (the status may be seen before the pod's).
+            address = await _exporter_address(rt, link[0])
+            if address is not None or snapshot.export_service(link[0]) is None:
+                return (*link, address)
         if not said:
             phase = ((obj or {}).get("status") or {}).get("phase") or "Pending"
             await reconcile(rt, namespace, name, queued_message=f"waiting for KubeVirt to export the root disk of "
@@ -280,11 +282,14 @@ async def _ready(rt: Runtime, namespace: str, name: str, export: str, volume: st
 
 async def _exporter_address(rt: Runtime, url: str) -> tuple[str, int] | None:
     """The exporter pod's address behind an internal link's Service, None when the link is not a Service's."""
-    service = snapshot.export_service(url)
-    if service is None:
+    found = snapshot.export_service(url)
+    if found is None:
         return None
-    slices = await rt.kube.list_objects(ENDPOINT_SLICES, service[0], f"kubernetes.io/service-name={service[1]}")
-    return snapshot.export_address(slices)
+    namespace, name = found
+    service = await rt.kube.get(SERVICES, name, namespace)
+    selector = ",".join(f"{k}={v}" for k, v in sorted(((service or {}).get("spec") or {}).get("selector", {}).items()))
+    pods = await rt.kube.list_objects(PODS, namespace, selector) if selector else []
+    return snapshot.export_address(service, pods)
 
 
 async def _remove(rt: Runtime, namespace: str, export: str) -> None:
