@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# Who wrote, by the product of its user agent: the real controllers, the simulated node side, Kova (the python
+# client's default), the bench's own POSTs (urllib) and kubectl.
+AGENTS = {"virt-controller": "virt-controller (KubeVirt)", "cdi-controller": "cdi-controller (CDI)",
+          "kube-scheduler": "kube-scheduler", "kube-controller-manager": "kube-controller-manager",
+          "kova-simulated-nodes": "simulated node side", "OpenAPI-Generator": "Kova",
+          "Python-urllib": "the bench", "kubectl": "the bench", "kube-apiserver": "kube-apiserver"}
+
+
 def cpu_by_process(cloud: LocalCloud, op: Proc) -> dict[str, float]:
     procs = {p.name: p.popen.pid for p in cloud.procs if p.popen.poll() is None}
     procs["operator"] = op.popen.pid
@@ -160,6 +168,7 @@ def wait(what: str, check: Any, timeout: float) -> float:
 def burst(cloud: LocalCloud, op: Proc, inst: Watch, vms: Watch, n: int) -> None:
     names = [f"vm-{i:05d}" for i in range(n)]
     before = cloud.write_requests()
+    audited = len(cloud.audit())
     cpu_before = cpu_by_process(cloud, op)
     started = time.monotonic()
     created = create(cloud, names)
@@ -192,6 +201,12 @@ def burst(cloud: LocalCloud, op: Proc, inst: Watch, vms: Watch, n: int) -> None:
     print("Others' writes meanwhile (the simulator playing KubeVirt/CDI; the bench's own creates excluded):")
     for (res, sub, verb), count in sorted(others.items()):
         print(f"  {verb:6} {res + ('/' + sub if sub else ''):22} {count / n:6.2f}")
+    by_agent = Counter(AGENTS.get(e.get("userAgent", "").split("/")[0], "others")
+                       for e in cloud.audit()[audited:] if e.get("objectRef", {}).get("resource") != "events")
+    by_agent.pop("the bench", None)
+    print("Writes per Instance by who made them (kube-apiserver's audit log, by user agent; Events apart):")
+    for who, count in sorted(by_agent.items(), key=lambda kv: -kv[1]):
+        print(f"  {who:28} {count / n:6.2f}")
     print(f"operator RSS {rss:.0f} MiB (peak {hwm:.0f} MiB)")
     if inst.drops or vms.drops:
         print(f"(the bench's watches were resumed {inst.drops + vms.drops} times: {vms.last_error or inst.last_error})")

@@ -198,11 +198,12 @@ class LocalCloud:
             time.sleep(0.5)
             for name, start in list(self.supervised.items()):
                 proc = next((p for p in self.procs if p.name == name), None)
-                if proc is None or proc.popen.poll() is None:
+                if proc is not None and proc.popen.poll() is None:
                     continue
-                self.procs.remove(proc)
-                self.restarts[name] += 1
-                with contextlib.suppress(Exception):  # tried again on the next round
+                if proc is not None:
+                    self.procs.remove(proc)
+                    self.restarts[name] += 1
+                with contextlib.suppress(Exception):  # tried again on the next round (kube-apiserver may be down)
                     start()
 
     def stop(self) -> None:

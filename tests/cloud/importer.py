@@ -27,6 +27,7 @@ import hashlib
 import http.client
 import json
 import logging
+import math
 import os
 import threading
 import urllib.error
@@ -43,7 +44,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("importer")
 DATA_VOLUME = "cdi-data-vol"  # the importer pod's volume for the target claim (CDI's DataVolName)
-FILESYSTEM_OVERHEAD = 0.055  # CDI's default for Filesystem claims (CDIConfig filesystemOverhead.global)
+ALIGN = 1 << 20  # CDI's DefaultAlignBlockSize
+FILESYSTEM_OVERHEAD = 0.06  # CDI's default for Filesystem claims (CDIConfig filesystemOverhead.global)
 
 
 def env_of(sim: Simulator, pod: dict[str, Any]) -> dict[str, str]:
@@ -78,7 +80,8 @@ def run(sim: Simulator, stopped: threading.Event, pod: dict[str, Any]) -> tuple[
     target.parent.mkdir(parents=True, exist_ok=True)
     pvc = sim.rest("GET", f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}")
     capacity = int(quantity((pvc.get("status") or {}).get("capacity", {}).get("storage", "0")))
-    available = int(capacity * (1 - FILESYSTEM_OVERHEAD))
+    # CDI's util.GetUsableSpace: the claim's capacity without the overhead it was asked with, block-aligned.
+    available = math.ceil(capacity / (1 + FILESYSTEM_OVERHEAD)) // ALIGN * ALIGN
     source = env.get("IMPORTER_SOURCE", "")
     if source == "none":
         size = int(quantity(env.get("IMPORTER_IMAGE_SIZE") or "0"))

@@ -49,6 +49,8 @@ NODE_CAPACITY = {"cpu": "256", "memory": "256Gi", "pods": "250", "ephemeral-stor
 HEARTBEAT = "kubevirt.io/heartbeat"  # virt-handler's (pkg/virt-handler/heartbeat/heartbeat.go), every minute
 HEARTBEAT_EVERY = 60.0
 HANDLER_NAMESPACE = "kubevirt"
+# virt-handler's node labeller: the machine types the node's QEMU supports (a VMI asking one gets a nodeSelector).
+MACHINE_TYPES = {f"machine-type.node.kubevirt.io/{m}": "true" for m in ("q35", "pc-q35-rhel9.6.0", "pc-q35-rhel9.4.0")}
 LAUNCHER = ("kubevirt.io", "virt-launcher")
 CREATED_BY = "kubevirt.io/created-by"  # the VMI uid on its launcher pod
 BACKOFF_BASE, BACKOFF_MAX = 10.0, 300.0  # kubelet's container restart back-off (pkg/kubelet/kubelet.go)
@@ -69,7 +71,7 @@ def node_object(index: int, name: str, zone: str) -> dict[str, Any]:
             "metadata": {"name": name, "labels": {
                 "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
                 "topology.kubernetes.io/zone": zone, "topology.kubernetes.io/region": "sim",
-                scheduler.SCHEDULABLE_LABEL: "true", "cpumanager": "false"}},
+                scheduler.SCHEDULABLE_LABEL: "true", "cpumanager": "false", **MACHINE_TYPES}},
             "spec": {"podCIDR": networks.pod_cidr(index), "podCIDRs": [networks.pod_cidr(index)],
                      "providerID": f"sim://{name}"}}
 
@@ -93,6 +95,16 @@ def node_status(index: int) -> dict[str, Any]:
                          "kernelVersion": "6.8.0", "kubeletVersion": "v1.37.2", "kubeProxyVersion": "",
                          "containerRuntimeVersion": "containerd://2.1.0", "bootID": "", "machineID": "",
                          "systemUUID": ""}}
+
+
+def bare(value: Any) -> Any:
+    """`value` without empty parts (None, "", {}, []), which the API server may add or drop: what compares."""
+    if isinstance(value, dict):
+        value = {k: bare(v) for k, v in value.items()}
+        return {k: v for k, v in value.items() if v not in (None, "", {}, [])} or None
+    if isinstance(value, list):
+        return [bare(v) for v in value] or None
+    return None if value == "" else value
 
 
 @dataclass
@@ -263,7 +275,8 @@ class Kubelet:
             c.last = self.terminated(c)
             c.exited, c.restarts = None, c.restarts + 1
         if c.exited is None and not c.running and not c.done:
-            c.started_at = now()
+            if payload is not None or not c.started_at:  # a payload runs again on each restart
+                c.started_at = now()
             if payload is not None:
                 c.running = True
                 threading.Thread(target=self.run, args=(pod, c, payload), daemon=True).start()
@@ -382,7 +395,7 @@ class Kubelet:
         def signature(s: dict[str, Any]) -> Any:
             conds = sorted((x.get("type"), x.get("status"), x.get("reason", "")) for x in s.get("conditions") or []
                            if x.get("type") not in gates)
-            return ({k: s.get(k) or None for k in desired}, conds)
+            return ({k: bare(s.get(k)) for k in desired}, conds)
         if signature(status) == signature({**desired, "conditions": conditions}):
             return
         stamp = now()

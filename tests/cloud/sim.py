@@ -141,6 +141,8 @@ class Simulator:
         self.volumes = volumes
         self.api = client.CustomObjectsApi()
         self.core = client.CoreV1Api()
+        for api in (self.api, self.core):  # kube-apiserver's audit log tells its writes from Kova's by this
+            api.api_client.user_agent = "kova-simulated-nodes"
         self.last_step: dict[str, float] = {}
         self.lock = threading.Lock()
         self.caches: dict[str, dict[tuple[str, str], dict[str, Any]]] = {

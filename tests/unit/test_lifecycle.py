@@ -363,3 +363,16 @@ def test_an_import_cdi_keeps_retrying_is_a_fault_after_three_restarts_and_keeps_
     assert lifecycle.import_failure(_importing(5, "False", "Completed", phase="Succeeded"), fault) is None
     final = lifecycle.import_failure(_importing(0, "False", "ChecksumError", "checksum mismatch", phase="Failed"))
     assert final == "root disk import failed: ChecksumError: checksum mismatch"
+
+
+def test_a_missing_network_is_found_from_the_objects_not_from_kubevirts_message() -> None:
+    # What virt-controller v1.7.0 mirrors on the VM when it cannot render the launcher pod
+    # (pkg/virt-controller/watch/vmi/vmi.go; tests/integration/test_real_kubevirt.py records it).
+    said = "failed to render launch manifest: failed to locate network attachment definition ns/vlan"
+    vm_ = {"metadata": {"name": "srv"}, "status": {"printableStatus": "Starting", "conditions": [
+        {"type": "Synchronized", "status": "False", "reason": "FailedCreate", "message": said}]}}
+    assert lifecycle.launch_failed(vm_) == said
+    assert lifecycle._failure(Children(vm=vm_, missing_networks=("ns/vlan",))) == ("NetworkNotFound", said)
+    # The same words with every network present: another cause, said as KubeVirt says it.
+    assert lifecycle._failure(Children(vm=vm_)) == ("FailedCreate", said)
+    assert lifecycle.launch_failed(vm()) is None

@@ -53,6 +53,7 @@ DATA_VOLUMES = Resource("cdi.kubevirt.io", "v1beta1", "datavolumes")
 # v1beta1: the version both KubeVirt v1.7 (v1alpha1, v1beta1) and v1.9 (v1, v1beta1) serve.
 VIRTUAL_MACHINE_EXPORTS = Resource("export.kubevirt.io", "v1beta1", "virtualmachineexports")
 SERVICES = Resource("", "v1", "services")
+NETWORK_ATTACHMENT_DEFINITIONS = Resource("k8s.cni.cncf.io", "v1", "network-attachment-definitions")
 PODS = Resource("", "v1", "pods")
 PERSISTENT_VOLUME_CLAIMS = Resource("", "v1", "persistentvolumeclaims")  # the core group
 NODES = Resource("", "v1", "nodes", namespaced=False)

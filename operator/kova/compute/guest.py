@@ -232,3 +232,16 @@ def apply_devices(domain: dict[str, Any], d: Devices) -> None:
         devices_["video"] = {"type": d.video}
     if not d.graphics:
         devices_["autoattachGraphicsDevice"] = False
+
+
+def multus_networks(vm: dict[str, Any]) -> list[tuple[str, str]]:
+    """(namespace, name) of the NetworkAttachmentDefinitions a VirtualMachine's template names (Multus reads
+    `name` as one in the VM's own namespace)."""
+    namespace = vm["metadata"]["namespace"]
+    out = []
+    for net in (((vm.get("spec") or {}).get("template") or {}).get("spec") or {}).get("networks") or []:
+        ref = (net.get("multus") or {}).get("networkName")
+        if ref:
+            ns, _, name = ref.rpartition("/")
+            out.append((ns or namespace, name))
+    return out

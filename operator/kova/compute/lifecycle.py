@@ -98,6 +98,9 @@ class Children:
     pvc: Body | None = None
     vm: Body | None = None
     vmi: Body | None = None
+    # NetworkAttachmentDefinitions (`ns/name`) the VM names that do not exist, looked up when KubeVirt
+    # cannot make its launcher pod (launch_failed): the failure's cause, read from the objects themselves.
+    missing_networks: tuple[str, ...] = ()
 
     @property
     def vmi_uid(self) -> str | None:
@@ -431,21 +434,32 @@ def _failure(ch: Children, previous: str | None = None) -> tuple[str, str] | Non
         return "DiskImportFailed", disk
     vm_status = (ch.vm or {}).get("status", {})
     printable = vm_status.get("printableStatus", "")
-    if printable in ("ErrorUnschedulable", "ErrorPvcNotFound", "DataVolumeError", "CrashLoopBackOff",
-                     "ErrorImagePull", "ImagePullBackOff"):
+    # Not DataVolumeError: virt-controller says it as soon as CDI's import failed once (the DataVolume's Running
+    # condition, reason Error), and CDI retries it; the root disk's import rule above decides when it is a fault.
+    if printable in ("ErrorUnschedulable", "ErrorPvcNotFound", "CrashLoopBackOff", "ErrorImagePull",
+                     "ImagePullBackOff"):
         detail = next((c.get("message") for c in vm_status.get("conditions", []) if c.get("message")), "") or printable
         if printable == "ErrorUnschedulable":  # Nova's scheduler says it this way
             return "NoValidHost", f"No valid host was found. {detail}"
         return printable, f"{printable}: {detail}" if detail != printable else printable
     # KubeVirt keeps retrying a VMI whose launcher cannot be made (a NetworkAttachmentDefinition missing,
     # say) and says so only in a condition; Nova answers such a server with ERROR. It recovers by itself.
-    failed = next((c for c in vm_status.get("conditions", []) if c.get("reason") == "FailedCreate"
-                   and c.get("status") == "False"), None)
+    failed = launch_failed(ch.vm)
     if failed is not None:
-        message = failed.get("message") or "KubeVirt cannot create the virtual machine's pod"
-        reason = "NetworkNotFound" if "network attachment definition" in message else "FailedCreate"
-        return reason, message
+        if ch.missing_networks:  # KubeVirt's words, the same as for a network Kova refuses itself (no oracle)
+            return "NetworkNotFound", failed
+        return "FailedCreate", failed
     return None
+
+
+def launch_failed(vm: Body | None) -> str | None:
+    """KubeVirt's message when virt-controller cannot make the VMI's launcher pod: the Synchronized condition
+    False with reason FailedCreate, mirrored from the VMI on the VM (pkg/virt-controller/watch/vmi)."""
+    failed = next((c for c in ((vm or {}).get("status") or {}).get("conditions") or []
+                   if c.get("reason") == "FailedCreate" and c.get("status") == "False"), None)
+    if failed is None:
+        return None
+    return str(failed.get("message") or "KubeVirt cannot create the virtual machine's pod")
 
 
 def _pending_power(st: InstanceStatus) -> str | None:

@@ -75,6 +75,7 @@ class World:
     confirm_window: float = 0.0
     now: dt.datetime = field(default_factory=clock.now)
     quota: lifecycle.Blocked | None = None  # over its namespace's quota to boot or grow: Nova's refusal
+    missing_networks: tuple[str, ...] = ()  # lifecycle.Children.missing_networks
 
 
 @dataclass
@@ -121,6 +122,7 @@ def plan(w: World) -> Plan:
         delete.append((dv_name, dv["metadata"]["uid"]))
         dv = None
     kids = lifecycle.Children(dv=dv, pvc=w.pvcs.get((namespace, dv_name)), vm=w.vms.get((namespace, name)),
+                              missing_networks=w.missing_networks,
                               vmi=w.vmis.get((namespace, name)))
     image = image_info(w.images, spec.image_ref, namespace)
     disk_image = image_info(w.images, status.image_ref, namespace) \

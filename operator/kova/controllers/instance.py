@@ -22,12 +22,13 @@ from kova.adapters.status import publish
 from kova.api.resources import (
     DATA_VOLUMES,
     INSTANCES,
+    NETWORK_ATTACHMENT_DEFINITIONS,
     NETWORK_POLICIES,
     SECURITY_GROUPS,
     VIRTUAL_MACHINE_INSTANCES,
     VIRTUAL_MACHINES,
 )
-from kova.compute import access, children, lifecycle, server
+from kova.compute import access, children, guest, lifecycle, server
 from kova.compute.guest import DEFAULT_GROUP
 from kova.compute.lifecycle import Blocked
 from kova.compute.server import Lookup as Cache
@@ -86,6 +87,14 @@ async def reconcile(rt: Runtime, caches: Caches, namespace: str, name: str) -> N
                 return
 
 
+async def _missing_networks(rt: Runtime, vm: dict[str, Any] | None) -> tuple[str, ...]:
+    """Only while KubeVirt cannot make the launcher pod: which of the VM's networks do not exist."""
+    if vm is None or lifecycle.launch_failed(vm) is None:
+        return ()
+    return tuple([f"{ns}/{name}" for ns, name in guest.multus_networks(vm)
+                  if await rt.kube.get(NETWORK_ATTACHMENT_DEFINITIONS, name, ns) is None])
+
+
 async def _step(rt: Runtime, caches: Caches, inst: dict[str, Any]) -> bool:
     """One step of the life cycle: plan it, carry it out, write the status. True: decide again at once."""
     md = inst["metadata"]
@@ -99,7 +108,8 @@ async def _step(rt: Runtime, caches: Caches, inst: dict[str, Any]) -> bool:
         snapshots=caches.snapshots.get((namespace, name), set()), presign_ttl=rt.settings.presign_ttl,
         shared_networks=rt.settings.shared_networks,
         confirm_window=rt.settings.resize_confirm_window,
-        quota=caches.quota(inst, status) if caches.quota is not None else None))
+        quota=caches.quota(inst, status) if caches.quota is not None else None,
+        missing_networks=await _missing_networks(rt, caches.vms.get((namespace, name)))))
     step = plan.step
     if step.wait_on:
         caches.wait_for(step.wait_on, namespace, name)
