@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubernetes.client.exceptions import ApiException
 
-from tests.cloud.scheduler import quantity
+from tests.cloud.kubelet import quantity
 
 if TYPE_CHECKING:
     from tests.cloud.sim import Simulator

@@ -36,7 +36,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tests.cloud.scheduler import quantity
+from tests.cloud.kubelet import quantity
 from tests.qcow2 import NotQcow2, qcow2_to_raw
 
 if TYPE_CHECKING:

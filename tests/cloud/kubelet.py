@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import ssl
 import threading
 import time
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubernetes.client.exceptions import ApiException
 
-from tests.cloud import networks, scheduler
+from tests.cloud import networks
 
 if TYPE_CHECKING:
     from tests.cloud.sim import Simulator
@@ -49,6 +50,7 @@ NODE_CAPACITY = {"cpu": "256", "memory": "256Gi", "pods": "250", "ephemeral-stor
 HEARTBEAT = "kubevirt.io/heartbeat"  # virt-handler's (pkg/virt-handler/heartbeat/heartbeat.go), every minute
 HEARTBEAT_EVERY = 60.0
 HANDLER_NAMESPACE = "kubevirt"
+SCHEDULABLE_LABEL = "kubevirt.io/schedulable"  # virt-handler's, on a node that runs VMIs
 # virt-handler's node labeller: the machine types the node's QEMU supports (a VMI asking one gets a nodeSelector).
 MACHINE_TYPES = {f"machine-type.node.kubevirt.io/{m}": "true" for m in ("q35", "pc-q35-rhel9.6.0", "pc-q35-rhel9.4.0")}
 LAUNCHER = ("kubevirt.io", "virt-launcher")
@@ -57,6 +59,19 @@ BACKOFF_BASE, BACKOFF_MAX = 10.0, 300.0  # kubelet's container restart back-off 
 BACKOFF_SCALE = 0.1  # the local cloud's kubelet waits a tenth of that: 1 s, 2 s, 4 s ... 30 s
 IMPORTER_LABEL = ("cdi.kubevirt.io", "importer")
 Payload = Callable[[threading.Event, dict[str, Any]], tuple[int, str]]
+
+
+_UNITS = {"": 1, "k": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
+          "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
+
+
+def quantity(value: Any) -> float:
+    """A Kubernetes quantity (500m, 2, 64Mi) as a number."""
+    m = re.fullmatch(r"([0-9.]+)(m|[kMGT]i?|)", str(value))
+    if not m:
+        return 0.0
+    num, unit = float(m.group(1)), m.group(2)
+    return num / 1000 if unit == "m" else num * _UNITS[unit]
 
 
 def now() -> str:
@@ -71,7 +86,7 @@ def node_object(index: int, name: str, zone: str) -> dict[str, Any]:
             "metadata": {"name": name, "labels": {
                 "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
                 "topology.kubernetes.io/zone": zone, "topology.kubernetes.io/region": "sim",
-                scheduler.SCHEDULABLE_LABEL: "true", "cpumanager": "false", **MACHINE_TYPES}},
+                SCHEDULABLE_LABEL: "true", "cpumanager": "false", **MACHINE_TYPES}},
             "spec": {"podCIDR": networks.pod_cidr(index), "podCIDRs": [networks.pod_cidr(index)],
                      "providerID": f"sim://{name}"}}
 
@@ -173,7 +188,7 @@ class Kubelet:
         self.heartbeat_at = time.monotonic()
         for name, _ in NODES:
             self.sim.rest("PATCH", f"/api/v1/nodes/{name}", {"metadata": {
-                "labels": {scheduler.SCHEDULABLE_LABEL: "true", "cpumanager": "false"},
+                "labels": {SCHEDULABLE_LABEL: "true", "cpumanager": "false"},
                 "annotations": {HEARTBEAT: now()}}})
 
     def pod_ip(self, pod: dict[str, Any]) -> str:

@@ -1,44 +1,22 @@
-"""The KubeVirt side the local cloud does not run for real yet, and the node side it has no machine for.
+"""The local cloud's simulated node side: what KubeVirt and CDI need of a machine, and nothing else.
 
-CDI is real: cdi-controller v1.65.0 (started by tests/cloud/bench.py) makes each DataVolume's claim and
-importer pod, and reports phases, conditions and restarts itself. What it needs of a node is here:
-kubelet (tests/cloud/kubelet.py: the Nodes, pods run as far as controllers can see, restarts), the
-importer pod's payload (tests/cloud/importer.py: download, checksum, conversion to raw, the importer's
-failure modes) and a CSI driver (tests/cloud/csi.py: provisioning, binding, expansion, deletion). Pods are
-placed by the real kube-scheduler.
+The controllers are real (tests/cloud/bench.py starts them): virt-controller v1.7.0 does VM → VMI,
+restarts and run strategies, VMI → launcher pod, exports; cdi-controller v1.65.0 does DataVolume → claim →
+importer pod, phases, conditions, restarts; kube-scheduler places every pod. This process plays:
 
-kube-scheduler for VMIs (tests/cloud/scheduler.py, pure functions, until virt-controller makes launcher
-pods here): a VMI is placed on a node that passes the filters (taints, nodeSelector and required node
-affinity, the sum of requests already on the node, required pod affinity and anti-affinity over the placed
-VMIs' labels by topologyKey, and other VMIs' anti-affinity), best by preferred (anti-)affinity weights, then
-fewest VMIs, then name. When none fits, the VMI stays Scheduling with PodScheduled False / Unschedulable and
-kube-scheduler's message ("0/3 nodes are available: ..."), the VM says ErrorUnschedulable; it is retried
-every step, so a freed node takes it.
+- kubelet (tests/cloud/kubelet.py): the three Nodes, pods run as far as controllers can see, exits,
+  restarts with back-off, readiness probes;
+- the importer pod's payload (tests/cloud/importer.py) and the exporter pod's (tests/cloud/exportserver.py);
+- a CSI driver (tests/cloud/csi.py): provisioning, binding, expansion, deletion;
+- virt-handler (tests/cloud/virthandler.py): a scheduled VMI → Running, its addresses
+  (tests/cloud/networks.py: the pod network from the node's podCIDR, a Multus network from its
+  NetworkAttachmentDefinition's IPAM), volumeStatus;
+- virt-api (tests/cloud/virtapi.py): the aggregated API subresources.kubevirt.io behind a real APIService
+  (pause, unpause, softreboot, start, stop, restart), consoles.
 
-KubeVirt: a VirtualMachine that should run (runStrategy Always/RerunOnFailure/Once, or `running: true`;
-Manual on a start request) waits for its DataVolumes (Provisioning), gets a VirtualMachineInstance it
-controls, is scheduled (status.nodeName and the `kubevirt.io/nodeName` label) and moves Starting → Running
-with `ready`; Halted removes the VMI (Stopping → Stopped). `status.stateChangeRequests` (Stop of a VMI
-uid, then Start) are carried out as virt-controller does: that is how a restart replaces the VMI. A VMI
-whose `Paused` condition is True makes the VM `Paused` (not ready; the VMI's conditions are mirrored on the
-VM). Disks, CD-ROMs, firmware (EFI, secure boot), machine type, rng, video and interface models are taken
-as written: only networks and resources matter here.
-
-Networks (tests/cloud/networks.py): `status.interfaces` has one entry per interface (eth0, eth1, ...): the
-pod network's address from the node's podCIDR; a Multus network's from its NetworkAttachmentDefinition's
-IPAM (`range`, `subnet`, `ranges`) or else a 192.168.<crc32(ns/name) % 250>.0/24 of its own; the lowest free
-address, unique per network. A VMI naming a NAD that does not exist stays Pending with Synchronized False /
-FailedCreate ("failed to render launch manifest: failed to locate network attachment definition ns/name")
-and a Warning event, as virt-controller leaves it; the VM shows Starting with that condition mirrored; once
-the NAD exists the VMI starts.
-
-virt-api: the aggregated API subresources.kubevirt.io (tests/cloud/virtapi.py), behind a real APIService.
-The exporter pods' payload: tests/cloud/exportserver.py (the export controller is virt-controller's).
-
-Like KubeVirt's and CDI's controllers, it works from informer-style caches: one watch per kind keeps an
-in-memory copy of every DataVolume, PersistentVolumeClaim, PersistentVolume, Pod, VirtualMachine,
-VirtualMachineInstance, VirtualMachineExport and Node, and its own writes update that copy at once.
-A pass over the caches costs the API server nothing.
+Like the controllers, it works from informer-style caches: one watch per kind keeps an in-memory copy of
+every DataVolume, PersistentVolumeClaim, PersistentVolume, Pod, VirtualMachine, VirtualMachineInstance and
+Node, and its own writes update that copy at once. A pass over the caches costs the API server nothing.
 
     python -m tests.cloud.sim [--delay SECONDS] [--virt-api-port N]     # uses $KUBECONFIG
 """

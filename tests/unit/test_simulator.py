@@ -13,20 +13,7 @@ from typing import Any
 import pytest
 
 from tests.cloud import networks, virtapi, websocket
-from tests.cloud.kubelet import NODES
-from tests.cloud.scheduler import (
-    EXISTING_ANTI_AFFINITY,
-    NODE_AFFINITY,
-    POD_AFFINITY,
-    POD_ANTI_AFFINITY,
-    Node,
-    Pod,
-    fit_error,
-    node_selector_term,
-    quantity,
-    schedule,
-    vmi_requests,
-)
+from tests.cloud.kubelet import NODES, quantity
 from tests.cloud.sim import claim_names, duration
 
 
@@ -89,138 +76,11 @@ def test_durations_quantities_and_claims() -> None:
     assert claim_names(spec) == ["dv", "pvc"]
 
 
-# ---------------------------------------------------------------------------------------------- scheduler
-GiB = 1024**3
-NODES3 = [Node(name, {"kubernetes.io/hostname": name, "topology.kubernetes.io/zone": zone,
-                      "kubevirt.io/schedulable": "true"}, {"cpu": 16, "memory": 64 * GiB, "pods": 110})
-          for name, zone in NODES]
-
-
-def pod(name: str, labels: dict[str, str] | None = None, node: str = "", cpu: float = 1, memory: int = GiB,
-        ns: str = "ns", **affinity: Any) -> Pod:
-    return Pod(ns, name, labels or {}, {"cpu": cpu, "memory": memory}, {"kubevirt.io/schedulable": "true"},
-               affinity, node=node)
-
-
-def required(key: str, **labels: str) -> dict[str, Any]:
-    return {"requiredDuringSchedulingIgnoredDuringExecution": [
-        {"labelSelector": {"matchLabels": labels}, "topologyKey": key}]}
-
-
-HOST, ZONE = "kubernetes.io/hostname", "topology.kubernetes.io/zone"
-
-
 def test_the_layout_is_three_nodes_in_two_zones() -> None:
     assert NODES == (("sim-node-0", "zone-a"), ("sim-node-1", "zone-b"), ("sim-node-2", "zone-b"))
     assert networks.pod_cidr(0) == "10.244.0.0/24" and networks.pod_cidr(2) == "10.244.2.0/24"
 
 
-def test_spread_then_name_when_nothing_else_decides() -> None:
-    assert schedule(pod("a"), NODES3, []).node == "sim-node-0"
-    placed = [pod("x", node="sim-node-0"), pod("y", node="sim-node-1")]
-    assert schedule(pod("a"), NODES3, placed).node == "sim-node-2"
-
-
-def test_required_anti_affinity_spreads_then_refuses_like_kube_scheduler() -> None:
-    anti = required(HOST, app="db")
-    placed: list[Pod] = []
-    for name in ("db-0", "db-1", "db-2"):
-        decision = schedule(pod(name, {"app": "db"}, podAntiAffinity=anti), NODES3, placed)
-        assert decision.node is not None
-        placed.append(pod(name, {"app": "db"}, decision.node, podAntiAffinity=anti))
-    assert sorted(p.node for p in placed) == ["sim-node-0", "sim-node-1", "sim-node-2"]
-    decision = schedule(pod("db-3", {"app": "db"}, podAntiAffinity=anti), NODES3, placed)
-    assert decision.node is None
-    assert decision.message == (
-        "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules. no new claims to deallocate, "
-        "preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod.")
-    # Others' anti-affinity keeps a pod they select away too, even without rules of its own.
-    assert schedule(pod("intruder", {"app": "db"}), NODES3, placed).reasons == {
-        n.name: [EXISTING_ANTI_AFFINITY] for n in NODES3}
-    # In another namespace the term (own namespace by default) does not apply.
-    assert schedule(pod("db-x", {"app": "db"}, ns="other", podAntiAffinity=anti), NODES3, placed).node
-
-
-def test_zone_anti_affinity_and_mixed_reasons_sorted_in_the_message() -> None:
-    placed = [pod("web-0", {"app": "web"}, "sim-node-1")]
-    anti = required(ZONE, app="web")
-    decision = schedule(pod("web-1", {"app": "web"}, podAntiAffinity=anti), NODES3, placed)
-    assert decision.node == "sim-node-0" and decision.reasons == {n: [POD_ANTI_AFFINITY] for n in
-                                                                  ("sim-node-1", "sim-node-2")}
-    zone_b = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-        {"matchExpressions": [{"key": ZONE, "operator": "In", "values": ["zone-b"]}]}]}}
-    decision = schedule(pod("web-1", {"app": "web"}, podAntiAffinity=required(HOST, app="web"),
-                            nodeAffinity=zone_b), NODES3, placed)
-    assert decision.node == "sim-node-2"
-    placed.append(pod("web-2", {"app": "web"}, "sim-node-2"))
-    decision = schedule(pod("web-3", {"app": "web"}, podAntiAffinity=required(HOST, app="web"),
-                            nodeAffinity=zone_b), NODES3, placed)
-    assert decision.message.startswith(
-        "0/3 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, "
-        "2 node(s) didn't match pod anti-affinity rules. ")
-    assert decision.message.endswith("preemption: 0/3 nodes are available: 1 Preemption is not helpful for "
-                                     "scheduling, 2 No preemption victims found for incoming pod.")
-
-
-def test_node_selector_and_node_affinity_operators() -> None:
-    zone_a = Pod("ns", "a", {}, {"cpu": 1}, {ZONE: "zone-a", "kubevirt.io/schedulable": "true"})
-    assert schedule(zone_a, NODES3, []).node == "sim-node-0"
-    nowhere = Pod("ns", "a", {}, {"cpu": 1}, {ZONE: "zone-c"})
-    assert schedule(nowhere, NODES3, []).reasons == {n.name: [NODE_AFFINITY] for n in NODES3}
-    node = NODES3[1]
-    def term(*exprs: dict[str, Any]) -> dict[str, Any]:
-        return {"matchExpressions": list(exprs)}
-    assert node_selector_term(node, term({"key": ZONE, "operator": "NotIn", "values": ["zone-a"]}))
-    assert node_selector_term(node, term({"key": ZONE, "operator": "Exists"}))
-    assert not node_selector_term(node, term({"key": "gpu", "operator": "Exists"}))
-    assert node_selector_term(node, term({"key": "gpu", "operator": "DoesNotExist"}))
-    assert not node_selector_term(node, {})  # an empty term selects nothing
-    assert node_selector_term(node, {"matchFields": [{"key": "metadata.name", "operator": "In",
-                                                      "values": ["sim-node-1"]}]})
-
-
-def test_required_pod_affinity_follows_its_peer_and_the_first_of_a_group_goes_anywhere() -> None:
-    placed = [pod("db", {"app": "db"}, "sim-node-2")]
-    decision = schedule(pod("app", podAffinity=required(HOST, app="db")), NODES3, placed)
-    assert decision.node == "sim-node-2"
-    assert decision.reasons == {"sim-node-0": [POD_AFFINITY], "sim-node-1": [POD_AFFINITY]}
-    zone = schedule(pod("app", podAffinity=required(ZONE, app="db")), NODES3, placed)
-    assert zone.node == "sim-node-1" and list(zone.reasons) == ["sim-node-0"]  # same zone, fewer pods
-    assert schedule(pod("app", podAffinity=required(HOST, app="cache")), NODES3, placed).node is None
-    # No pod matches yet, and the pod matches its own term: it starts the group.
-    assert schedule(pod("c0", {"app": "cache"}, podAffinity=required(HOST, app="cache")), NODES3, placed).node
-
-
-def test_resources_are_summed_per_node() -> None:
-    full = [pod(f"big-{n.name}", node=n.name, cpu=15) for n in NODES3]
-    decision = schedule(pod("two", cpu=2), NODES3, full)
-    assert decision.node is None and decision.message.startswith("0/3 nodes are available: 3 Insufficient cpu. ")
-    assert schedule(pod("one", cpu=1), NODES3, full).node == "sim-node-0"
-    assert schedule(pod("huge", memory=512 * GiB), NODES3, []).message.startswith(
-        "0/3 nodes are available: 3 Insufficient memory.")
-    assert vmi_requests({"domain": {"cpu": {"cores": 4}, "memory": {"guest": "2Gi"}}}) == {
-        "cpu": 0.4, "memory": 2 * GiB}  # KubeVirt's defaults: a tenth of a core per vCPU
-    assert vmi_requests({"domain": {"resources": {"requests": {"cpu": "2", "memory": "1Gi"}}}}) == {
-        "cpu": 2, "memory": GiB}
-
-
-def test_preferences_score_before_spread() -> None:
-    placed = [pod("db", {"app": "db"}, "sim-node-1"), pod("x", node="sim-node-0")]
-    near = {"preferredDuringSchedulingIgnoredDuringExecution": [
-        {"weight": 50, "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": HOST}}]}
-    decision = schedule(pod("app", podAffinity=near), NODES3, placed)
-    assert decision.node == "sim-node-1" and decision.scores == {"sim-node-0": 0, "sim-node-1": 50, "sim-node-2": 0}
-    away = {"preferredDuringSchedulingIgnoredDuringExecution": [
-        {"weight": 10, "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": ZONE}}]}
-    assert schedule(pod("app", podAntiAffinity=away), NODES3, placed).node == "sim-node-0"
-    prefer_b = {"preferredDuringSchedulingIgnoredDuringExecution": [
-        {"weight": 5, "preference": {"matchExpressions": [{"key": ZONE, "operator": "In", "values": ["zone-b"]}]}}]}
-    assert schedule(pod("app", nodeAffinity=prefer_b), NODES3, placed).node == "sim-node-2"
-    assert fit_error(1, {"n": ["Insufficient cpu", "Insufficient memory"]}).startswith(
-        "0/1 nodes are available: 1 Insufficient cpu, 1 Insufficient memory. ")
-
-
-# ------------------------------------------------------------------------------------------------ networks
 def vmi(uid: str, interfaces: list[dict[str, Any]], nets: list[dict[str, Any]], ns: str = "ns") -> dict[str, Any]:
     return {"metadata": {"namespace": ns, "name": uid, "uid": uid},
             "spec": {"domain": {"devices": {"interfaces": interfaces}}, "networks": nets}}

@@ -37,7 +37,7 @@ from kova.api.models import (
     ServedRequests,
     Task,
 )
-from kova.api.quantity import gib, gib_ceil
+from kova.api.quantity import GiB, gib_ceil, parse_size
 from kova.compute import actions
 from kova.compute.children import DISK_IMAGE_ANNOTATION, Guest
 
@@ -136,9 +136,10 @@ class Children:
 
     @property
     def disk_gib(self) -> int | None:
-        """The root disk's size: the claim's capacity once bound, else what the DataVolume asked for."""
+        """The root disk's size: the claim's capacity once bound, in whole GiB rounded down (CDI asks for a few
+        percent more than the disk, its filesystem overhead: 1 GiB is a claim of 1.06 GiB)."""
         cap = ((self.pvc or {}).get("status") or {}).get("capacity", {}).get("storage")
-        return gib(cap) if cap else None
+        return parse_size(cap) // GiB if cap else None
 
 
 

@@ -33,7 +33,7 @@ from kova.api.models import (
     NovaStatus,
     ServerGroupPolicy,
 )
-from kova.api.quantity import gib, gib_ceil
+from kova.api.quantity import GiB, gib_ceil, parse_size
 from kova.compute import children, guest, lifecycle
 from kova.compute.flavors import flavor_usable_in
 from kova.image.rules import image_visible_to, parse_image_ref
@@ -152,7 +152,8 @@ def plan(w: World) -> Plan:
     if step.disk is not None and not step.delete_disk:
         out.disks = disks(name, step.disk, step.disk_gib, dv, iso)
     claim = (kids.pvc or {}).get("spec", {}).get("resources", {}).get("requests", {}).get("storage")
-    if step.grow_disk and kids.pvc is not None and (gib(claim) if claim else 0) < step.grow_disk:
+    # Whole GiB rounded down: CDI asked a few percent more than the disk for its filesystem overhead.
+    if step.grow_disk and kids.pvc is not None and (parse_size(claim) // GiB if claim else 0) < step.grow_disk:
         out.grow = step.grow_disk
     return out
 

@@ -54,8 +54,9 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
              # The desired VirtualMachine is compared with the whole of it (kova.adapters.writes).
              "vms": view(VIRTUAL_MACHINES, ("spec", "status"), MANAGED_BY_SELECTOR),
              "vmis": view(VIRTUAL_MACHINE_INSTANCES, ("status",), MANAGED_BY_SELECTOR),
-             # Root disks' claims (CDI gives them the DataVolume's labels): their size, for resizes.
-             "pvcs": view(PERSISTENT_VOLUME_CLAIMS, ("spec", "status"), MANAGED_BY_SELECTOR),
+             # Root disks' claims, for resizes. CDI gives them the DataVolume's labels but its own managed-by
+             # (app.kubernetes.io/managed-by: cdi-controller): selected by Kova's instance label instead.
+             "pvcs": view(PERSISTENT_VOLUME_CLAIMS, ("spec", "status"), INSTANCE_LABEL),
              "keypairs": view(KEYPAIRS, ("status",)), "servergroups": view(SERVER_GROUPS, ("spec",)),
              "zones": view(AVAILABILITY_ZONES, ("status",)),
              "securitygroups": view(SECURITY_GROUPS, ()),  # whether a group exists: its metadata is enough
