@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,6 +20,15 @@ from tests.cloud.bench import REPO, LocalCloud, Proc, binary, kubeconfig_dict
 from tests.httpsource import Source
 
 T = TypeVar("T")
+
+
+def http_status(url: str) -> int:
+    """The status of a GET (a presigned link's 403 once it expired, say); loopback URLs only."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as e:
+        return e.code
 
 
 def wait_for(check: Callable[[], T | None], timeout: float = 60, what: str = "condition",

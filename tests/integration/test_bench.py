@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.cloud.bench import REPO, S3_BUCKET, LocalCloud
-from tests.conftest import Kubectl, wait_for
+from tests.conftest import Kubectl, http_status, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -171,7 +171,7 @@ def test_cdi_retries_an_import_it_cannot_read(cloud: LocalCloud, kubectl: Kubect
         put_object(cloud, key, data)
     url = presigned(cloud, key, dt.timedelta(seconds=1) if case == "expired-url" else dt.timedelta(minutes=5))
     if case == "expired-url":
-        wait_for(lambda: _status_of(url) == 403, 10, "the one-second link to expire")
+        wait_for(lambda: http_status(url) == 403, 10, "the one-second link to expire")
     kubectl.apply(dv_manifest("vm-dv", {"http": {"url": url}}))
     kubectl.apply(vm_manifest("vm"))
     status = wait_for(lambda: (s := kubectl.status("dv", "vm-dv")).get("restartCount", 0) >= 2
@@ -223,17 +223,6 @@ def assert_not_started(kubectl: Kubectl, vm: str) -> None:
     assert vmi is None or (vmi.get("status") or {}).get("phase", "Pending") == "Pending", vmi
     pods = json.loads(kubectl("get", "pods", "-l", f"vm.kubevirt.io/name={vm}", "-o", "json"))["items"]
     assert not pods, "no launcher pod for a VM whose disk is not imported"
-
-
-def _status_of(url: str) -> int:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as e:
-        return e.code
 
 
 def _listening(pid: int) -> list[str]:
