@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.cloud.bench import LocalCloud, binary
+from tests.cloud.kubelet import quantity
 from tests.conftest import Kubectl, Operator, condition, wait_for
 from tests.httpsource import Source
 from tests.integration.test_e2e import flavor, image, instance, unique, wait_image, wait_instance
@@ -195,7 +196,8 @@ def test_resize_confirm_then_revert(cloud: LocalCloud, operator: Operator, sourc
     assert pvc is not None and pvc["status"]["capacity"]["storage"] == "2Gi"  # the root disk grew
     vmi = kubectl.get("vmi", "srv")
     assert vmi is not None and vmi["metadata"]["uid"] != first["metadata"]["uid"]
-    assert (vmi["spec"]["domain"]["cpu"]["cores"], vmi["spec"]["domain"]["memory"]["guest"]) == (2, "1024Mi")
+    # The API server keeps quantities in their canonical form: 1024Mi is "1Gi" on the VMI virt-controller made.
+    assert (vmi["spec"]["domain"]["cpu"]["cores"], quantity(vmi["spec"]["domain"]["memory"]["guest"])) == (2, 1 << 30)
     patch(kubectl, "srv", {"resizeRequest": {"action": "Confirm", "token": "c1"}})
     wait_instance(kubectl, "srv", "ACTIVE")
     ready(kubectl, "srv")

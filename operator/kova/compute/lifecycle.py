@@ -439,7 +439,10 @@ def _failure(ch: Children, previous: str | None = None) -> tuple[str, str] | Non
     # condition, reason Error), and CDI retries it; the root disk's import rule above decides when it is a fault.
     if printable in ("ErrorUnschedulable", "ErrorPvcNotFound", "CrashLoopBackOff", "ErrorImagePull",
                      "ImagePullBackOff"):
-        detail = next((c.get("message") for c in vm_status.get("conditions", []) if c.get("message")), "") or printable
+        # The scheduler's words are on PodScheduled (mirrored from the VMI); Ready says only "Guest VM is not
+        # reported as running" (pkg/virt-controller/watch/vm/vm.go).
+        conds = sorted(vm_status.get("conditions") or [], key=lambda c: c.get("type") != "PodScheduled")
+        detail = next((c.get("message") for c in conds if c.get("message")), "") or printable
         if printable == "ErrorUnschedulable":  # Nova's scheduler says it this way
             return "NoValidHost", f"No valid host was found. {detail}"
         return printable, f"{printable}: {detail}" if detail != printable else printable
