@@ -167,7 +167,7 @@ def wait(what: str, check: Any, timeout: float) -> float:
 # ---------------------------------------------------------------------------------------------- phases
 def burst(cloud: LocalCloud, op: Proc, inst: Watch, vms: Watch, n: int) -> None:
     names = [f"vm-{i:05d}" for i in range(n)]
-    before = cloud.write_requests()
+    before = cloud.write_requests(kova_only=True)
     audited = len(cloud.audit())
     cpu_before = cpu_by_process(cloud, op)
     started = time.monotonic()
@@ -176,7 +176,7 @@ def burst(cloud: LocalCloud, op: Proc, inst: Watch, vms: Watch, n: int) -> None:
     wall = time.monotonic() - started
     cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_by_process(cloud, op).items()}
     time.sleep(2)  # writes that trail the last ACTIVE (none are expected) are counted too
-    delta = cloud.write_requests() - before
+    delta = cloud.write_requests(kova_only=True) - before
     reaction = [vms.first[x]["added"] - inst.first[x]["added"] for x in names if "added" in vms.first.get(x, {})]
     overhead = [inst.first[x]["active"] - vms.first[x]["ready"] for x in names
                 if "ready" in vms.first.get(x, {}) and "active" in inst.first.get(x, {})]
@@ -234,7 +234,7 @@ def paced(cloud: LocalCloud, inst: Watch, vms: Watch, rate: float = 10.0, count:
 def restart(cloud: LocalCloud, op: Proc, inst: Watch, vms: Watch, n: int, env: dict[str, str]) -> Proc:
     op.popen.kill()
     op.popen.wait()
-    before = cloud.write_requests()
+    before = cloud.write_requests(kova_only=True)
     started = time.monotonic()
     fresh = cloud.start_operator(extra_env=env)
     up = time.monotonic() - started
@@ -243,7 +243,7 @@ def restart(cloud: LocalCloud, op: Proc, inst: Watch, vms: Watch, n: int, env: d
     seconds = wait("the new Instance's VM", lambda: "added" in vms.first.get("after-restart", {}), max(120, n / 5))
     wait("the new Instance to be ACTIVE", lambda: "active" in inst.first.get("after-restart", {}), 120)
     time.sleep(max(5.0, n / 200))  # let the resumed handlers of every existing Instance run
-    delta = cloud.write_requests() - before
+    delta = cloud.write_requests(kova_only=True) - before
     kova = {k: v for k, v in delta.items() if (k[0], k[1]) in KOVA_WRITES and k != ("instances", "", "POST")}
     rss, hwm = rss_mib(fresh)
     print(f"\n== restart with {n} Instances present (operator live in {up:.1f}s)")

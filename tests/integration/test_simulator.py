@@ -344,19 +344,21 @@ def test_export_waits_for_a_running_vm_to_stop(cloud: LocalCloud, source: Source
                        10, "a status")
     # v1.7.0 says VMNoVolumes for a VirtualMachine that does not exist (it finds no volumes to export).
     assert (missing["status"]["phase"], condition(missing, "Ready")["reason"]) == ("Skipped", "VMNoVolumes")
-    # Without tokenSecretRef KubeVirt makes a token Secret of its own, which the export controls.
+    kubectl("patch", "vm", "vm", "--type=merge", "-p", '{"spec":{"runStrategy":"Halted"}}')
+    ex = wait_for(lambda: (e := kubectl.get("vmexport", "of-vm")) and e.get("status", {}).get("phase") == "Ready" and e,
+                  30, "the export Ready once the VM stopped")
+    # Without tokenSecretRef KubeVirt makes a token Secret of its own, which the export controls (v1.7.0 writes
+    # it once the export can be served: pkg/storage/export/export/export.go getOrCreateTokenSecret).
     assert ex["status"]["tokenSecretRef"] == "export-token-of-vm"
     secret = kubectl.get("secret", "export-token-of-vm")
     assert secret is not None and secret["metadata"]["ownerReferences"][0]["name"] == "of-vm"
     token = json.loads(kubectl("get", "secret", "export-token-of-vm", "-o", "jsonpath={.data}"))["token"]
-
-    kubectl("patch", "vm", "vm", "--type=merge", "-p", '{"spec":{"runStrategy":"Halted"}}')
-    ex = wait_for(lambda: (e := kubectl.get("vmexport", "of-vm")) and e.get("status", {}).get("phase") == "Ready" and e,
-                  15, "the export Ready once the VM stopped")
     link = ex["status"]["links"]["internal"]
     url = link["volumes"][0]["formats"][0]["url"]
     assert download(kubectl, url, link["cert"], base64.b64decode(token).decode()) == (200, data)
-    wait_for(lambda: kubectl.status("vmexport", "of-pvc").get("phase") == "Ready", 10, "the claim export Ready")
+    # The claim's own export waits while the VM's exporter pod uses the claim (in use by a pod), then is Ready.
+    kubectl("delete", "vmexport", "of-vm")
+    wait_for(lambda: kubectl.status("vmexport", "of-pvc").get("phase") == "Ready", 30, "the claim export Ready")
     wait_for(lambda: kubectl.get("vmexport", "brief") is None, 15, "the export's TTL to end it")
 
 

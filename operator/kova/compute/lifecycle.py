@@ -437,8 +437,8 @@ def _failure(ch: Children, previous: str | None = None) -> tuple[str, str] | Non
     printable = vm_status.get("printableStatus", "")
     # Not DataVolumeError: virt-controller says it as soon as CDI's import failed once (the DataVolume's Running
     # condition, reason Error), and CDI retries it; the root disk's import rule above decides when it is a fault.
-    if printable in ("ErrorUnschedulable", "ErrorPvcNotFound", "CrashLoopBackOff", "ErrorImagePull",
-                     "ImagePullBackOff"):
+    # Nor ErrorPvcNotFound: a rebuild's new DataVolume has no claim for a moment, and Kova makes it itself.
+    if printable in ("ErrorUnschedulable", "CrashLoopBackOff", "ErrorImagePull", "ImagePullBackOff"):
         # The scheduler's words are on PodScheduled (mirrored from the VMI); Ready says only "Guest VM is not
         # reported as running" (pkg/virt-controller/watch/vm/vm.go).
         conds = sorted(vm_status.get("conditions") or [], key=lambda c: c.get("type") != "PodScheduled")
