@@ -2,8 +2,7 @@
 Kova's, with the simulated node side (tests/cloud/kubelet.py, virthandler.py) and the real kube-scheduler.
 Fixtures of record: each behaviour Kova reads, driven by the real controller.
 
-Each asserted field names the KubeVirt v1.7.0 source that produces it (paths in kubevirt.io/kubevirt@v1.7.0).
-Skipped when `make controllers` has not built virt-controller."""
+Each asserted field names the KubeVirt v1.7.0 source that produces it (paths in kubevirt.io/kubevirt@v1.7.0)."""
 
 from __future__ import annotations
 
@@ -15,14 +14,12 @@ from typing import Any
 
 import pytest
 
-from tests.cloud.bench import LocalCloud, bin_dir
+from tests.cloud.bench import LocalCloud
 from tests.cloud.kubelet import NODES
 from tests.cloud.kubevirt import LAUNCHER_IMAGE, KubeVirt
 from tests.conftest import wait_for
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not (bin_dir() / "virt-controller").exists(),
-                                 reason="virt-controller not built (make controllers)")]
+pytestmark = pytest.mark.integration
 NS = "real-kv"
 NODE_NAMES = {n for n, _ in NODES}
 
