@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import tempfile
 import threading
 from typing import Any
 
@@ -14,7 +16,7 @@ from kova.adapters.store import blob_key, record_key
 from tests.cloud.bench import S3_BUCKET, LocalCloud
 from tests.conftest import Kubectl, Operator, condition, http_status, sample, scrape, set_quota, wait_for
 from tests.httpsource import Source
-from tests.qcow2 import make_qcow2
+from tests.qcow2 import make_qcow2, qcow2_to_raw
 
 pytestmark = pytest.mark.integration
 GiB = 1 << 30
@@ -108,8 +110,11 @@ def test_happy_path_boots_an_imported_image(cloud: LocalCloud, operator: Operato
     assert domain["cpu"]["cores"] == 2 and domain["memory"]["guest"] == "1024Mi"
     assert dv["spec"]["storage"]["resources"]["requests"]["storage"] == "3Gi"
     assert dv["spec"]["source"]["http"]["checksum"] == f"sha512:{hashlib.sha512(data).hexdigest()}"
-    # The disk CDI (the simulator) wrote is byte for byte the image: the whole chain carried it.
-    assert (cloud.workdir / "volumes" / str(kubectl.namespace) / "vm1-root.img").read_bytes() == data
+    # The disk CDI's importer wrote is the image's guest view, converted to raw: the whole chain carried it.
+    with tempfile.TemporaryFile() as raw:
+        qcow2_to_raw(io.BytesIO(data), raw)
+        raw.seek(0)
+        assert (cloud.workdir / "volumes" / str(kubectl.namespace) / "vm1-root.img").read_bytes() == raw.read()
     reasons = {e["reason"] for e in kubectl.events("vm1")}
     assert {"Spawning", "Active"} <= reasons
 
