@@ -448,11 +448,11 @@ def _failure(ch: Children, previous: str | None = None) -> tuple[str, str] | Non
         return printable, f"{printable}: {detail}" if detail != printable else printable
     # KubeVirt keeps retrying a VMI whose launcher cannot be made (a NetworkAttachmentDefinition missing,
     # say) and says so only in a condition; Nova answers such a server with ERROR. It recovers by itself.
+    # Only a missing network is a fault: other launch failures pass (a rebuild's disk is replaced under a VMI
+    # for a moment) and KubeVirt retries them.
     failed = launch_failed(ch.vm)
-    if failed is not None:
-        if ch.missing_networks:  # KubeVirt's words, the same as for a network Kova refuses itself (no oracle)
-            return "NetworkNotFound", failed
-        return "FailedCreate", failed
+    if failed is not None and ch.missing_networks:  # KubeVirt's words, as for a network Kova refuses (no oracle)
+        return "NetworkNotFound", failed
     return None
 
 
