@@ -172,7 +172,7 @@ def burst(cloud: LocalCloud, op: Proc, inst: Watch, vms: Watch, n: int) -> None:
     cpu_before = cpu_by_process(cloud, op)
     started = time.monotonic()
     created = create(cloud, names)
-    seconds = wait(f"{n} Instances to be ACTIVE", lambda: inst.count("active", names) == n, 120 + n * 0.2)
+    seconds = wait(f"{n} Instances to be ACTIVE", lambda: inst.count("active", names) == n, 300 + n * 1.0)
     wall = time.monotonic() - started
     cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_by_process(cloud, op).items()}
     time.sleep(2)  # writes that trail the last ACTIVE (none are expected) are counted too

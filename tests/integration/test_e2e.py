@@ -61,9 +61,14 @@ def wait_image(kubectl: Kubectl, name: str, word: str, timeout: float = 60) -> d
 
 
 def wait_instance(kubectl: Kubectl, name: str, word: str, timeout: float = 60) -> dict[str, Any]:
-    return wait_for(lambda: (o := kubectl.get("instance", name)) and o.get("status", {}).get("status") == word
-                    and o.get("status", {}).get("observedGeneration") == o["metadata"]["generation"] and o,
-                    timeout, f"instance {name} to be {word}")
+    try:
+        return wait_for(lambda: (o := kubectl.get("instance", name)) and o.get("status", {}).get("status") == word
+                        and o.get("status", {}).get("observedGeneration") == o["metadata"]["generation"] and o,
+                        timeout, f"instance {name} to be {word}")
+    except AssertionError as e:  # say where it stopped: its status, and its VirtualMachine's (as the admin)
+        last = kubectl.get("instance", name) or {}
+        vm = kubectl.cloud.kubectl("get", "vm", name, "-n", str(kubectl.namespace), "-o", "json", check=False)
+        raise AssertionError(f"{e}\ninstance status: {last.get('status')}\nvm: {vm[-3000:]}") from None
 
 
 def assert_ready_and_current(obj: dict[str, Any]) -> None:

@@ -69,7 +69,7 @@ def test_another_namespaces_network_is_refused_as_a_missing_one(cloud: LocalClou
         tenant.apply([instance("intruder", fl, "os", networks=["pod", f"{other.namespace}/vlan100"]),
                       instance("lost", fl, "os", networks=["pod", "nowhere"])])
         intruder = wait_instance(tenant, "intruder", "ERROR")
-        lost = wait_instance(tenant, "lost", "ERROR", timeout=90)  # KubeVirt's own answer for a missing one
+        lost = wait_instance(tenant, "lost", "ERROR", timeout=150)  # KubeVirt's own answer for a missing one
         assert condition(intruder)["reason"] == condition(lost)["reason"] == "NetworkNotFound"
         assert intruder["status"]["fault"] == {"code": 500, "message": f"{NAD_PREFIX} {other.namespace}/vlan100"}
         assert lost["status"]["fault"] == {"code": 500, "message": f"{NAD_PREFIX} {kubectl.namespace}/nowhere"}

@@ -248,7 +248,8 @@ def test_rebuild_onto_another_image(cloud: LocalCloud, operator: Operator, sourc
     inst = wait_for(lambda: (o := kubectl.get("instance", "srv")) and o["status"].get("imageRef") == "next"
                     and o["status"]["status"] == "ACTIVE" and o, 90, "the rebuild")
     ready(kubectl, "srv")
-    assert w.since("REBUILD")[-1] == "ACTIVE" and actions(kubectl, "srv")[-1] == ("rebuild", "Success")
+    assert w.since("REBUILD")[-1] == "ACTIVE", w.seen
+    assert actions(kubectl, "srv")[-1] == ("rebuild", "Success"), kubectl.status("instance", "srv")["actions"]
     dv = kubectl.get("dv", "srv-root")
     assert dv is not None and dv["metadata"]["annotations"]["compute.kova.dev/image-uid"] == uid
     assert (cloud.workdir / "volumes" / str(kubectl.namespace) / "srv-root.img").read_bytes() == after

@@ -96,7 +96,7 @@ def test_two_networks_two_addresses(cloud: LocalCloud, operator: Operator, sourc
     assert {a["interface"]: a.get("mac") for a in inst["status"]["addresses"]}["storage"] == mac
     # A network that does not exist: ERROR as Nova says it, and no guess.
     kubectl.apply(instance("lost", fl, "os", networks=["nowhere"]))
-    lost = wait_instance(kubectl, "lost", "ERROR", timeout=60)
+    lost = wait_instance(kubectl, "lost", "ERROR", timeout=150)
     assert condition(lost)["reason"] == "NetworkNotFound" and "nowhere" in lost["status"]["fault"]["message"]
 
 

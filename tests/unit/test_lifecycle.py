@@ -35,11 +35,14 @@ def vmi(uid: str = "vmi-1", paused: bool = False, phase: str = "Running") -> dic
 
 
 def dv(image_uid: str = "img-1", phase: str = "Succeeded") -> dict[str, Any]:
-    return {"metadata": {"annotations": {lifecycle.DISK_IMAGE_ANNOTATION: image_uid}}, "status": {"phase": phase}}
+    return {"metadata": {"uid": f"dv-{image_uid}", "annotations": {lifecycle.DISK_IMAGE_ANNOTATION: image_uid}},
+            "status": {"phase": phase}}
 
 
-def pvc(gib: int) -> dict[str, Any]:
-    return {"spec": {"resources": {"requests": {"storage": f"{gib}Gi"}}},
+def pvc(gib: int, owner: str = "dv-img-1", deleting: bool = False) -> dict[str, Any]:
+    return {"metadata": {"ownerReferences": [{"kind": "DataVolume", "uid": owner}],
+                         **({"deletionTimestamp": "2026-11-24T12:00:00Z"} if deleting else {})},
+            "spec": {"resources": {"requests": {"storage": f"{gib}Gi"}}},
             "status": {"capacity": {"storage": f"{gib}Gi"}}}
 
 
@@ -298,7 +301,17 @@ def test_rebuild_stops_replaces_the_disk_and_starts_again() -> None:
     creating = settle(inputs(sp, deleting.status, Children(vm=vm("Stopped", False)), image=new))
     assert creating.disk is new and creating.word is NovaStatus.rebuild
     assert creating.status.image_ref == "os"  # still the old image until the new disk runs
-    spawned = settle(inputs(sp, creating.status, replace(RUNNING, dv=dv("img-2")), image=new))
+    # The old disk's claim still going away (or none yet): the VM is not started on it.
+    for claim in (pvc(2, deleting=True), None, pvc(2, owner="dv-img-2", deleting=True)):
+        waiting = settle(inputs(sp, creating.status, Children(dv=dv("img-2", "ImportScheduled"), pvc=claim,
+                                                              vm=vm("Stopped", False)), image=new))
+        assert waiting.word is NovaStatus.rebuild and not waiting.running and waiting.disk is new
+    importing = settle(inputs(sp, creating.status, Children(dv=dv("img-2", "ImportInProgress"),
+                                                            pvc=pvc(2, owner="dv-img-2"), vm=vm("Stopped", False)),
+                              image=new))
+    assert importing.word is NovaStatus.rebuild and importing.running  # a WaitForFirstConsumer claim needs a pod
+    spawned = settle(inputs(sp, creating.status, replace(RUNNING, dv=dv("img-2"), pvc=pvc(2, owner="dv-img-2")),
+                            image=new))
     assert (spawned.word, spawned.status.image_ref) == (NovaStatus.active, "os2")
     assert actions(spawned)[-1] == ("rebuild", "Success") and spawned.status.image_checksum == "sha-img-2"
 

@@ -135,6 +135,14 @@ class Children:
         return annotations.get(DISK_IMAGE_ANNOTATION)
 
     @property
+    def disk_claimed(self) -> bool:
+        """CDI made the DataVolume's own claim (not one of a DataVolume deleted before, still going away)."""
+        dv_uid = (self.dv or {}).get("metadata", {}).get("uid")
+        md = (self.pvc or {}).get("metadata") or {}
+        return (self.pvc is not None and dv_uid is not None and not md.get("deletionTimestamp")
+                and any(o.get("uid") == dv_uid for o in md.get("ownerReferences") or []))
+
+    @property
     def disk_gib(self) -> int | None:
         """The root disk's size: the claim's capacity once bound, in whole GiB rounded down (CDI asks for a few
         percent more than the disk, its filesystem overhead: 1 GiB is a claim of 1.06 GiB)."""
@@ -774,8 +782,11 @@ def _rebuild(i: Inputs, st: InstanceStatus, task: Task) -> Step:
         if step.progress is Progress.READY:
             return _done(i, st, "rebuild")
         return _done(i, st, "rebuild", "Error", step.message)
+    # Started once the new disk has its claim: until then virt-controller may still see the old DataVolume
+    # (Succeeded) and launch a pod on the old claim, which is going away (the scheduler: Unschedulable).
     return Step(NovaStatus.rebuild, Progress.RECONCILING, "Rebuilding", f"importing image {image.ref} and starting "
-                "the virtual machine", running=step.running, disk=image, task_state="rebuild_spawning",
+                "the virtual machine", running=step.running and ch.disk_claimed, disk=image,
+                task_state="rebuild_spawning",
                 power_state=step.power_state, **base)  # type: ignore[arg-type]
 
 
