@@ -198,7 +198,8 @@ def burst(cloud: LocalCloud, op: Proc, inst: Watch, vms: Watch, n: int) -> None:
              or "none") + ")")
     others = {k: v for k, v in delta.items() if k not in kova and k not in quota and k != ("instances", "", "POST")
               and k[0] != "events"}
-    print("Others' writes meanwhile (the simulator playing KubeVirt/CDI; the bench's own creates excluded):")
+    print("Other writes that are not the components' (Kova's Lease and NetworkPolicies; a component's write the "
+          "audit log had not flushed yet shows here too):")
     for (res, sub, verb), count in sorted(others.items()):
         print(f"  {verb:6} {res + ('/' + sub if sub else ''):22} {count / n:6.2f}")
     by_agent = Counter(AGENTS.get(e.get("userAgent", "").split("/")[0], "others")
