@@ -106,7 +106,14 @@ async def image_changed(namespace: str | None, name: str, memo: Any, **_: Any) -
         await image.reconcile(rt(memo), ns(namespace), name)
 
 
-@kopf.daemon(*IMAGES, cancellation_timeout=60, initial_delay=0)
+def _fetched(spec: kopf.Spec, **_: Any) -> bool:
+    """Images whose data Kova fetches (a URL, an Instance). One that waits for an upload gets its daemon when
+    it is given a URL (Glance's web-download import): Kopf starts a daemon once its filter matches."""
+    source = spec.get("source") or {}
+    return bool(source.get("url") or source.get("instance"))
+
+
+@kopf.daemon(*IMAGES, cancellation_timeout=60, initial_delay=0, when=_fetched)
 async def image_import(namespace: str | None, name: str, stopped: kopf.DaemonStopped, memo: Any,
                        logger: Log, **_: Any) -> None:
     await image.run_import(rt(memo), ns(namespace), name, stopped, logger)

@@ -19,6 +19,7 @@ import yaml
 
 from tests.cloud.bench import REPO, LocalCloud, kubeconfig_dict
 from tests.conftest import Kubectl, tenant_token, wait_for
+from tests.httpsource import Source
 from tests.qcow2 import make_qcow2
 
 OPENSTACK = str(Path(sys.executable).parent / "openstack")
@@ -107,6 +108,65 @@ def test_openstack_cli_image_lifecycle(operator: Any, api: str, cloud: LocalClou
     cli.run("image", "delete", "third")
     wait_for(lambda: kubectl.get("image", "third") is None, what="the deleted image gone")
     assert "third" not in {i["Name"] for i in cli.json("image", "list")}
+
+
+def glance_call(api: str, token: str, project: str, method: str, path: str, body: Any = None) -> Any:
+    """One Glance v2 call as its own HTTP request; the JSON answer (HTTPError for Glance's refusals)."""
+    req = urllib.request.Request(f"{api}/projects/{project}/image/v2{path}", method=method,
+                                 data=None if body is None else json.dumps(body).encode(),
+                                 headers={"X-Auth-Token": token, "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        answer = resp.read()
+    return json.loads(answer) if answer else None
+
+
+def test_interoperable_import_glance_direct_and_web_download(operator: Any, api: str, cloud: LocalCloud,
+                                                              kubectl: Kubectl, namespace: str, source: Source,
+                                                              tmp_path: Path) -> None:
+    token = tenant_token(cloud, namespace)
+    cli = Cli(api, token, namespace, tmp_path)
+
+    def queued(name: str, disk_format: str) -> Any:  # `image create` without --file would upload its stdin
+        return glance_call(api, token, namespace, "POST", "/images", {
+            "name": name, "disk_format": disk_format, "container_format": "bare"})
+    data = qcow2("import")
+    (tmp_path / "disk.qcow2").write_bytes(data)
+    # `image create --import`: openstacksdk stages the bytes, then asks for glance-direct.
+    made = cli.json("image", "create", "--import", "--file", str(tmp_path / "disk.qcow2"), "--disk-format", "qcow2",
+                    "direct")
+    image = wait_for(lambda: (i := cli.json("image", "show", made["id"]))["status"] == "active" and i,
+                     what="the imported image active")
+    assert image["checksum"] == hashlib.md5(data).hexdigest() and image["size"] == len(data)
+    assert cloud.s3_client().get_object("kova-images", f"images/{made['id']}").read() == data
+
+    # The same in two steps: staged, the image is `uploading` (verified, not usable) until its import.
+    staged = queued("staged", "qcow2")
+    cli.run("image", "stage", "--file", str(tmp_path / "disk.qcow2"), staged["id"])
+    assert cli.json("image", "show", staged["id"])["status"] == "uploading"
+    assert kubectl.status("image", "staged")["status"] == "uploading"
+    cli.run("image", "import", "--method", "glance-direct", staged["id"])
+    assert cli.json("image", "show", staged["id"])["status"] == "active"
+    res = cli.run("image", "import", "--method", "glance-direct", staged["id"], check=False)
+    assert res.returncode != 0  # once imported, there is nothing staged any more
+
+    # web-download: the operator downloads it through the import filter, as an Image with a source URL.
+    url = source.add(f"/{namespace}/web.qcow2", data)
+    web = queued("web", "qcow2")
+    cli.run("image", "import", "--method", "web-download", "--uri", url, web["id"])
+    web_image = wait_for(lambda: (i := cli.json("image", "show", web["id"]))["status"] == "active" and i,
+                         timeout=60, what="the web-download active")
+    assert web_image["checksum"] == hashlib.md5(data).hexdigest()
+    assert kubectl.status("image", "web")["osHashValue"] == hashlib.sha512(data).hexdigest()
+    assert (kubectl.get("image", "web") or {})["spec"]["source"] == {"url": url}
+
+    # Glance's refusals: a method this site does not offer, glance-direct with nothing staged.
+    other = queued("other", "raw")
+    for name, code, words in (("copy-image", 400, b"not valid"), ("glance-direct", 409, b"staged")):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            glance_call(api, token, namespace, "POST", f"/images/{other['id']}/import", {"method": {"name": name}})
+        assert e.value.code == code and words in e.value.read()
+    info = glance_call(api, token, namespace, "GET", "/info/import")
+    assert info["import-methods"]["value"] == ["glance-direct", "web-download"]
 
 
 def test_upload_that_is_not_its_disk_format_gets_glances_error(operator: Any, api: str, cloud: LocalCloud,

@@ -108,6 +108,11 @@ def test_image_status_from_store_record() -> None:
     assert rules.observe_image(None, "", {}, False, 0, None, None).status.value == "queued"
     off = rules.observe_image(blob, "s3://b/images/u", {}, False, 0, None, None, deactivated=True)
     assert (off.status.value, off.progress, off.fields["osHashValue"]) == ("deactivated", Progress.READY, "s")
+    # Staged through the image API (the API says `uploading`): the operator keeps it until the import.
+    staged = rules.observe_image(None, "", {"status": "uploading", "message": "10 bytes staged"}, False, 0, None,
+                                 None, upload_id="u")
+    assert (staged.status.value, staged.message, staged.progress) == ("uploading", "10 bytes staged",
+                                                                      Progress.RECONCILING)
 
 
 def test_condition_transition_time_moves_only_on_flip() -> None:

@@ -59,7 +59,8 @@ def test_image_defaults_enums_and_immutable_source() -> None:
     assert spec["properties"]["containerFormat"]["default"] == "bare"
     assert set(spec["properties"]["diskFormat"]["enum"]) == {"raw", "qcow2", "iso", "vmdk", "vhd", "vhdx", "vdi"}
     rules = [r["rule"] for r in spec["properties"]["source"]["x-kubernetes-validations"]]
-    assert rules[0] == "self == oldSelf" and any("has(self.instance)" in r for r in rules)
+    assert rules[0] == "self == oldSelf || (has(oldSelf.upload) && has(self.url))"
+    assert any("has(self.instance)" in r for r in rules)
     assert "source" in spec["required"] and "diskFormat" not in spec["required"]  # an upload may set it later
     assert spec["x-kubernetes-validations"][0]["rule"] == "has(self.diskFormat) || !has(self.source.url)"
 

@@ -231,6 +231,34 @@ def test_upload_rules_in_glances_order() -> None:
         assert e.value.status == code
 
 
+def test_import_methods_and_glances_refusals_of_an_import() -> None:
+    assert glance.import_info()["import-methods"]["value"] == ["glance-direct", "web-download"]
+    queued = image("img", containerFormat="bare", status={"status": "queued"})
+    staged = {**queued, "status": {"status": "uploading"}}
+    assert glance.parse_import(staged, {"method": {"name": "glance-direct"}}) == ("glance-direct", None)
+    assert glance.parse_import(queued, {"method": {"name": "web-download", "uri": "https://x/disk"}}) == (
+        "web-download", "https://x/disk")
+    snapshot = image("img", containerFormat="bare", source={"instance": "web"}, status={"status": "queued"})
+    for obj, body, code, words in (
+            (queued, {}, 400, "method"),
+            (queued, {"method": {"name": "copy-image"}}, 400, "not valid"),
+            (queued, {"method": {"name": "glance-direct"}, "stores": ["s3"]}, 400, "one store"),
+            (queued, {"method": {"name": "glance-direct"}}, 409, "staged"),
+            (staged, {"method": {"name": "web-download", "uri": "https://x"}}, 409, "'queued'"),
+            (queued, {"method": {"name": "web-download", "uri": "file:///etc/passwd"}}, 400, "pass filtering"),
+            (queued, {"method": {"name": "web-download"}}, 400, "pass filtering"),
+            (snapshot, {"method": {"name": "glance-direct"}}, 409, "cannot be imported again"),
+            (image("img", status={"status": "queued"}), {"method": {"name": "glance-direct"}}, 400,
+             "container_format")):
+        with pytest.raises(GlanceError) as e:
+            glance.parse_import(obj, body)
+        assert e.value.status == code and words in str(e.value), (body, str(e.value))
+    # A stage is an upload to `uploading`: the same rules, said with that word.
+    with pytest.raises(GlanceError) as e:
+        glance.check_upload(staged, "application/octet-stream", "10", "uploading")
+    assert e.value.status == 409 and "uploading to uploading" in str(e.value)
+
+
 def test_refused_uploads_answer_as_glance() -> None:
     from kova.api.errors import Refusal
 

@@ -51,6 +51,7 @@ class FakeStore:
         self.completed: list[int] | None = None
         self.aborted: list[str] = []
         self.record: Blob | None = None
+        self.staged: Blob | None = None
 
     def note_read(self, n: int) -> None:
         with self.lock:
@@ -85,6 +86,9 @@ class FakeStore:
 
     def write_record(self, uid: str, blob: Blob) -> None:
         self.record = blob
+
+    def write_staged(self, uid: str, blob: Blob) -> None:
+        self.staged = blob
 
     def blob(self) -> bytes:
         assert self.completed is not None
@@ -157,6 +161,15 @@ def test_an_upload_that_sends_more_than_announced_is_refused_and_nothing_kept() 
                       size=MiB + 10, part_size=MiB)
     assert e.value.reason == "SizeMismatch" and "more than the" in str(e.value)
     assert store.completed is None and store.record is None and store.aborted == ["upload-1"]
+
+
+def test_a_stage_is_verified_and_recorded_apart_so_the_image_is_not_active_yet() -> None:
+    """Glance's stage: the same checks as an upload; the record that makes an image active is not written."""
+    store = FakeStore()
+    data = os.urandom(MiB)
+    blob = importer.import_chunks(store, "uid", iter([data]), "raw", source="stage", size=MiB, staged=True)
+    assert store.record is None and store.staged == blob and blob.size == MiB
+    assert blob.md5 == hashlib.md5(data).hexdigest() and store.blob() == data
 
 
 @pytest.mark.parametrize("announced", [None, 1 * GiB, 900 * GiB])

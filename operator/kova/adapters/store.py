@@ -139,6 +139,11 @@ def record_key(uid: str) -> str:
     return f"images/{uid}.json"
 
 
+def staged_key(uid: str) -> str:
+    """The record of bytes staged (Glance's stage) and verified, not yet imported: the image is not active."""
+    return f"images/{uid}.staged.json"
+
+
 class ObjectStore:
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
@@ -164,8 +169,14 @@ class ObjectStore:
 
     # ----- observe -----
     def read_record(self, uid: str) -> Blob | None:
+        return self._read_blob(record_key(uid))
+
+    def read_staged(self, uid: str) -> Blob | None:
+        return self._read_blob(staged_key(uid))
+
+    def _read_blob(self, key: str) -> Blob | None:
         try:
-            resp = self.client.get_object(self.bucket, record_key(uid))
+            resp = self.client.get_object(self.bucket, key)
         except S3Error as e:
             if e.code in ("NoSuchKey", "NoSuchObject"):
                 return None
@@ -205,16 +216,32 @@ class ObjectStore:
                 raise
 
     def write_record(self, uid: str, blob: Blob) -> None:
+        self._write_blob(record_key(uid), blob)
+
+    def write_staged(self, uid: str, blob: Blob) -> None:
+        self._write_blob(staged_key(uid), blob)
+
+    def _write_blob(self, key: str, blob: Blob) -> None:
         data = json.dumps(asdict(blob), sort_keys=True).encode()
-        self.client.put_object(self.bucket, record_key(uid), io.BytesIO(data), len(data),
-                               content_type="application/json")
+        self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type="application/json")
+
+    def promote_staged(self, uid: str) -> Blob | None:
+        """Glance's glance-direct import: the staged bytes (already in place and verified) become the image's.
+        The record is written before the staged one is removed: a crash between leaves it active, and a retry
+        finds the record."""
+        blob = self.read_staged(uid)
+        if blob is None:
+            return self.read_record(uid)
+        self.write_record(uid, blob)
+        self.client.remove_object(self.bucket, staged_key(uid))
+        return blob
 
     # ----- delete -----
     def delete_image(self, uid: str) -> None:
         """Abort open uploads, then remove the record (the image stops being active), then the blob."""
         for upload_id in self.pending_uploads(uid):
             self.abort(uid, upload_id)
-        for key in (record_key(uid), blob_key(uid)):
+        for key in (record_key(uid), staged_key(uid), blob_key(uid)):
             self.client.remove_object(self.bucket, key)  # S3 DELETE of a missing key succeeds
 
     def open_blob(self, uid: str, offset: int = 0, length: int | None = None) -> Any:

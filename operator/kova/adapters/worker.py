@@ -93,9 +93,9 @@ class Local:
                                    progress=progress, cancelled=cancelled)
 
     def import_chunks(self, uid: str, chunks: Iterator[bytes], disk_format: str, *, source: str,
-                      size: int | None, size_cap: int) -> Blob:
+                      size: int | None, size_cap: int, staged: bool = False) -> Blob:
         return importer.import_chunks(self.store, uid, chunks, disk_format, source=source, size=size,
-                                      size_cap=size_cap)
+                                      size_cap=size_cap, staged=staged)
 
 
 class Remote:
@@ -134,10 +134,10 @@ class Remote:
             return _outcome(sock, progress, cancelled)
 
     def import_chunks(self, uid: str, chunks: Iterator[bytes], disk_format: str, *, source: str,
-                      size: int | None, size_cap: int) -> Blob:
+                      size: int | None, size_cap: int, staged: bool = False) -> Blob:
         with self._connect() as sock:
             send(sock, b"H", json.dumps({"op": "chunks", "uid": uid, "disk_format": disk_format, "source": source,
-                                         "size": size, "size_cap": size_cap}).encode())
+                                         "size": size, "size_cap": size_cap, "staged": staged}).encode())
             # An exception from `chunks` (the caller's client stalled or went away) leaves this block and closes
             # the socket: the worker aborts. One from sending means the worker refused midway (the size cap, the
             # format): its answer, already sent, says why.
@@ -254,7 +254,8 @@ class Worker:
             else:
                 blob = importer.import_chunks(self.store, header["uid"], chunks(), header["disk_format"],
                                               source=header["source"], size=header["size"],
-                                              size_cap=header["size_cap"], progress=progress)
+                                              size_cap=header["size_cap"], progress=progress,
+                                              staged=bool(header.get("staged")))
             outcome: dict[str, Any] = {"blob": asdict(blob)}
         except ImportFailed as e:
             outcome = {"failed": [e.reason, str(e)]}

@@ -167,8 +167,10 @@ class ImageSpec(Model):
         "Glance's deactivate: an active image's data may not be used for new instances (existing ones "
         "keep running) until this is false again."))
     source: ImageSource = Field(json_schema_extra={"x-kubernetes-validations": [
-        {"rule": "self == oldSelf", "message": "source is immutable: an image's data never changes; create a new "
-                                               "Image"}, *SOURCE_RULES]})
+        # One way out: an Image waiting for an upload may be given a URL instead (Glance's web-download import).
+        {"rule": "self == oldSelf || (has(oldSelf.upload) && has(self.url))",
+         "message": "source is immutable: an image's data never changes; create a new Image (an Image waiting for "
+                    "an upload may only be given a url instead)"}, *SOURCE_RULES]})
 
 
 IMAGE_SPEC_RULES = [{"rule": "has(self.diskFormat) || !has(self.source.url)",
@@ -182,6 +184,7 @@ IMAGE_SPEC_RULES = [{"rule": "has(self.diskFormat) || !has(self.source.url)",
 class GlanceStatus(StrEnum):
     queued = "queued"
     saving = "saving"
+    uploading = "uploading"  # staged (Glance's stage), waiting for its import
     importing = "importing"
     active = "active"
     killed = "killed"

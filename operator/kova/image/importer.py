@@ -64,6 +64,7 @@ class Store(Protocol):
     def complete(self, uid: str, upload_id: str, parts: list[Any]) -> None: ...
     def abort(self, uid: str, upload_id: str) -> None: ...
     def write_record(self, uid: str, blob: Blob) -> None: ...
+    def write_staged(self, uid: str, blob: Blob) -> None: ...
 
 
 class Source(Protocol):
@@ -158,9 +159,10 @@ def import_url(store: Store, uid: str, url: str, disk_format: str, checksum: str
 
 def import_chunks(store: Store, uid: str, chunks: Iterator[bytes], disk_format: str, *, source: str,
                   size: int | None = None, size_cap: int = DEFAULT_SIZE_CAP, progress: ImportProgress | None = None,
-                  part_size: int = PART_SIZE) -> Blob:
-    """Glance's image-upload: bytes sent by a client (the image API) through the same verified pipeline as
-    web-download (hashes, format and safety checks, size cap; nothing visible before it is verified)."""
+                  part_size: int = PART_SIZE, staged: bool = False) -> Blob:
+    """Glance's image-upload (or stage, with `staged`): bytes sent by a client (the image API) through the same
+    verified pipeline as web-download (hashes, format and safety checks, size cap; nothing visible before it
+    is verified)."""
     progress = progress or ImportProgress()
     progress.total = size  # what the parts are cut by: a part of known length streams, never held whole
     for upload_id in store.pending_uploads(uid):
@@ -176,7 +178,8 @@ def import_chunks(store: Store, uid: str, chunks: Iterator[bytes], disk_format: 
                 raise ImportFailed("SizeExceeded", f"the upload sent more than the image size cap of {size_cap} "
                                                    "bytes (KOVA_IMAGE_SIZE_CAP)")
             yield chunk
-    return _stream(store, uid, source, capped(), disk_format, None, progress, part_size_for(size, part_size))
+    return _stream(store, uid, source, capped(), disk_format, None, progress, part_size_for(size, part_size),
+                   staged)
 
 
 def _read(resp: Any, url: str, progress: ImportProgress, cancelled: Callable[[], bool],
@@ -266,7 +269,8 @@ _ABANDON = object()
 
 
 def _stream(store: Store, uid: str, url: str, chunks: Iterator[bytes], disk_format: str,
-            expected: tuple[str, str] | None, progress: ImportProgress, part_size: int) -> Blob:
+            expected: tuple[str, str] | None, progress: ImportProgress, part_size: int,
+            staged: bool = False) -> Blob:
     """With an announced length every part's length is known before its first byte, and each part streams
     to the store as it arrives. Without one (a chunked source, an upload that does not say), parts are of
     the smallest size (part_size_for) and are gathered in memory first: a few MiB of chunk lists, no copy."""
@@ -341,7 +345,8 @@ def _stream(store: Store, uid: str, url: str, chunks: Iterator[bytes], disk_form
         completed = True
         blob = Blob(size=size, md5=digests["md5"], sha512=digests["sha512"], sha256=digests.get("sha256"),
                     disk_format=found.format, virtual_size=found.virtual_size, source=url)
-        store.write_record(uid, blob)
+        # Staged (Glance's stage): verified, but the image becomes active only when its import is asked for.
+        (store.write_staged if staged else store.write_record)(uid, blob)
         return blob
     finally:
         for h in hashers.values():

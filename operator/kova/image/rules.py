@@ -76,6 +76,9 @@ def observe_image(blob: Blob | None, location: str, previous: dict[str, Any], im
         if previous.get("status") == GlanceStatus.saving:
             return ImageView(GlanceStatus.saving, Progress.RECONCILING, "Saving",
                              "receiving the data through the image API")
+        if previous.get("status") == GlanceStatus.uploading:  # staged; the API writes it, and its import
+            return ImageView(GlanceStatus.uploading, Progress.RECONCILING, "Staged", previous.get("message") or
+                             f"staged: import it (POST /v2/images/{upload_id}/import, method glance-direct)")
         return ImageView(GlanceStatus.queued, Progress.RECONCILING, "WaitingForData",
                          previous.get("message") or "waiting for the data: upload it through the image API "
                          f"(kova image upload, or PUT /v2/images/{upload_id}/file)")

@@ -56,7 +56,9 @@ def application(identity: IdentityHandlers, images: ImageHandlers, compute: Comp
     r.add_get(p + "/v2/images/{id}/members/{member}", images.show_member)
     r.add_put(p + "/v2/images/{id}/members/{member}", images.answer_member)
     r.add_delete(p + "/v2/images/{id}/members/{member}", images.delete_member)
-    r.add_route("*", p + "/v2/info/{what}", images.not_found)  # no import methods, stores or usage to tell
+    r.add_put(p + "/v2/images/{id}/stage", images.stage)
+    r.add_post(p + "/v2/images/{id}/import", images.import_image)
+    r.add_get(p + "/v2/info/{what}", images.info)  # import methods (one store: no stores document)
 
     compute_routes(r, compute)
     if compute.console is not None:

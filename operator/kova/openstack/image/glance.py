@@ -8,6 +8,7 @@ object's name when that is not set, for Images made with kubectl).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -592,20 +593,61 @@ def check_action(action: str, obj: Mapping[str, Any]) -> bool:
     return action == "deactivate"
 
 
-def check_upload(obj: Mapping[str, Any], content_type: str | None, size_header: str | None) -> int | None:
-    """Whether data may be uploaded now (Glance's answers, in Glance's order); the announced size."""
+def check_upload(obj: Mapping[str, Any], content_type: str | None, size_header: str | None,
+                 target: str = GlanceStatus.saving.value) -> int | None:
+    """Whether data may be uploaded (or staged: `target` uploading) now (Glance's answers, in Glance's order);
+    the announced size."""
     if content_type != "application/octet-stream":
         raise GlanceError(415, f"Invalid content type {content_type}")
     spec, status = obj.get("spec") or {}, glance_status(obj)
     if "upload" not in (spec.get("source") or {}):
         raise GlanceError(409, "This image's data comes from its source URL (web-download), not an upload.")
     if status != GlanceStatus.queued.value:
-        raise GlanceError(409, f"Image status transition from {status} to saving is not allowed")
+        raise GlanceError(409, f"Image status transition from {status} to {target} is not allowed")
     if not spec.get("diskFormat") or not spec.get("containerFormat"):
         raise GlanceError(400, "Properties disk_format, container_format must be set prior to saving data.")
     if size_header is not None and not size_header.isdigit():
         raise GlanceError(400, f"Invalid image size {size_header}")
     return int(size_header) if size_header is not None else None
+
+
+# Glance's interoperable import. copy-image and glance-download need more than one store or another Glance.
+IMPORT_METHODS = ("glance-direct", "web-download")
+
+
+def import_info() -> dict[str, Any]:
+    """GET /v2/info/import."""
+    return {"import-methods": {"description": "Import methods available.", "type": "array",
+                               "value": list(IMPORT_METHODS)}}
+
+
+def parse_import(obj: Mapping[str, Any], body: Any) -> tuple[str, str | None]:
+    """POST /v2/images/{id}/import: the method and, for web-download, its URI; Glance's refusals otherwise."""
+    found = body.get("method") if isinstance(body, dict) else None
+    method: dict[str, Any] = found if isinstance(found, dict) else {}
+    name = method.get("name")
+    if not isinstance(name, str) or not name:
+        raise GlanceError(400, "Import request requires a 'method' with a 'name'.")
+    if name not in IMPORT_METHODS:
+        raise GlanceError(400, f"Import method {name} is not valid: this site offers {', '.join(IMPORT_METHODS)}.")
+    if body.get("stores") or body.get("all_stores"):
+        raise GlanceError(400, "This site has one store: an import cannot name stores.")
+    spec, status = obj.get("spec") or {}, glance_status(obj)
+    if "upload" not in (spec.get("source") or {}):
+        raise GlanceError(409, "This image's data comes from its source (web-download or a snapshot); it cannot "
+                               "be imported again.")
+    if not spec.get("diskFormat") or not spec.get("containerFormat"):
+        raise GlanceError(400, "'disk_format' and 'container_format' needs to be set before import")
+    if name == "glance-direct":
+        if status != GlanceStatus.uploading.value:
+            raise GlanceError(409, "Image needs to be staged before 'glance-direct' method can be used")
+        return name, None
+    if status != GlanceStatus.queued.value:
+        raise GlanceError(409, f"Image needs to be in 'queued' state to use '{name}' method")
+    uri = method.get("uri")
+    if not isinstance(uri, str) or not re.match(r"^https?://", uri) or len(uri) > 4096:
+        raise GlanceError(400, f"URI for web-download does not pass filtering: {uri!r} is not an http(s) URL")
+    return name, uri
 
 
 UPLOAD_RETRY_AFTER = 10  # seconds a client is asked to wait when every upload slot of the API is taken

@@ -162,8 +162,10 @@ class ImageHandlers(Front):
         self.by_uid.update_from(None, obj)
         self.images.offer(obj)  # read-your-writes: another project may ask for it before the watch says so
         doc = glance.image_doc(obj)
-        return web.json_response(doc, status=201, headers={"Location": f"{self.base(request)}/projects/{project}/image"
-                                                                       f"{doc['self']}"})
+        # Glance tells the import methods with every create (openstacksdk's `--import` reads them here).
+        return web.json_response(doc, status=201, headers={
+            "Location": f"{self.base(request)}/projects/{project}/image{doc['self']}",
+            "OpenStack-image-import-methods": ",".join(glance.IMPORT_METHODS)})
 
     async def update_image(self, request: web.Request) -> web.Response:
         caller, project = await self.caller(request)
@@ -221,14 +223,45 @@ class ImageHandlers(Front):
         return web.Response(status=204)
 
     # --------------------------------------------------------------------------------------------- data
+    async def info(self, request: web.Request) -> web.Response:
+        if request.match_info["what"] == "import":
+            return web.json_response(glance.import_info())
+        raise GlanceError(404, "The resource could not be found.")  # one store; usage not served yet
+
     async def upload(self, request: web.Request) -> web.Response:
+        return await self._data(request, staged=False)
+
+    async def stage(self, request: web.Request) -> web.Response:
+        """Glance's stage: the same verified pipeline as an upload; the image waits in `uploading` for its
+        import (glance-direct), which makes it active without moving a byte."""
+        return await self._data(request, staged=True)
+
+    async def import_image(self, request: web.Request) -> web.Response:
+        caller, project = await self.caller(request)
+        obj = await self.own(caller, project, request.match_info["id"])
+        method, uri = glance.parse_import(obj, await read_json(request))
+        if not await caller.can("update", project, subresource="file"):
+            raise GlanceError(403, "You are not authorized to import image data (images/file, update).")
+        if method == "web-download":  # the operator imports it, as an Image with a source URL
+            await self._patch(caller, obj, {"spec": {"source": {"upload": None, "url": uri}}})
+            return web.Response(status=202)
+        uid = obj["metadata"]["uid"]
+        blob = await asyncio.to_thread(self.rt.store.promote_staged, uid)
+        if blob is None:
+            await self._requeue(obj, "the staged data is gone: stage it again")
+            raise GlanceError(409, "Image needs to be staged before 'glance-direct' method can be used")
+        await self._activate(obj, blob)
+        return web.Response(status=202)
+
+    async def _data(self, request: web.Request, staged: bool) -> web.Response:
         caller, project = await self.caller(request)
         obj = await self.own(caller, project, request.match_info["id"])
         if not await caller.can("update", project, subresource="file"):
             raise GlanceError(403, "You are not authorized to upload image data (images/file, update).")
         spec = obj.get("spec") or {}
+        target = GlanceStatus.uploading if staged else GlanceStatus.saving
         size = glance.check_upload(obj, request.headers.get("Content-Type"), request.headers.get(
-            "x-openstack-image-size") or request.headers.get("Content-Length"))
+            "x-openstack-image-size") or request.headers.get("Content-Length"), target.value)
         uid = obj["metadata"]["uid"]
         room = await quotas.room(self.rt, self.images, project, uid, size)  # Glance's 413 over quota
         settings = self.rt.settings
@@ -236,27 +269,27 @@ class ImageHandlers(Front):
                                   settings.max_uploads_per_project, settings.max_uploads)
         self.uploading[project] += 1
         try:
-            return await self._receive(request, obj, spec, size, room)
+            return await self._receive(request, obj, spec, size, room, staged)
         finally:
             self.uploading[project] -= 1
             if not self.uploading[project]:
                 del self.uploading[project]
 
     async def _receive(self, request: web.Request, obj: dict[str, Any], spec: dict[str, Any],
-                       size: int | None, room: quotas.Room) -> web.Response:
+                       size: int | None, room: quotas.Room, staged: bool = False) -> web.Response:
         uid = obj["metadata"]["uid"]
-        await self._claim(obj)
+        await self._claim(obj, GlanceStatus.uploading if staged else GlanceStatus.saving)
         loop = asyncio.get_running_loop()
         timeout = self.rt.settings.upload_read_timeout
 
         def chunks() -> Iterator[bytes]:  # read on the event loop, one MiB at a time, for the import thread
             while data := asyncio.run_coroutine_threadsafe(_read(request, CHUNK, timeout), loop).result():
                 yield data
-        source = f"upload to /v2/images/{uid}/file"
+        source = f"upload to /v2/images/{uid}/{'stage' if staged else 'file'}"
         try:
             blob = await loop.run_in_executor(self.upload_pool, functools.partial(
                 self.rt.importer.import_chunks, uid, chunks(), spec["diskFormat"], source=source,
-                size=size, size_cap=room.size_cap))
+                size=size, size_cap=room.size_cap, staged=staged))
         except UploadStalled as e:  # Glance: the image goes back to queued, nothing kept
             await self._requeue(obj, f"the last upload did not complete: {e}")
             raise GlanceError(408, f"The upload did not complete: {e}") from e
@@ -268,23 +301,34 @@ class ImageHandlers(Front):
             log.warning("upload of %s failed: %r", uid, e)
             await self._requeue(obj, f"the last upload did not complete: {e}")
             raise GlanceError(503, f"The upload did not complete: {e}") from e
-        view = observe_image(blob, self.rt.store.location(uid), {}, importing=False, done=blob.size,
-                             total=blob.size, passing_error=None, deactivated=bool(spec.get("deactivated")))
-        await publish(self.rt, IMAGES, await self._fresh(obj), word=view.status.value, progress=view.progress,
-                      reason=view.reason, message=view.message, fields=view.fields)
+        if staged:
+            message = f"{blob.size} bytes staged and verified: import them (POST /v2/images/{uid}/import, " \
+                      "method glance-direct)"
+            await publish(self.rt, IMAGES, await self._fresh(obj), word=GlanceStatus.uploading.value,
+                          progress=Progress.RECONCILING, reason="Staged", message=message,
+                          fields={"message": message})
+        else:
+            await self._activate(obj, blob)
         return web.Response(status=204)
 
-    async def _claim(self, obj: dict[str, Any]) -> None:
+    async def _activate(self, obj: dict[str, Any], blob: Any) -> None:
+        view = observe_image(blob, self.rt.store.location(obj["metadata"]["uid"]), {}, importing=False,
+                             done=blob.size, total=blob.size, passing_error=None,
+                             deactivated=bool((obj.get("spec") or {}).get("deactivated")))
+        await publish(self.rt, IMAGES, await self._fresh(obj), word=view.status.value, progress=view.progress,
+                      reason=view.reason, message=view.message, fields=view.fields)
+
+    async def _claim(self, obj: dict[str, Any], target: GlanceStatus = GlanceStatus.saving) -> None:
         """queued → saving, conditional on the resourceVersion read: of two uploads at once, one gets 409. The
         operator may have written the Image meanwhile (its finalizer, its status): read it again and retry."""
         for _ in range(5):
             status = glance.glance_status(obj)
             if status != GlanceStatus.queued.value:
-                raise GlanceError(409, f"Image status transition from {status} to saving is not allowed")
+                raise GlanceError(409, f"Image status transition from {status} to {target.value} is not allowed")
             try:
-                await publish(self.rt, IMAGES, obj, word=GlanceStatus.saving.value, progress=Progress.RECONCILING,
-                              reason="Saving", message="receiving the data through the image API",
-                              precondition=True)
+                await publish(self.rt, IMAGES, obj, word=target.value, progress=Progress.RECONCILING,
+                              reason="Saving" if target is GlanceStatus.saving else "Staging",
+                              message="receiving the data through the image API", precondition=True)
                 return
             except ApiException as e:
                 if e.status != 409:
