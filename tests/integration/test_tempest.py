@@ -67,7 +67,7 @@ image_caching_enabled = False
 build_timeout = 60
 [image-feature-enabled]
 api_v2 = True
-import_image = False
+import_image = True
 os_glance_reserved = True
 manage_locations = False
 image_format_enforcement = False
