@@ -144,8 +144,15 @@ def test_interoperable_import_glance_direct_and_web_download(operator: Any, api:
     cli.run("image", "stage", "--file", str(tmp_path / "disk.qcow2"), staged["id"])
     assert cli.json("image", "show", staged["id"])["status"] == "uploading"
     assert kubectl.status("image", "staged")["status"] == "uploading"
+
+    def uploading() -> int:
+        return int(glance_call(api, token, namespace, "GET", "/info/usage")["usage"]["image_count_uploading"]["usage"])
+    wait_for(lambda: uploading() == 1, what="the stage counted in image_count_uploading")
+    usage = glance_call(api, token, namespace, "GET", "/info/usage")["usage"]
+    assert usage["image_stage_total"]["limit"] == 1048576 and usage["image_count_total"]["usage"] == 2
     cli.run("image", "import", "--method", "glance-direct", staged["id"])
     assert cli.json("image", "show", staged["id"])["status"] == "active"
+    wait_for(lambda: uploading() == 0, what="the imported image no longer under way")
     res = cli.run("image", "import", "--method", "glance-direct", staged["id"], check=False)
     assert res.returncode != 0  # once imported, there is nothing staged any more
 

@@ -136,6 +136,20 @@ def test_glance_usage_counts_data_held_uploads_under_way_and_images() -> None:
     assert used.counts() == {"image_count_total": 5, "image_size_total": 4, "image_stage_total": 0,
                              "image_count_uploading": 2}
     assert glance.usage(images, leave_out="uid-c").uploading == 1
+    # Staged for an interoperable import (uploading): counted as under way, its bytes in image_stage_total.
+    staged = glance.usage([*images, image("g", "uploading", 5 * MiB)])
+    assert staged.counts()["image_stage_total"] == 5 and staged.counts()["image_count_uploading"] == 3
+    assert staged.counts()["image_size_total"] == 4
+
+
+def test_a_stage_over_image_stage_total_gets_glances_413() -> None:
+    used = glance.Usage(images=2, bytes=1 * MiB, staged=8 * MiB)
+    limits = {"image_size_total": 100, "image_stage_total": 10, "image_count_uploading": 10}
+    glance.check_upload("team-a", used, limits, 2 * MiB, staging=True)  # fits exactly
+    glance.check_upload("team-a", used, limits, 50 * MiB)  # an upload is held to image_size_total
+    with pytest.raises(glance.OverLimit) as e:
+        glance.check_upload("team-a", used, limits, 3 * MiB, staging=True)
+    assert "image_stage_total is over limit of 10 due to current usage 8 and delta 3" in str(e.value)
 
 
 def test_an_upload_over_image_size_total_gets_glances_413() -> None:

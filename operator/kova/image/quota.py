@@ -2,8 +2,8 @@
 whether more data or one more upload fits, with Glance's words.
 
 Glance's names and units: image_count_total (Images), image_size_total (MiB of data stored),
-image_stage_total (MiB staged for an interoperable import: Kova stages nothing, so its use is 0),
-image_count_uploading (uploads and imports under way). Glance checks image_size_total only before an
+image_stage_total (MiB staged for an interoperable import, not yet imported: images `uploading`),
+image_count_uploading (uploads, stages and imports under way). Glance checks image_size_total only before an
 upload starts, so a project may end one upload over its limit; Kova is stricter: the announced size is
 checked first, and the bytes as they stream, so the store never holds more than the limit. The count of
 Images is refused by the API server itself (a ResourceQuota), so it is not checked here.
@@ -20,7 +20,8 @@ MiB = 1 << 20
 UNLIMITED = -1
 GLANCE_NAMES = ("image_count_total", "image_size_total", "image_stage_total", "image_count_uploading")
 HOLDS_DATA = ("active", "deactivated")  # Glance counts the data of images that have it
-UPLOADING = ("saving", "importing")
+UPLOADING = ("saving", "uploading", "importing")
+STAGED = "uploading"  # staged (or being staged) for an interoperable import
 
 
 @dataclass(frozen=True)
@@ -28,16 +29,17 @@ class Usage:
     images: int = 0
     bytes: int = 0
     uploading: int = 0
+    staged: int = 0  # bytes
 
     def counts(self) -> dict[str, int]:
         """Glance's usage by name (/v2/info/usage): sizes in whole MiB, rounded down as Glance does."""
-        return {"image_count_total": self.images, "image_size_total": self.bytes // MiB, "image_stage_total": 0,
-                "image_count_uploading": self.uploading}
+        return {"image_count_total": self.images, "image_size_total": self.bytes // MiB,
+                "image_stage_total": self.staged // MiB, "image_count_uploading": self.uploading}
 
 
 def usage(images: Iterable[Body], leave_out: str | None = None) -> Usage:
     """What a namespace's Images use; `leave_out`: the uid of the Image whose upload is being decided."""
-    count = size = uploading = 0
+    count = size = uploading = staged = 0
     for obj in images:
         if obj["metadata"].get("deletionTimestamp"):
             continue
@@ -49,7 +51,9 @@ def usage(images: Iterable[Body], leave_out: str | None = None) -> Usage:
             size += int(st.get("size") or 0)
         elif st.get("status") in UPLOADING:
             uploading += 1
-    return Usage(count, size, uploading)
+            if st.get("status") == STAGED:
+                staged += int(st.get("size") or 0)
+    return Usage(count, size, uploading, staged)
 
 
 class OverLimit(Exception):
@@ -66,26 +70,30 @@ class OverLimit(Exception):
             f"usage {current} and delta {delta}]")
 
 
-def room(used: Usage, limit_mib: int) -> int | None:
-    """Bytes the namespace may still store under image_size_total; None: unlimited."""
-    return None if limit_mib == UNLIMITED else max(0, limit_mib * MiB - used.bytes)
+def room(used: Usage, limit_mib: int, staging: bool = False) -> int | None:
+    """Bytes the namespace may still store under image_size_total (or stage under image_stage_total, with
+    `staging`); None: unlimited."""
+    return None if limit_mib == UNLIMITED else max(0, limit_mib * MiB - (used.staged if staging else used.bytes))
 
 
-def check_upload(project: str, used: Usage, limits: dict[str, int], announced: int | None) -> None:
-    """Before an upload: one more upload under way, and the announced size (if any), must fit. Raises
-    OverLimit (413) with Glance's text, naming the quota that does not fit."""
+def check_upload(project: str, used: Usage, limits: dict[str, int], announced: int | None,
+                 staging: bool = False) -> None:
+    """Before an upload (or a stage): one more upload under way, and the announced size (if any), must fit
+    image_size_total (image_stage_total). Raises OverLimit (413) with Glance's text, naming the quota."""
     uploading = limits.get("image_count_uploading", UNLIMITED)
     if uploading != UNLIMITED and used.uploading + 1 > uploading:
         raise OverLimit(project, "image_count_uploading", uploading, used.uploading, 1)
-    total = limits.get("image_size_total", UNLIMITED)
-    left = room(used, total)
+    total = limits.get("image_stage_total" if staging else "image_size_total", UNLIMITED)
+    left = room(used, total, staging)
     if left is not None and (left == 0 or (announced is not None and announced > left)):
-        raise size_exceeded(project, used, total, announced or 0)
+        raise size_exceeded(project, used, total, announced or 0, staging)
 
 
-def size_exceeded(project: str, used: Usage, limit_mib: int, size: int) -> OverLimit:
-    """image_size_total exceeded by `size` more bytes (the delta in whole MiB, rounded up: it did not fit)."""
-    return OverLimit(project, "image_size_total", limit_mib, used.bytes // MiB, max(1, -(-size // MiB)))
+def size_exceeded(project: str, used: Usage, limit_mib: int, size: int, staging: bool = False) -> OverLimit:
+    """image_size_total (image_stage_total) exceeded by `size` more bytes (the delta in whole MiB, rounded up:
+    it did not fit)."""
+    return OverLimit(project, "image_stage_total" if staging else "image_size_total", limit_mib,
+                     (used.staged if staging else used.bytes) // MiB, max(1, -(-size // MiB)))
 
 
 @dataclass(frozen=True)

@@ -224,9 +224,13 @@ class ImageHandlers(Front):
 
     # --------------------------------------------------------------------------------------------- data
     async def info(self, request: web.Request) -> web.Response:
-        if request.match_info["what"] == "import":
+        what = request.match_info["what"]
+        if what == "import":
             return web.json_response(glance.import_info())
-        raise GlanceError(404, "The resource could not be found.")  # one store; usage not served yet
+        if what == "usage":
+            _, project = await self.caller(request)
+            return web.json_response(await quotas.usage_doc(self.rt, self.images, project))
+        raise GlanceError(404, "The resource could not be found.")  # one store: no stores document
 
     async def upload(self, request: web.Request) -> web.Response:
         return await self._data(request, staged=False)
@@ -246,6 +250,7 @@ class ImageHandlers(Front):
             await self._patch(caller, obj, {"spec": {"source": {"upload": None, "url": uri}}})
             return web.Response(status=202)
         uid = obj["metadata"]["uid"]
+        await quotas.check_import(self.rt, self.images, project, uid, int((obj.get("status") or {}).get("size") or 0))
         blob = await asyncio.to_thread(self.rt.store.promote_staged, uid)
         if blob is None:
             await self._requeue(obj, "the staged data is gone: stage it again")
@@ -263,7 +268,7 @@ class ImageHandlers(Front):
         size = glance.check_upload(obj, request.headers.get("Content-Type"), request.headers.get(
             "x-openstack-image-size") or request.headers.get("Content-Length"), target.value)
         uid = obj["metadata"]["uid"]
-        room = await quotas.room(self.rt, self.images, project, uid, size)  # Glance's 413 over quota
+        room = await quotas.room(self.rt, self.images, project, uid, size, staged)  # Glance's 413 over quota
         settings = self.rt.settings
         glance.check_upload_slots(project, self.uploading[project], sum(self.uploading.values()),
                                   settings.max_uploads_per_project, settings.max_uploads)
@@ -306,7 +311,7 @@ class ImageHandlers(Front):
                       "method glance-direct)"
             await publish(self.rt, IMAGES, await self._fresh(obj), word=GlanceStatus.uploading.value,
                           progress=Progress.RECONCILING, reason="Staged", message=message,
-                          fields={"message": message})
+                          fields={"message": message, "size": blob.size})  # image_stage_total counts it
         else:
             await self._activate(obj, blob)
         return web.Response(status=204)
