@@ -172,6 +172,14 @@ def test_interoperable_import_glance_direct_and_web_download(operator: Any, api:
         with pytest.raises(urllib.error.HTTPError) as e:
             glance_call(api, token, namespace, "POST", f"/images/{other['id']}/import", {"method": {"name": name}})
         assert e.value.code == code and words in e.value.read()
+    # A URL the import filter refuses is refused at once, in Glance's words (nothing is fetched: the address
+    # is checked as written, and the image stays queued).
+    for uri in ("http://169.254.169.254/latest/meta-data/", f"http://127.0.0.1:{api.rsplit(':', 1)[1]}/"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            glance_call(api, token, namespace, "POST", f"/images/{other['id']}/import",
+                        {"method": {"name": "web-download", "uri": uri}})
+        assert e.value.code == 400 and b"does not pass filtering" in e.value.read()
+    assert cli.json("image", "show", other["id"])["status"] == "queued"
     info = glance_call(api, token, namespace, "GET", "/info/import")
     assert info["import-methods"]["value"] == ["glance-direct", "web-download"]
 

@@ -10,7 +10,16 @@ from collections.abc import Iterator
 import pytest
 
 from kova.adapters.http import Fetcher
-from kova.image.filter import ImportFilter, NotAllowed, Rule, check, embedded_ipv4, non_public, parse_ip
+from kova.image.filter import (
+    ImportFilter,
+    NotAllowed,
+    Rule,
+    check,
+    embedded_ipv4,
+    non_public,
+    parse_ip,
+    refusal_before_resolving,
+)
 from tests.httpsource import Listener
 
 
@@ -246,3 +255,14 @@ def test_the_source_bytes_are_taken_as_sent_never_decoded() -> None:
         assert source.accept_encodings == ["identity"]
     finally:
         source.close()
+
+
+def test_the_image_api_refuses_what_the_filter_refuses_before_any_lookup() -> None:
+    rules = ImportFilter.parse(allowed="127.0.0.1:8080")
+    assert refusal_before_resolving("http://127.0.0.1:8080/disk", rules) is None
+    assert refusal_before_resolving("https://images.example.org/disk", rules) is None  # checked on every hop
+    for url, words in (("http://169.254.169.254/latest/meta-data/", "link-local"),
+                       ("http://127.0.0.1:9000/", "loopback"), ("ftp://x/disk", "scheme"),
+                       ("http://[::ffff:10.0.0.1]/", "private")):
+        refusal = refusal_before_resolving(url, rules)
+        assert refusal is not None and words in refusal, (url, refusal)

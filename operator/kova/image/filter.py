@@ -213,3 +213,22 @@ def check(url: str, rules: ImportFilter, resolve: Resolver) -> Target:
     raise NotAllowed(f"{url}: " + ("; ".join(refusals) if refusals else f"{host} has no address"))
 
 
+
+
+class _Unresolved(Exception):
+    pass
+
+
+def refusal_before_resolving(url: str, rules: ImportFilter) -> str | None:
+    """What the filter already says of a URL without looking its host up (scheme, port, an address written
+    in it): the image API refuses those at once, as Glance does. A host name is checked on every hop of the
+    import itself, so nothing is resolved here."""
+    def unresolved(host: str, port: int) -> list[str]:
+        raise _Unresolved(host)
+    try:
+        check(url, rules, unresolved)
+    except NotAllowed as e:
+        return str(e)
+    except _Unresolved:
+        return None
+    return None

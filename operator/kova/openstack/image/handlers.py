@@ -29,6 +29,7 @@ from kova.api.errors import StatusError
 from kova.api.models import IMAGE, VERSION, GlanceStatus
 from kova.api.resources import IMAGES
 from kova.image import importer
+from kova.image.filter import refusal_before_resolving
 from kova.image.rules import observe_image
 from kova.openstack.front import Front, UidIndex, read_json
 from kova.openstack.image import glance, quotas
@@ -247,6 +248,10 @@ class ImageHandlers(Front):
         if not await caller.can("update", project, subresource="file"):
             raise GlanceError(403, "You are not authorized to import image data (images/file, update).")
         if method == "web-download":  # the operator imports it, as an Image with a source URL
+            assert uri is not None
+            refused = refusal_before_resolving(uri, self.rt.settings.import_filter)
+            if refused:
+                raise GlanceError(400, f"URI for web-download does not pass filtering: {refused}")
             await self._patch(caller, obj, {"spec": {"source": {"upload": None, "url": uri}}})
             return web.Response(status=202)
         uid = obj["metadata"]["uid"]
