@@ -187,6 +187,9 @@ def test_interoperable_import_glance_direct_and_web_download(operator: Any, api:
                         {"method": {"name": "web-download", "uri": uri}})
         assert e.value.code == 400 and b"does not pass filtering" in e.value.read()
     assert cli.json("image", "show", other["id"])["status"] == "queued"
+    with pytest.raises(urllib.error.HTTPError) as e:
+        glance_call(api, "not-a-token", namespace, "GET", "/info/import")
+    assert e.value.code == 401
     info = glance_call(api, token, namespace, "GET", "/info/import")
     assert info["import-methods"]["value"] == ["glance-direct", "web-download"]
 

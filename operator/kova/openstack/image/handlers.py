@@ -226,10 +226,10 @@ class ImageHandlers(Front):
     # --------------------------------------------------------------------------------------------- data
     async def info(self, request: web.Request) -> web.Response:
         what = request.match_info["what"]
+        _, project = await self.caller(request)  # Glance answers its info documents to a known caller only
         if what == "import":
             return web.json_response(glance.import_info())
         if what == "usage":
-            _, project = await self.caller(request)
             return web.json_response(await quotas.usage_doc(self.rt, self.images, project))
         raise GlanceError(404, "The resource could not be found.")  # one store: no stores document
 
