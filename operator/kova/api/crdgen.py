@@ -141,7 +141,6 @@ def protection_policy() -> list[dict[str, Any]]:
 
 PUBLICIZE_POLICY = "kova-image-publicize"
 SNAPSHOT_POLICY = "kova-image-snapshot"
-WEB_DOWNLOAD_POLICY = "kova-image-web-download"
 PUBLICIZE_VERB = "publicize"  # a verb of Kova's on images, held by the kova-image-publisher ClusterRole
 
 
@@ -169,16 +168,6 @@ def image_policies() -> list[dict[str, Any]]:
                                  "object.spec.source.instance + ' needs the right to update that Instance "
                                  "(the Nova action createImage)'",
             "reason": "Forbidden"}]),
-        # The CRD lets an Image waiting for an upload be given a URL (Glance's web-download import), but a CRD
-        # rule cannot see the status: only an image whose data has not come yet (queued) may, as in Glance.
-        *_policy(WEB_DOWNLOAD_POLICY, GROUP_IMAGE, "images", ["UPDATE"], [{
-            "expression": "!(has(oldObject.spec.source.upload) && has(object.spec.source.url)) || "
-                          "!has(oldObject.status) || !has(oldObject.status.status) || "
-                          "oldObject.status.status == 'queued'",
-            "messageExpression": "'Image ' + object.metadata.name + ' is ' + oldObject.status.status + ': only an "
-                                 "image still waiting for its data (queued) may be given a url (Glance: web-download "
-                                 "needs the queued state)'",
-            "reason": "Invalid"}]),
     ]
 
 
