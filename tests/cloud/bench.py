@@ -511,10 +511,13 @@ class LocalCloud:
 
     def tenant_token(self, namespace: str, role: str = "edit", name: str | None = None) -> str:
         """A token of a ServiceAccount bound to the built-in `role` (edit, view, or none) in `namespace`: an
-        OpenStack user of that project."""
+        OpenStack user of that project; or to `kova-admin` in every namespace: an OpenStack administrator."""
         name = name or f"os-{role}"
         self.kubectl("-n", namespace, "create", "serviceaccount", name)
-        if role != "none":
+        if role == "kova-admin":  # Keystone's admin in every project: a ClusterRoleBinding, as an operator grants it
+            self.kubectl("create", "clusterrolebinding", f"{namespace}-{name}", "--clusterrole=kova-admin",
+                         f"--serviceaccount={namespace}:{name}")
+        elif role != "none":
             self.kubectl("-n", namespace, "create", "rolebinding", name, f"--clusterrole={role}",
                          f"--serviceaccount={namespace}:{name}")
         return self.kubectl("-n", namespace, "create", "token", name, "--duration=24h").strip()

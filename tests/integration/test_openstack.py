@@ -306,6 +306,12 @@ def test_the_api_account_cannot_write_images(cloud: LocalCloud, api: str) -> Non
     assert cloud.kubectl("auth", "can-i", "patch", "images.image.kova.dev", "--subresource=status", "--as", account,
                          "-A", check=False).strip() == "yes"
     assert cloud.kubectl("auth", "can-i", "get", "secrets", "--as", account, "-A", check=False).strip() == "no"
+    # Metadefs: it reads them and creates the catalog's; changing or deleting one takes the caller's token.
+    for verb, allowed in (("list", "yes"), ("create", "yes"), ("update", "no"), ("delete", "no")):
+        assert cloud.kubectl("auth", "can-i", verb, "metadefnamespaces.image.kova.dev", "--as", account,
+                             check=False).split()[0] == allowed, verb
+    assert cloud.kubectl("auth", "can-i", "admin", "images.image.kova.dev", "--as", account, "-A",
+                         check=False).strip() == "no"  # not an OpenStack administrator
 
 
 def kova(*args: str, token: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -398,4 +404,110 @@ def test_kova_image_takes_another_projects_image_by_id_only(operator: Any, api: 
         assert again.returncode == 0, again.stderr
         assert (tmp_path / "got").read_bytes() == mine
     finally:
+        cloud.kubectl("delete", "namespace", other, "--wait=false", check=False)
+
+
+def _token_roles(api: str, token: str, project: str) -> list[str]:
+    body = {"auth": {"identity": {"methods": ["token"], "token": {"id": token}},
+                     "scope": {"project": {"name": project, "domain": {"id": "default"}}}}}
+    req = urllib.request.Request(f"{api}/identity/v3/auth/tokens", method="POST", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return sorted(r["name"] for r in json.loads(resp.read())["token"]["roles"])
+
+
+def test_metadefs_and_the_administrator(operator: Any, api: str, cloud: LocalCloud, kubectl: Kubectl,
+                                        namespace: str, tmp_path: Path) -> None:
+    """Glance's catalog of metadata definitions, listed with the CLI and glanceclient by a tenant; written only
+    by an administrator (a ClusterRoleBinding to kova-admin), who also makes public images for another project."""
+    token = tenant_token(cloud, namespace)
+    admin = tenant_token(cloud, namespace, "kova-admin", name="os-admin")
+    other = f"{namespace[:50]}-b"
+    cloud.kubectl("create", "namespace", other)
+    try:
+        assert _token_roles(api, admin, other) == ["admin", "member", "reader"]  # admin in every project
+        assert _token_roles(api, token, namespace) == ["member", "reader"]
+
+        # Glance's catalog and Kova's own namespace, loaded at start, read by any project.
+        cli = Cli(api, token, namespace, tmp_path)
+        listed = {n["namespace"] for n in cli.json("image", "metadef", "namespace", "list")}
+        assert {"OS::Compute::Watchdog", "OS::Compute::Hypervisor", "OS::Kova::KubeVirt"} <= listed
+        # Glance's catalog has one private namespace, owned by no project: administrators only see it.
+        assert "OS::Glance::CommonImageProperties" not in listed
+        (tmp_path / "admin").mkdir()
+        admin_cli = Cli(api, admin, namespace, tmp_path / "admin")
+        assert "OS::Glance::CommonImageProperties" in {
+            n["namespace"] for n in admin_cli.json("image", "metadef", "namespace", "list")}
+        env = {**os.environ, "OS_AUTH_TOKEN": token, "OS_IMAGE_URL": f"{api}/projects/{namespace}/image",
+               "HOME": str(tmp_path)}
+        shown = subprocess.run([GLANCE, "--os-image-api-version", "2", "md-namespace-show", "OS::Kova::KubeVirt",
+                                "--resource-type", "OS::Glance::Image"],
+                               capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
+        assert shown.returncode == 0, shown.stderr
+        assert "hw_disk_bus" in shown.stdout and "hw_video_model" in shown.stdout  # with the image's prefix
+        kova_ns = glance_call(api, token, namespace, "GET", "/metadefs/namespaces/OS::Kova::KubeVirt")
+        assert set(kova_ns["properties"]["disk_bus"]["enum"]) == {"virtio", "scsi", "sata", "usb"}
+        types = {t["name"] for t in glance_call(api, token, namespace, "GET", "/metadefs/resource_types")[
+            "resource_types"]}
+        assert {"OS::Glance::Image", "OS::Nova::Flavor"} <= types
+
+        # A tenant may not write definitions (RBAC on the kind, with its own token); an administrator may.
+        res = cli.run("image", "metadef", "namespace", "create", f"Kova::Test::{namespace}", check=False)
+        assert res.returncode != 0 and "403" in res.stderr + res.stdout
+        name = f"Kova::Test::{namespace}"
+        made = admin_cli.json("image", "metadef", "namespace", "create", "--private", "--protected",
+                              "--description", "made by the test", name)
+        assert made["namespace"] == name and made["visibility"] == "private" and made["protected"] is True
+        glance_call(api, admin, namespace, "POST", f"/metadefs/namespaces/{name}/properties",
+                    {"name": "speed", "title": "Speed", "type": "integer", "minimum": 1})
+        glance_call(api, admin, namespace, "POST", f"/metadefs/namespaces/{name}/objects",
+                    {"name": "Disk", "properties": {"bus": {"title": "Bus", "type": "string"}}})
+        glance_call(api, admin, namespace, "POST", f"/metadefs/namespaces/{name}/tags/fast")
+        detail = glance_call(api, admin, namespace, "GET", f"/metadefs/namespaces/{name}")
+        assert detail["properties"]["speed"]["minimum"] == 1 and detail["objects"][0]["name"] == "Disk"
+        assert detail["tags"] == [{"name": "fast"}] and detail["owner"] == namespace
+        # The same namespace through kubectl: one cluster-scoped object.
+        objs = json.loads(cloud.kubectl("get", "metadefnamespaces", "-o", "json"))["items"]
+        obj = next(o for o in objs if o["spec"]["namespace"] == name)
+        assert obj["spec"]["properties"]["speed"]["type"] == "integer"
+        # Private: the owner's project and administrators see it, another project does not.
+        other_token = tenant_token(cloud, other)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            glance_call(api, other_token, other, "GET", f"/metadefs/namespaces/{name}")
+        assert e.value.code == 404
+        assert glance_call(api, admin, other, "GET", f"/metadefs/namespaces/{name}")["namespace"] == name
+        # Protected: refused by the API and by kubectl, until an administrator unprotects it.
+        with pytest.raises(urllib.error.HTTPError) as e:
+            glance_call(api, admin, namespace, "DELETE", f"/metadefs/namespaces/{name}")
+        assert e.value.code == 403 and b"protected" in e.value.read()
+        refused = cloud.kubectl("--token", admin, "delete", "metadefnamespace", obj["metadata"]["name"], check=False)
+        assert "protected" in refused
+        admin_cli.run("image", "metadef", "namespace", "set", "--unprotected", name)
+        admin_cli.run("image", "metadef", "namespace", "delete", name)
+        assert name not in {n["namespace"] for n in admin_cli.json("image", "metadef", "namespace", "list")}
+
+        # The administrator's images: public, and for another project (`owner`); a tenant may do neither.
+        for body in ({"name": "pub", "visibility": "public"}, {"name": "theirs", "owner": other}):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                glance_call(api, token, namespace, "POST", "/images", {**body, "disk_format": "raw"})
+            assert e.value.code == 403
+        public = glance_call(api, admin, namespace, "POST", "/images", {
+            "name": "pub", "visibility": "public", "owner": other, "disk_format": "raw", "container_format": "bare"})
+        assert public["owner"] == other and public["visibility"] == "public"
+        assert public["id"] in {i["ID"] for i in cli.json("image", "list")}  # every project lists a public image
+        assert (json.loads(cloud.kubectl("-n", other, "get", "images", "-o", "json"))["items"][0]["metadata"]["uid"]
+                == public["id"])
+        private = glance_call(api, token, namespace, "POST", "/images", {"name": "mine", "disk_format": "raw",
+                                                                          "container_format": "bare"})
+        # An administrator lists every project's images, and cannot move one to another owner (its namespace).
+        assert private["id"] in {i["id"] for i in glance_call(api, admin, other, "GET", "/images")["images"]}
+        req = urllib.request.Request(
+            f"{api}/projects/{namespace}/image/v2/images/{private['id']}", method="PATCH",
+            data=json.dumps([{"op": "replace", "path": "/owner", "value": other}]).encode(),
+            headers={"X-Auth-Token": admin, "Content-Type": "application/openstack-images-v2.1-json-patch"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=30)
+        assert e.value.code == 409 and b"namespace" in e.value.read()
+    finally:
+        cloud.kubectl("delete", "clusterrolebinding", f"{namespace}-os-admin", check=False)
         cloud.kubectl("delete", "namespace", other, "--wait=false", check=False)

@@ -85,14 +85,19 @@ def summary(output: str) -> dict[str, int]:
     return {k.lower(): int(v) for k, v in re.findall(r"- (Passed|Failed|Skipped): (\d+)", output)}
 
 
-def write_accounts(cloud: LocalCloud, projects: list[str], work: Path) -> None:
+def write_accounts(cloud: LocalCloud, projects: list[str], work: Path, admin_project: str | None = None) -> None:
     """Pre-provisioned accounts: member accounts first (Tempest takes "alt" as the first free account), then the
-    readers; ServiceAccount tokens as passwords."""
+    readers, and with `admin_project` an administrator (a ServiceAccount there bound to kova-admin, which
+    Tempest's admin tests take and its other tests leave alone); ServiceAccount tokens as passwords."""
     accounts = [{"username": f"member-{ns}", "project_name": ns, "password": tenant_token(cloud, ns, "edit"),
                  "roles": ["member"]} for ns in projects]
     accounts += [{"username": f"reader-{ns}", "project_name": ns,
                   "password": tenant_token(cloud, ns, "view", name="os-reader"), "roles": ["reader"]}
                  for ns in projects]
+    if admin_project:
+        accounts.append({"username": f"admin-{admin_project}", "project_name": admin_project,
+                         "password": tenant_token(cloud, admin_project, "kova-admin", name="os-admin"),
+                         "roles": ["admin"]})
     (work / "accounts.yaml").write_text(yaml.safe_dump(accounts))
 
 
@@ -111,14 +116,16 @@ def run_tempest(conf: Path, lists: Path, work: Path, what: str, at_least: int, t
 
 def test_tempest_image_v2(operator: Any, api: str, cloud: LocalCloud, tmp_path: Path) -> None:
     projects = []
-    for suffix in ("a", "b"):
+    for suffix in ("a", "b", "admin"):
         ns = f"tempest-{suffix}-{tmp_path.name[-6:].lower().strip('_')}"
         ns = re.sub(r"[^a-z0-9-]", "-", ns).strip("-")
         cloud.kubectl("create", "namespace", ns)
         projects.append(ns)
+    *tenants, admin = projects
     try:
-        write_accounts(cloud, projects, tmp_path)
-        run_tempest(config(api, tmp_path), HERE, tmp_path, "tempest.api.image.v2", 30, 900)
+        write_accounts(cloud, tenants, tmp_path, admin)
+        run_tempest(config(api, tmp_path), HERE, tmp_path, "tempest.api.image.v2", 60, 900)
     finally:
+        cloud.kubectl("delete", "clusterrolebinding", f"{admin}-os-admin", check=False)
         for ns in projects:
             cloud.kubectl("delete", "namespace", ns, "--wait=false", check=False)

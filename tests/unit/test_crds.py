@@ -50,7 +50,11 @@ def test_status_subresource_columns_and_category() -> None:
         version = crd["spec"]["versions"][0]
         assert version["subresources"] == {"status": {}}
         assert "kova" in crd["spec"]["names"]["categories"]
-        assert any(c["name"] == "Ready" for c in version["additionalPrinterColumns"])
+        columns = {c["name"] for c in version["additionalPrinterColumns"]}
+        if crd["spec"]["names"]["kind"] == "MetadefNamespace":  # data, no controller: kstatus Current once stored
+            assert "Ready" not in columns and {"Namespace", "Visibility", "Protected"} <= columns
+        else:
+            assert "Ready" in columns
 
 
 def test_image_defaults_enums_and_immutable_source() -> None:
@@ -105,3 +109,15 @@ def test_chart_carries_the_same_crds_and_policy() -> None:
         assert copy.exists() and copy.read_text() == path.read_text(), f"{copy} is stale: run `make crds`"
     assert sorted(p.name for p in (chart / "crds").glob("*.yaml")) == sorted(
         p.name for p in CRDS.glob("*.yaml") if not p.name.endswith(".policy.yaml"))
+
+
+def test_metadef_namespaces_are_cluster_scoped_keyed_lists_and_protected_from_kubectl_delete() -> None:
+    crd = next(c for c in crdgen.all_crds() if c["spec"]["names"]["kind"] == "MetadefNamespace")
+    assert crd["spec"]["scope"] == "Cluster"
+    spec = _schema("MetadefNamespace")["properties"]["spec"]
+    for field in ("objects", "tags", "resourceTypeAssociations"):
+        assert spec["properties"][field]["x-kubernetes-list-map-keys"] == ["name"]  # the API server refuses twins
+    assert spec["properties"]["properties"]["additionalProperties"]["x-kubernetes-preserve-unknown-fields"]
+    policy = next(d for d in crdgen.protection_policy() if d["metadata"]["name"] == crdgen.METADEF_PROTECTION_POLICY
+                  and d["kind"] == "ValidatingAdmissionPolicy")
+    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["metadefnamespaces"]

@@ -196,6 +196,7 @@ def test_list_links_escape_the_query_values() -> None:
 
 
 def test_roles_follow_what_rbac_allows() -> None:
+    assert keystone.roles(False, False, admin=True) == ["admin", "member", "reader"]  # in every project
     assert keystone.roles(True, True) == ["member", "reader"]
     assert keystone.roles(False, True) == ["reader"]
     assert keystone.roles(False, False) == []
@@ -381,3 +382,32 @@ def test_only_a_project_member_answers_a_share() -> None:
     with pytest.raises(GlanceError) as e:
         glance.check_member_role(False)  # a reader
     assert (e.value.status, e.value.message) == (403, "You are not authorized to complete modify_member action.")
+
+
+def test_what_only_an_administrator_may_do() -> None:
+    v21 = PATCH_TYPES[0]
+    body = {"name": "n", "disk_format": "raw", "visibility": "public", "owner": "b"}
+    with pytest.raises(GlanceError) as e:
+        glance.image_owner(body, "a", admin=False)
+    assert e.value.status == 403
+    assert glance.image_owner(body, "a", admin=True) == "b"  # made in the owner's namespace
+    with pytest.raises(GlanceError) as e:
+        glance.image_owner({"owner": "Not A Namespace"}, "a", admin=True)
+    assert e.value.status == 400
+    with pytest.raises(GlanceError) as e:
+        glance.new_image({**body, "owner": "a"}, "a")
+    assert e.value.status == 403 and "publicize_image" in e.value.message
+    assert glance.new_image(body, "b", admin=True)["visibility"] == "public"
+    obj = image("x", ns="a", visibility="private")
+    publicize = [{"op": "replace", "path": "/visibility", "value": "public"}]
+    with pytest.raises(GlanceError):
+        glance.apply_patch(obj, publicize, v21)
+    assert glance.apply_patch(obj, publicize, v21, admin=True) == {"visibility": "public"}
+    move = [{"op": "replace", "path": "/owner", "value": "b"}]
+    for admin, status in ((False, 403), (True, 409)):  # an image's owner is its namespace: nobody moves it
+        with pytest.raises(GlanceError) as e:
+            glance.apply_patch(obj, move, v21, admin=admin)
+        assert e.value.status == status
+    # An administrator lists every project's private and shared images; a project only its own and public ones.
+    assert glance.listed(obj, "b", None, "accepted", admin=True)
+    assert not glance.listed(obj, "b", None, "accepted")

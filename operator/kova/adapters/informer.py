@@ -108,6 +108,15 @@ class Informer:
             return
         self._store(key, trimmed(obj, self.fields))
 
+    def forget(self, obj: Body) -> None:
+        """An object this process just deleted: gone from the cache now (read-your-writes), and kept out
+        until the watch's own DELETED event, even if an older copy is offered meanwhile."""
+        key = object_key(obj)
+        before = self.cache.pop(key, None)
+        self._tombstones[key] = max(_rv(obj), self._tombstones.get(key, 0))
+        if before is not None:
+            self._emit(before, None)
+
     async def run(self) -> None:
         failures = 0
         while True:

@@ -77,9 +77,13 @@ class Kube:
     async def create(self, res: Resource, body: dict[str, Any]) -> dict[str, Any] | None:
         """Create; None when it already exists (a create that meets 409 is not an error)."""
         try:
-            obj = await self.custom.create_namespaced_custom_object(
-                res.group, res.version, body["metadata"]["namespace"], res.plural, body,
-                field_manager=FIELD_MANAGER, field_validation="Strict")
+            if res.namespaced:
+                obj = await self.custom.create_namespaced_custom_object(
+                    res.group, res.version, body["metadata"]["namespace"], res.plural, body,
+                    field_manager=FIELD_MANAGER, field_validation="Strict")
+            else:
+                obj = await self.custom.create_cluster_custom_object(
+                    res.group, res.version, res.plural, body, field_manager=FIELD_MANAGER, field_validation="Strict")
         except ApiException as e:
             if e.status == 409:
                 return None

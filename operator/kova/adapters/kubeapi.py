@@ -149,11 +149,19 @@ class Caller:
         return dict(await self.request("PATCH", _path(group, VERSION, plural, namespace, name), body=patch,
                                        content_type="application/merge-patch+json"))
 
+    async def replace(self, group: str, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A PUT of the whole object: its metadata.resourceVersion makes the API server refuse it (409) when
+        someone wrote the object since it was read."""
+        return dict(await self.request("PUT", _path(group, VERSION, plural, namespace, body["metadata"]["name"]),
+                                       body=body, params={"fieldValidation": "Strict"}))
+
     async def delete(self, group: str, plural: str, namespace: str, name: str, uid: str) -> None:
         await self.request("DELETE", _path(group, VERSION, plural, namespace, name), body={
             "apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}})
 
 
 def _path(group: str, version: str, plural: str, namespace: str, name: str | None = None) -> str:
+    """The object's or collection's path; namespace "" for a cluster-scoped kind."""
     prefix = f"/api/{version}" if group == "" else f"/apis/{group}/{version}"
-    return f"{prefix}/namespaces/{namespace}/{plural}" + (f"/{name}" if name else "")
+    scope = f"/namespaces/{namespace}" if namespace else ""
+    return f"{prefix}{scope}/{plural}" + (f"/{name}" if name else "")

@@ -40,6 +40,8 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
             out[key] = {name: _inline(sub, defs) for name, sub in value.items()}
         else:
             out[key] = _inline(value, defs)
+    if out.get("additionalProperties") is True:  # dict[str, Any]: free JSON, in the API server's words
+        del out["additionalProperties"]
     if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
         out["x-kubernetes-preserve-unknown-fields"] = True
     if "enum" in out and "type" not in out:
@@ -99,6 +101,7 @@ def render(crd: dict[str, Any]) -> str:
 
 PROTECTION_POLICY = "kova-protected-images"
 LOCK_POLICY = "kova-locked-instances"
+METADEF_PROTECTION_POLICY = "kova-protected-metadefs"
 
 
 def _policy(name: str, group: str, resource: str, operations: list[str],
@@ -124,7 +127,8 @@ def _deny_delete(name: str, group: str, resource: str, expression: str, message:
 
 
 def protection_policy() -> list[dict[str, Any]]:
-    """Glance refuses to delete a protected image (403), and Nova a locked server (409). The API server does
+    """Glance refuses to delete a protected image or metadata definition namespace (403), and Nova a locked
+    server (409). The API server does
     the same here, before any finalizer runs, with ValidatingAdmissionPolicies (CEL, no webhook to run). The
     operator's finalizer still keeps an image's data if the policy is missing."""
     return [
@@ -136,6 +140,10 @@ def protection_policy() -> list[dict[str, Any]]:
                       "!has(oldObject.spec.locked) || !oldObject.spec.locked",
                       "'Instance ' + oldObject.metadata.name + ' is locked: set spec.locked to false before "
                       "deleting it'"),
+        *_deny_delete(METADEF_PROTECTION_POLICY, GROUP_IMAGE, "metadefnamespaces",
+                      "!has(oldObject.spec.protected) || !oldObject.spec.protected",
+                      "'Metadata definition namespace ' + oldObject.spec.namespace + ' is protected and cannot be "
+                      "deleted: set spec.protected to false first'"),
     ]
 
 

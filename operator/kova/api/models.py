@@ -233,6 +233,71 @@ class ImageStatus(CommonStatus):
     snapshot: SnapshotOrigin | None = Field(default=None, description="For an Instance snapshot: its origin.")
 
 
+# ---------------------------------------------------------------------------------------------- MetadefNamespace
+class MetadefVisibility(StrEnum):
+    public = "public"
+    private = "private"
+
+
+class MetadefResourceType(Model):
+    """A resource type the namespace's properties apply to (Glance's resource type association)."""
+
+    name: str = Field(min_length=1, max_length=80, description="e.g. OS::Glance::Image, OS::Nova::Flavor.")
+    prefix: str | None = Field(default=None, max_length=80, description=(
+        "Put before a property's name on that resource type (hw_ on images, hw: in flavor extra specs)."))
+    properties_target: str | None = Field(default=None, max_length=80, description=(
+        "Which of the resource's property sets they go to (e.g. image, for a Cinder volume's image metadata)."))
+    created_at: str | None = None
+    updated_at: str | None = None
+
+
+class MetadefObject(Model):
+    """A named group of properties (Glance's metadef object)."""
+
+    name: str = Field(min_length=1, max_length=80)
+    description: str | None = None
+    required: list[str] = Field(default_factory=list)
+    properties: dict[str, dict[str, Any]] = Field(default_factory=dict, description=(
+        "Property definitions as Glance keeps them: JSON Schema words (type, enum, default, ...)."))
+    created_at: str | None = None
+    updated_at: str | None = None
+
+
+class MetadefTag(Model):
+    name: str = Field(min_length=1, max_length=255)
+    created_at: str | None = None
+    updated_at: str | None = None
+
+
+class MetadefNamespaceSpec(Model):
+    """A Glance metadata definition namespace with its properties, objects, tags and the resource types it
+    applies to: a catalog of the properties a cloud understands, read by Horizon and the `openstack image
+    metadef` commands. Everyone may read a public one; only administrators write (the kova-admin role)."""
+
+    namespace: str = Field(min_length=1, max_length=80, description=(
+        "Glance's name for it, e.g. OS::Compute::Watchdog (the object's name is a slug of it)."))
+    display_name: str | None = Field(default=None, max_length=80)
+    description: str | None = Field(default=None, max_length=500)
+    visibility: MetadefVisibility = Field(default=MetadefVisibility.private, description=(
+        "public: every project reads it; private: only its owner (and administrators)."))
+    protected: bool = Field(default=False, description="A protected namespace cannot be deleted.")
+    owner: str | None = Field(default=None, max_length=255, description="The project (namespace) that made it.")
+    resource_type_associations: list[MetadefResourceType] = Field(default_factory=list, json_schema_extra={
+        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+    properties: dict[str, dict[str, Any]] = Field(default_factory=dict, description=(
+        "Property definitions as Glance keeps them: JSON Schema words (title, type, enum, default, ...)."))
+    objects: list[MetadefObject] = Field(default_factory=list, json_schema_extra={
+        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+    tags: list[MetadefTag] = Field(default_factory=list, json_schema_extra={
+        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+    catalog: str | None = Field(default=None, description=(
+        "Where it came from when Kova loaded it (e.g. glance-33.0.0, kova): absent for one made by a user."))
+
+
+class MetadefNamespaceStatus(CommonStatus):
+    """Nothing to reconcile: a definition is data, current once stored (kstatus)."""
+
+
 # ---------------------------------------------------------------------------------------------- Instance
 class PowerState(StrEnum):
     running = "Running"
@@ -720,4 +785,13 @@ QUOTA = KindInfo(
              _quota_column("ImageMiB", "image_size_total"), _quota_column("KeyPairs", "key_pairs", 1),
              _quota_column("ServerGroups", "server_groups", 1), _quota_column("Uploading", "image_count_uploading", 1),
              _READY, _AGE])
-KINDS = [FLAVOR, IMAGE, INSTANCE, KEYPAIR, SECURITY_GROUP, SERVER_GROUP, AVAILABILITY_ZONE, QUOTA]
+METADEF_NAMESPACE = KindInfo(
+    group=GROUP_IMAGE, kind="MetadefNamespace", plural="metadefnamespaces", singular="metadefnamespace",
+    short_names=["mdns"], namespaced=False, spec=MetadefNamespaceSpec, status=MetadefNamespaceStatus,
+    description="A Glance metadata definition namespace: properties, objects and tags a cloud understands.",
+    columns=[{"name": "Namespace", "type": "string", "jsonPath": ".spec.namespace"},
+             {"name": "Visibility", "type": "string", "jsonPath": ".spec.visibility"},
+             {"name": "Protected", "type": "boolean", "jsonPath": ".spec.protected"},
+             {"name": "Catalog", "type": "string", "jsonPath": ".spec.catalog", "priority": 1}, _AGE])
+KINDS = [FLAVOR, IMAGE, INSTANCE, KEYPAIR, SECURITY_GROUP, SERVER_GROUP, AVAILABILITY_ZONE, QUOTA,
+         METADEF_NAMESPACE]

@@ -12,6 +12,7 @@ from kova.api.models import (
     IMAGE,
     INSTANCE,
     KEYPAIR,
+    METADEF_NAMESPACE,
     QUOTA,
     SECURITY_GROUP,
     SERVER_GROUP,
@@ -45,6 +46,7 @@ SECURITY_GROUPS = resource(SECURITY_GROUP)
 SERVER_GROUPS = resource(SERVER_GROUP)
 AVAILABILITY_ZONES = resource(AVAILABILITY_ZONE)
 QUOTAS = resource(QUOTA)
+METADEF_NAMESPACES = resource(METADEF_NAMESPACE)
 
 # KubeVirt's, CDI's and Kubernetes' own.
 VIRTUAL_MACHINES = Resource("kubevirt.io", "v1", "virtualmachines")

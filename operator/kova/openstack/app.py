@@ -15,9 +15,13 @@ from kova.openstack.compute.handlers import ComputeHandlers, nova_middleware
 from kova.openstack.front import TRUSTED_PROXIES
 from kova.openstack.identity.handlers import IdentityHandlers
 from kova.openstack.image.handlers import ImageHandlers, glance_errors
+from kova.openstack.image.metadef_handlers import MetadefHandlers
+
+METADEFS_CATALOG = "KOVA_METADEFS_CATALOG"  # load (default): Glance's catalog and OS::Kova::KubeVirt at start; skip
 
 
-def application(identity: IdentityHandlers, images: ImageHandlers, compute: ComputeHandlers) -> web.Application:
+def application(identity: IdentityHandlers, images: ImageHandlers, compute: ComputeHandlers,
+                metadefs: MetadefHandlers, load_catalog: bool = True) -> web.Application:
     app = web.Application(middlewares=[glance_errors, nova_middleware], client_max_size=1 << 20)
     r = app.router
     r.add_get("/identity", identity.identity_versions)
@@ -59,6 +63,7 @@ def application(identity: IdentityHandlers, images: ImageHandlers, compute: Comp
     r.add_put(p + "/v2/images/{id}/stage", images.stage)
     r.add_post(p + "/v2/images/{id}/import", images.import_image)
     r.add_get(p + "/v2/info/{what}", images.info)  # import methods (one store: no stores document)
+    metadef_routes(r, p + "/v2", metadefs)
 
     compute_routes(r, compute)
     if compute.console is not None:
@@ -67,13 +72,42 @@ def application(identity: IdentityHandlers, images: ImageHandlers, compute: Comp
     async def on_startup(_: web.Application) -> None:
         await images.start()
         await compute.start()
+        await metadefs.start()
+        if load_catalog:
+            await metadefs.load_catalog()
 
     async def on_cleanup(_: web.Application) -> None:
+        await metadefs.stop()
         await compute.stop()
         await images.stop()
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     return app
+
+
+def metadef_routes(r: web.UrlDispatcher, v2: str, m: MetadefHandlers) -> None:
+    """Glance's /v2/metadefs and the schemas of its documents."""
+    r.add_get(v2 + "/schemas/metadefs/{name}", m.schema)
+    n = v2 + "/metadefs/namespaces"
+    r.add_get(n, m.list_namespaces)
+    r.add_post(n, m.create_namespace)
+    ns = n + "/{namespace}"
+    r.add_get(ns, m.show_namespace)
+    r.add_put(ns, m.update_namespace)
+    r.add_delete(ns, m.delete_namespace)
+    for method in ("GET", "POST", "DELETE"):
+        r.add_route(method, ns + "/objects", m.objects)
+        r.add_route(method, ns + "/properties", m.properties)
+        r.add_route(method, ns + "/tags", m.tags)
+    for method in ("GET", "PUT", "DELETE"):
+        r.add_route(method, ns + "/objects/{name}", m.object)
+        r.add_route(method, ns + "/properties/{name}", m.property)
+    for method in ("GET", "POST", "PUT", "DELETE"):
+        r.add_route(method, ns + "/tags/{name}", m.tag)
+    r.add_get(v2 + "/metadefs/resource_types", m.resource_types)
+    r.add_get(ns + "/resource_types", m.associations)
+    r.add_post(ns + "/resource_types", m.associations)
+    r.add_delete(ns + "/resource_types/{name}", m.association)
 
 
 def compute_routes(r: web.UrlDispatcher, c: ComputeHandlers) -> None:
@@ -147,6 +181,14 @@ async def make(public_url: str | None = None, kubeconfig: str | None = None) -> 
     identity, images = IdentityHandlers(apiserver, rt, public_url), ImageHandlers(apiserver, rt, public_url)
     compute = ComputeHandlers(apiserver, rt, images, public_url)
     compute.console = ConsoleProxy.from_env(apiserver)
-    for front in (identity, images, compute):
+    metadefs = MetadefHandlers(apiserver, rt, public_url)
+    for front in (identity, images, compute, metadefs):
         front.trusted_proxies = trusted
-    return application(identity, images, compute)
+    load = env.get(METADEFS_CATALOG, _load_or_skip, True, "load or skip")
+    return application(identity, images, compute, metadefs, load)
+
+
+def _load_or_skip(text: str) -> bool:
+    if text not in ("load", "skip"):
+        raise ValueError(text)
+    return text == "load"

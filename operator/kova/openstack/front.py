@@ -22,6 +22,9 @@ from kova.api.errors import StatusError
 
 AUTH_TTL = 30.0  # seconds a token's access to a project is remembered (one SelfSubjectAccessReview)
 TRUSTED_PROXIES = "KOVA_API_TRUSTED_PROXIES"  # the peers whose forwarding headers base_url believes
+# Keystone's `admin` role: the verb `admin` on images in every namespace, which only a ClusterRoleBinding to
+# kova-admin (or cluster-admin) gives; a RoleBinding in one namespace never does.
+ADMIN_VERB = "admin"
 
 # What a forwarded host may be: a DNS name or IPv4 address, or a bracketed IPv6 address, and a port. No
 # user, path, query or space: the value goes into the catalog's URLs as their authority.
@@ -114,7 +117,7 @@ class Front:
                  trusted_proxies: Sequence[IPNetwork] = ()) -> None:
         self.apiserver, self.rt, self.public_url = apiserver, rt, public_url
         self.trusted_proxies = tuple(trusted_proxies)
-        self._access: dict[tuple[str, str], tuple[float, bool]] = {}
+        self._access: dict[tuple[str, str], tuple[float, bool]] = {}  # (token hash, project or "" for admin)
 
     def base(self, request: web.Request) -> str:
         if self.public_url or not self.trusted_proxies:  # no forwarding header to read (nor to parse)
@@ -145,6 +148,16 @@ class Front:
         if not known[1]:
             raise StatusError(403, f"You are not authorized to access project {project} (RBAC: list images there).")
         return caller, project
+
+
+    async def is_admin(self, caller: Caller) -> bool:
+        """Whether the caller holds Keystone's admin role (ADMIN_VERB cluster-wide), remembered for AUTH_TTL."""
+        key = (hashlib.sha256(caller.token.encode()).hexdigest(), "")
+        now = time.monotonic()
+        known = self._access.get(key)
+        if known is None or known[0] < now:
+            known = self._access[key] = (now + AUTH_TTL, await caller.can(ADMIN_VERB, ""))
+        return known[1]
 
 
 async def read_json(request: web.Request) -> Any:

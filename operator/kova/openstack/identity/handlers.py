@@ -64,7 +64,8 @@ class IdentityHandlers(Front):
                 return web.json_response(keystone.unscoped_token_body(cred, user, clock.now()), status=status,
                                          headers={"X-Subject-Token": cred.token})
             can_create = await caller.can("create", project)
-            roles = keystone.roles(can_create, can_create or await caller.can("list", project))
+            roles = keystone.roles(can_create, can_create or await caller.can("list", project),
+                                   admin=await self.is_admin(caller))
         except ApiError as e:
             return _keystone_error(401 if e.status in (401, 403) else 503, e.message)
         if not roles:

@@ -236,9 +236,12 @@ def domains(base_url: str, name: str | None) -> dict[str, Any]:
                                         "next": None}}
 
 
-def roles(can_create: bool, can_list: bool) -> list[str]:
-    """Keystone roles from what RBAC lets the token do with Images in the project: `member` (and `reader`)
-    for one that may create them, `reader` for one that may only list them, none otherwise (refused)."""
+def roles(can_create: bool, can_list: bool, admin: bool = False) -> list[str]:
+    """Keystone roles from what RBAC lets the token do with Images in the project: `admin` (with `member` and
+    `reader`) for a holder of kova-admin, in every project; `member` (and `reader`) for one that may create
+    them, `reader` for one that may only list them, none otherwise (refused)."""
+    if admin:
+        return ["admin", "member", "reader"]
     if can_create:
         return ["member", "reader"]
     return ["reader"] if can_list else []

@@ -26,7 +26,7 @@ from kova.api.models import (
     MemberStatus,
     Visibility,
 )
-from kova.api.resources import object_names
+from kova.api.resources import DNS_LABEL, object_names
 from kova.image.rules import image_visible_to, protected_refusal
 
 UUID = "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$"
@@ -191,21 +191,34 @@ def kubernetes_name(glance_name: str | None) -> tuple[str | None, str]:
     return object_names(glance_name, "image")
 
 
-def new_image(body: Any, namespace: str) -> dict[str, Any]:
-    """The spec of an Image made by POST /v2/images (its data comes through the API). Glance's defaults:
-    visibility `shared`, container `bare` once a disk format is given."""
+def image_owner(body: Any, namespace: str, admin: bool) -> str:
+    """The namespace a POST /v2/images makes its Image in: the caller's project, or, for an administrator,
+    the `owner` it names (Glance lets only admins create images for another project)."""
+    owner = body.get("owner") if isinstance(body, dict) else None
+    if owner is None or owner == namespace:
+        return namespace
+    if not admin:
+        raise GlanceError(403, "You are not permitted to create images owned by another project.")
+    if not isinstance(owner, str) or not DNS_LABEL.match(owner):
+        raise GlanceError(400, f"owner {owner!r} is not a project: a project is a Kubernetes namespace (a DNS label)")
+    return owner
+
+
+def new_image(body: Any, namespace: str, admin: bool = False) -> dict[str, Any]:
+    """The spec of an Image made by POST /v2/images in `namespace` (its data comes through the API). Glance's
+    defaults: visibility `shared`, container `bare` once a disk format is given. Only an administrator makes
+    an image public (publicize_image)."""
     if not isinstance(body, dict):
         raise GlanceError(400, "Request body must be a JSON object.")
     if "id" in body:
         raise GlanceError(400, "Kova chooses image ids (an Image's uid); leave id out.")
     for key in body:
         _check_writable(key)
-    owner = body.get("owner")
-    if owner is not None and owner != namespace:
+    if image_owner(body, namespace, admin) != namespace:
         raise GlanceError(403, "You are not permitted to create images owned by another project.")
     doc = {"visibility": Visibility.shared.value, "protected": False, "os_hidden": False, "min_ram": 0,
            "min_disk": 0, "tags": [], **{k: v for k, v in body.items() if k != "owner"}}
-    if doc.get("visibility") == Visibility.public.value:
+    if doc.get("visibility") == Visibility.public.value and not admin:
         raise GlanceError(403, "You are not authorized to complete publicize_image action.")
     spec = spec_from_doc(doc)
     check_limits(spec)
@@ -304,11 +317,12 @@ def spec_from_doc(doc: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in spec.items() if v is not None}
 
 
-def apply_patch(obj: Mapping[str, Any], ops: Any, media_type: str) -> dict[str, Any]:
+def apply_patch(obj: Mapping[str, Any], ops: Any, media_type: str, admin: bool = False) -> dict[str, Any]:
     """Glance's PATCH (both JSON-patch dialects) on an Image: the spec fields to merge-patch (None: remove).
 
     v2.1 `add` replaces a present attribute; v2.0 `add` of a present one is a 409; a path is one level
-    deep, except that `/tags/<n>` and `/tags/-` are taken as list edits (openstackclient sends them)."""
+    deep, except that `/tags/<n>` and `/tags/-` are taken as list edits (openstackclient sends them). Only an
+    administrator makes an image public; nobody moves one to another owner (its owner is its namespace)."""
     if not isinstance(ops, list) or not all(isinstance(o, dict) for o in ops):
         raise GlanceError(400, "Request body must be a JSON array of operation objects.")
     spec = obj.get("spec") or {}
@@ -320,8 +334,12 @@ def apply_patch(obj: Mapping[str, Any], ops: Any, media_type: str) -> dict[str, 
         key = parts[0]
         _check_writable(key)
         if key == "owner":
-            if value != obj["metadata"]["namespace"] or op == "remove":
+            if (value != obj["metadata"]["namespace"] or op == "remove") and not admin:
                 raise GlanceError(403, "Owner can't be updated by non admin.")
+            if value != obj["metadata"]["namespace"] or op == "remove":
+                raise GlanceError(409, "Kova cannot give an image another owner: its owner is the namespace the "
+                                       "Image lives in, and Kubernetes moves no object between namespaces. Create it "
+                                       "again in the other project (or share it with that project).")
             continue
         if key == "tags" and len(parts) == 2:  # one element of the list, as JSON patch says
             tags = list(doc["tags"])
@@ -353,7 +371,8 @@ def apply_patch(obj: Mapping[str, Any], ops: Any, media_type: str) -> dict[str, 
             if key in ("disk_format", "container_format") and status != GlanceStatus.queued.value \
                     and value != doc.get(key):
                 raise GlanceError(403, f"Attribute {key} can be only replaced for a queued image.")
-            if key == "visibility" and value == Visibility.public.value and doc["visibility"] != value:
+            if key == "visibility" and value == Visibility.public.value and doc["visibility"] != value \
+                    and not admin:
                 raise GlanceError(403, "You are not authorized to complete publicize_image action.")
             doc[key] = value
     # Compared with the spec read the same way, so defaults the spec leaves out are not written.
@@ -409,9 +428,11 @@ def _spec_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {"visibility": Visibility(spec.get("visibility") or "private"), "members": spec.get("members") or []}
 
 
-def listed(obj: Mapping[str, Any], project: str, visibility: str | None, want_member: str) -> bool:
+def listed(obj: Mapping[str, Any], project: str, visibility: str | None, want_member: str,
+           admin: bool = False) -> bool:
     """Glance's default list: public ones, the project's own, shared ones it accepted (or the member status
-    asked for), community ones only its own; `visibility=` narrows it, `all` includes community."""
+    asked for), community ones only its own; `visibility=` narrows it, `all` includes community. An
+    administrator's list has every project's private and shared images too, as Glance's."""
     spec = obj.get("spec") or {}
     vis = spec.get("visibility") or Visibility.private.value
     own = obj["metadata"]["namespace"] == project
@@ -424,7 +445,7 @@ def listed(obj: Mapping[str, Any], project: str, visibility: str | None, want_me
         return True
     if vis == Visibility.community.value:
         return own or visibility in ("community", "all")
-    if own:
+    if own or admin:
         return True
     if vis == Visibility.shared.value:
         status = member_status(obj, project)
@@ -529,9 +550,10 @@ def _matches(doc: Mapping[str, Any], filters: Sequence[tuple[str, str]]) -> bool
     return True
 
 
-def select(objs: Sequence[Mapping[str, Any]], project: str, query: Query) -> tuple[list[dict[str, Any]], bool]:
+def select(objs: Sequence[Mapping[str, Any]], project: str, query: Query,
+           admin: bool = False) -> tuple[list[dict[str, Any]], bool]:
     """One page of what the project sees, sorted, after the marker; and whether a next page may exist."""
-    docs = [image_doc(o) for o in objs if listed(o, project, query.visibility, query.member_status)]
+    docs = [image_doc(o) for o in objs if listed(o, project, query.visibility, query.member_status, admin)]
     docs = [d for d in docs if d["os_hidden"] == query.hidden and _matches(d, query.filters)]
     for key, direction in reversed([*query.sort, ("created_at", "desc"), ("id", "desc")]):
         docs.sort(key=lambda d: (d.get(key) is not None, d.get(key) or 0), reverse=direction == "desc")

@@ -58,6 +58,15 @@ def _error(request: web.Request, status: int, message: str, headers: dict[str, s
 
 
 
+def _asks_admin(ops: Any) -> bool:
+    """Whether a PATCH does what only an administrator may (publicize, owner): only then is it asked."""
+    if not isinstance(ops, list):
+        return False
+    touched = {str(o.get("path", "")).lstrip("/").split("/")[0] for o in ops if isinstance(o, dict)}
+    return "owner" in touched or ("visibility" in touched and any(
+        isinstance(o, dict) and o.get("value") == "public" for o in ops))
+
+
 class ImageHandlers(Front):
     def __init__(self, apiserver: Apiserver, rt: Runtime, public_url: str | None = None) -> None:
         super().__init__(apiserver, rt, public_url)
@@ -90,7 +99,8 @@ class ImageHandlers(Front):
         key = self.by_uid.get(image_id)
         if key is not None and key[0] != project:
             obj = self.images.get(key)
-            if obj is None or obj["metadata"].get("deletionTimestamp") or not glance.visible(obj, project):
+            if obj is None or obj["metadata"].get("deletionTimestamp") or not (
+                    glance.visible(obj, project) or await self.is_admin(caller)):
                 raise missing
             return obj
         try:
@@ -111,7 +121,7 @@ class ImageHandlers(Front):
 
     async def own(self, caller: Caller, project: str, image_id: str) -> dict[str, Any]:
         obj = await self.find(caller, project, image_id)
-        if obj["metadata"]["namespace"] != project:
+        if obj["metadata"]["namespace"] != project and not await self.is_admin(caller):
             raise GlanceError(403, f"You are not permitted to modify image {image_id}: it belongs to project "
                                    f"{obj['metadata']['namespace']}.")
         return obj
@@ -135,7 +145,7 @@ class ImageHandlers(Front):
         except ApiError as e:
             raise GlanceError(e.status if e.status in (401, 403) else 503, e.message) from e
         others = [o for o in self.images if o["metadata"]["namespace"] != project]
-        page, more = glance.select([*own, *others], project, query)
+        page, more = glance.select([*own, *others], project, query, await self.is_admin(caller))
         body: dict[str, Any] = {"images": page, **glance.list_links(list(request.query.items()), page, more),
                                 "schema": "/v2/schemas/images"}
         return web.json_response(body)
@@ -146,19 +156,27 @@ class ImageHandlers(Front):
 
     async def create_image(self, request: web.Request) -> web.Response:
         caller, project = await self.caller(request)
-        spec = glance.new_image(await read_json(request), project)
+        body = await read_json(request)
+        # Only what an administrator may do asks whether the caller is one.
+        admin = isinstance(body, dict) and (body.get("owner") not in (None, project) or
+                                            body.get("visibility") == "public") and await self.is_admin(caller)
+        namespace = glance.image_owner(body, project, admin)
+        spec = glance.new_image(body, namespace, admin)
         name, prefix = glance.kubernetes_name(spec.get("name"))
         manifest: dict[str, Any] = {"apiVersion": f"{IMAGE.group}/{VERSION}", "kind": "Image",
                                     "metadata": {"name": name} if name else {"generateName": prefix}, "spec": spec}
         try:
             try:
-                obj = await caller.create_image(project, manifest)
+                obj = await caller.create_image(namespace, manifest)
             except ApiError as e:
                 if e.status != 409 or not name:
                     raise
                 manifest["metadata"] = {"generateName": prefix}  # Glance names need not be unique
-                obj = await caller.create_image(project, manifest)
+                obj = await caller.create_image(namespace, manifest)
         except ApiError as e:
+            if e.status == 404 and namespace != project:
+                raise GlanceError(400, f"owner {namespace} is not a project: there is no namespace {namespace}") \
+                    from e
             raise GlanceError(400 if e.status == 422 else e.status, e.message) from e
         self.by_uid.update_from(None, obj)
         self.images.offer(obj)  # read-your-writes: another project may ask for it before the watch says so
@@ -173,7 +191,9 @@ class ImageHandlers(Front):
         if request.content_type not in glance.PATCH_TYPES:
             raise GlanceError(415, f"Image PATCH expects Content-Type one of: {', '.join(glance.PATCH_TYPES)}")
         obj = await self.own(caller, project, request.match_info["id"])
-        patch = glance.apply_patch(obj, await read_json(request), request.content_type)
+        ops = await read_json(request)
+        admin = await self.is_admin(caller) if _asks_admin(ops) else False
+        patch = glance.apply_patch(obj, ops, request.content_type, admin)
         if patch:
             obj = await self._patch(caller, obj, {"spec": patch})
         return web.json_response(glance.image_doc(obj))
@@ -191,7 +211,7 @@ class ImageHandlers(Front):
         obj = await self.own(caller, project, request.match_info["id"])
         glance.check_delete(obj)
         try:
-            await caller.delete_image(project, obj["metadata"]["name"], obj["metadata"]["uid"])
+            await caller.delete_image(obj["metadata"]["namespace"], obj["metadata"]["name"], obj["metadata"]["uid"])
         except ApiError as e:
             raise GlanceError(404 if e.status in (404, 409) else e.status, e.message) from e
         return web.Response(status=204)
@@ -242,8 +262,9 @@ class ImageHandlers(Front):
         return await self._data(request, staged=True)
 
     async def import_image(self, request: web.Request) -> web.Response:
-        caller, project = await self.caller(request)
-        obj = await self.own(caller, project, request.match_info["id"])
+        caller, asker = await self.caller(request)
+        obj = await self.own(caller, asker, request.match_info["id"])
+        project = obj["metadata"]["namespace"]  # the image's (an administrator may act on another's)
         method, uri = glance.parse_import(obj, await read_json(request))
         if not await caller.can("update", project, subresource="file"):
             raise GlanceError(403, "You are not authorized to import image data (images/file, update).")
@@ -264,8 +285,9 @@ class ImageHandlers(Front):
         return web.Response(status=202)
 
     async def _data(self, request: web.Request, staged: bool) -> web.Response:
-        caller, project = await self.caller(request)
-        obj = await self.own(caller, project, request.match_info["id"])
+        caller, asker = await self.caller(request)
+        obj = await self.own(caller, asker, request.match_info["id"])
+        project = obj["metadata"]["namespace"]  # the image's (an administrator may act on another's)
         if not await caller.can("update", project, subresource="file"):
             raise GlanceError(403, "You are not authorized to upload image data (images/file, update).")
         spec = obj.get("spec") or {}
