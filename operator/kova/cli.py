@@ -2,7 +2,8 @@
 
     kova run [--namespace NS ...] [--liveness URL]   run the operator (Kopf) with a liveness endpoint
     kova api [--listen ADDR:PORT] [--public-url URL]  the OpenStack API: Keystone v3 and Glance v2
-    kova image upload NAME FILE --disk-format F      upload through kova api (token: kubeconfig or $KOVA_TOKEN)
+    kova image upload NAME FILE --disk-format F      upload through kova api (token: kubeconfig or $KOVA_TOKEN);
+        [--stage | --resume]                         staged then imported; --resume continues an interrupted stage
     kova image download NAME -o FILE                 download through kova api
     kova worker --socket PATH                        the import worker (no Kubernetes credentials)
     kova crds [--out DIR]                            print (or write) the CRDs generated from the models
@@ -126,7 +127,8 @@ def _image(args: argparse.Namespace) -> int:
         token, namespace = client.credentials(args.namespace or None)
         api = client.ImageApi(args.api or os.environ.get("KOVA_API_URL", ""), token, namespace)
         if args.image_command == "upload":
-            image = client.upload(api, args.name, Path(args.file), args.disk_format, args.container_format)
+            image = client.upload(api, args.name, Path(args.file), args.disk_format, args.container_format,
+                                  stage=args.stage, resume=args.resume)
             print(f"{image['name']} {image['id']} {image['status']} {image['size']} bytes "
                   f"sha512:{image['os_hash_value']}")
         else:
@@ -180,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
             cmd.add_argument("file", help="the disk image file")
             cmd.add_argument("--disk-format", required=True, help="qcow2, raw, iso, vmdk, vhd, vhdx or vdi")
             cmd.add_argument("--container-format", default="bare")
+            cmd.add_argument("--stage", action="store_true", help="stage the data, then import it (glance-direct): "
+                                                                  "an interrupted stage keeps what arrived")
+            cmd.add_argument("--resume", action="store_true", help="continue an interrupted stage of this image "
+                                                                   "with the rest of FILE, then import it")
         else:
             cmd.add_argument("-o", "--output", default="", help="file to write (- for standard output)")
         cmd.add_argument("--namespace", "-n", default="", help="project (default: the kubeconfig context's)")

@@ -411,3 +411,24 @@ def test_what_only_an_administrator_may_do() -> None:
     # An administrator lists every project's private and shared images; a project only its own and public ones.
     assert glance.listed(obj, "b", None, "accepted", admin=True)
     assert not glance.listed(obj, "b", None, "accepted")
+
+
+def test_a_resumed_stage_names_the_bytes_kept_and_the_whole_size() -> None:
+    assert glance.parse_resume(None, 0) == (0, None)
+    assert glance.parse_resume("bytes 32-99/100", 32) == (32, 100)
+    for wrong in ("bytes 0-99/100", "bytes 32-98/100"):  # not from what is kept, or not to the end
+        with pytest.raises(GlanceError) as e:
+            glance.parse_resume(wrong, 32)
+        assert e.value.status == 416 and e.value.headers == {"Content-Range": "bytes */32"}
+    with pytest.raises(GlanceError) as e:
+        glance.parse_resume("items 1-2", 0)
+    assert e.value.status == 400
+    queued = image("x", status={"status": "queued"})
+    assert glance.stage_doc(queued, 32) == {"image_id": "uid-a-x", "status": "queued", "size": 32, "complete": False}
+    arriving = image("x", status={"status": "uploading"})  # a stage under way: not complete before verified
+    assert glance.stage_doc(arriving, None)["complete"] is False
+    whole = image("x", status={"status": "uploading", "size": 100})
+    assert glance.stage_doc(whole, 100) == {"image_id": "uid-a-x", "status": "uploading", "size": 100,
+                                            "complete": True}
+    with pytest.raises(GlanceError):
+        glance.stage_doc(image("x"), 100)  # active: no stage

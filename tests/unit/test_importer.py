@@ -4,6 +4,7 @@ memory held whatever size the source announces)."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -94,6 +95,12 @@ class FakeStore:
         assert self.completed is not None
         return b"".join(self.parts[n] for n in self.completed)
 
+    def data_size(self, uid: str) -> int | None:
+        return len(self.blob()) if self.completed is not None else None
+
+    def open_blob(self, uid: str, offset: int = 0, length: int | None = None) -> Any:
+        return io.BytesIO(self.blob()[offset:offset + length if length else None])
+
 
 class FakeResponse:
     """A source that announces `announced` bytes (None: chunked) and sends `data`, or fresh generated
@@ -170,6 +177,41 @@ def test_a_stage_is_verified_and_recorded_apart_so_the_image_is_not_active_yet()
     blob = importer.import_chunks(store, "uid", iter([data]), "raw", source="stage", size=MiB, staged=True)
     assert store.record is None and store.staged == blob and blob.size == MiB
     assert blob.md5 == hashlib.md5(data).hexdigest() and store.blob() == data
+
+
+def test_an_interrupted_stage_keeps_its_whole_parts_and_a_resume_verifies_every_byte() -> None:
+    """A stage whose client goes away: the parts that arrived whole are completed at the data key (no record:
+    nothing active), the part cut short is dropped; a resume reads them back ahead of the rest, so the
+    hashes and the format check cover the whole image, and the staged record is the whole image's."""
+    store = FakeStore()
+    part = 4 * MiB
+    data = os.urandom(3 * part + MiB)
+
+    def broken(upto: int) -> Iterator[bytes]:
+        for at in range(0, upto, MiB):
+            yield data[at:at + MiB]
+        raise importer.Interrupted("the client went away")
+    with pytest.raises(importer.Interrupted) as e:
+        importer.import_chunks(store, "uid", broken(2 * part + MiB), "raw", source="stage", size=len(data),
+                               part_size=part, staged=True)
+    assert e.value.kept == 2 * part and store.data_size("uid") == 2 * part
+    assert store.record is None and store.staged is None and store.blob() == data[:2 * part]
+    # A plain upload keeps nothing: Glance's image goes back to queued with no data.
+    plain = FakeStore()
+    with pytest.raises(importer.Interrupted):
+        importer.import_chunks(plain, "uid", broken(2 * part), "raw", source="upload", size=len(data),
+                               part_size=part)
+    assert plain.completed is None and plain.aborted
+    # Resumed from elsewhere than what is kept: refused, nothing changed.
+    with pytest.raises(importer.ImportFailed) as failed:
+        importer.import_chunks(store, "uid", iter([data[part:]]), "raw", source="stage", size=len(data),
+                               part_size=part, staged=True, resume_from=part)
+    assert failed.value.reason == "ResumeMismatch"
+    rest = (data[at:at + MiB] for at in range(2 * part, len(data), MiB))
+    blob = importer.import_chunks(store, "uid", rest, "raw", source="stage", size=len(data), part_size=part,
+                                  staged=True, resume_from=2 * part)
+    assert store.blob() == data and store.staged == blob and blob.size == len(data)
+    assert blob.sha512 == hashlib.sha512(data).hexdigest()
 
 
 @pytest.mark.parametrize("announced", [None, 1 * GiB, 900 * GiB])

@@ -244,6 +244,16 @@ class ObjectStore:
         for key in (record_key(uid), staged_key(uid), blob_key(uid)):
             self.client.remove_object(self.bucket, key)  # S3 DELETE of a missing key succeeds
 
+    def data_size(self, uid: str) -> int | None:
+        """Bytes at the image's data key, None when there is no object (an interrupted stage's kept parts;
+        an active image's data)."""
+        try:
+            return int(self.client.stat_object(self.bucket, blob_key(uid)).size or 0)
+        except S3Error as e:
+            if e.code in ("NoSuchKey", "NoSuchObject"):
+                return None
+            raise
+
     def open_blob(self, uid: str, offset: int = 0, length: int | None = None) -> Any:
         """The image's bytes as a stream (the image API's download); the caller closes and releases it."""
         return self.client.get_object(self.bucket, blob_key(uid), offset=offset, length=length or 0)

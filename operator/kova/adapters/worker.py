@@ -93,9 +93,9 @@ class Local:
                                    progress=progress, cancelled=cancelled)
 
     def import_chunks(self, uid: str, chunks: Iterator[bytes], disk_format: str, *, source: str,
-                      size: int | None, size_cap: int, staged: bool = False) -> Blob:
+                      size: int | None, size_cap: int, staged: bool = False, resume_from: int = 0) -> Blob:
         return importer.import_chunks(self.store, uid, chunks, disk_format, source=source, size=size,
-                                      size_cap=size_cap, staged=staged)
+                                      size_cap=size_cap, staged=staged, resume_from=resume_from)
 
 
 class Remote:
@@ -134,18 +134,24 @@ class Remote:
             return _outcome(sock, progress, cancelled)
 
     def import_chunks(self, uid: str, chunks: Iterator[bytes], disk_format: str, *, source: str,
-                      size: int | None, size_cap: int, staged: bool = False) -> Blob:
+                      size: int | None, size_cap: int, staged: bool = False, resume_from: int = 0) -> Blob:
         with self._connect() as sock:
             send(sock, b"H", json.dumps({"op": "chunks", "uid": uid, "disk_format": disk_format, "source": source,
-                                         "size": size, "size_cap": size_cap, "staged": staged}).encode())
+                                         "size": size, "size_cap": size_cap, "staged": staged,
+                                         "resume_from": resume_from}).encode())
             # An exception from `chunks` (the caller's client stalled or went away) leaves this block and closes
-            # the socket: the worker aborts. One from sending means the worker refused midway (the size cap, the
-            # format): its answer, already sent, says why.
-            for chunk in chunks:
-                if not _sent(sock, b"D", chunk):
-                    break
-            else:
-                _sent(sock, b"E", b"")
+            # the socket: the worker aborts; Interrupted (a stage's) asks it first to keep what is whole. One
+            # from sending means the worker refused midway (the size cap, the format): its answer says why.
+            try:
+                for chunk in chunks:
+                    if not _sent(sock, b"D", chunk):
+                        break
+                else:
+                    _sent(sock, b"E", b"")
+            except importer.Interrupted as e:
+                if _sent(sock, b"I", str(e).encode()):
+                    _outcome(sock, ImportProgress(), lambda: False)  # raises Interrupted with what was kept
+                raise
             return _outcome(sock, ImportProgress(), lambda: False)
 
 
@@ -180,10 +186,19 @@ def _outcome(sock: socket.socket, progress: ImportProgress, cancelled: Callable[
             raise SourceUnavailable(message["unavailable"])
         if "cancelled" in message:
             raise Cancelled(message["cancelled"])
+        if "interrupted" in message:
+            raise importer.Interrupted(*message["interrupted"])
         raise RuntimeError(message["error"])  # the store failed: a passing failure for the caller
 
 
 # ----- the worker side -----
+
+class _Interruption:
+    """In the worker's data queue: the caller's client went away (a stage's "I" frame)."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.message = payload.decode(errors="replace")
+
 
 class Worker:
     """What a worker process serves: imports into the store, through the import filter it was given."""
@@ -198,7 +213,7 @@ class Worker:
         done = threading.Event()
         gone = threading.Event()
         lock = threading.Lock()
-        data: queue.Queue[bytes | None] = queue.Queue(maxsize=8)  # upload bytes in flight: bounded
+        data: queue.Queue[bytes | _Interruption | None] = queue.Queue(maxsize=8)  # upload bytes in flight: bounded
 
         def read() -> None:  # the client's frames: stop, upload bytes; EOF means the import is not wanted
             try:
@@ -207,8 +222,8 @@ class Worker:
                     if kind == b"S":
                         stop = json.loads(payload)
                         progress.stop(ImportFailed(stop["reason"], stop["message"]))
-                    elif kind in (b"D", b"E"):
-                        item = payload if kind == b"D" else None
+                    elif kind in (b"D", b"E", b"I"):
+                        item = payload if kind == b"D" else None if kind == b"E" else _Interruption(payload)
                         while not done.is_set():
                             try:
                                 data.put(item, timeout=TICK)
@@ -236,6 +251,8 @@ class Worker:
                     continue
                 if item is None:
                     return
+                if isinstance(item, _Interruption):
+                    raise importer.Interrupted(item.message)
                 yield item
 
         threads = [threading.Thread(target=read, daemon=True), threading.Thread(target=tick, daemon=True)]
@@ -255,7 +272,8 @@ class Worker:
                 blob = importer.import_chunks(self.store, header["uid"], chunks(), header["disk_format"],
                                               source=header["source"], size=header["size"],
                                               size_cap=header["size_cap"], progress=progress,
-                                              staged=bool(header.get("staged")))
+                                              staged=bool(header.get("staged")),
+                                              resume_from=int(header.get("resume_from") or 0))
             outcome: dict[str, Any] = {"blob": asdict(blob)}
         except ImportFailed as e:
             outcome = {"failed": [e.reason, str(e)]}
@@ -263,6 +281,8 @@ class Worker:
             outcome = {"unavailable": str(e)}
         except Cancelled as e:
             outcome = {"cancelled": str(e)}
+        except importer.Interrupted as e:
+            outcome = {"interrupted": [str(e), e.kept]}
         except Exception as e:  # the store: passing, the caller tries again
             log.warning("import of %s failed: %r", header.get("uid"), e)
             outcome = {"error": f"object store: {e}"}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import queue
 import threading
 from collections import deque
@@ -53,6 +54,15 @@ class Cancelled(Exception):
     """The import was stopped from outside (the Image is being deleted, or the operator stops)."""
 
 
+class Interrupted(Exception):
+    """The client of a resumable upload (a stage) went away or stopped sending. Raised by the caller's chunks;
+    the pipeline then keeps the parts that were whole (`kept` bytes, from the start) for a later resume."""
+
+    def __init__(self, message: str, kept: int = 0) -> None:
+        super().__init__(message)
+        self.kept = kept
+
+
 class Store(Protocol):
     """The object store as the pipeline writes it: a multipart upload, then the record (kova.adapters.store)."""
 
@@ -65,6 +75,9 @@ class Store(Protocol):
     def abort(self, uid: str, upload_id: str) -> None: ...
     def write_record(self, uid: str, blob: Blob) -> None: ...
     def write_staged(self, uid: str, blob: Blob) -> None: ...
+    def data_size(self, uid: str) -> int | None:
+        """Bytes at the image's data key (an interrupted stage's first parts), None when there are none."""
+    def open_blob(self, uid: str, offset: int = 0, length: int | None = None) -> Any: ...
 
 
 class Source(Protocol):
@@ -159,10 +172,15 @@ def import_url(store: Store, uid: str, url: str, disk_format: str, checksum: str
 
 def import_chunks(store: Store, uid: str, chunks: Iterator[bytes], disk_format: str, *, source: str,
                   size: int | None = None, size_cap: int = DEFAULT_SIZE_CAP, progress: ImportProgress | None = None,
-                  part_size: int = PART_SIZE, staged: bool = False) -> Blob:
+                  part_size: int = PART_SIZE, staged: bool = False, resume_from: int = 0) -> Blob:
     """Glance's image-upload (or stage, with `staged`): bytes sent by a client (the image API) through the same
     verified pipeline as web-download (hashes, format and safety checks, size cap; nothing visible before it
-    is verified)."""
+    is verified).
+
+    A stage is resumable: when the caller's chunks raise Interrupted, the parts already whole are kept at the
+    image's data key (never visible: no record says so), and `resume_from` (their size) continues it, the
+    kept bytes read back from the store ahead of the client's (the hashes and the format check see every byte
+    once more, in order; S3 cannot read the parts of an open multipart upload, so they are kept completed)."""
     progress = progress or ImportProgress()
     progress.total = size  # what the parts are cut by: a part of known length streams, never held whole
     for upload_id in store.pending_uploads(uid):
@@ -170,6 +188,12 @@ def import_chunks(store: Store, uid: str, chunks: Iterator[bytes], disk_format: 
     if size is not None and size > size_cap:
         raise ImportFailed("SizeExceeded", f"the upload announces {size} bytes, over the image size cap of "
                                            f"{size_cap} bytes (KOVA_IMAGE_SIZE_CAP)")
+    if resume_from:
+        kept = store.data_size(uid) or 0
+        if kept != resume_from:
+            raise ImportFailed("ResumeMismatch", f"{kept} bytes of this stage are kept, not {resume_from}: resume "
+                                                 f"from byte {kept}")
+        chunks = itertools.chain(_kept(store, uid, kept), chunks)
 
     def capped() -> Iterator[bytes]:
         for chunk in chunks:
@@ -179,7 +203,18 @@ def import_chunks(store: Store, uid: str, chunks: Iterator[bytes], disk_format: 
                                                    "bytes (KOVA_IMAGE_SIZE_CAP)")
             yield chunk
     return _stream(store, uid, source, capped(), disk_format, None, progress, part_size_for(size, part_size),
-                   staged)
+                   staged, resume_from)
+
+
+def _kept(store: Store, uid: str, length: int) -> Iterator[bytes]:
+    """The bytes an interrupted stage kept, read back from the store in chunks."""
+    resp = store.open_blob(uid, 0, length)
+    try:
+        while data := resp.read(CHUNK):
+            yield data
+    finally:
+        resp.close()
+        getattr(resp, "release_conn", lambda: None)()
 
 
 def _read(resp: Any, url: str, progress: ImportProgress, cancelled: Callable[[], bool],
@@ -230,6 +265,7 @@ class _Part:
 
     def __init__(self, number: int, length: int, progress: ImportProgress) -> None:
         self.number, self.length, self.fed, self.progress = number, length, 0, progress
+        self.whole = False  # every byte given: the part completes (an interrupted stage keeps it)
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=PART_QUEUE)
         self.future: Future[Any] | None = None
 
@@ -270,7 +306,7 @@ _ABANDON = object()
 
 def _stream(store: Store, uid: str, url: str, chunks: Iterator[bytes], disk_format: str,
             expected: tuple[str, str] | None, progress: ImportProgress, part_size: int,
-            staged: bool = False) -> Blob:
+            staged: bool = False, resumed: int = 0) -> Blob:
     """With an announced length every part's length is known before its first byte, and each part streams
     to the store as it arrives. Without one (a chunked source, an upload that does not say), parts are of
     the smallest size (part_size_for) and are gathered in memory first: a few MiB of chunk lists, no copy."""
@@ -279,6 +315,7 @@ def _stream(store: Store, uid: str, url: str, chunks: Iterator[bytes], disk_form
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="upload")
     inflight: deque[_Part] = deque()
     parts: list[Any] = []
+    lengths: list[int] = []  # of every part started, in order
     inspector = formats.StreamInspector()
     total = progress.total
     offset = 0  # bytes given to parts so far
@@ -294,9 +331,11 @@ def _stream(store: Store, uid: str, url: str, chunks: Iterator[bytes], disk_form
         if len(inflight) >= 2:  # one part streaming, one waiting for the store's answer: bounded memory
             parts.append(_result(inflight.popleft()))
         part = _Part(len(parts) + len(inflight) + 1, length, progress)
+        part.whole = body is not None
         part.future = pool.submit(store.upload_part, uid, upload_id, part.number,
                                   part.chunks() if body is None else body, length)
         inflight.append(part)
+        lengths.append(length)
         return part
 
     try:
@@ -323,6 +362,7 @@ def _stream(store: Store, uid: str, url: str, chunks: Iterator[bytes], disk_form
                 offset += len(piece)
                 if current.fed == current.length:
                     current.put(None)
+                    current.whole = True
                     current = None
         if gathered:
             start(offset - gathered_from, gathered)
@@ -348,6 +388,18 @@ def _stream(store: Store, uid: str, url: str, chunks: Iterator[bytes], disk_form
         # Staged (Glance's stage): verified, but the image becomes active only when its import is asked for.
         (store.write_staged if staged else store.write_record)(uid, blob)
         return blob
+    except Interrupted as e:
+        if not staged:
+            raise
+        # Keep the parts that are whole, in order, at the data key: a resume reads them back.
+        while inflight and inflight[0].whole:
+            parts.append(_result(inflight.popleft()))
+        kept = sum(lengths[:len(parts)])
+        if kept <= resumed:  # no further than what the store keeps already: that stays
+            raise Interrupted(str(e), resumed) from e
+        store.complete(uid, upload_id, parts)
+        completed = True
+        raise Interrupted(str(e), kept) from e
     finally:
         for h in hashers.values():
             if h.is_alive():

@@ -61,6 +61,7 @@ def application(identity: IdentityHandlers, images: ImageHandlers, compute: Comp
     r.add_put(p + "/v2/images/{id}/members/{member}", images.answer_member)
     r.add_delete(p + "/v2/images/{id}/members/{member}", images.delete_member)
     r.add_put(p + "/v2/images/{id}/stage", images.stage)
+    r.add_get(p + "/v2/images/{id}/stage", images.stage_status)  # Kova's: how much of a stage arrived
     r.add_post(p + "/v2/images/{id}/import", images.import_image)
     r.add_get(p + "/v2/info/{what}", images.info)  # import methods (one store: no stores document)
     metadef_routes(r, p + "/v2", metadefs)

@@ -129,27 +129,45 @@ def _explain(status: int, detail: str) -> str:
     return f"{what}: {detail}" if detail else what
 
 
-def upload(api: ImageApi, name: str, path: Path, disk_format: str, container_format: str) -> dict[str, Any]:
+def upload(api: ImageApi, name: str, path: Path, disk_format: str, container_format: str, *,
+           stage: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Upload `path` as image `name` (created if missing): in one PUT; or, with `stage`, staged then imported
+    (glance-direct), which a broken link does not undo: `resume` sends only what the stage lacks."""
     if not path.is_file():
         raise ClientError(f"{path}: no such file")
     image = api.find(name)
     if image is None:
+        if resume:
+            raise ClientError(f"no image {name!r} in project {api.namespace} to resume")
         image = api.json("POST", "/images", {"name": name, "disk_format": disk_format,
                                              "container_format": container_format, "visibility": "private"},
                          ok=(201,))
+    elif image["status"] == "uploading" and resume:  # staged whole already: only its import is left
+        api.call("POST", f"/images/{image['id']}/import", {"method": {"name": "glance-direct"}}, ok=(202,))[1].close()
+        return dict(api.json("GET", f"/images/{image['id']}"))
     elif image["status"] != "queued":
         raise ClientError(f"image {name} ({image['id']}) is {image['status']}: its data cannot change; upload to a "
                           "new image")
     size = path.stat().st_size
-    with path.open("rb") as f, tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
-                                     file=sys.stderr, disable=None) as bar:
+    start = int(api.json("GET", f"/images/{image['id']}/stage")["size"]) if resume else 0
+    if start > size:
+        raise ClientError(f"the stage of {name} holds {start} bytes, more than {path} ({size}): not this file")
+    headers = {"Content-Type": "application/octet-stream", "x-openstack-image-size": str(size)}
+    if start:
+        headers["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
+    with path.open("rb") as f, tqdm(total=size, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
+                                     desc=name, file=sys.stderr, disable=None) as bar:
+        f.seek(start)
+
         def body() -> Iterator[bytes]:
             while data := f.read(CHUNK):
                 bar.update(len(data))
                 yield data
-        _resp, conn = api.call("PUT", f"/images/{image['id']}/file", body(), ok=(204,), headers={
-            "Content-Type": "application/octet-stream", "x-openstack-image-size": str(size)})
+        target = "stage" if stage or resume else "file"
+        _resp, conn = api.call("PUT", f"/images/{image['id']}/{target}", body(), ok=(204,), headers=headers)
         conn.close()
+    if stage or resume:
+        api.call("POST", f"/images/{image['id']}/import", {"method": {"name": "glance-direct"}}, ok=(202,))[1].close()
     return dict(api.json("GET", f"/images/{image['id']}"))
 
 

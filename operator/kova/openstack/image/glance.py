@@ -633,6 +633,37 @@ def check_upload(obj: Mapping[str, Any], content_type: str | None, size_header: 
     return int(size_header) if size_header is not None else None
 
 
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+
+
+def parse_resume(content_range: str | None, kept: int) -> tuple[int, int | None]:
+    """A stage's `Content-Range: bytes N-M/T` (Kova's resumable stage, beyond Glance): (N, T), where N must be
+    the `kept` bytes an interrupted stage left and M the last byte; (0, None) without the header. A mismatch
+    is 416 with `Content-Range: bytes */<kept>`, as an HTTP server answers a range it cannot serve."""
+    if content_range is None:
+        return 0, None
+    match = _CONTENT_RANGE.fullmatch(content_range.strip())
+    if match is None:
+        raise GlanceError(400, f"Invalid Content-Range {content_range!r}: a resumed stage sends bytes N-M/TOTAL")
+    first, last, total = (int(g) for g in match.groups())
+    if first != kept or last != total - 1 or first > last:
+        raise GlanceError(416, f"{kept} bytes of this stage are kept: send bytes {kept}-{total - 1}/{total}",
+                          headers={"Content-Range": f"bytes */{kept}"})
+    return first, total
+
+
+def stage_doc(obj: Mapping[str, Any], kept: int | None) -> dict[str, Any]:
+    """GET /v2/images/{id}/stage (Kova's, for a resumable stage): how many bytes arrived, and whether the stage
+    is complete and verified (the image `uploading`, waiting for its import)."""
+    status = glance_status(obj)
+    staged = (obj.get("status") or {}).get("size")  # set once a stage is whole and verified (not while arriving)
+    complete = status == GlanceStatus.uploading.value and staged is not None
+    if status not in (GlanceStatus.queued.value, GlanceStatus.uploading.value):
+        raise GlanceError(409, f"Image {obj['metadata']['uid']} is {status}: it has no stage")
+    size = int(staged or 0) if complete else kept or 0
+    return {"image_id": obj["metadata"]["uid"], "status": status, "size": size, "complete": complete}
+
+
 # Glance's interoperable import. copy-image and glance-download need more than one store or another Glance.
 IMPORT_METHODS = ("glance-direct", "web-download")
 

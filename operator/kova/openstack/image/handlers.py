@@ -261,6 +261,13 @@ class ImageHandlers(Front):
         import (glance-direct), which makes it active without moving a byte."""
         return await self._data(request, staged=True)
 
+    async def stage_status(self, request: web.Request) -> web.Response:
+        """GET /v2/images/{id}/stage: how much of a stage arrived (Kova's; Glance has no GET on it)."""
+        caller, project = await self.caller(request)
+        obj = await self.own(caller, project, request.match_info["id"])
+        kept = await asyncio.to_thread(self.rt.store.data_size, obj["metadata"]["uid"])
+        return web.json_response(glance.stage_doc(obj, kept))
+
     async def import_image(self, request: web.Request) -> web.Response:
         caller, asker = await self.caller(request)
         obj = await self.own(caller, asker, request.match_info["id"])
@@ -295,33 +302,53 @@ class ImageHandlers(Front):
         size = glance.check_upload(obj, request.headers.get("Content-Type"), request.headers.get(
             "x-openstack-image-size") or request.headers.get("Content-Length"), target.value)
         uid = obj["metadata"]["uid"]
+        resume_from = 0
+        if staged and "Content-Range" in request.headers:  # a stage resumed: the whole image's size counts
+            kept = await asyncio.to_thread(self.rt.store.data_size, uid)
+            resume_from, size = glance.parse_resume(request.headers["Content-Range"], kept or 0)
         room = await quotas.room(self.rt, self.images, project, uid, size, staged)  # Glance's 413 over quota
         settings = self.rt.settings
         glance.check_upload_slots(project, self.uploading[project], sum(self.uploading.values()),
                                   settings.max_uploads_per_project, settings.max_uploads)
         self.uploading[project] += 1
         try:
-            return await self._receive(request, obj, spec, size, room, staged)
+            return await self._receive(request, obj, spec, size, room, staged, resume_from)
         finally:
             self.uploading[project] -= 1
             if not self.uploading[project]:
                 del self.uploading[project]
 
     async def _receive(self, request: web.Request, obj: dict[str, Any], spec: dict[str, Any],
-                       size: int | None, room: quotas.Room, staged: bool = False) -> web.Response:
+                       size: int | None, room: quotas.Room, staged: bool = False, resume_from: int = 0) -> web.Response:
         uid = obj["metadata"]["uid"]
         await self._claim(obj, GlanceStatus.uploading if staged else GlanceStatus.saving)
         loop = asyncio.get_running_loop()
         timeout = self.rt.settings.upload_read_timeout
+        expected = None if size is None else size - resume_from  # what this request's body should hold
 
         def chunks() -> Iterator[bytes]:  # read on the event loop, one MiB at a time, for the import thread
-            while data := asyncio.run_coroutine_threadsafe(_read(request, CHUNK, timeout), loop).result():
-                yield data
+            got = 0
+            try:
+                while data := asyncio.run_coroutine_threadsafe(_read(request, CHUNK, timeout), loop).result():
+                    got += len(data)
+                    yield data
+            except Exception as e:  # the client went away or stopped sending: a stage keeps what is whole
+                if staged:
+                    raise importer.Interrupted(str(e) or type(e).__name__) from e
+                raise
+            if staged and expected is not None and got < expected:
+                raise importer.Interrupted(f"the body ended after {got} of {expected} bytes")
         source = f"upload to /v2/images/{uid}/{'stage' if staged else 'file'}"
         try:
             blob = await loop.run_in_executor(self.upload_pool, functools.partial(
                 self.rt.importer.import_chunks, uid, chunks(), spec["diskFormat"], source=source,
-                size=size, size_cap=room.size_cap, staged=staged))
+                size=size, size_cap=room.size_cap, staged=staged, resume_from=resume_from))
+        except importer.Interrupted as e:  # Kova's resumable stage: the image waits in queued for the rest
+            message = (f"the stage was interrupted ({e}); {e.kept} bytes are kept: resume it with "
+                       f"`kova image upload --resume` (PUT /v2/images/{uid}/stage with Content-Range bytes "
+                       f"{e.kept}-...)")
+            await self._requeue(obj, message)
+            raise GlanceError(408, message) from e
         except UploadStalled as e:  # Glance: the image goes back to queued, nothing kept
             await self._requeue(obj, f"the last upload did not complete: {e}")
             raise GlanceError(408, f"The upload did not complete: {e}") from e
