@@ -4,7 +4,9 @@ On the local cloud (kube-apiserver for the Image, MinIO for the bytes), a file o
 straight into MinIO with minio-py, then (2) sent as `PUT /v2/images/{id}/file` to `kova api`, which streams
 it through its import worker and the verified pipeline (md5 + sha512, format inspection, size cap) into
 MinIO, then (3) staged (`PUT /v2/images/{id}/stage`, the same pipeline) and imported with glance-direct
-(`POST /v2/images/{id}/import`), timed until the image is active. The RSS before and the peak (VmHWM) of
+(`POST /v2/images/{id}/import`), timed until the image is active, then (4) sent as `PUT file` to the local
+cloud's `file` store (`x-image-meta-store: file`, a directory): the same pipeline, another store. The RSS
+before and the peak (VmHWM) of
 `kova api` and its worker together are read from /proc.
 Nothing is asserted; figures and ratios are printed.
 
@@ -34,8 +36,10 @@ def vm(pid: int, field: str) -> int:
     return 0
 
 
-def upload(port: int, token: str, namespace: str, path: Path, stage: bool = False) -> tuple[str, float]:
-    """(image id, wall seconds of the PUT file; with `stage`, of the stage and the import until active)."""
+def upload(port: int, token: str, namespace: str, path: Path, stage: bool = False,
+           store: str | None = None) -> tuple[str, float]:
+    """(image id, wall seconds of the PUT file; with `stage`, of the stage and the import until active); into
+    `store` when given (else the default, MinIO)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     prefix = f"/projects/{namespace}/image/v2"
     conn.request("POST", f"{prefix}/images", body=json.dumps({"name": "bench", "disk_format": "raw",
@@ -48,7 +52,8 @@ def upload(port: int, token: str, namespace: str, path: Path, stage: bool = Fals
     start = time.perf_counter()
     with path.open("rb") as f:
         conn.request("PUT", f"{prefix}/images/{image['id']}/{'stage' if stage else 'file'}", body=f, headers={
-            "X-Auth-Token": token, "Content-Type": "application/octet-stream", "Content-Length": str(size)})
+            "X-Auth-Token": token, "Content-Type": "application/octet-stream", "Content-Length": str(size),
+            **({"x-image-meta-store": store} if store else {})})
         resp = conn.getresponse()
         answer = resp.read()
     assert resp.status == 204, answer
@@ -97,6 +102,10 @@ def main() -> int:
         staged_id, stage_s = upload(api.ports["http"], token, "bench", path, stage=True)
         stage_cpu, stage_store = sum(process_cpu(p) for p in pids) - stage_cpu, process_cpu(minio) - store_cpu
         assert cloud.s3_client().stat_object(S3_BUCKET, f"images/{staged_id}").size == size
+        file_cpu = sum(process_cpu(p) for p in pids)
+        file_id, file_s = upload(api.ports["http"], token, "bench", path, store="file")
+        file_cpu = sum(process_cpu(p) for p in pids) - file_cpu
+        assert (cloud.file_store / "images" / file_id).stat().st_size == size
     finally:
         cloud.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -108,8 +117,10 @@ def main() -> int:
           f"MinIO {up_store / gib:.2f} CPU-s/GiB")
     print(f"  stage + glance-direct   {mib / stage_s:6.0f} MiB/s   kova api + worker {stage_cpu / gib:.2f} "
           f"CPU-s/GiB, MinIO {stage_store / gib:.2f} CPU-s/GiB (until active)")
+    print(f"  PUT file, file store    {mib / file_s:6.0f} MiB/s   kova api + worker {file_cpu / gib:.2f} CPU-s/GiB "
+          "(a directory on this machine's disk)")
     print(f"  ratio {put_s / up_s:.2f}x of the plain PUT; stage + import {put_s / stage_s:.2f}x of the plain PUT, "
-          f"{up_s / stage_s:.2f}x of PUT file")
+          f"{up_s / stage_s:.2f}x of PUT file; file store {up_s / file_s:.2f}x of the S3 store's PUT file")
     print(f"  kova api + worker RSS {rss_before / MiB:.0f} MiB before, peak {peak / MiB:.0f} MiB: growth "
           f"{(peak - rss_before) / MiB:.0f} MiB (target <= 100 MiB)")
     return 0

@@ -212,8 +212,10 @@ def operator(cloud: LocalCloud, source: Source) -> Iterator[Operator]:
 @pytest.fixture(scope="session")
 def api(cloud: LocalCloud, source: Source) -> Iterator[str]:
     """`kova api` on loopback, with the chart's account and the operator's import filter; its base URL."""
+    cloud.env()  # the port the file store's links name
     proc = cloud.start_api(cloud.api_kubeconfig(),
-                           extra_env={"KOVA_IMPORT_ALLOWED_HOSTS": import_env(source)["KOVA_IMPORT_ALLOWED_HOSTS"]})
+                           extra_env={"KOVA_IMPORT_ALLOWED_HOSTS": import_env(source)["KOVA_IMPORT_ALLOWED_HOSTS"]},
+                           port=cloud.kova_api_port)
     yield f"http://127.0.0.1:{proc.ports['http']}"
     proc.popen.terminate()
     proc.popen.wait(timeout=30)

@@ -97,11 +97,11 @@ def _worker_socket() -> None:
 def _worker(args: argparse.Namespace) -> int:
     from kova.adapters import worker
     from kova.adapters.runtime import Settings
-    from kova.adapters.store import ObjectStore
+    from kova.adapters.store import Stores
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = Settings.from_env()
-    worker.serve(args.socket, worker.Worker(ObjectStore(settings.store), settings.import_filter))
+    worker.serve(args.socket, worker.Worker(Stores(settings.stores, settings.link_key), settings.import_filter))
     return 0
 
 

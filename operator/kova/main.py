@@ -15,7 +15,7 @@ import kopf
 from kova.adapters import bookkeeping, env, metrics
 from kova.adapters.kube import Kube
 from kova.adapters.runtime import Runtime, Settings
-from kova.adapters.store import ObjectStore
+from kova.adapters.store import Stores
 from kova.api.resources import FLAVORS as FLAVOR_RES
 from kova.api.resources import IMAGES as IMAGE_RES
 from kova.api.resources import INSTANCES as INSTANCE_RES
@@ -61,12 +61,12 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: Log, **_: 
     if backoff:  # tests shorten it so a dead server does not cost a minute
         settings.networking.error_backoffs = backoff
     config = Settings.from_env()
-    store = ObjectStore(config.store)
+    store = Stores(config.stores, config.link_key)
     await asyncio.to_thread(store.ensure_bucket)  # network I/O: not on the event loop
     kube = await Kube.connect()
     memo["runtime"] = runtime = Runtime(settings=config, kube=kube, store=store)
     await wiring.start(memo, kube, runtime)
-    logger.info("kova started; images in %s at %s", config.store.bucket, config.store.endpoint)
+    logger.info("kova started; images in stores %s (default %s)", ", ".join(store.order), store.default)
 
 
 @kopf.on.login()

@@ -122,6 +122,8 @@ class LocalCloud:
     restarts: Counter[str] = field(default_factory=Counter)
     s3_access_key: str = "kova-bench"
     s3_secret_key: str = "kova-bench-secret"
+    kova_api_port: int = 0  # where the session's `kova api` listens: the file store's links name it
+    link_key: str = "kova-bench-file-store-link-key"
 
     # ----- paths and environment -----
     @property
@@ -140,8 +142,19 @@ class LocalCloud:
     def s3_endpoint(self) -> str:
         return f"{LOOPBACK}:{self.s3_port}"
 
+    @property
+    def file_store(self) -> Path:
+        return self.workdir / "file-store"
+
     def env(self) -> dict[str, str]:
-        """What a client of the bench (the operator, kubectl, a test) needs in its environment."""
+        """What a client of the bench (the operator, kubectl, a test) needs in its environment: two stores,
+        MinIO (`s3`, the default) and a directory (`file`, read by importers through `kova api`'s links)."""
+        if not self.kova_api_port:
+            self.kova_api_port = free_port()
+        # Equal weights: `stores` then lists them by id, the order Tempest's waiters compare with.
+        stores = [{"id": "s3", "type": "s3", "default": True, "description": "MinIO"},
+                  {"id": "file", "type": "file", "path": str(self.file_store),
+                   "url": f"http://{LOOPBACK}:{self.kova_api_port}", "description": "a directory"}]
         return {
             "KUBECONFIG": str(self.kubeconfig),
             "KOVA_S3_ENDPOINT": self.s3_endpoint,
@@ -149,6 +162,8 @@ class LocalCloud:
             "KOVA_S3_SECRET_KEY": self.s3_secret_key,
             "KOVA_S3_BUCKET": S3_BUCKET,
             "KOVA_S3_SECURE": "false",
+            "KOVA_STORES": json.dumps(stores),
+            "KOVA_STORE_LINK_KEY": self.link_key,
         }
 
     # ----- lifecycle -----
@@ -482,9 +497,11 @@ class LocalCloud:
                    "the operator's liveness endpoint", timeout=60)
         return proc
 
-    def start_api(self, kubeconfig: Path, name: str = "api", extra_env: dict[str, str] | None = None) -> Proc:
-        """`kova api` against this cloud (its own account from `kubeconfig`); returns once it answers."""
-        port = free_port()
+    def start_api(self, kubeconfig: Path, name: str = "api", extra_env: dict[str, str] | None = None,
+                  port: int = 0) -> Proc:
+        """`kova api` against this cloud (its own account from `kubeconfig`), on `port` (or a free one); returns
+        once it answers."""
+        port = port or free_port()
         proc = self.spawn(name, [sys.executable, "-m", "kova.cli", "api", "--listen", f"{LOOPBACK}:{port}",
                                  "--kubeconfig", str(kubeconfig)],
                           env={**self.env(), "PYTHONPATH": str(REPO / "operator"), **(extra_env or {})})

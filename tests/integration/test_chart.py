@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kova.adapters.store import StoreConfig, parse_stores
 from kova.api.quantity import parse_size
 from tests.cloud.bench import REPO, LocalCloud, binary
 
@@ -38,8 +39,13 @@ def test_helm_lint_strict() -> None:
     assert "0 chart(s) failed" in out
 
 
+FILE_STORE = ("stores.extra[0].id=local", "stores.extra[0].type=file", "stores.extra[0].weight=50",
+              "stores.extra[0].default=true", "stores.extra[1].id=archive", "stores.extra[1].type=s3",
+              "stores.extra[1].endpoint=s3.example:443", "stores.extra[1].existingSecret=archive-keys")
+
+
 @pytest.mark.parametrize("sets", [(), ("replicaCount=2", "minio.enabled=false", "s3.endpoint=s3.example:9000",
-                                       "s3.existingSecret=store", "watchNamespaces={a,b}")])
+                                       "s3.existingSecret=store", "watchNamespaces={a,b}"), FILE_STORE])
 def test_rendered_chart_is_accepted_by_the_api_server(cloud: LocalCloud, sets: tuple[str, ...]) -> None:
     cloud.kubectl("create", "namespace", "kova-system", check=False)
     manifest = yaml.safe_dump_all(render(*sets, crds=True))
@@ -85,6 +91,33 @@ def test_external_store_and_ha() -> None:
     env = {e["name"]: e for e in container["env"]}
     assert env["KOVA_S3_ENDPOINT"]["value"] == "s3.example:9000"
     assert env["KOVA_S3_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "store"
+
+
+def test_stores_reach_every_container_that_moves_image_bytes() -> None:
+    """KOVA_STORES as the operator parses it; a file store's claim mounted into the operator, the API and both
+    workers; an extra S3 store's keys from its Secret; the links' key from a Secret of the chart's."""
+    docs = render(*FILE_STORE)
+    claim = find(docs, "PersistentVolumeClaim", "kova-store-local")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert find(docs, "Secret", "kova-store-links")["data"]["key"]
+    for name in ("kova", "kova-api"):
+        pod = find(docs, "Deployment", name)["spec"]["template"]["spec"]
+        assert {"name": "store-local", "persistentVolumeClaim": {"claimName": "kova-store-local"}} in pod["volumes"]
+        main, worker = pod["containers"][0], next(c for c in pod["containers"] if c["name"] == "worker")
+        for container in (main, worker):
+            env = {e["name"]: e for e in container["env"]}
+            specs = parse_stores(env["KOVA_STORES"]["value"], StoreConfig("e:1", "a", "b", "kova-images"),
+                                 {"KOVA_STORE_ARCHIVE_ACCESS_KEY": "x", "KOVA_STORE_ARCHIVE_SECRET_KEY": "y"})
+            assert [(s.id, s.kind, s.default) for s in specs] == [("s3", "s3", False), ("local", "file", True),
+                                                                 ("archive", "s3", False)]
+            assert specs[1].url == "http://kova-api.kova-system.svc:8780"
+            assert {"name": "store-local", "mountPath": specs[1].path} in container["volumeMounts"]
+            assert env["KOVA_STORE_ARCHIVE_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "archive-keys"
+            assert env["KOVA_STORE_LINK_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "kova-store-links"
+    # Without extra stores: the S3 store alone, nothing to sign.
+    default = {e["name"]: e for e in find(render(), "Deployment", "kova")["spec"]["template"]["spec"][
+        "containers"][0]["env"]}
+    assert "KOVA_STORE_LINK_KEY" not in default and '"id":"s3"' in default["KOVA_STORES"]["value"]
 
 
 def test_import_filter_and_size_cap_values_reach_the_operator() -> None:

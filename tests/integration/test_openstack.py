@@ -21,6 +21,7 @@ import yaml
 from tests.cloud.bench import REPO, LocalCloud, kubeconfig_dict
 from tests.conftest import Kubectl, tenant_token, wait_for
 from tests.httpsource import Source
+from tests.integration.test_e2e import flavor, instance, unique, wait_instance
 from tests.qcow2 import make_qcow2
 
 OPENSTACK = str(Path(sys.executable).parent / "openstack")
@@ -550,3 +551,85 @@ def test_metadefs_and_the_administrator(operator: Any, api: str, cloud: LocalClo
     finally:
         cloud.kubectl("delete", "clusterrolebinding", f"{namespace}-os-admin", check=False)
         cloud.kubectl("delete", "namespace", other, "--wait=false", check=False)
+
+
+def test_stores_an_image_held_only_in_the_file_store_boots(operator: Any, api: str, cloud: LocalCloud,
+                                                           kubectl: Kubectl, namespace: str, tmp_path: Path) -> None:
+    """Two stores (the local cloud's KOVA_STORES: MinIO `s3`, the default, and a directory `file`): an upload
+    names its store (`x-image-meta-store`), `image show` says where the data is, and a server boots from an
+    image that only the file store holds, its importer reading it through kova api's signed link."""
+    token = tenant_token(cloud, namespace)
+    stores = glance_call(api, token, namespace, "GET", "/info/stores")["stores"]
+    assert [(s["id"], s.get("default", False)) for s in stores] == [("s3", True), ("file", False)]
+    data = qcow2("file-store", kib=1024)
+    image = glance_call(api, token, namespace, "POST", "/images", {"name": "on-file", "disk_format": "qcow2",
+                                                                   "container_format": "bare"})
+    req = urllib.request.Request(f"{api}/projects/{namespace}/image/v2/images/{image['id']}/file", method="PUT",
+                                 data=data, headers={"X-Auth-Token": token, "Content-Type": "application/octet-stream",
+                                                     "x-image-meta-store": "file"})
+    urllib.request.urlopen(req, timeout=60).close()
+    shown = glance_call(api, token, namespace, "GET", f"/images/{image['id']}")
+    assert shown["status"] == "active" and shown["stores"] == "file"
+    env = {**os.environ, "OS_AUTH_TOKEN": token, "OS_IMAGE_URL": f"{api}/projects/{namespace}/image",
+           "HOME": str(tmp_path)}
+    glance_show = subprocess.run([GLANCE, "image-show", image["id"]], capture_output=True, text=True, env=env,
+                                 timeout=120, stdin=subprocess.DEVNULL)
+    assert glance_show.returncode == 0, glance_show.stderr
+    assert any([c.strip() for c in line.split("|")[1:3]] == ["stores", "file"]
+               for line in glance_show.stdout.splitlines()), glance_show.stdout
+    assert (cloud.file_store / "images" / image["id"]).read_bytes() == data  # in the directory, not in MinIO
+    assert image["id"] not in {o.object_name.split("/")[-1] for o in
+                               cloud.s3_client().list_objects("kova-images", prefix="images/")}
+    assert kubectl.status("image", "on-file")["stores"] == ["file"]
+    # A store that is not configured is refused in Glance's words.
+    other = glance_call(api, token, namespace, "POST", "/images", {"name": "nowhere", "disk_format": "raw",
+                                                                   "container_format": "bare"})
+    req = urllib.request.Request(f"{api}/projects/{namespace}/image/v2/images/{other['id']}/file", method="PUT",
+                                 data=b"x" * 1024, headers={"X-Auth-Token": token, "x-image-meta-store": "tape",
+                                                            "Content-Type": "application/octet-stream"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    assert e.value.code == 400 and b"tape" in e.value.read()
+
+    # Booted: the DataVolume's source is kova api's short-lived signed link, never store credentials.
+    boot_from_file_store(kubectl, api, image["id"], other["id"])
+
+    # copy-image (an administrator's): to MinIO as well, through the verified pipeline; then one copy removed.
+    with pytest.raises(urllib.error.HTTPError) as e:  # openstacksdk's import_image ignores the answer's status
+        glance_call(api, token, namespace, "POST", f"/images/{image['id']}/import",
+                    {"method": {"name": "copy-image"}, "stores": ["s3"]})
+    assert e.value.code == 403
+    (tmp_path / "admin").mkdir()
+    admin = tenant_token(cloud, namespace, "kova-admin", name="os-admin")
+    try:
+        Cli(api, admin, namespace, tmp_path / "admin").run("image", "import", image["id"], "--method", "copy-image",
+                                                           "--store", "s3")
+        copied = wait_for(lambda: (i := glance_call(api, token, namespace, "GET", f"/images/{image['id']}"))[
+            "stores"] == "file,s3" and i, what="the copy in both stores")
+        assert copied["os_glance_importing_to_stores"] == "" and copied["os_glance_failed_import"] == ""
+        assert cloud.s3_client().get_object("kova-images", f"images/{image['id']}").read() == data
+        glance_call(api, admin, namespace, "DELETE", f"/stores/file/{image['id']}")
+        assert glance_call(api, token, namespace, "GET", f"/images/{image['id']}")["stores"] == "s3"
+        assert not (cloud.file_store / "images" / image["id"]).exists()
+        with pytest.raises(urllib.error.HTTPError) as e:  # never the last copy
+            glance_call(api, admin, namespace, "DELETE", f"/stores/s3/{image['id']}")
+        assert e.value.code == 403
+    finally:
+        cloud.kubectl("delete", "clusterrolebinding", f"{namespace}-os-admin", check=False)
+
+
+def boot_from_file_store(kubectl: Kubectl, api: str, image_id: str, other_id: str) -> None:
+    """A server from an image only the file store holds: its DataVolume reads kova api's signed link."""
+    fl = unique(kubectl, "file-store")
+    kubectl.apply([flavor(fl), instance("from-file", fl, "on-file")])
+    try:
+        wait_instance(kubectl, "from-file", "ACTIVE", timeout=120)
+        dv = kubectl.get("dv", "from-file-root") or {}
+        url = dv["spec"]["source"]["http"]["url"]
+        assert url.startswith(f"{api}/stores/file/images/{image_id}?expires=") and "signature=" in url
+        tampered = url.replace(image_id, other_id)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(tampered, timeout=30)
+        assert e.value.code == 403
+    finally:
+        kubectl.cloud.kubectl("delete", "flavor", fl, "--wait=false", check=False)

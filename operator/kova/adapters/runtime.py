@@ -14,7 +14,7 @@ from typing import Any
 
 from kova.adapters import env, worker
 from kova.adapters.kube import Kube
-from kova.adapters.store import ObjectStore, StoreConfig
+from kova.adapters.store import StoreConfig, Stores, StoreSpec, parse_stores
 from kova.adapters.writes import Writes
 from kova.api.models import QUOTA_DEFAULTS
 from kova.image import pace
@@ -28,7 +28,9 @@ log = logging.getLogger("kova")
 
 @dataclass(frozen=True)
 class Settings:
-    store: StoreConfig
+    store: StoreConfig | None  # KOVA_S3_*: the primary S3 store (None when KOVA_STORES names only others)
+    stores: tuple[StoreSpec, ...] = ()  # KOVA_STORES: every store (unset: the primary alone, id s3)
+    link_key: bytes = b""  # KOVA_STORE_LINK_KEY: signs a file store's links, shared by the operator and kova api
     presign_ttl: dt.timedelta = dt.timedelta(hours=1)
     import_retry_delay: float = 30.0  # seconds before an import that met a passing failure is tried again
     import_filter: ImportFilter = field(default_factory=ImportFilter)  # what web-download may reach (SSRF)
@@ -50,7 +52,13 @@ class Settings:
             import_filter = ImportFilter.from_env(os.environ)
         except ValueError as e:
             raise env.BadSetting(f"import filter settings (KOVA_IMPORT_*): {e}") from None
-        return cls(store=StoreConfig.from_env(),
+        primary = StoreConfig.from_env() if os.environ.get("KOVA_S3_ENDPOINT") else None
+        stores = parse_stores(os.environ.get("KOVA_STORES", ""), primary, os.environ)
+        link_key = os.environ.get("KOVA_STORE_LINK_KEY", "").encode()
+        if any(s.kind == "file" for s in stores) and len(link_key) < 16:
+            raise env.BadSetting("KOVA_STORE_LINK_KEY (16 characters or more) must be set with a file store: it "
+                                 "signs the links importers read it through")
+        return cls(store=primary, stores=stores, link_key=link_key,
                    presign_ttl=dt.timedelta(seconds=env.integer("KOVA_PRESIGN_TTL", 3600, minimum=1)),
                    import_retry_delay=env.number("KOVA_IMPORT_RETRY_DELAY", 30.0),
                    import_filter=import_filter,
@@ -147,7 +155,7 @@ class ImportState:
 class Runtime:
     settings: Settings
     kube: Kube
-    store: ObjectStore
+    store: Stores
     imports: dict[str, ImportState] = field(default_factory=dict)
     # uid → why its import waits (a slot, a quota): every reconcile says it until the import starts, not only
     # the one that found it waiting (another reconcile of the Image would otherwise write the plain word over it)

@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
+import hmac
 import io
 import json
 import os
+import re
+import secrets
+import shutil
 import struct
+import time
 import zlib
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlunsplit
 
@@ -261,3 +268,301 @@ class ObjectStore:
     # ----- share -----
     def presigned_get(self, uid: str, ttl: dt.timedelta) -> str:
         return str(self.signer.presigned_get_object(self.bucket, blob_key(uid), expires=ttl))
+
+
+# ---------------------------------------------------------------------------------------------- stores
+@dataclass(frozen=True)
+class StoreSpec:
+    """One store of KOVA_STORES: Glance's `stores` (an id, a weight, a description, one default)."""
+
+    id: str
+    kind: str  # s3 or file
+    weight: int = 0
+    description: str = ""
+    default: bool = False
+    s3: StoreConfig | None = None
+    path: str = ""  # file: the directory (a PersistentVolume in the chart)
+    url: str = ""  # file: the URL `kova api` serves signed links at, as importer pods reach it
+
+
+STORE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def parse_stores(text: str, primary: StoreConfig | None, environ: Mapping[str, str]) -> tuple[StoreSpec, ...]:
+    """KOVA_STORES (JSON): a list of {id, type (s3 or file), weight, description, default}; an s3 store with
+    `endpoint` and `bucket` takes its keys from KOVA_STORE_<ID>_ACCESS_KEY and _SECRET_KEY, one without uses
+    KOVA_S3_* (the primary); a file store has `path` and `url`. Unset: the primary S3 store alone, id `s3`."""
+    if not text.strip():
+        if primary is None:
+            raise env.BadSetting("KOVA_S3_* or KOVA_STORES must say where images are stored")
+        return (StoreSpec(id="s3", kind="s3", default=True, s3=primary, description="the object store"),)
+    try:
+        raw = json.loads(text)
+    except ValueError as e:
+        raise env.BadSetting(f"KOVA_STORES is not JSON: {e}") from None
+    if not isinstance(raw, list) or not raw or not all(isinstance(r, dict) for r in raw):
+        raise env.BadSetting("KOVA_STORES is a JSON list of stores: [{\"id\": ..., \"type\": \"s3\"|\"file\"}]")
+    specs = []
+    for r in raw:
+        sid, kind = str(r.get("id", "")), r.get("type")
+        if not STORE_ID.match(sid):
+            raise env.BadSetting(f"KOVA_STORES: store id {sid!r} is not a lower-case name")
+        common = StoreSpec(id=sid, kind=str(kind), weight=int(r.get("weight", 0)),
+                           description=str(r.get("description", "")), default=bool(r.get("default")))
+        if kind == "file":
+            if not r.get("path") or not r.get("url"):
+                raise env.BadSetting(f"KOVA_STORES: file store {sid} needs `path` and `url` (where kova api is)")
+            specs.append(replace(common, path=str(r["path"]), url=str(r["url"]).rstrip("/")))
+        elif kind == "s3":
+            if r.get("endpoint"):
+                key = sid.upper().replace("-", "_")
+                access = environ.get(f"KOVA_STORE_{key}_ACCESS_KEY")
+                secret = environ.get(f"KOVA_STORE_{key}_SECRET_KEY")
+                if not access or not secret:
+                    raise env.BadSetting(f"KOVA_STORES: s3 store {sid} needs KOVA_STORE_{key}_ACCESS_KEY and "
+                                         f"KOVA_STORE_{key}_SECRET_KEY")
+                config = StoreConfig(endpoint=str(r["endpoint"]), access_key=access, secret_key=secret,
+                                     bucket=str(r.get("bucket") or "kova-images"), secure=bool(r.get("secure")),
+                                     region=r.get("region") or None, public_endpoint=r.get("publicEndpoint") or None)
+            elif primary is None:
+                raise env.BadSetting(f"KOVA_STORES: s3 store {sid} has no endpoint, and KOVA_S3_* is not set")
+            else:
+                config = primary
+            specs.append(replace(common, s3=config))
+        else:
+            raise env.BadSetting(f"KOVA_STORES: store {sid} has type {kind!r}: s3 or file")
+    ids = [s.id for s in specs]
+    if len(set(ids)) != len(ids):
+        raise env.BadSetting(f"KOVA_STORES: store ids repeat: {', '.join(ids)}")
+    defaults = [s.id for s in specs if s.default]
+    if len(defaults) > 1:
+        raise env.BadSetting(f"KOVA_STORES: one default store, not {', '.join(defaults)}")
+    if not defaults:
+        specs[0] = replace(specs[0], default=True)
+    return tuple(specs)
+
+
+def sign_link(key: bytes, store: str, uid: str, expires: int) -> str:
+    """The signature of a file store's link: who holds it may read that image until `expires` (epoch s)."""
+    return hmac.new(key, f"{store}/{uid}/{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+class FileStore:
+    """A store in a directory (Glance's `file` store), laid out as the object store: `images/<uid>`, its
+    record `images/<uid>.json` and staged record; a multipart upload is a folder of part files under
+    `uploads/<uid>/<upload id>/`, joined into the image's file at completion (written aside, synced, then
+    renamed into place, so a crash never leaves half an image under its name). Importers read it through a
+    short-lived signed link that `kova api` serves (`/stores/<id>/images/<uid>`): no store credentials ever
+    reach a tenant's namespace."""
+
+    def __init__(self, spec: StoreSpec, link_key: bytes) -> None:
+        self.id, self.root, self.url, self.key = spec.id, Path(spec.path), spec.url, link_key
+
+    def _image(self, uid: str) -> Path:
+        return self.root / blob_key(uid)
+
+    def location(self, uid: str) -> str:
+        return f"file://{self._image(uid)}"
+
+    def ensure_bucket(self) -> None:
+        (self.root / "images").mkdir(parents=True, exist_ok=True)
+        (self.root / "uploads").mkdir(parents=True, exist_ok=True)
+
+    def _read(self, path: Path) -> Blob | None:
+        try:
+            return Blob(**json.loads(path.read_bytes()))
+        except FileNotFoundError:
+            return None
+
+    def _write(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def read_record(self, uid: str) -> Blob | None:
+        return self._read(self.root / record_key(uid))
+
+    def read_staged(self, uid: str) -> Blob | None:
+        return self._read(self.root / staged_key(uid))
+
+    def write_record(self, uid: str, blob: Blob) -> None:
+        self._write(self.root / record_key(uid), json.dumps(asdict(blob), sort_keys=True).encode())
+
+    def write_staged(self, uid: str, blob: Blob) -> None:
+        self._write(self.root / staged_key(uid), json.dumps(asdict(blob), sort_keys=True).encode())
+
+    def promote_staged(self, uid: str) -> Blob | None:
+        blob = self.read_staged(uid)
+        if blob is None:
+            return self.read_record(uid)
+        self.write_record(uid, blob)
+        (self.root / staged_key(uid)).unlink(missing_ok=True)
+        return blob
+
+    def pending_uploads(self, uid: str) -> list[str]:
+        folder = self.root / "uploads" / uid
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+    def begin(self, uid: str, metadata: dict[str, str]) -> str:
+        upload_id = secrets.token_hex(8)
+        (self.root / "uploads" / uid / upload_id).mkdir(parents=True)
+        return upload_id
+
+    def upload_part(self, uid: str, upload_id: str, number: int, body: Iterable[Any], length: int) -> Part:
+        path = self.root / "uploads" / uid / upload_id / f"{number:05d}"
+        written = 0
+        with path.open("wb") as f:
+            for chunk in body:
+                written += len(chunk)
+                if written > length:
+                    raise ValueError(f"the part is longer than its {length} bytes")
+                f.write(chunk)
+        if written != length:
+            path.unlink(missing_ok=True)
+            raise ValueError(f"the part ended after {written} of its {length} bytes")
+        return Part(number, f"{number:05d}")
+
+    def complete(self, uid: str, upload_id: str, parts: list[Part]) -> None:
+        folder = self.root / "uploads" / uid / upload_id
+        target = self._image(uid)
+        tmp = target.with_name(f".{target.name}.{upload_id}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("wb") as out:
+            for part in parts:
+                with (folder / str(part.etag)).open("rb") as f:
+                    _append(f, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def abort(self, uid: str, upload_id: str) -> None:
+        shutil.rmtree(self.root / "uploads" / uid / upload_id, ignore_errors=True)
+
+    def delete_image(self, uid: str) -> None:
+        shutil.rmtree(self.root / "uploads" / uid, ignore_errors=True)
+        for key in (record_key(uid), staged_key(uid), blob_key(uid)):
+            (self.root / key).unlink(missing_ok=True)
+
+    def data_size(self, uid: str) -> int | None:
+        try:
+            return self._image(uid).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def open_blob(self, uid: str, offset: int = 0, length: int | None = None) -> Any:
+        return _FileSlice(self._image(uid), offset, length)
+
+    def presigned_get(self, uid: str, ttl: dt.timedelta) -> str:
+        expires = int(time.time() + ttl.total_seconds())
+        return f"{self.url}/stores/{self.id}/images/{uid}?expires={expires}&signature=" \
+               f"{sign_link(self.key, self.id, uid, expires)}"
+
+
+def _append(src: Any, dst: Any) -> None:
+    """`src` onto the end of `dst`, copied by the kernel (copy_file_range: no pass through this process)."""
+    left = os.fstat(src.fileno()).st_size
+    while left > 0:
+        try:
+            done = os.copy_file_range(src.fileno(), dst.fileno(), left)
+        except OSError:  # a filesystem that cannot: copy through here
+            shutil.copyfileobj(src, dst, 1 << 20)
+            return
+        if done == 0:
+            break
+        left -= done
+
+
+class _FileSlice:
+    """A file's bytes from `offset`, `length` of them (or to its end), read as a store response is."""
+
+    def __init__(self, path: Path, offset: int, length: int | None) -> None:
+        self.f = path.open("rb")
+        self.f.seek(offset)
+        self.left = length if length else None
+
+    def read(self, n: int = -1) -> bytes:
+        if self.left is not None:
+            n = self.left if n < 0 else min(n, self.left)
+        data = self.f.read(n)
+        if self.left is not None:
+            self.left -= len(data)
+        return data
+
+    def stream(self, amt: int = 1 << 20) -> Iterator[bytes]:
+        while data := self.read(amt):
+            yield data
+
+    def close(self) -> None:
+        self.f.close()
+
+    def release_conn(self) -> None:
+        pass
+
+
+class Stores:
+    """Every store of KOVA_STORES. Imports write to one (the default unless asked); an image is in each store
+    that holds its record, and is read from the first of them by weight (then id), as Glance orders them."""
+
+    def __init__(self, specs: tuple[StoreSpec, ...], link_key: bytes = b"") -> None:
+        self.specs = {s.id: s for s in specs}
+        self.by_id: dict[str, ObjectStore | FileStore] = {
+            s.id: (FileStore(s, link_key) if s.kind == "file" else ObjectStore(s.s3))  # type: ignore[arg-type]
+            for s in specs}
+        self.default = next(s.id for s in specs if s.default)
+        self.order = [s.id for s in sorted(specs, key=lambda s: (-s.weight, s.id))]
+
+    def get(self, store_id: str | None = None) -> ObjectStore | FileStore:
+        return self.by_id[store_id or self.default]
+
+    def ensure_bucket(self) -> None:
+        for store in self.by_id.values():
+            store.ensure_bucket()
+
+    def records(self, uid: str) -> list[tuple[str, Blob]]:
+        """(store id, record) of every store that holds the image, best first."""
+        return [(sid, blob) for sid in self.order if (blob := self.by_id[sid].read_record(uid)) is not None]
+
+    def holding(self, uid: str) -> list[str]:
+        """The stores that hold the image (its record), best first."""
+        return [sid for sid, _ in self.records(uid)]
+
+    def _best(self, uid: str) -> ObjectStore | FileStore:
+        held = self.holding(uid)
+        return self.by_id[held[0]] if held else self.get()
+
+    # What the rest of Kova asks of "the store", across them.
+    def read_record(self, uid: str) -> Blob | None:
+        for sid in self.order:
+            if (blob := self.by_id[sid].read_record(uid)) is not None:
+                return blob
+        return None
+
+    def read_staged(self, uid: str) -> Blob | None:
+        return next((b for sid in self.order if (b := self.by_id[sid].read_staged(uid)) is not None), None)
+
+    def promote_staged(self, uid: str) -> Blob | None:
+        for sid in self.order:
+            if self.by_id[sid].read_staged(uid) is not None:
+                return self.by_id[sid].promote_staged(uid)
+        return self.read_record(uid)
+
+    def data_size(self, uid: str) -> int | None:
+        return next((n for sid in self.order if (n := self.by_id[sid].data_size(uid)) is not None), None)
+
+    def location(self, uid: str) -> str:
+        return self._best(uid).location(uid)
+
+    def open_blob(self, uid: str, offset: int = 0, length: int | None = None) -> Any:
+        return self._best(uid).open_blob(uid, offset, length)
+
+    def presigned_get(self, uid: str, ttl: dt.timedelta) -> str:
+        return self._best(uid).presigned_get(uid, ttl)
+
+    def delete_image(self, uid: str) -> None:
+        for store in self.by_id.values():
+            store.delete_image(uid)

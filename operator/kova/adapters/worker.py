@@ -34,6 +34,7 @@ from dataclasses import asdict
 from typing import Any
 
 from kova.adapters.http import ExportFetcher, Fetcher
+from kova.adapters.store import Stores
 from kova.image import importer
 from kova.image.blob import Blob
 from kova.image.filter import ImportFilter
@@ -83,18 +84,19 @@ def clean_env(environ: dict[str, str]) -> dict[str, str]:
 class Local:
     """The importer in this process: benchmarks and unit tests; the same calls as Remote."""
 
-    def __init__(self, store: Any) -> None:
-        self.store = store
+    def __init__(self, stores: Stores) -> None:
+        self.stores = stores
 
     def import_url(self, uid: str, url: str, disk_format: str, checksum: str | None, *,
                    fetcher: Fetcher | ExportFetcher, size_cap: int, progress: ImportProgress,
                    cancelled: Callable[[], bool]) -> Blob:
-        return importer.import_url(self.store, uid, url, disk_format, checksum, fetcher=fetcher, size_cap=size_cap,
-                                   progress=progress, cancelled=cancelled)
+        return importer.import_url(self.stores.get(), uid, url, disk_format, checksum, fetcher=fetcher,
+                                   size_cap=size_cap, progress=progress, cancelled=cancelled)
 
     def import_chunks(self, uid: str, chunks: Iterator[bytes], disk_format: str, *, source: str,
-                      size: int | None, size_cap: int, staged: bool = False, resume_from: int = 0) -> Blob:
-        return importer.import_chunks(self.store, uid, chunks, disk_format, source=source, size=size,
+                      size: int | None, size_cap: int, staged: bool = False, resume_from: int = 0,
+                      store: str | None = None) -> Blob:
+        return importer.import_chunks(self.stores.get(store), uid, chunks, disk_format, source=source, size=size,
                                       size_cap=size_cap, staged=staged, resume_from=resume_from)
 
 
@@ -134,11 +136,12 @@ class Remote:
             return _outcome(sock, progress, cancelled)
 
     def import_chunks(self, uid: str, chunks: Iterator[bytes], disk_format: str, *, source: str,
-                      size: int | None, size_cap: int, staged: bool = False, resume_from: int = 0) -> Blob:
+                      size: int | None, size_cap: int, staged: bool = False, resume_from: int = 0,
+                      store: str | None = None) -> Blob:
         with self._connect() as sock:
             send(sock, b"H", json.dumps({"op": "chunks", "uid": uid, "disk_format": disk_format, "source": source,
                                          "size": size, "size_cap": size_cap, "staged": staged,
-                                         "resume_from": resume_from}).encode())
+                                         "resume_from": resume_from, "store": store}).encode())
             # An exception from `chunks` (the caller's client stalled or went away) leaves this block and closes
             # the socket: the worker aborts; Interrupted (a stage's) asks it first to keep what is whole. One
             # from sending means the worker refused midway (the size cap, the format): its answer says why.
@@ -203,8 +206,8 @@ class _Interruption:
 class Worker:
     """What a worker process serves: imports into the store, through the import filter it was given."""
 
-    def __init__(self, store: Any, import_filter: ImportFilter) -> None:
-        self.store, self.import_filter = store, import_filter
+    def __init__(self, stores: Stores, import_filter: ImportFilter) -> None:
+        self.stores, self.import_filter = stores, import_filter
 
     def handle(self, sock: socket.socket) -> None:
         _, payload = receive(sock)
@@ -265,11 +268,12 @@ class Worker:
                     ExportFetcher(ca_pem=source["ca"], token=source["token"],
                                   address=(source["address"][0], int(source["address"][1])) if source.get("address")
                                   else None)
-                blob = importer.import_url(self.store, header["uid"], header["url"], header["disk_format"],
+                blob = importer.import_url(self.stores.get(), header["uid"], header["url"], header["disk_format"],
                                            header["checksum"], fetcher=fetcher, size_cap=header["size_cap"],
                                            progress=progress, cancelled=gone.is_set)
             else:
-                blob = importer.import_chunks(self.store, header["uid"], chunks(), header["disk_format"],
+                blob = importer.import_chunks(self.stores.get(header.get("store")), header["uid"], chunks(),
+                                              header["disk_format"],
                                               source=header["source"], size=header["size"],
                                               size_cap=header["size_cap"], progress=progress,
                                               staged=bool(header.get("staged")),

@@ -231,6 +231,12 @@ class ImageStatus(CommonStatus):
         "Each member's answer (pending, accepted, rejected), given through the image API by that namespace."),
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["member"]})
     snapshot: SnapshotOrigin | None = Field(default=None, description="For an Instance snapshot: its origin.")
+    stores: list[str] = Field(default_factory=list, description=(
+        "The stores (KOVA_STORES) that hold the data, best first (weight, then id): Glance's `stores`."))
+    importing_to_stores: list[str] | None = Field(default=None, description=(
+        "Stores an import or copy is still bringing the data to (Glance's os_glance_importing_to_stores)."))
+    failed_import: list[str] | None = Field(default=None, description=(
+        "Stores the last import or copy could not bring the data to (Glance's os_glance_failed_import)."))
 
 
 # ---------------------------------------------------------------------------------------------- MetadefNamespace

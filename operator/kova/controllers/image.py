@@ -51,13 +51,17 @@ async def reconcile(rt: Runtime, namespace: str, name: str,
         state = rt.imports.get(uid)
         queued_message = queued_message or rt.waiting.get(uid)
         # While this process imports, no record can exist yet: no need to ask the store every second.
-        blob = None if state is not None else await asyncio.to_thread(rt.store.read_record, uid)
-        view = observe_image(blob, rt.store.location(uid), obj.get("status") or {}, importing=state is not None,
+        records = [] if state is not None else await asyncio.to_thread(rt.store.records, uid)
+        blob = records[0][1] if records else None
+        location = rt.store.get(records[0][0]).location(uid) if records else rt.store.get().location(uid)
+        view = observe_image(blob, location, obj.get("status") or {}, importing=state is not None,
                              done=state.progress.done if state else 0,
                              total=state.progress.total if state else None,
                              passing_error=state.error if state else None,
                              deactivated=bool(spec.get("deactivated")), queued_message=queued_message,
                              upload_id=uid if "upload" in (spec.get("source") or {}) else None)
+        if records:
+            view.fields["stores"] = [sid for sid, _ in records]
         await _write(rt, obj, view)
         return view, obj
 

@@ -9,7 +9,7 @@ from kova.adapters import env
 from kova.adapters.kube import Kube
 from kova.adapters.kubeapi import Apiserver, Cluster
 from kova.adapters.runtime import Runtime, Settings
-from kova.adapters.store import ObjectStore
+from kova.adapters.store import Stores
 from kova.openstack.compute.console_proxy import ConsoleProxy, add_routes
 from kova.openstack.compute.handlers import ComputeHandlers, nova_middleware
 from kova.openstack.front import TRUSTED_PROXIES
@@ -63,8 +63,10 @@ def application(identity: IdentityHandlers, images: ImageHandlers, compute: Comp
     r.add_put(p + "/v2/images/{id}/stage", images.stage)
     r.add_get(p + "/v2/images/{id}/stage", images.stage_status)  # Kova's: how much of a stage arrived
     r.add_post(p + "/v2/images/{id}/import", images.import_image)
-    r.add_get(p + "/v2/info/{what}", images.info)  # import methods (one store: no stores document)
+    r.add_get(p + "/v2/info/{what}", images.info)  # import methods, stores, usage
+    r.add_delete(p + "/v2/stores/{store}/{id}", images.delete_from_store)
     metadef_routes(r, p + "/v2", metadefs)
+    r.add_get("/stores/{store}/images/{uid}", images.store_link)  # a file store's signed links (importers)
 
     compute_routes(r, compute)
     if compute.console is not None:
@@ -177,7 +179,7 @@ async def make(public_url: str | None = None, kubeconfig: str | None = None) -> 
     settings = Settings.from_env()
     trusted = env.networks(TRUSTED_PROXIES)  # read even with a public URL: a bad value is said at once
     kube = await Kube.connect(kubeconfig)
-    rt = Runtime(settings=settings, kube=kube, store=ObjectStore(settings.store))
+    rt = Runtime(settings=settings, kube=kube, store=Stores(settings.stores, settings.link_key))
     apiserver = Apiserver(Cluster.of(kube.api_client.configuration))
     identity, images = IdentityHandlers(apiserver, rt, public_url), ImageHandlers(apiserver, rt, public_url)
     compute = ComputeHandlers(apiserver, rt, images, public_url)

@@ -9,7 +9,7 @@ object's name when that is not set, for Images made with kubectl).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -92,6 +92,9 @@ def image_schema() -> dict[str, Any]:
         "min_ram": {"type": "integer", "description": "Amount of ram (in MB) required to boot image."},
         "min_disk": {"type": "integer", "description": "Amount of disk space (in GB) required to boot image."},
         "self": {"type": "string", "readOnly": True, "description": "An image self url"},
+        "stores": {"type": "string", "readOnly": True,
+                   "description": "Store in which image data resides.  Only present when the operator has enabled "
+                                  "multiple stores.  May be a comma-separated list of store identifiers."},
         "file": {"type": "string", "readOnly": True, "description": "An image file url"},
         "schema": {"type": "string", "readOnly": True, "description": "An image schema url"},
     }
@@ -175,6 +178,11 @@ def image_doc(obj: Mapping[str, Any]) -> dict[str, Any]:
         "created_at": _time(md.get("creationTimestamp")), "updated_at": updated_at(obj),
         "tags": list(spec.get("tags") or []), "self": f"/v2/images/{uid}", "file": f"/v2/images/{uid}/file",
         "schema": "/v2/schemas/image"})
+    if status.get("stores"):  # Glance's multiple stores: where the data is, best first
+        doc["stores"] = ",".join(status["stores"])
+    if status.get("importingToStores") is not None or status.get("failedImport") is not None:
+        doc["os_glance_importing_to_stores"] = ",".join(status.get("importingToStores") or [])
+        doc["os_glance_failed_import"] = ",".join(status.get("failedImport") or [])
     snapshot = status.get("snapshot") or {}
     if snapshot.get("instanceUuid"):
         # What Nova writes on the images createImage makes.
@@ -633,6 +641,39 @@ def check_upload(obj: Mapping[str, Any], content_type: str | None, size_header: 
     return int(size_header) if size_header is not None else None
 
 
+def chosen_store(header: str | None, stores: Sequence[str]) -> str | None:
+    """The store an upload or stage goes to: `x-image-meta-store` when given (400 for one not configured, as
+    Glance answers), else the default (None)."""
+    if header is None:
+        return None
+    if header not in stores:
+        raise GlanceError(400, f"Store for identifier {header} not found")
+    return header
+
+
+def check_store_delete(obj: Mapping[str, Any], store: str, stores: Sequence[str], held: Sequence[str],
+                       admin: bool) -> None:
+    """DELETE /v2/stores/{store}/{image}: one copy of an active image's data, never its last (Glance's rules;
+    its policy delete_image_location is an administrator's)."""
+    if store not in stores:
+        raise GlanceError(409, f"The selected store {store} is not available on this node.")
+    if not admin:
+        raise GlanceError(403, "You are not authorized to complete delete_image_location action.")
+    if glance_status(obj) != GlanceStatus.active.value:
+        raise GlanceError(409, "It's not allowed to remove image data from store if image status is not 'active'")
+    if store not in held:
+        raise GlanceError(404, f"Image {obj['metadata']['uid']} is not stored in store {store}.")
+    if len(held) == 1:
+        raise GlanceError(403, "Cannot delete image data from the only store containing it. Consider deleting the "
+                               "image instead.")
+
+
+def stores_info(specs: Iterable[Any], default: str) -> dict[str, Any]:
+    """GET /v2/info/stores: each store's id and description, the default one marked."""
+    return {"stores": [{"id": s.id, "description": s.description or f"{s.kind} store",
+                        **({"default": True} if s.id == default else {})} for s in specs]}
+
+
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
 
@@ -665,7 +706,7 @@ def stage_doc(obj: Mapping[str, Any], kept: int | None) -> dict[str, Any]:
 
 
 # Glance's interoperable import. copy-image and glance-download need more than one store or another Glance.
-IMPORT_METHODS = ("glance-direct", "web-download")
+IMPORT_METHODS = ("glance-direct", "web-download", "copy-image")
 
 
 def import_info() -> dict[str, Any]:
@@ -674,8 +715,25 @@ def import_info() -> dict[str, Any]:
                                "value": list(IMPORT_METHODS)}}
 
 
-def parse_import(obj: Mapping[str, Any], body: Any) -> tuple[str, str | None]:
-    """POST /v2/images/{id}/import: the method and, for web-download, its URI; Glance's refusals otherwise."""
+def import_targets(body: Any, stores: Sequence[str], held: Sequence[str]) -> list[str]:
+    """The stores an import asks for beyond where the data is (`held`): `stores` (each one configured),
+    `all_stores` (every one), else none; Glance's 400 for both at once or an unknown store."""
+    asked, every = body.get("stores"), bool(body.get("all_stores"))
+    if asked and every:
+        raise GlanceError(400, "All_stores parameter can't be used with x-image-meta-store header or stores "
+                               "parameter")
+    if asked is not None and (not isinstance(asked, list) or not all(isinstance(s, str) for s in asked)):
+        raise GlanceError(400, "stores must be a list of store identifiers")
+    for sid in asked or ():
+        if sid not in stores:
+            raise GlanceError(400, f"Store for identifier {sid} not found")
+    wanted = list(stores) if every else list(asked or ())
+    return [s for s in wanted if s not in held]
+
+
+def parse_import(obj: Mapping[str, Any], body: Any, admin: bool = False) -> tuple[str, str | None]:
+    """POST /v2/images/{id}/import: the method and, for web-download, its URI; Glance's refusals otherwise.
+    copy-image (an active image's data to more stores) is an administrator's, as in Glance."""
     found = body.get("method") if isinstance(body, dict) else None
     method: dict[str, Any] = found if isinstance(found, dict) else {}
     name = method.get("name")
@@ -683,9 +741,15 @@ def parse_import(obj: Mapping[str, Any], body: Any) -> tuple[str, str | None]:
         raise GlanceError(400, "Import request requires a 'method' with a 'name'.")
     if name not in IMPORT_METHODS:
         raise GlanceError(400, f"Import method {name} is not valid: this site offers {', '.join(IMPORT_METHODS)}.")
-    if body.get("stores"):  # all_stores is this one store (Tempest asks for it by default)
-        raise GlanceError(400, "This site has one store: an import cannot name stores.")
     spec, status = obj.get("spec") or {}, glance_status(obj)
+    if name == "copy-image":
+        if not admin:
+            raise GlanceError(403, "You are not authorized to complete copy_image action.")
+        if status != GlanceStatus.active.value:
+            raise GlanceError(409, "Image needs to be in 'active' state to use 'copy-image' method")
+        if not body.get("stores") and not body.get("all_stores"):
+            raise GlanceError(400, "copy-image needs the stores to copy to (stores, or all_stores)")
+        return name, None
     if "upload" not in (spec.get("source") or {}):
         raise GlanceError(409, "This image's data comes from its source (web-download or a snapshot); it cannot "
                                "be imported again.")

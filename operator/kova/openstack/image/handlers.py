@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hmac
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +25,7 @@ from kova.adapters.informer import Informer
 from kova.adapters.kubeapi import ApiError, Apiserver, Caller
 from kova.adapters.runtime import Runtime
 from kova.adapters.status import publish
+from kova.adapters.store import FileStore, sign_link
 from kova.api import clock
 from kova.api.conditions import Progress
 from kova.api.errors import StatusError
@@ -78,6 +81,7 @@ class ImageHandlers(Front):
         # it takes, and downloads and other calls (asyncio's default pool) never wait behind it.
         self.uploading: Counter[str] = Counter()  # project → uploads being received by this replica
         self.upload_pool = ThreadPoolExecutor(max_workers=rt.settings.max_uploads, thread_name_prefix="upload")
+        self._copies: set[asyncio.Task[None]] = set()  # copies to more stores, running after their answer
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self.images.run())
@@ -88,6 +92,8 @@ class ImageHandlers(Front):
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
+        for copy in self._copies:
+            copy.cancel()
         self.upload_pool.shutdown(wait=False, cancel_futures=True)
         await self.apiserver.close()
         await self.rt.kube.close()
@@ -251,7 +257,9 @@ class ImageHandlers(Front):
             return web.json_response(glance.import_info())
         if what == "usage":
             return web.json_response(await quotas.usage_doc(self.rt, self.images, project))
-        raise GlanceError(404, "The resource could not be found.")  # one store: no stores document
+        if what == "stores":
+            return web.json_response(glance.stores_info(self.rt.store.specs.values(), self.rt.store.default))
+        raise GlanceError(404, "The resource could not be found.")
 
     async def upload(self, request: web.Request) -> web.Response:
         return await self._data(request, staged=False)
@@ -260,6 +268,19 @@ class ImageHandlers(Front):
         """Glance's stage: the same verified pipeline as an upload; the image waits in `uploading` for its
         import (glance-direct), which makes it active without moving a byte."""
         return await self._data(request, staged=True)
+
+    async def delete_from_store(self, request: web.Request) -> web.Response:
+        caller, project = await self.caller(request)
+        obj = await self.find(caller, project, request.match_info["id"])
+        uid, sid, stores = obj["metadata"]["uid"], request.match_info["store"], self.rt.store
+        held = await asyncio.to_thread(stores.holding, uid) if sid in stores.by_id else []
+        glance.check_store_delete(obj, sid, stores.order, held, await self.is_admin(caller))
+        await asyncio.to_thread(stores.get(sid).delete_image, uid)
+        left = [s for s in held if s != sid]
+        await publish(self.rt, IMAGES, await self._fresh(obj), word=GlanceStatus.active.value,
+                      progress=Progress.READY, reason="Active", message=f"removed from store {sid}",
+                      fields={"stores": left})
+        return web.Response(status=204)
 
     async def stage_status(self, request: web.Request) -> web.Response:
         """GET /v2/images/{id}/stage: how much of a stage arrived (Kova's; Glance has no GET on it)."""
@@ -272,24 +293,87 @@ class ImageHandlers(Front):
         caller, asker = await self.caller(request)
         obj = await self.own(caller, asker, request.match_info["id"])
         project = obj["metadata"]["namespace"]  # the image's (an administrator may act on another's)
-        method, uri = glance.parse_import(obj, await read_json(request))
+        body = await read_json(request)
+        copy = isinstance(body, dict) and isinstance(body.get("method"), dict) and \
+            body["method"].get("name") == "copy-image"
+        method, uri = glance.parse_import(obj, body, admin=copy and await self.is_admin(caller))
         if not await caller.can("update", project, subresource="file"):
             raise GlanceError(403, "You are not authorized to import image data (images/file, update).")
+        uid, stores = obj["metadata"]["uid"], self.rt.store
         if method == "web-download":  # the operator imports it, as an Image with a source URL
             assert uri is not None
+            if glance.import_targets(body, stores.order, [stores.default]):
+                raise GlanceError(400, f"web-download imports into the default store ({stores.default}); copy the "
+                                       "image to others once it is active (copy-image)")
             refused = refusal_before_resolving(uri, self.rt.settings.import_filter)
             if refused:
                 raise GlanceError(400, f"URI for web-download does not pass filtering: {refused}")
             await self._patch(caller, obj, {"spec": {"source": {"upload": None, "url": uri}}})
             return web.Response(status=202)
-        uid = obj["metadata"]["uid"]
+        if method == "copy-image":
+            targets = glance.import_targets(body, stores.order, await asyncio.to_thread(stores.holding, uid))
+            await self._start_copy(obj, targets)
+            return web.Response(status=202)
         await quotas.check_import(self.rt, self.images, project, uid, int((obj.get("status") or {}).get("size") or 0))
-        blob = await asyncio.to_thread(self.rt.store.promote_staged, uid)
+        blob = await asyncio.to_thread(stores.promote_staged, uid)
         if blob is None:
             await self._requeue(obj, "the staged data is gone: stage it again")
             raise GlanceError(409, "Image needs to be staged before 'glance-direct' method can be used")
-        await self._activate(obj, blob)
+        held = await asyncio.to_thread(stores.holding, uid)
+        targets = glance.import_targets(body, stores.order, held)
+        await self._activate(obj, blob, importing=targets if body.get("stores") or body.get("all_stores") else None)
+        if targets:
+            # Glance imports into the stores asked for only: the one the stage went to goes once they have it.
+            asked = stores.order if body.get("all_stores") else body.get("stores") or []
+            await self._start_copy(obj, targets, drop=[s for s in held if s not in asked])
         return web.Response(status=202)
+
+    async def _start_copy(self, obj: dict[str, Any], targets: list[str], drop: list[str] | None = None) -> None:
+        """The data to more stores, after the answer (Glance's import task): each copy goes through the verified
+        pipeline again and must hash as the record says; the image shows what is left and what failed."""
+        if targets:
+            # Usable meanwhile (Ready): a copy only adds where the data is.
+            await publish(self.rt, IMAGES, await self._fresh(obj), word=GlanceStatus.active.value,
+                          progress=Progress.READY, reason="Active", message=f"copying the data to {', '.join(targets)}",
+                          fields={"importingToStores": targets, "failedImport": []})
+        task = asyncio.create_task(self._copy(obj, targets, drop or []))
+        self._copies.add(task)
+        task.add_done_callback(self._copies.discard)
+
+    async def _copy(self, obj: dict[str, Any], targets: list[str], drop: list[str]) -> None:
+        uid, stores, loop = obj["metadata"]["uid"], self.rt.store, asyncio.get_running_loop()
+        record = await asyncio.to_thread(stores.read_record, uid)
+        failed: list[str] = []
+        for n, target in enumerate(targets):
+            stream = None
+            try:
+                assert record is not None, "the image has no data to copy"
+                stream = await asyncio.to_thread(stores.open_blob, uid)
+
+                def chunks(source: Any = stream) -> Iterator[bytes]:
+                    while data := source.read(CHUNK):
+                        yield data
+                blob = await loop.run_in_executor(self.upload_pool, functools.partial(
+                    self.rt.importer.import_chunks, uid, chunks(), record.disk_format, source=f"copy of image {uid}",
+                    size=record.size, size_cap=max(self.rt.settings.size_cap, record.size), store=target))
+                if blob.sha512 != record.sha512:
+                    await asyncio.to_thread(stores.get(target).delete_image, uid)
+                    raise RuntimeError(f"the copy hashes to {blob.sha512}, not {record.sha512}")
+            except Exception as e:  # the store is down, or the data did not arrive whole: say which
+                log.warning("copy of image %s to store %s failed: %r", uid, target, e)
+                failed.append(target)
+            finally:
+                if stream is not None:
+                    stream.close()
+            left = targets[n + 1:]
+            if not left and drop and len(failed) < len(targets):  # somewhere asked for has it: leave the others
+                for sid in drop:
+                    await asyncio.to_thread(stores.get(sid).delete_image, uid)
+            held = await asyncio.to_thread(stores.holding, uid)
+            message = f"copying the data to {', '.join(left)}" if left else "active"
+            await publish(self.rt, IMAGES, await self._fresh(obj), word=GlanceStatus.active.value,
+                          progress=Progress.READY, reason="Active", message=message,
+                          fields={"stores": held, "importingToStores": left, "failedImport": failed})
 
     async def _data(self, request: web.Request, staged: bool) -> web.Response:
         caller, asker = await self.caller(request)
@@ -302,9 +386,10 @@ class ImageHandlers(Front):
         size = glance.check_upload(obj, request.headers.get("Content-Type"), request.headers.get(
             "x-openstack-image-size") or request.headers.get("Content-Length"), target.value)
         uid = obj["metadata"]["uid"]
+        store = glance.chosen_store(request.headers.get("x-image-meta-store"), self.rt.store.order)
         resume_from = 0
         if staged and "Content-Range" in request.headers:  # a stage resumed: the whole image's size counts
-            kept = await asyncio.to_thread(self.rt.store.data_size, uid)
+            kept = await asyncio.to_thread(self.rt.store.get(store).data_size, uid)
             resume_from, size = glance.parse_resume(request.headers["Content-Range"], kept or 0)
         room = await quotas.room(self.rt, self.images, project, uid, size, staged)  # Glance's 413 over quota
         settings = self.rt.settings
@@ -312,14 +397,15 @@ class ImageHandlers(Front):
                                   settings.max_uploads_per_project, settings.max_uploads)
         self.uploading[project] += 1
         try:
-            return await self._receive(request, obj, spec, size, room, staged, resume_from)
+            return await self._receive(request, obj, spec, size, room, staged, resume_from, store)
         finally:
             self.uploading[project] -= 1
             if not self.uploading[project]:
                 del self.uploading[project]
 
     async def _receive(self, request: web.Request, obj: dict[str, Any], spec: dict[str, Any],
-                       size: int | None, room: quotas.Room, staged: bool = False, resume_from: int = 0) -> web.Response:
+                       size: int | None, room: quotas.Room, staged: bool = False, resume_from: int = 0,
+                       store: str | None = None) -> web.Response:
         uid = obj["metadata"]["uid"]
         await self._claim(obj, GlanceStatus.uploading if staged else GlanceStatus.saving)
         loop = asyncio.get_running_loop()
@@ -342,7 +428,7 @@ class ImageHandlers(Front):
         try:
             blob = await loop.run_in_executor(self.upload_pool, functools.partial(
                 self.rt.importer.import_chunks, uid, chunks(), spec["diskFormat"], source=source,
-                size=size, size_cap=room.size_cap, staged=staged, resume_from=resume_from))
+                size=size, size_cap=room.size_cap, staged=staged, resume_from=resume_from, store=store))
         except importer.Interrupted as e:  # Kova's resumable stage: the image waits in queued for the rest
             message = (f"the stage was interrupted ({e}); {e.kept} bytes are kept: resume it with "
                        f"`kova image upload --resume` (PUT /v2/images/{uid}/stage with Content-Range bytes "
@@ -370,10 +456,15 @@ class ImageHandlers(Front):
             await self._activate(obj, blob)
         return web.Response(status=204)
 
-    async def _activate(self, obj: dict[str, Any], blob: Any) -> None:
-        view = observe_image(blob, self.rt.store.location(obj["metadata"]["uid"]), {}, importing=False,
+    async def _activate(self, obj: dict[str, Any], blob: Any, importing: list[str] | None = None) -> None:
+        uid = obj["metadata"]["uid"]
+        held = await asyncio.to_thread(self.rt.store.holding, uid)
+        view = observe_image(blob, self.rt.store.location(uid), {}, importing=False,
                              done=blob.size, total=blob.size, passing_error=None,
                              deactivated=bool((obj.get("spec") or {}).get("deactivated")))
+        view.fields["stores"] = held
+        if importing is not None:  # an import that asked for stores: Glance says which are still to come
+            view.fields.update({"importingToStores": importing, "failedImport": []})
         await publish(self.rt, IMAGES, await self._fresh(obj), word=view.status.value, progress=view.progress,
                       reason=view.reason, message=view.message, fields=view.fields)
 
@@ -446,6 +537,44 @@ class ImageHandlers(Front):
         finally:
             stream.close()
             stream.release_conn()
+        return resp
+
+    async def store_link(self, request: web.Request) -> web.StreamResponse:
+        """GET /stores/{store}/images/{uid}: a file store's image, for whoever holds a link the operator signed
+        (an Instance's importer): no token, no store credentials; the signature, its expiry and the store say."""
+        sid, uid = request.match_info["store"], request.match_info["uid"]
+        store = self.rt.store.by_id.get(sid)
+        try:
+            expires = int(request.query.get("expires", ""))
+        except ValueError:
+            expires = 0
+        signature = request.query.get("signature", "")
+        if not isinstance(store, FileStore) or expires < time.time() or not hmac.compare_digest(
+                signature, sign_link(self.rt.settings.link_key, sid, uid, expires)):
+            raise GlanceError(403, "This link is not valid (any more): ask for the image again.")
+        size = await asyncio.to_thread(store.data_size, uid)
+        if size is None or await asyncio.to_thread(store.read_record, uid) is None:
+            raise GlanceError(404, f"No image {uid} in store {sid}")
+        start, end = 0, size - 1
+        rng = request.http_range
+        status = 200
+        if rng.start is not None and 0 <= rng.start < size:
+            start, end, status = rng.start, min(size, rng.stop) - 1 if rng.stop is not None else size - 1, 206
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(end - start + 1),
+                   "Accept-Ranges": "bytes"}
+        if status == 206:
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        resp = web.StreamResponse(status=status, headers=headers)
+        await resp.prepare(request)
+        if request.method == "HEAD":
+            return resp
+        stream = await asyncio.to_thread(store.open_blob, uid, start, end - start + 1)
+        try:
+            while data := await asyncio.to_thread(stream.read, CHUNK):
+                await resp.write(data)
+            await resp.write_eof()
+        finally:
+            stream.close()
         return resp
 
     # ------------------------------------------------------------------------------------------ members
