@@ -170,7 +170,8 @@ def test_interoperable_import_glance_direct_and_web_download(operator: Any, api:
 
     # Glance's refusals: a method this site does not offer, glance-direct with nothing staged.
     other = queued("other", "raw")
-    for name, code, words in (("copy-image", 400, b"not valid"), ("glance-direct", 409, b"staged")):
+    for name, code, words in (("glance-download", 400, b"not valid"), ("copy-image", 403, b"copy_image"),
+                              ("glance-direct", 409, b"staged")):
         with pytest.raises(urllib.error.HTTPError) as e:
             glance_call(api, token, namespace, "POST", f"/images/{other['id']}/import", {"method": {"name": name}})
         assert e.value.code == code and words in e.value.read()
@@ -186,7 +187,7 @@ def test_interoperable_import_glance_direct_and_web_download(operator: Any, api:
         glance_call(api, "not-a-token", namespace, "GET", "/info/import")
     assert e.value.code == 401
     info = glance_call(api, token, namespace, "GET", "/info/import")
-    assert info["import-methods"]["value"] == ["glance-direct", "web-download"]
+    assert info["import-methods"]["value"] == ["glance-direct", "web-download", "copy-image"]
 
 
 def test_upload_that_is_not_its_disk_format_gets_glances_error(operator: Any, api: str, cloud: LocalCloud,

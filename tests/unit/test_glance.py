@@ -233,7 +233,7 @@ def test_upload_rules_in_glances_order() -> None:
 
 
 def test_import_methods_and_glances_refusals_of_an_import() -> None:
-    assert glance.import_info()["import-methods"]["value"] == ["glance-direct", "web-download"]
+    assert glance.import_info()["import-methods"]["value"] == ["glance-direct", "web-download", "copy-image"]
     queued = image("img", containerFormat="bare", status={"status": "queued"})
     staged = {**queued, "status": {"status": "uploading"}}
     assert glance.parse_import(staged, {"method": {"name": "glance-direct"}}) == ("glance-direct", None)
@@ -242,8 +242,8 @@ def test_import_methods_and_glances_refusals_of_an_import() -> None:
     snapshot = image("img", containerFormat="bare", source={"instance": "web"}, status={"status": "queued"})
     for obj, body, code, words in (
             (queued, {}, 400, "method"),
-            (queued, {"method": {"name": "copy-image"}}, 400, "not valid"),
-            (queued, {"method": {"name": "glance-direct"}, "stores": ["s3"]}, 400, "one store"),
+            (queued, {"method": {"name": "glance-download"}}, 400, "not valid"),
+            (queued, {"method": {"name": "copy-image"}}, 403, "copy_image"),
             (queued, {"method": {"name": "glance-direct"}}, 409, "staged"),
             (staged, {"method": {"name": "web-download", "uri": "https://x"}}, 409, "'queued'"),
             (queued, {"method": {"name": "web-download", "uri": "file:///etc/passwd"}}, 400, "pass filtering"),
