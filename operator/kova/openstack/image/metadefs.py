@@ -272,13 +272,7 @@ def new_tag(name: Any, now: str) -> dict[str, Any]:
 def new_namespace(body: Any, project: str, now: str) -> dict[str, Any]:
     """The spec of a MetadefNamespace made by POST /v2/metadefs/namespaces (Glance's defaults: private,
     unprotected, owned by the caller's project), its objects, properties, tags and associations included."""
-    body = _object_body(body, "namespace")
-    _read_only(body)
-    extra = set(body) - NAMESPACE_KEYS
-    if extra:
-        raise GlanceError(400, f"Additional properties are not allowed ({', '.join(sorted(extra))} were unexpected)")
-    if not isinstance(body.get("namespace"), str):
-        raise GlanceError(400, "'namespace' is a required property")
+    body = _namespace_body(body)
     spec: dict[str, Any] = {"namespace": body["namespace"], "owner": body.get("owner") or project,
                             **_namespace_fields(body)}
     spec["properties"] = _check_properties(body.get("properties"))
@@ -290,6 +284,18 @@ def new_namespace(body: Any, project: str, now: str) -> dict[str, Any]:
         [new_association(a, now) for a in _list(body.get("resource_type_associations"), "resource_type_associations")],
         "resource type association", body["namespace"])
     return validated(spec)
+
+
+def _namespace_body(body: Any) -> dict[str, Any]:
+    """A namespace's create or update body as Glance's schema takes it: known keys, a name, nothing read-only."""
+    body = _object_body(body, "namespace")
+    _read_only(body)
+    extra = set(body) - NAMESPACE_KEYS
+    if extra:
+        raise GlanceError(400, f"Additional properties are not allowed ({', '.join(sorted(extra))} were unexpected)")
+    if not isinstance(body.get("namespace"), str):
+        raise GlanceError(400, "'namespace' is a required property")
+    return dict(body)
 
 
 def _namespace_fields(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -334,13 +340,7 @@ def validated(spec: dict[str, Any]) -> dict[str, Any]:
 def update_namespace(spec: Mapping[str, Any], body: Any, project: str) -> dict[str, Any]:
     """PUT /v2/metadefs/namespaces/{ns}: the namespace-level fields replaced (absent ones back to Glance's
     create defaults, as Glance does); objects, properties, tags and associations kept."""
-    body = _object_body(body, "namespace")
-    _read_only(body)
-    extra = set(body) - NAMESPACE_KEYS
-    if extra:
-        raise GlanceError(400, f"Additional properties are not allowed ({', '.join(sorted(extra))} were unexpected)")
-    if not isinstance(body.get("namespace"), str):
-        raise GlanceError(400, "'namespace' is a required property")
+    body = _namespace_body(body)
     kept = {k: v for k, v in spec.items() if k in ("properties", "objects", "tags", "resourceTypeAssociations",
                                                     "catalog")}
     return validated({**kept, "namespace": body["namespace"], "owner": body.get("owner") or project,
