@@ -144,3 +144,17 @@ def test_one_copy_is_deleted_never_the_last() -> None:
         with pytest.raises(GlanceError) as e:
             glance.check_store_delete(active, store, ["file", "s3"], held, admin)
         assert e.value.status == status
+
+
+def test_links_and_locations_ask_no_store(tmp_path: Path) -> None:
+    """The operator signs a DataVolume's link on its event loop: from the Image's status.stores, never by asking
+    a store (an S3 endpoint that does not answer would stall every reconcile)."""
+    unreachable = StoreConfig(endpoint="127.0.0.1:9", access_key="a", secret_key="b", bucket="kova-images")
+    specs = (StoreSpec(id="s3", kind="s3", s3=unreachable, default=True),
+             StoreSpec(id="file", kind="file", path=str(tmp_path), url="http://api:8780"))
+    stores = Stores(specs, b"k" * 32)
+    assert stores.presigned_get("uid", dt.timedelta(minutes=1), ["file", "s3"]).startswith(
+        "http://api:8780/stores/file/images/uid?")
+    assert "127.0.0.1:9/kova-images/images/uid?" in stores.presigned_get("uid", dt.timedelta(minutes=1))
+    assert stores.location("uid", ["s3"]) == "s3://kova-images/images/uid"
+    assert stores.location("uid", ["file"]) == f"file://{tmp_path}/images/uid"

@@ -21,7 +21,7 @@ import shutil
 import struct
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -554,14 +554,18 @@ class Stores:
     def data_size(self, uid: str) -> int | None:
         return next((n for sid in self.order if (n := self.by_id[sid].data_size(uid)) is not None), None)
 
-    def location(self, uid: str) -> str:
-        return self._best(uid).location(uid)
+    def location(self, uid: str, held: Sequence[str] = ()) -> str:
+        """Where the image's data is in the first of `held` (else the default store); asks no store."""
+        return next((self.by_id[sid] for sid in held if sid in self.by_id), self.get()).location(uid)
 
     def open_blob(self, uid: str, offset: int = 0, length: int | None = None) -> Any:
         return self._best(uid).open_blob(uid, offset, length)
 
-    def presigned_get(self, uid: str, ttl: dt.timedelta) -> str:
-        return self._best(uid).presigned_get(uid, ttl)
+    def presigned_get(self, uid: str, ttl: dt.timedelta, held: Sequence[str] = ()) -> str:
+        """A link to the image's data in the first of `held` (the Image's status.stores) that is configured;
+        without one, the default store's. No store is asked: it runs on the operator's event loop."""
+        store = next((self.by_id[sid] for sid in held if sid in self.by_id), self.get())
+        return store.presigned_get(uid, ttl)
 
     def delete_image(self, uid: str) -> None:
         for store in self.by_id.values():

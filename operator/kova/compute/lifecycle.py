@@ -79,6 +79,7 @@ class ImageInfo:
     deactivated: bool = False
     disk_format: str | None = None
     properties: dict[str, str] = field(default_factory=dict)
+    stores: tuple[str, ...] = ()  # where its data is, best first (status.stores): the store a disk reads
 
 
 @dataclass

@@ -281,4 +281,4 @@ def image_info(images: Lookup, ref: str, namespace: str) -> lifecycle.ImageInfo 
                                min_disk=spec.min_disk, min_ram=spec.min_ram,
                                deactivated=status.status is GlanceStatus.deactivated,
                                disk_format=spec.disk_format.value if spec.disk_format else status.detected_format,
-                               properties=dict(spec.properties))
+                               properties=dict(spec.properties), stores=tuple(status.stores))

@@ -53,7 +53,7 @@ async def reconcile(rt: Runtime, namespace: str, name: str,
         # While this process imports, no record can exist yet: no need to ask the store every second.
         records = [] if state is not None else await asyncio.to_thread(rt.store.records, uid)
         blob = records[0][1] if records else None
-        location = rt.store.get(records[0][0]).location(uid) if records else rt.store.get().location(uid)
+        location = rt.store.location(uid, [sid for sid, _ in records])
         view = observe_image(blob, location, obj.get("status") or {}, importing=state is not None,
                              done=state.progress.done if state else 0,
                              total=state.progress.total if state else None,
@@ -216,7 +216,7 @@ async def delete(rt: Runtime, body: kopf.Body, logger: logging.Logger | logging.
     uid = body["metadata"]["uid"]
     await asyncio.to_thread(rt.store.delete_image, uid)
     rt.imports.pop(uid, None)
-    logger.info("removed the image data at %s", rt.store.location(uid))
+    logger.info("removed the image data from every store (%s)", ", ".join(rt.store.order))
 
 
 # ---------------------------------------------------------------------------------------------- createImage

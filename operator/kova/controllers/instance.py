@@ -126,8 +126,10 @@ async def _step(rt: Runtime, caches: Caches, inst: dict[str, Any]) -> bool:
     for disk in plan.disks:
         if rt.writes.created(DATA_VOLUMES, namespace, disk.name):
             continue
-        # Signing is local work (the signer's region is fixed, so minio asks the store nothing).
-        url = rt.store.presigned_get(disk.image.uid, rt.settings.presign_ttl) if disk.from_image else None
+        # Signing is local work (the signer's region is fixed, so minio asks the store nothing), from the store
+        # the Image's status names first: no store is asked where the data is.
+        url = rt.store.presigned_get(disk.image.uid, rt.settings.presign_ttl, disk.image.stores) \
+            if disk.from_image else None
         await rt.writes.create(DATA_VOLUMES, children.build_data_volume(
             inst, url, disk.image.sha512, disk.gib, disk.image.uid, name=disk.name))
     if plan.grow is not None:

@@ -459,7 +459,7 @@ class ImageHandlers(Front):
     async def _activate(self, obj: dict[str, Any], blob: Any, importing: list[str] | None = None) -> None:
         uid = obj["metadata"]["uid"]
         held = await asyncio.to_thread(self.rt.store.holding, uid)
-        view = observe_image(blob, self.rt.store.location(uid), {}, importing=False,
+        view = observe_image(blob, self.rt.store.location(uid, held), {}, importing=False,
                              done=blob.size, total=blob.size, passing_error=None,
                              deactivated=bool((obj.get("spec") or {}).get("deactivated")))
         view.fields["stores"] = held
