@@ -1,8 +1,9 @@
 """Tempest 47 `tempest.api.image.v2` against `kova api` on the local cloud, with pre-provisioned credentials:
-ServiceAccount tokens as passwords, a member (edit) and a reader (view) account in each of two namespaces.
+ServiceAccount tokens as passwords, a member (edit) and a reader (view) account in each of two namespaces, and
+an administrator (a ClusterRoleBinding to kova-admin) in a third.
 
 The include list (tests/tempest/include.txt) names what runs; tests/tempest/excluded.txt lists every other
-test of the package with its reason. At least 30 must pass and none may fail.
+test of the package with its reason. At least 60 must pass and none may fail.
 """
 
 from __future__ import annotations
