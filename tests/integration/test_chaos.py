@@ -8,15 +8,17 @@ import hashlib
 import json
 import random
 import time
+import urllib.request
 from typing import Any
 
 import pytest
 
 from kova.adapters.store import blob_key
 from tests.cloud.bench import S3_BUCKET, LocalCloud
-from tests.conftest import Kubectl, Operator, condition, set_quota, wait_for
+from tests.conftest import Kubectl, Operator, condition, set_quota, tenant_token, wait_for
 from tests.httpsource import Source
 from tests.integration.test_e2e import disk, flavor, image, instance, store_keys, unique, wait_instance
+from tests.integration.test_openstack import glance_call, qcow2
 
 pytestmark = pytest.mark.integration
 
@@ -114,3 +116,40 @@ def test_store_outage_and_api_server_restart(cloud: LocalCloud, operator: Operat
     fl = unique(kubectl, "after-restart")
     kubectl.apply([flavor(fl), instance("vm1", fl, "out0")])
     wait_instance(kubectl, "vm1", "ACTIVE", timeout=120)
+
+
+def test_a_store_that_is_down_stops_no_other_image(cloud: LocalCloud, operator: Operator, api: str, source: Source,
+                                                   kubectl: Kubectl) -> None:
+    """The file store's volume gone: an image held there stays active and says why its status is not renewed,
+    while an image imported into MinIO meanwhile becomes active as usual; back, the file image is read again."""
+    ns = kubectl.namespace
+    token = tenant_token(cloud, ns)
+    data = qcow2("down-store", kib=512)
+    on_file = glance_call(api, token, ns, "POST", "/images", {"name": "on-file", "disk_format": "qcow2",
+                                                              "container_format": "bare"})
+    req = urllib.request.Request(f"{api}/projects/{ns}/image/v2/images/{on_file['id']}/file", method="PUT", data=data,
+                                 headers={"X-Auth-Token": token, "Content-Type": "application/octet-stream",
+                                          "x-image-meta-store": "file"})
+    urllib.request.urlopen(req, timeout=60).close()
+    assert kubectl.status("image", "on-file")["stores"] == ["file"]
+    away = cloud.file_store.with_name("file-store.away")
+    cloud.file_store.rename(away)
+    cloud.file_store.write_text("not a directory: the store's volume is gone")
+    try:
+        kubectl("annotate", "image", "on-file", "chaos/poke=1")  # an update: the operator reconciles it
+        ready = wait_for(lambda: (c := condition(kubectl.get("image", "on-file"))).get("reason") ==
+                         "StoreUnreachable" and c, 30, "the file image to say its store does not answer")
+        assert ready["status"] == "True" and "store file did not answer" in ready["message"]
+        shown = kubectl.status("image", "on-file")
+        assert (shown["status"], shown["stores"], shown["size"]) == ("active", ["file"], len(data))
+        # Another image is imported into the default store (MinIO) as if nothing were wrong.
+        kubectl.apply([image("meanwhile", source.add(f"/{ns}/meanwhile", disk("meanwhile")))])
+        kubectl("wait", "--for=condition=Ready", "--timeout=60s", "image/meanwhile")
+        assert kubectl.status("image", "meanwhile")["stores"] == ["s3"]
+    finally:
+        cloud.file_store.unlink()
+        away.rename(cloud.file_store)
+    kubectl("annotate", "image", "on-file", "chaos/poke=2", "--overwrite")
+    back = wait_for(lambda: (c := condition(kubectl.get("image", "on-file"))).get("reason") == "Active" and c, 30,
+                    "the file image to be read again")
+    assert back["message"] == f"{len(data)} bytes stored"

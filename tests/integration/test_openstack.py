@@ -615,6 +615,13 @@ def test_stores_an_image_held_only_in_the_file_store_boots(operator: Any, api: s
         with pytest.raises(urllib.error.HTTPError) as e:  # never the last copy
             glance_call(api, admin, namespace, "DELETE", f"/stores/s3/{image['id']}")
         assert e.value.code == 403
+        # The stores' detail (Glance's stores_info_detail policy: administrators): type, weight, properties.
+        detail = {s["id"]: s for s in glance_call(api, admin, namespace, "GET", "/info/stores/detail")["stores"]}
+        assert detail["file"]["properties"] == {"data_dir": str(cloud.file_store)} and detail["s3"]["type"] == "s3"
+        assert "secret" not in json.dumps(detail).lower()
+        with pytest.raises(urllib.error.HTTPError) as e:
+            glance_call(api, token, namespace, "GET", "/info/stores/detail")
+        assert e.value.code == 403
     finally:
         cloud.kubectl("delete", "clusterrolebinding", f"{namespace}-os-admin", check=False)
 

@@ -115,6 +115,26 @@ def test_image_status_from_store_record() -> None:
                                                                       Progress.RECONCILING)
 
 
+def test_a_store_that_does_not_answer_is_no_loss() -> None:
+    """An active image whose only listed store is down stays active (the store still holds what it held),
+    and says why its status is not renewed; a store that answers without the record no longer lists it."""
+    active = {"status": "active", "stores": ["file"], "size": 1}
+    view = rules.observe_image(None, "", active, False, 0, None, None, unanswered=["file"])
+    assert (view.status.value, view.progress, view.reason, view.fields) == (
+        "active", Progress.READY, "StoreUnreachable", {})
+    assert "store file did not answer" in view.message
+    assert rules.observe_image(None, "", active, False, 0, None, None).status.value == "queued"
+    off = rules.observe_image(None, "", active, False, 0, None, None, deactivated=True, unanswered=["file"])
+    assert off.status.value == "deactivated"
+    # An image that never had data is not made active by an outage.
+    assert rules.observe_image(None, "", {"status": "queued"}, False, 0, None, None,
+                               unanswered=["file"]).status.value == "queued"
+    order = ["s3", "file", "nfs"]
+    assert rules.held_stores(["s3"], {"file": "down"}, ["s3", "file"], order) == ["s3", "file"]
+    assert rules.held_stores(["s3"], {}, ["s3", "file"], order) == ["s3"]  # file answered: no record there
+    assert rules.held_stores([], {"nfs": "down"}, ["s3"], order) == []  # never listed: not claimed
+
+
 def test_condition_transition_time_moves_only_on_flip() -> None:
     c1 = set_condition([], "Ready", False, "Spawning", "a", 1, "t1")
     c2 = set_condition(c1, "Ready", False, "Spawning", "b", 2, "t2")

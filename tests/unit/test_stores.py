@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,12 @@ def test_glance_names_the_stores() -> None:
     specs = [StoreSpec(id="s3", kind="s3", description="MinIO"), StoreSpec(id="file", kind="file")]
     assert glance.stores_info(specs, "s3") == {"stores": [{"id": "s3", "description": "MinIO", "default": True},
                                                           {"id": "file", "description": "file store"}]}
+    specs.append(StoreSpec(id="archive", kind="s3", weight=5, s3=PRIMARY))
+    detail = glance.stores_detail(specs, "s3")["stores"]
+    assert [(d["id"], d["type"], d["weight"]) for d in detail] == [("s3", "s3", 0), ("file", "file", 0),
+                                                                    ("archive", "s3", 5)]
+    assert detail[2]["properties"] == {"s3_store_host": "127.0.0.1:9000", "s3_store_bucket": "kova-images"}
+    assert "secret" not in json.dumps(detail).lower() and "b" not in detail[2]["properties"].values()
 
 
 def test_an_images_document_says_its_stores_best_first() -> None:
@@ -158,3 +165,27 @@ def test_links_and_locations_ask_no_store(tmp_path: Path) -> None:
     assert "127.0.0.1:9/kova-images/images/uid?" in stores.presigned_get("uid", dt.timedelta(minutes=1))
     assert stores.location("uid", ["s3"]) == "s3://kova-images/images/uid"
     assert stores.location("uid", ["file"]) == f"file://{tmp_path}/images/uid"
+
+
+def test_a_store_that_does_not_answer_hides_no_other_store(tmp_path: Path) -> None:
+    """One store down (an S3 endpoint refusing connections, a file store whose volume is gone) must not stop
+    reconciles of images in the others: its answer is reported apart, and the others' records still count."""
+    refusing = StoreConfig(endpoint="127.0.0.1:9", access_key="a", secret_key="b", bucket="kova-images")
+    (tmp_path / "gone").write_text("a file where the volume's directory should be")
+    specs = (StoreSpec(id="s3", kind="s3", s3=refusing, default=True, weight=9),
+             StoreSpec(id="gone", kind="file", path=str(tmp_path / "gone"), url="http://api:8780", weight=5),
+             StoreSpec(id="file", kind="file", path=str(tmp_path / "up"), url="http://api:8780"))
+    stores = Stores(specs, b"k" * 32)
+    blob = Blob(size=1, md5="m", sha512="s", sha256=None, disk_format="raw", virtual_size=1, source="x")
+    stores.get("file").write_record("uid", blob)
+    survey = stores.survey("uid")
+    assert survey.records == [("file", blob)] and list(survey.unread) == ["s3", "gone"]
+    assert "MaxRetryError" in survey.unread["s3"] and "NotADirectoryError" in survey.unread["gone"]
+    assert stores.holding("uid") == ["file"] and stores.read_record("uid") == blob
+    assert stores.survey("other").records == []
+    # Kova starts with a store down, but not with its default store down (imports write there).
+    with pytest.raises(Exception, match="Max retries"):
+        stores.ensure_bucket()
+    Stores((replace(specs[0], default=False), specs[1],
+            replace(specs[2], default=True)), b"k" * 32).ensure_bucket()
+    assert (tmp_path / "up" / "images").is_dir()

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import io
 import json
+import logging
 import os
 import re
 import secrets
@@ -27,10 +28,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlunsplit
 
+import certifi
+import urllib3
 from minio import Minio
 from minio import time as mtime
 from minio.datatypes import Part
-from minio.error import S3Error, ServerError
+from minio.error import MinioException, S3Error, ServerError
 from minio.signer import sign_v4_s3
 
 from kova.adapters import env
@@ -62,6 +65,8 @@ class StoreConfig:
                    region=os.environ.get("KOVA_S3_REGION") or None,
                    public_endpoint=os.environ.get("KOVA_S3_PUBLIC_ENDPOINT") or None)
 
+
+log = logging.getLogger(__name__)
 
 FRAME = 1 << 20  # aws-chunked frame: the part's bytes are sent in frames of this size as they come
 _TRAILER = b"x-amz-checksum-crc32:"
@@ -151,12 +156,25 @@ def staged_key(uid: str) -> str:
     return f"images/{uid}.staged.json"
 
 
+# What a store that is down or unreachable raises (a file store: OSError; S3: urllib3's or minio's errors).
+STORE_ERRORS: tuple[type[Exception], ...] = (OSError, MinioException, urllib3.exceptions.HTTPError)
+
+
+def _pool() -> urllib3.PoolManager:
+    """minio's own pool, but a store that does not answer fails in seconds, not after minio's 5-minute
+    timeouts retried five times: reconciles read records and must not hang on one store."""
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=5, read=120), maxsize=10, cert_reqs="CERT_REQUIRED",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=urllib3.Retry(total=5, connect=1, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]))
+
+
 class ObjectStore:
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
         self.bucket = config.bucket
         self.client = Minio(config.endpoint, access_key=config.access_key, secret_key=config.secret_key,
-                            secure=config.secure, region=config.region)
+                            secure=config.secure, region=config.region, http_client=_pool())
         self.parts = _UnsignedPartClient(config.endpoint, access_key=config.access_key,
                                          secret_key=config.secret_key, secure=config.secure, region=config.region)
         # Presigned URLs are signed for the host CDI will use; signing needs no request to the store.
@@ -204,7 +222,13 @@ class ObjectStore:
     def begin(self, uid: str, metadata: dict[str, str]) -> str:
         headers: dict[str, str | list[str] | tuple[str]] = {"Content-Type": "application/octet-stream",
                    **{f"x-amz-meta-{k}": v for k, v in metadata.items()}}
-        return str(self.client._create_multipart_upload(self.bucket, blob_key(uid), headers))
+        try:
+            return str(self.client._create_multipart_upload(self.bucket, blob_key(uid), headers))
+        except S3Error as e:
+            if e.code != "NoSuchBucket":  # a store that was down at start has no bucket yet: make it now
+                raise
+            self.ensure_bucket()
+            return str(self.client._create_multipart_upload(self.bucket, blob_key(uid), headers))
 
     def upload_part(self, uid: str, upload_id: str, number: int, body: Iterable[Any], length: int) -> Part:
         """One part of `length` bytes, sent as `body` produces them (kova.image.importer holds a few MiB)."""
@@ -504,6 +528,12 @@ class _FileSlice:
         pass
 
 
+@dataclass(frozen=True)
+class Survey:
+    records: list[tuple[str, Blob]]  # (store id, record) of the stores that hold the image, best first
+    unread: dict[str, str]  # store id → why its record could not be read
+
+
 class Stores:
     """Every store of KOVA_STORES. Imports write to one (the default unless asked); an image is in each store
     that holds its record, and is read from the first of them by weight (then id), as Glance orders them."""
@@ -520,15 +550,36 @@ class Stores:
         return self.by_id[store_id or self.default]
 
     def ensure_bucket(self) -> None:
-        for store in self.by_id.values():
-            store.ensure_bucket()
+        """The default store must answer (imports write there); another that is down is reported and made
+        when first written to, so one store's outage does not keep Kova from starting."""
+        for sid, store in self.by_id.items():
+            try:
+                store.ensure_bucket()
+            except STORE_ERRORS as e:
+                if sid == self.default:
+                    raise
+                log.warning("store %s did not answer at start: %s", sid, e)
+
+    def survey(self, uid: str) -> Survey:
+        """Every store's answer for the image: one store that is down must not stop the others' images."""
+        records: list[tuple[str, Blob]] = []
+        unread: dict[str, str] = {}
+        for sid in self.order:
+            try:
+                blob = self.by_id[sid].read_record(uid)
+            except STORE_ERRORS as e:
+                unread[sid] = f"{type(e).__name__}: {e}"
+                continue
+            if blob is not None:
+                records.append((sid, blob))
+        return Survey(records, unread)
 
     def records(self, uid: str) -> list[tuple[str, Blob]]:
-        """(store id, record) of every store that holds the image, best first."""
-        return [(sid, blob) for sid in self.order if (blob := self.by_id[sid].read_record(uid)) is not None]
+        """(store id, record) of every store that answers and holds the image, best first."""
+        return self.survey(uid).records
 
     def holding(self, uid: str) -> list[str]:
-        """The stores that hold the image (its record), best first."""
+        """The stores that answer and hold the image (its record), best first."""
         return [sid for sid, _ in self.records(uid)]
 
     def _best(self, uid: str) -> ObjectStore | FileStore:
@@ -537,10 +588,8 @@ class Stores:
 
     # What the rest of Kova asks of "the store", across them.
     def read_record(self, uid: str) -> Blob | None:
-        for sid in self.order:
-            if (blob := self.by_id[sid].read_record(uid)) is not None:
-                return blob
-        return None
+        records = self.records(uid)
+        return records[0][1] if records else None
 
     def read_staged(self, uid: str) -> Blob | None:
         return next((b for sid in self.order if (b := self.by_id[sid].read_staged(uid)) is not None), None)

@@ -26,6 +26,7 @@ from kova.adapters import metrics
 from kova.adapters.http import ExportFetcher, Fetcher
 from kova.adapters.runtime import ImportState, Runtime
 from kova.adapters.status import publish
+from kova.adapters.store import Survey
 from kova.adapters.worker import WorkerLost
 from kova.api.errors import Refusal
 from kova.api.models import ImageSpec, SnapshotOrigin
@@ -33,7 +34,17 @@ from kova.api.resources import IMAGES, INSTANCES, PODS, SERVICES, VIRTUAL_MACHIN
 from kova.compute import snapshot
 from kova.image import importer, pace
 from kova.image.quota import Gate
-from kova.image.rules import DONE, ImageView, killed_view, observe_image, parse_image_ref, protected_refusal
+from kova.image.rules import (
+    DONE,
+    ImageView,
+    held_stores,
+    killed_view,
+    observe_image,
+    parse_image_ref,
+    protected_refusal,
+)
+
+log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 5.0  # seconds between progress checks while importing (a write only on a 10% step)
 EXPORT_POLL = 2.0  # seconds between looks at an export that is not ready yet
@@ -50,18 +61,24 @@ async def reconcile(rt: Runtime, namespace: str, name: str,
         spec = obj.get("spec") or {}
         state = rt.imports.get(uid)
         queued_message = queued_message or rt.waiting.get(uid)
+        status = obj.get("status") or {}
         # While this process imports, no record can exist yet: no need to ask the store every second.
-        records = [] if state is not None else await asyncio.to_thread(rt.store.records, uid)
-        blob = records[0][1] if records else None
-        location = rt.store.location(uid, [sid for sid, _ in records])
-        view = observe_image(blob, location, obj.get("status") or {}, importing=state is not None,
+        survey = Survey([], {}) if state is not None else await asyncio.to_thread(rt.store.survey, uid)
+        for sid, why in survey.unread.items():
+            log.warning("store %s did not answer for image %s/%s: %s", sid, namespace, name, why)
+        blob = survey.records[0][1] if survey.records else None
+        found = [sid for sid, _ in survey.records]
+        listed = status.get("stores") or []
+        held = held_stores(found, survey.unread, listed, rt.store.order)
+        view = observe_image(blob, rt.store.location(uid, found or held), status, importing=state is not None,
                              done=state.progress.done if state else 0,
                              total=state.progress.total if state else None,
                              passing_error=state.error if state else None,
                              deactivated=bool(spec.get("deactivated")), queued_message=queued_message,
-                             upload_id=uid if "upload" in (spec.get("source") or {}) else None)
-        if records:
-            view.fields["stores"] = [sid for sid, _ in records]
+                             upload_id=uid if "upload" in (spec.get("source") or {}) else None,
+                             unanswered=[sid for sid in listed if sid in survey.unread])
+        if held:
+            view.fields["stores"] = held
         await _write(rt, obj, view)
         return view, obj
 

@@ -4,6 +4,7 @@ policy all decide from here."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +46,8 @@ class ImageView:
 
 def observe_image(blob: Blob | None, location: str, previous: dict[str, Any], importing: bool,
                   done: int, total: int | None, passing_error: str | None, deactivated: bool = False,
-                  queued_message: str | None = None, upload_id: str | None = None) -> ImageView:
+                  queued_message: str | None = None, upload_id: str | None = None,
+                  unanswered: Sequence[str] = ()) -> ImageView:
     """Glance's status word and kstatus verdict, from what the store holds and what the importer is doing.
 
     The store's record is the truth for `active`; `killed` is kept from the previous status, since an
@@ -53,7 +55,14 @@ def observe_image(blob: Blob | None, location: str, previous: dict[str, Any], im
     and the message does not count bytes, so a status write happens only when a user sees a change.
     An image whose data comes through the image API (`upload_id`: its id there) waits in `queued` until it
     arrives; while the API receives it the API itself says `saving`, and the operator leaves that alone.
+    `unanswered`: stores listed in the last status that did not answer now. Without a record from another
+    store, an outage is not a loss: the last reading stands and the message says why it is not renewed.
     """
+    if blob is None and unanswered and previous.get("status") in (GlanceStatus.active, GlanceStatus.deactivated):
+        word = GlanceStatus.deactivated if deactivated else GlanceStatus.active
+        return ImageView(word, Progress.READY, "StoreUnreachable",
+                         f"store {', '.join(unanswered)} did not answer: the image's data is there by its last "
+                         "reading; the status is renewed once the store answers")
     if blob is not None:
         word, reason = (GlanceStatus.deactivated, "Deactivated") if deactivated else (GlanceStatus.active, "Active")
         return ImageView(word, Progress.READY, reason, f"{blob.size} bytes stored", {
@@ -84,6 +93,13 @@ def observe_image(blob: Blob | None, location: str, previous: dict[str, Any], im
                          f"(kova image upload, or PUT /v2/images/{upload_id}/file)")
     return ImageView(GlanceStatus.queued, Progress.RECONCILING, "Queued",
                      queued_message or "waiting for the import to start")
+
+
+def held_stores(found: Sequence[str], unread: Collection[str], listed: Sequence[str],
+                order: Sequence[str]) -> list[str]:
+    """The stores an image is in, best first: those whose record was read, and those listed last time that
+    did not answer now (a store that is down still holds what it held)."""
+    return [s for s in order if s in found or (s in unread and s in listed)]
 
 
 def killed_view(reason: str, message: str) -> ImageView:

@@ -64,6 +64,7 @@ def application(identity: IdentityHandlers, images: ImageHandlers, compute: Comp
     r.add_get(p + "/v2/images/{id}/stage", images.stage_status)  # Kova's: how much of a stage arrived
     r.add_post(p + "/v2/images/{id}/import", images.import_image)
     r.add_get(p + "/v2/info/{what}", images.info)  # import methods, stores, usage
+    r.add_get(p + "/v2/info/stores/detail", images.stores_detail)
     r.add_delete(p + "/v2/stores/{store}/{id}", images.delete_from_store)
     metadef_routes(r, p + "/v2", metadefs)
     r.add_get("/stores/{store}/images/{uid}", images.store_link)  # a file store's signed links (importers)

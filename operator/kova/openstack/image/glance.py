@@ -674,6 +674,19 @@ def stores_info(specs: Iterable[Any], default: str) -> dict[str, Any]:
                         **({"default": True} if s.id == default else {})} for s in specs]}
 
 
+def stores_detail(specs: Iterable[Any], default: str) -> dict[str, Any]:
+    """GET /v2/info/stores/detail: the stores again, with their type, weight and Glance's properties of that
+    type (a file store's directory; an s3 store's endpoint and bucket, never its keys)."""
+    specs = list(specs)
+    doc = stores_info(specs, default)
+    for store, spec in zip(doc["stores"], specs, strict=True):
+        s3 = spec.s3
+        properties = ({"data_dir": spec.path} if s3 is None else
+                      {"s3_store_host": s3.endpoint, "s3_store_bucket": s3.bucket})
+        store.update({"type": spec.kind, "weight": spec.weight, "properties": properties})
+    return doc
+
+
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
 

@@ -261,6 +261,13 @@ class ImageHandlers(Front):
             return web.json_response(glance.stores_info(self.rt.store.specs.values(), self.rt.store.default))
         raise GlanceError(404, "The resource could not be found.")
 
+    async def stores_detail(self, request: web.Request) -> web.Response:
+        """GET /v2/info/stores/detail: Glance's policy `stores_info_detail` is for administrators."""
+        caller, _ = await self.caller(request)
+        if not await self.is_admin(caller):
+            raise GlanceError(403, "You are not authorized to complete stores_info_detail action.")
+        return web.json_response(glance.stores_detail(self.rt.store.specs.values(), self.rt.store.default))
+
     async def upload(self, request: web.Request) -> web.Response:
         return await self._data(request, staged=False)
 
