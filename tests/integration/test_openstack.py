@@ -582,6 +582,11 @@ def test_stores_an_image_held_only_in_the_file_store_boots(operator: Any, api: s
     assert image["id"] not in {o.object_name.split("/")[-1] for o in
                                cloud.s3_client().list_objects("kova-images", prefix="images/")}
     assert kubectl.status("image", "on-file")["stores"] == ["file"]
+    # Its data has come: kubectl cannot give it a url now (only an Image waiting for an upload may be).
+    out = kubectl("patch", "image", "on-file", "--type=merge", "-p",
+                  '{"spec":{"source":{"upload":null,"url":"http://127.0.0.1:1/other"}}}', check=False)
+    assert "already has data (status active): it cannot be given a url" in out
+    assert "url" not in kubectl.get("image", "on-file")["spec"]["source"]
     # A store that is not configured is refused in Glance's words.
     other = glance_call(api, token, namespace, "POST", "/images", {"name": "nowhere", "disk_format": "raw",
                                                                    "container_format": "bare"})

@@ -100,6 +100,9 @@ def test_publicize_and_snapshot_policies_ask_the_requesters_rights() -> None:
     assert ".check('publicize').allowed()" in publicize["validations"][0]["expression"]
     snapshot = docs[crdgen.SNAPSHOT_POLICY]["spec"]
     assert ".name(object.spec.source.instance).check('update')" in snapshot["validations"][0]["expression"]
+    source = docs[crdgen.SOURCE_POLICY]["spec"]
+    assert source["matchConstraints"]["resourceRules"][0]["operations"] == ["UPDATE"]
+    assert "oldObject.status.status == 'queued'" in source["validations"][0]["expression"]
 
 
 def test_chart_carries_the_same_crds_and_policy() -> None:

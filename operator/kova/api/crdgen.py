@@ -149,6 +149,7 @@ def protection_policy() -> list[dict[str, Any]]:
 
 PUBLICIZE_POLICY = "kova-image-publicize"
 SNAPSHOT_POLICY = "kova-image-snapshot"
+SOURCE_POLICY = "kova-image-source"
 PUBLICIZE_VERB = "publicize"  # a verb of Kova's on images, held by the kova-image-publisher ClusterRole
 
 
@@ -176,6 +177,15 @@ def image_policies() -> list[dict[str, Any]]:
                                  "object.spec.source.instance + ' needs the right to update that Instance "
                                  "(the Nova action createImage)'",
             "reason": "Forbidden"}]),
+        # The CRD's rule lets an Image waiting for an upload be given a url (web-download) but cannot see the
+        # status: once its data has come (staged, saving, active…), a url would name other bytes.
+        *_policy(SOURCE_POLICY, GROUP_IMAGE, "images", ["UPDATE"], [{
+            "expression": "!has(object.spec.source.url) || has(oldObject.spec.source.url) || "
+                          "!has(oldObject.status) || !has(oldObject.status.status) || "
+                          "oldObject.status.status == 'queued'",
+            "messageExpression": "'Image ' + object.metadata.name + ' already has data (status ' + "
+                                 "oldObject.status.status + '): it cannot be given a url; create a new Image'",
+            "reason": "Invalid"}]),
     ]
 
 
