@@ -8,12 +8,13 @@ import hashlib
 import json
 import random
 import time
+import urllib.error
 import urllib.request
 from typing import Any
 
 import pytest
 
-from kova.adapters.store import blob_key
+from kova.adapters.store import blob_key, sign_link
 from tests.cloud.bench import S3_BUCKET, LocalCloud
 from tests.conftest import Kubectl, Operator, condition, set_quota, tenant_token, wait_for
 from tests.httpsource import Source
@@ -142,6 +143,13 @@ def test_a_store_that_is_down_stops_no_other_image(cloud: LocalCloud, operator: 
         assert ready["status"] == "True" and "store file did not answer" in ready["message"]
         shown = kubectl.status("image", "on-file")
         assert (shown["status"], shown["stores"], shown["size"]) == ("active", ["file"], len(data))
+        # Its importers' link says the store does not answer (503, which CDI retries), not that the image is gone.
+        expires = int(time.time()) + 60
+        link = (f"{api}/stores/file/images/{on_file['id']}?expires={expires}&signature="
+                f"{sign_link(cloud.link_key.encode(), 'file', on_file['id'], expires)}")
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(link, timeout=30)
+        assert e.value.code == 503 and b"Store file does not answer" in e.value.read()
         # Another image is imported into the default store (MinIO) as if nothing were wrong.
         kubectl.apply([image("meanwhile", source.add(f"/{ns}/meanwhile", disk("meanwhile")))])
         kubectl("wait", "--for=condition=Ready", "--timeout=60s", "image/meanwhile")
@@ -153,3 +161,5 @@ def test_a_store_that_is_down_stops_no_other_image(cloud: LocalCloud, operator: 
     back = wait_for(lambda: (c := condition(kubectl.get("image", "on-file"))).get("reason") == "Active" and c, 30,
                     "the file image to be read again")
     assert back["message"] == f"{len(data)} bytes stored"
+    with urllib.request.urlopen(link, timeout=30) as answer:
+        assert answer.read() == data

@@ -25,7 +25,7 @@ from kova.adapters.informer import Informer
 from kova.adapters.kubeapi import ApiError, Apiserver, Caller
 from kova.adapters.runtime import Runtime
 from kova.adapters.status import publish
-from kova.adapters.store import FileStore, sign_link
+from kova.adapters.store import STORE_ERRORS, FileStore, sign_link
 from kova.api import clock
 from kova.api.conditions import Progress
 from kova.api.errors import StatusError
@@ -559,8 +559,12 @@ class ImageHandlers(Front):
         if not isinstance(store, FileStore) or expires < time.time() or not hmac.compare_digest(
                 signature, sign_link(self.rt.settings.link_key, sid, uid, expires)):
             raise GlanceError(403, "This link is not valid (any more): ask for the image again.")
-        size = await asyncio.to_thread(store.data_size, uid)
-        if size is None or await asyncio.to_thread(store.read_record, uid) is None:
+        try:
+            size = await asyncio.to_thread(store.data_size, uid)
+            record = await asyncio.to_thread(store.read_record, uid) if size is not None else None
+        except STORE_ERRORS as e:  # the importer retries (CDI): say it is the store, not the link or the image
+            raise GlanceError(503, f"Store {sid} does not answer: {e}") from e
+        if size is None or record is None:
             raise GlanceError(404, f"No image {uid} in store {sid}")
         start, end = 0, size - 1
         rng = request.http_range
