@@ -75,7 +75,7 @@ image_format_enforcement = False
 image_conversion = False
 do_secure_hash = False
 http_store_enabled = False
-store_weight_enabled = True
+store_weight_enabled = False
 """
     path = work / "tempest.conf"
     path.write_text(conf)

@@ -119,6 +119,8 @@ def test_boot_waits_for_the_flavor_and_refuses_a_too_small_one() -> None:
         {"type": "Running", "reason": "ChecksumMismatch", "message": "bad"}]}}, vm=vm("DataVolumeError", False)),
      NovaStatus.error, Progress.STALLED),
     (Children(dv=dv(), vm=vm("ErrorUnschedulable", False)), NovaStatus.error, Progress.STALLED),
+    (Children(dv=dv(phase="WaitForFirstConsumer"), vm=vm("ErrorUnschedulable", False)), NovaStatus.error,
+     Progress.STALLED),
     (STOPPED, NovaStatus.shutoff, Progress.READY),
 ])
 def test_nova_status_from_children(children: Children, word: NovaStatus, progress: Progress) -> None:
@@ -127,6 +129,17 @@ def test_nova_status_from_children(children: Children, word: NovaStatus, progres
     assert (step.word, step.progress) == (word, progress)
     if word is NovaStatus.error:
         assert step.fault is not None and step.fault.message
+
+
+def test_an_unschedulable_disk_importer_is_not_nova_s_no_valid_host() -> None:
+    """KubeVirt says ErrorUnschedulable while the root disk's importer pod waits for the scheduler to see the
+    claim CDI made a moment before (the scheduler retries it): the server stays in BUILD; once the disk is made,
+    an unschedulable launcher is Nova's NoValidHost."""
+    building = settle(inputs(spec(), InstanceStatus(), Children(dv=dv(phase="ImportScheduled"),
+                                                                vm=vm("ErrorUnschedulable", False))))
+    assert (building.word, building.progress, building.fault) == (NovaStatus.build, Progress.RECONCILING, None)
+    failed = settle(inputs(spec(), building.status, Children(dv=dv(), vm=vm("ErrorUnschedulable", False))))
+    assert (failed.word, failed.reason) == (NovaStatus.error, "NoValidHost")
 
 
 def test_requests_made_while_building_wait_for_the_build() -> None:

@@ -447,6 +447,8 @@ def _failure(ch: Children, previous: str | None = None) -> tuple[str, str] | Non
     # Not DataVolumeError: virt-controller says it as soon as CDI's import failed once (the DataVolume's Running
     # condition, reason Error), and CDI retries it; the root disk's import rule above decides when it is a fault.
     # Nor ErrorPvcNotFound: a rebuild's new DataVolume has no claim for a moment, and Kova makes it itself.
+    if printable == "ErrorUnschedulable" and not _disk_made(ch.dv):
+        return None  # not the launcher's verdict yet: the scheduler retries a disk's pod once it sees its claim
     if printable in ("ErrorUnschedulable", "CrashLoopBackOff", "ErrorImagePull", "ImagePullBackOff"):
         # The scheduler's words are on PodScheduled (mirrored from the VMI); Ready says only "Guest VM is not
         # reported as running" (pkg/virt-controller/watch/vm/vm.go).
@@ -463,6 +465,18 @@ def _failure(ch: Children, previous: str | None = None) -> tuple[str, str] | Non
     if failed is not None and ch.missing_networks:  # KubeVirt's words, as for a network Kova refuses (no oracle)
         return "NetworkNotFound", failed
     return None
+
+
+# DataVolume phases past which the launcher pod is what the scheduler places: the disk is made, or waits for
+# the launcher as its first consumer (a WaitForFirstConsumer StorageClass).
+_DISK_MADE = ("Succeeded", "WaitForFirstConsumer", "PendingPopulation")
+
+
+def _disk_made(dv: Body | None) -> bool:
+    """While CDI still makes the root disk, ErrorUnschedulable can be about its importer pod, placed before the
+    scheduler has seen the claim CDI made a moment earlier (the scheduler retries it); Nova's NoValidHost is
+    the launcher's verdict only."""
+    return dv is None or ((dv.get("status") or {}).get("phase") in _DISK_MADE)
 
 
 def launch_failed(vm: Body | None) -> str | None:
