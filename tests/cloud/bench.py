@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -91,6 +92,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def lasting_port() -> int:
+    """A free port below the kernel's ephemeral range, for a listener that starts long after its port is named:
+    a port from free_port() could meanwhile be taken by any outgoing connection (they draw from that range)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port below {low}")
+
+
 def _die_with_parent() -> None:
     # Runs in the child between fork and exec: SIGKILL it when the thread that started it dies.
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -150,7 +167,7 @@ class LocalCloud:
         """What a client of the bench (the operator, kubectl, a test) needs in its environment: two stores,
         MinIO (`s3`, the default) and a directory (`file`, read by importers through `kova api`'s links)."""
         if not self.kova_api_port:
-            self.kova_api_port = free_port()
+            self.kova_api_port = lasting_port()
         # Equal weights: `stores` then lists them by id, the order Tempest's waiters compare with.
         stores = [{"id": "s3", "type": "s3", "default": True, "description": "MinIO"},
                   {"id": "file", "type": "file", "path": str(self.file_store),
