@@ -85,6 +85,8 @@ async def cleanup(memo: Any, **_: Any) -> None:
     for kicks in memo.get("other_kicks", ()):
         await kicks.close()
     if "runtime" in memo:
+        for task in list(rt(memo).copies.values()):  # copies resume from reconcile on the next leader
+            task.cancel()
         await rt(memo).kube.close()
 
 

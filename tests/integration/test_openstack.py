@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.cloud.bench import REPO, LocalCloud, kubeconfig_dict
-from tests.conftest import Kubectl, tenant_token, wait_for
+from tests.conftest import Kubectl, condition, tenant_token, wait_for
 from tests.httpsource import Source
 from tests.integration.test_e2e import flavor, instance, unique, wait_instance
 from tests.qcow2 import make_qcow2
@@ -167,6 +167,16 @@ def test_interoperable_import_glance_direct_and_web_download(operator: Any, api:
     assert web_image["checksum"] == hashlib.md5(data).hexdigest()
     assert kubectl.status("image", "web")["osHashValue"] == hashlib.sha512(data).hexdigest()
     assert (kubectl.get("image", "web") or {})["spec"]["source"] == {"url": url}
+    # Into the file store only (`--store`): imported into the default store, copied, then removed from MinIO.
+    web_file = queued("web-file", "qcow2")
+    cli.run("image", "import", web_file["id"], "--method", "web-download", "--uri", url, "--store", "file")
+    wait_for(lambda: (i := glance_call(api, token, namespace, "GET", f"/images/{web_file['id']}"))["status"] ==
+             "active" and i["stores"] == "file" and i["os_glance_importing_to_stores"] == "", timeout=60,
+             what="the web-download in the file store only")
+    assert (kubectl.get("image", "web-file") or {})["spec"]["stores"] == ["file"]
+    assert (cloud.file_store / "images" / web_file["id"]).read_bytes() == data
+    assert web_file["id"] not in {o.object_name.split("/")[-1] for o in
+                                  cloud.s3_client().list_objects("kova-images", prefix="images/")}
 
     # Glance's refusals: a method this site does not offer, glance-direct with nothing staged.
     other = queued("other", "raw")
@@ -629,6 +639,31 @@ def test_stores_an_image_held_only_in_the_file_store_boots(operator: Any, api: s
         assert e.value.code == 403
     finally:
         cloud.kubectl("delete", "clusterrolebinding", f"{namespace}-os-admin", check=False)
+
+
+def test_spec_stores_brings_the_data_where_kubectl_says(operator: Any, cloud: LocalCloud, source: Source,
+                                                      kubectl: Kubectl) -> None:
+    """GitOps' multiple stores: `spec.stores` names where the data should be; the operator copies it there
+    through the verified pipeline, and removes it from a store no longer named, never the last copy."""
+    data = qcow2("spec-stores", kib=512)
+    url = source.add(f"/{kubectl.namespace}/both", data)
+    kubectl.apply({"apiVersion": "image.kova.dev/v1alpha1", "kind": "Image", "metadata": {"name": "both"},
+                   "spec": {"diskFormat": "qcow2", "source": {"url": url}, "stores": ["s3", "file"]}})
+    both = wait_for(lambda: (st := kubectl.status("image", "both")).get("stores") == ["file", "s3"] and
+                    st.get("importingToStores") == [] and st, 60, "the image in both stores")
+    assert both["status"] == "active" and both["failedImport"] == []
+    uid = kubectl.get("image", "both")["metadata"]["uid"]
+    assert (cloud.file_store / "images" / uid).read_bytes() == data
+    assert cloud.s3_client().get_object("kova-images", f"images/{uid}").read() == data
+    kubectl("patch", "image", "both", "--type=merge", "-p", '{"spec":{"stores":["file"]}}')
+    wait_for(lambda: kubectl.status("image", "both").get("stores") == ["file"], 30, "the copy in MinIO removed")
+    assert uid not in {o.object_name.split("/")[-1] for o in
+                       cloud.s3_client().list_objects("kova-images", prefix="images/")}
+    # A store that is not configured is no copy to make, and not a reason to remove one.
+    kubectl("patch", "image", "both", "--type=merge", "-p", '{"spec":{"stores":["tape"]}}')
+    seen = wait_for(lambda: (o := kubectl.get("image", "both")) and condition(o).get("observedGeneration") ==
+                    o["metadata"]["generation"] and o, 30, "the operator to see the new spec")
+    assert seen["status"]["stores"] == ["file"] and (cloud.file_store / "images" / uid).exists()
 
 
 def boot_from_file_store(kubectl: Kubectl, api: str, image_id: str, other_id: str) -> None:

@@ -115,6 +115,22 @@ def test_image_status_from_store_record() -> None:
                                                                       Progress.RECONCILING)
 
 
+def test_spec_stores_plan_copies_then_removals_never_the_last_copy() -> None:
+    order = ["file", "nfs", "s3"]
+    assert rules.copy_plan(None, ["s3"], [], order) is None  # unset: the data stays where it arrived
+    plan = rules.copy_plan(["s3", "file"], ["s3"], [], order)
+    assert plan == rules.CopyPlan(copy=["file"], drop=[], failed=[])
+    # Glance's import into `file` only, staged in s3: s3 is emptied once file holds it, and not before.
+    assert rules.copy_plan(["file"], ["s3"], [], order) == rules.CopyPlan(copy=["file"], drop=[], failed=[])
+    assert rules.copy_plan(["file"], ["file", "s3"], [], order) == rules.CopyPlan(copy=[], drop=["s3"], failed=[])
+    # A failed copy is not tried again until it is asked for again; one that holds the data is no failure.
+    assert rules.copy_plan(["file", "nfs"], ["s3"], ["nfs"], order) == rules.CopyPlan(
+        copy=["file"], drop=[], failed=["nfs"])
+    assert rules.copy_plan(["nfs"], ["nfs"], ["nfs"], order) == rules.CopyPlan(copy=[], drop=[], failed=[])
+    # A store that is not configured (any more) is left out.
+    assert rules.copy_plan(["tape"], ["s3"], [], order) == rules.CopyPlan(copy=[], drop=[], failed=[])
+
+
 def test_a_store_that_does_not_answer_is_no_loss() -> None:
     """An active image whose only listed store is down stays active (the store still holds what it held),
     and says why its status is not renewed; a store that answers without the record no longer lists it."""

@@ -160,6 +160,8 @@ class Runtime:
     # uid → why its import waits (a slot, a quota): every reconcile says it until the import starts, not only
     # the one that found it waiting (another reconcile of the Image would otherwise write the plain word over it)
     waiting: dict[str, str] = field(default_factory=dict)
+    # uid → the task bringing an image's data to its spec.stores (kova.controllers.image.copy_stores)
+    copies: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     default_groups: set[str] = field(default_factory=set)  # namespaces whose default SecurityGroup is made
     # (namespace, uid) → what the namespace's quotas say to an import about to start (kova.controllers.quota).
     image_quota: Callable[[str, str], Gate] | None = None

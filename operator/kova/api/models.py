@@ -8,9 +8,9 @@ text of `kubectl explain`; `x-kubernetes-validations` (CEL) rules are checked by
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 from pydantic.alias_generators import to_camel
 
 GROUP_COMPUTE = "compute.kova.dev"
@@ -166,6 +166,12 @@ class ImageSpec(Model):
     deactivated: bool = Field(default=False, description=(
         "Glance's deactivate: an active image's data may not be used for new instances (existing ones "
         "keep running) until this is false again."))
+    stores: list[Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]] | None = Field(
+        default=None, min_length=1, max_length=16, description=(
+            "The stores (ids of KOVA_STORES) the data should be in. The operator copies it to each that lacks it "
+            "(through the verified pipeline again) and, once one of these holds it, removes it from the others. "
+            "Unset: the data stays where it arrived. Glance's import `stores` and `copy-image` set it."),
+        json_schema_extra={"x-kubernetes-list-type": "set"})
     source: ImageSource = Field(json_schema_extra={"x-kubernetes-validations": [
         # One way out: an Image waiting for an upload may be given a URL instead (Glance's web-download import).
         {"rule": "self == oldSelf || (has(oldSelf.upload) && has(self.url))",

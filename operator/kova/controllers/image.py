@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import kopf
@@ -29,14 +31,16 @@ from kova.adapters.status import publish
 from kova.adapters.store import Survey
 from kova.adapters.worker import WorkerLost
 from kova.api.errors import Refusal
-from kova.api.models import ImageSpec, SnapshotOrigin
+from kova.api.models import GlanceStatus, ImageSpec, SnapshotOrigin
 from kova.api.resources import IMAGES, INSTANCES, PODS, SERVICES, VIRTUAL_MACHINE_EXPORTS
 from kova.compute import snapshot
 from kova.image import importer, pace
+from kova.image.blob import Blob
 from kova.image.quota import Gate
 from kova.image.rules import (
     DONE,
     ImageView,
+    copy_plan,
     held_stores,
     killed_view,
     observe_image,
@@ -46,6 +50,7 @@ from kova.image.rules import (
 
 log = logging.getLogger(__name__)
 
+COPY_CHUNK = 1 << 20
 PROGRESS_EVERY = 5.0  # seconds between progress checks while importing (a write only on a 10% step)
 EXPORT_POLL = 2.0  # seconds between looks at an export that is not ready yet
 
@@ -79,8 +84,95 @@ async def reconcile(rt: Runtime, namespace: str, name: str,
                              unanswered=[sid for sid in listed if sid in survey.unread])
         if held:
             view.fields["stores"] = held
+        plan = copy_plan(spec.get("stores"), held, status.get("failedImport") or [], rt.store.order)
+        if plan is not None:
+            view.fields.update({"importingToStores": plan.copy, "failedImport": plan.failed})
+            if view.status is GlanceStatus.active and (plan.copy or plan.drop) and uid not in rt.copies:
+                task = asyncio.get_running_loop().create_task(copy_stores(rt, namespace, name, uid))
+                rt.copies[uid] = task
+                task.add_done_callback(lambda _: rt.copies.pop(uid, None))
+            if plan.copy and view.status is GlanceStatus.active:
+                view.message = f"{view.message}; copying the data to {', '.join(plan.copy)}"
         await _write(rt, obj, view)
         return view, obj
+
+
+async def copy_stores(rt: Runtime, namespace: str, name: str, uid: str) -> None:
+    """Bring an active image's data to the stores its spec.stores names, one at a time in an import slot, each
+    copy through the verified pipeline (it must hash as the record says); then empty the stores it should not
+    be in. Level-based: started by reconcile whenever the plan has work, so it resumes after a restart."""
+    stop = threading.Event()
+    slot = False
+    tried: set[str] = set()
+    try:
+        slot = rt.import_slots.take(namespace)
+        if not slot:
+            await rt.import_slots.wait(namespace)
+            slot = True
+        while True:
+            obj = await rt.kube.get(IMAGES, name, namespace)
+            if obj is None or obj["metadata"]["uid"] != uid or obj["metadata"].get("deletionTimestamp"):
+                return
+            survey = await asyncio.to_thread(rt.store.survey, uid)
+            status = obj.get("status") or {}
+            held = held_stores([sid for sid, _ in survey.records], survey.unread, status.get("stores") or [],
+                               rt.store.order)
+            plan = copy_plan((obj.get("spec") or {}).get("stores"), held, status.get("failedImport") or [],
+                             rt.store.order)
+            if plan is None or not survey.records:
+                return
+            todo = [sid for sid in plan.copy if sid not in tried]  # a failure is not retried by this task
+            if not todo:
+                for sid in (s for s in plan.drop if s not in survey.unread):  # a desired store holds it
+                    await asyncio.to_thread(rt.store.get(sid).delete_image, uid)
+                    log.info("image %s/%s: removed from store %s (not in spec.stores)", namespace, name, sid)
+                return
+            target, record = todo[0], survey.records[0][1]
+            tried.add(target)
+            copying = asyncio.ensure_future(asyncio.to_thread(_copy_to, rt, uid, record, target, stop))
+            try:
+                try:
+                    await asyncio.shield(copying)
+                except asyncio.CancelledError:  # the thread stops at its next chunk: wait for it, so a deletion
+                    stop.set()                   # that cancelled this task finds no copy still being written
+                    await asyncio.wait({copying}, timeout=60)
+                    raise
+                log.info("image %s/%s: copied %d bytes to store %s", namespace, name, record.size, target)
+            except importer.Cancelled:
+                return
+            except Exception as e:  # the store is down, or the copy did not hash right: Glance's failed import
+                log.warning("image %s/%s: copy to store %s failed: %r", namespace, name, target, e)
+                rt.event(obj, type="Warning", reason="CopyFailed", message=f"copy to store {target} failed: {e}")
+                written = await rt.kube.patch_status(IMAGES, name, namespace, {
+                    "failedImport": [*(status.get("failedImport") or []), target]})
+                rt.writes.wrote_status(obj, written)
+            await reconcile(rt, namespace, name)
+    except asyncio.CancelledError:
+        stop.set()  # the copying thread stops at its next chunk
+        raise
+    finally:
+        if slot:
+            rt.import_slots.release(namespace)
+        if not stop.is_set():
+            await reconcile(rt, namespace, name)  # the last word: stores, what is left, what failed
+
+
+def _copy_to(rt: Runtime, uid: str, record: Blob, target: str, stop: threading.Event) -> None:
+    stream = rt.store.open_blob(uid)  # from the best store that holds it
+    try:
+        def chunks() -> Iterator[bytes]:
+            while data := stream.read(COPY_CHUNK):
+                if stop.is_set():
+                    raise importer.Cancelled("the operator is stopping")
+                yield data
+        blob = rt.importer.import_chunks(uid, chunks(), record.disk_format, source=f"copy of image {uid}",
+                                         size=record.size, size_cap=max(rt.settings.size_cap, record.size),
+                                         store=target)
+    finally:
+        stream.close()
+    if blob.sha512 != record.sha512:
+        rt.store.get(target).delete_image(uid)
+        raise RuntimeError(f"the copy hashes to {blob.sha512}, not {record.sha512}")
 
 
 async def _write(rt: Runtime, obj: dict[str, Any], view: ImageView) -> None:
@@ -231,6 +323,10 @@ async def delete(rt: Runtime, body: kopf.Body, logger: logging.Logger | logging.
         kopf.warn(body, reason="DeletionRefused", message=message)
         raise kopf.TemporaryError(message, delay=10)
     uid = body["metadata"]["uid"]
+    copy = rt.copies.get(uid)
+    if copy is not None:  # no copy may still be writing once the data is removed
+        copy.cancel()
+        await asyncio.wait({copy}, timeout=90)
     await asyncio.to_thread(rt.store.delete_image, uid)
     rt.imports.pop(uid, None)
     logger.info("removed the image data from every store (%s)", ", ".join(rt.store.order))

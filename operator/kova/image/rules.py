@@ -102,6 +102,27 @@ def held_stores(found: Sequence[str], unread: Collection[str], listed: Sequence[
     return [s for s in order if s in found or (s in unread and s in listed)]
 
 
+@dataclass(frozen=True)
+class CopyPlan:
+    copy: list[str]  # desired stores that lack the data and have not failed: the data goes there, in this order
+    drop: list[str]  # stores that hold it but are not desired: emptied once a desired one holds it
+    failed: list[str]  # desired stores a copy to has failed (Glance's os_glance_failed_import): not retried
+
+
+def copy_plan(desired: Sequence[str] | None, held: Sequence[str], failed: Sequence[str],
+              order: Sequence[str]) -> CopyPlan | None:
+    """What brings an image's data to `spec.stores` (None when it is unset: the data stays where it arrived).
+    A store that is not configured is left out; a failed copy is not retried until it is asked for again, as
+    Glance; and the last copy is never removed: `drop` waits until a desired store holds the data."""
+    if desired is None:
+        return None
+    wanted = [s for s in order if s in desired]
+    failed_now = [s for s in wanted if s in failed and s not in held]
+    copy = [s for s in wanted if s not in held and s not in failed_now]
+    drop = [s for s in held if s not in wanted] if any(s in held for s in wanted) else []
+    return CopyPlan(copy, drop, failed_now)
+
+
 def killed_view(reason: str, message: str) -> ImageView:
     return ImageView(GlanceStatus.killed, Progress.STALLED, reason, message,
                      {"message": message, "progress": None, "location": None})

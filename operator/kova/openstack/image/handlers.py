@@ -81,7 +81,6 @@ class ImageHandlers(Front):
         # it takes, and downloads and other calls (asyncio's default pool) never wait behind it.
         self.uploading: Counter[str] = Counter()  # project → uploads being received by this replica
         self.upload_pool = ThreadPoolExecutor(max_workers=rt.settings.max_uploads, thread_name_prefix="upload")
-        self._copies: set[asyncio.Task[None]] = set()  # copies to more stores, running after their answer
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self.images.run())
@@ -92,8 +91,6 @@ class ImageHandlers(Front):
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
-        for copy in self._copies:
-            copy.cancel()
         self.upload_pool.shutdown(wait=False, cancel_futures=True)
         await self.apiserver.close()
         await self.rt.kube.close()
@@ -282,6 +279,10 @@ class ImageHandlers(Front):
         uid, sid, stores = obj["metadata"]["uid"], request.match_info["store"], self.rt.store
         held = await asyncio.to_thread(stores.holding, uid) if sid in stores.by_id else []
         glance.check_store_delete(obj, sid, stores.order, held, await self.is_admin(caller))
+        desired = (obj.get("spec") or {}).get("stores")
+        if desired is not None:  # first, or the operator would copy it back
+            kept = [s for s in desired if s != sid] or [s for s in held if s != sid]
+            obj = await self._patch(caller, obj, {"spec": {"stores": kept}})
         await asyncio.to_thread(stores.get(sid).delete_image, uid)
         left = [s for s in held if s != sid]
         await publish(self.rt, IMAGES, await self._fresh(obj), word=GlanceStatus.active.value,
@@ -309,17 +310,17 @@ class ImageHandlers(Front):
         uid, stores = obj["metadata"]["uid"], self.rt.store
         if method == "web-download":  # the operator imports it, as an Image with a source URL
             assert uri is not None
-            if glance.import_targets(body, stores.order, [stores.default]):
-                raise GlanceError(400, f"web-download imports into the default store ({stores.default}); copy the "
-                                       "image to others once it is active (copy-image)")
+            glance.import_targets(body, stores.order, [])  # Glance's 400 for stores it does not know
             refused = refusal_before_resolving(uri, self.rt.settings.import_filter)
             if refused:
                 raise GlanceError(400, f"URI for web-download does not pass filtering: {refused}")
-            await self._patch(caller, obj, {"spec": {"source": {"upload": None, "url": uri}}})
+            # Into the default store, then (the operator) to the stores asked for, if any.
+            await self._patch(caller, obj, {"spec": {"source": {"upload": None, "url": uri}, **self._desired(body)}})
             return web.Response(status=202)
         if method == "copy-image":
-            targets = glance.import_targets(body, stores.order, await asyncio.to_thread(stores.holding, uid))
-            await self._start_copy(obj, targets)
+            held = await asyncio.to_thread(stores.holding, uid)
+            targets = glance.import_targets(body, stores.order, held)
+            await self._ask_stores(caller, obj, targets, [*held, *targets])
             return web.Response(status=202)
         await quotas.check_import(self.rt, self.images, project, uid, int((obj.get("status") or {}).get("size") or 0))
         blob = await asyncio.to_thread(stores.promote_staged, uid)
@@ -328,59 +329,29 @@ class ImageHandlers(Front):
             raise GlanceError(409, "Image needs to be staged before 'glance-direct' method can be used")
         held = await asyncio.to_thread(stores.holding, uid)
         targets = glance.import_targets(body, stores.order, held)
-        await self._activate(obj, blob, importing=targets if body.get("stores") or body.get("all_stores") else None)
-        if targets:
+        desired = self._desired(body)
+        await self._activate(obj, blob, importing=targets if desired else None)
+        if desired:
             # Glance imports into the stores asked for only: the one the stage went to goes once they have it.
-            asked = stores.order if body.get("all_stores") else body.get("stores") or []
-            await self._start_copy(obj, targets, drop=[s for s in held if s not in asked])
+            await self._patch(caller, obj, {"spec": desired})
         return web.Response(status=202)
 
-    async def _start_copy(self, obj: dict[str, Any], targets: list[str], drop: list[str] | None = None) -> None:
-        """The data to more stores, after the answer (Glance's import task): each copy goes through the verified
-        pipeline again and must hash as the record says; the image shows what is left and what failed."""
-        if targets:
-            # Usable meanwhile (Ready): a copy only adds where the data is.
-            await publish(self.rt, IMAGES, await self._fresh(obj), word=GlanceStatus.active.value,
-                          progress=Progress.READY, reason="Active", message=f"copying the data to {', '.join(targets)}",
-                          fields={"importingToStores": targets, "failedImport": []})
-        task = asyncio.create_task(self._copy(obj, targets, drop or []))
-        self._copies.add(task)
-        task.add_done_callback(self._copies.discard)
+    def _desired(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The spec.stores an import asks for (`stores`, `all_stores`), {} when it names none."""
+        if body.get("all_stores"):
+            return {"stores": list(self.rt.store.order)}
+        return {"stores": list(body["stores"])} if body.get("stores") else {}
 
-    async def _copy(self, obj: dict[str, Any], targets: list[str], drop: list[str]) -> None:
-        uid, stores, loop = obj["metadata"]["uid"], self.rt.store, asyncio.get_running_loop()
-        record = await asyncio.to_thread(stores.read_record, uid)
-        failed: list[str] = []
-        for n, target in enumerate(targets):
-            stream = None
-            try:
-                assert record is not None, "the image has no data to copy"
-                stream = await asyncio.to_thread(stores.open_blob, uid)
-
-                def chunks(source: Any = stream) -> Iterator[bytes]:
-                    while data := source.read(CHUNK):
-                        yield data
-                blob = await loop.run_in_executor(self.upload_pool, functools.partial(
-                    self.rt.importer.import_chunks, uid, chunks(), record.disk_format, source=f"copy of image {uid}",
-                    size=record.size, size_cap=max(self.rt.settings.size_cap, record.size), store=target))
-                if blob.sha512 != record.sha512:
-                    await asyncio.to_thread(stores.get(target).delete_image, uid)
-                    raise RuntimeError(f"the copy hashes to {blob.sha512}, not {record.sha512}")
-            except Exception as e:  # the store is down, or the data did not arrive whole: say which
-                log.warning("copy of image %s to store %s failed: %r", uid, target, e)
-                failed.append(target)
-            finally:
-                if stream is not None:
-                    stream.close()
-            left = targets[n + 1:]
-            if not left and drop and len(failed) < len(targets):  # somewhere asked for has it: leave the others
-                for sid in drop:
-                    await asyncio.to_thread(stores.get(sid).delete_image, uid)
-            held = await asyncio.to_thread(stores.holding, uid)
-            message = f"copying the data to {', '.join(left)}" if left else "active"
-            await publish(self.rt, IMAGES, await self._fresh(obj), word=GlanceStatus.active.value,
-                          progress=Progress.READY, reason="Active", message=message,
-                          fields={"stores": held, "importingToStores": left, "failedImport": failed})
+    async def _ask_stores(self, caller: Caller, obj: dict[str, Any], targets: list[str], desired: list[str]) -> None:
+        """copy-image: the operator copies the data to `targets` (spec.stores), through the verified pipeline,
+        after the answer (Glance's import task). A store asked for again is tried again: its last failure goes
+        first, and the image shows what is left (Ready meanwhile: a copy only adds where the data is)."""
+        failed = [s for s in ((obj.get("status") or {}).get("failedImport") or []) if s not in targets]
+        await publish(self.rt, IMAGES, await self._fresh(obj), word=GlanceStatus.active.value,
+                      progress=Progress.READY, reason="Active", message=f"copying the data to {', '.join(targets)}",
+                      fields={"importingToStores": targets, "failedImport": failed})
+        order = self.rt.store.order
+        await self._patch(caller, obj, {"spec": {"stores": [s for s in order if s in desired]}})
 
     async def _data(self, request: web.Request, staged: bool) -> web.Response:
         caller, asker = await self.caller(request)
