@@ -138,8 +138,15 @@ def test_an_unschedulable_disk_importer_is_not_nova_s_no_valid_host() -> None:
     building = settle(inputs(spec(), InstanceStatus(), Children(dv=dv(phase="ImportScheduled"),
                                                                 vm=vm("ErrorUnschedulable", False))))
     assert (building.word, building.progress, building.fault) == (NovaStatus.build, Progress.RECONCILING, None)
+    # Its DataVolume not seen yet (just created): nor is the disk made.
+    early = settle(inputs(spec(), InstanceStatus(), Children(vm=vm("ErrorUnschedulable", False))))
+    assert (early.word, early.fault) == (NovaStatus.build, None)
     failed = settle(inputs(spec(), building.status, Children(dv=dv(), vm=vm("ErrorUnschedulable", False))))
     assert (failed.word, failed.reason) == (NovaStatus.error, "NoValidHost")
+    # A DataVolume collected after its import: the bound claim says the disk is made.
+    bound = {"status": {"phase": "Bound"}}
+    collected = settle(inputs(spec(), building.status, Children(pvc=bound, vm=vm("ErrorUnschedulable", False))))
+    assert (collected.word, collected.reason) == (NovaStatus.error, "NoValidHost")
 
 
 def test_requests_made_while_building_wait_for_the_build() -> None:

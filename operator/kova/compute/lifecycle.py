@@ -447,7 +447,7 @@ def _failure(ch: Children, previous: str | None = None) -> tuple[str, str] | Non
     # Not DataVolumeError: virt-controller says it as soon as CDI's import failed once (the DataVolume's Running
     # condition, reason Error), and CDI retries it; the root disk's import rule above decides when it is a fault.
     # Nor ErrorPvcNotFound: a rebuild's new DataVolume has no claim for a moment, and Kova makes it itself.
-    if printable == "ErrorUnschedulable" and not _disk_made(ch.dv):
+    if printable == "ErrorUnschedulable" and not _disk_made(ch):
         return None  # not the launcher's verdict yet: the scheduler retries a disk's pod once it sees its claim
     if printable in ("ErrorUnschedulable", "CrashLoopBackOff", "ErrorImagePull", "ImagePullBackOff"):
         # The scheduler's words are on PodScheduled (mirrored from the VMI); Ready says only "Guest VM is not
@@ -472,11 +472,14 @@ def _failure(ch: Children, previous: str | None = None) -> tuple[str, str] | Non
 _DISK_MADE = ("Succeeded", "WaitForFirstConsumer", "PendingPopulation")
 
 
-def _disk_made(dv: Body | None) -> bool:
-    """While CDI still makes the root disk, ErrorUnschedulable can be about its importer pod, placed before the
-    scheduler has seen the claim CDI made a moment earlier (the scheduler retries it); Nova's NoValidHost is
-    the launcher's verdict only."""
-    return dv is None or ((dv.get("status") or {}).get("phase") in _DISK_MADE)
+def _disk_made(ch: Children) -> bool:
+    """While the root disk is still being made, KubeVirt says ErrorUnschedulable for a moment (its claim not
+    there yet, or CDI's importer placed before the scheduler saw the claim; both are retried): Nova's
+    NoValidHost is the launcher's verdict only. Without its DataVolume (not seen yet, or collected after
+    its import), the disk is made when its claim is bound."""
+    if ch.dv is not None:
+        return (ch.dv.get("status") or {}).get("phase") in _DISK_MADE
+    return ((ch.pvc or {}).get("status") or {}).get("phase") == "Bound"
 
 
 def launch_failed(vm: Body | None) -> str | None:
