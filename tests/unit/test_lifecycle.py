@@ -144,8 +144,11 @@ def test_an_unschedulable_disk_importer_is_not_nova_s_no_valid_host() -> None:
     failed = settle(inputs(spec(), building.status, Children(dv=dv(), vm=vm("ErrorUnschedulable", False))))
     assert (failed.word, failed.reason) == (NovaStatus.error, "NoValidHost")
     # A DataVolume collected after its import: the bound claim says the disk is made.
-    bound = {"status": {"phase": "Bound"}}
-    collected = settle(inputs(spec(), building.status, Children(pvc=bound, vm=vm("ErrorUnschedulable", False))))
+    bound = {"metadata": {"annotations": {}}, "status": {"phase": "Bound"}}  # bound before its import ends
+    assert settle(inputs(spec(), building.status, Children(pvc=bound, vm=vm("ErrorUnschedulable", False)))
+                  ).word is NovaStatus.build
+    imported = {**bound, "metadata": {"annotations": {"cdi.kubevirt.io/storage.pod.phase": "Succeeded"}}}
+    collected = settle(inputs(spec(), building.status, Children(pvc=imported, vm=vm("ErrorUnschedulable", False))))
     assert (collected.word, collected.reason) == (NovaStatus.error, "NoValidHost")
 
 

@@ -470,16 +470,18 @@ def _failure(ch: Children, previous: str | None = None) -> tuple[str, str] | Non
 # DataVolume phases past which the launcher pod is what the scheduler places: the disk is made, or waits for
 # the launcher as its first consumer (a WaitForFirstConsumer StorageClass).
 _DISK_MADE = ("Succeeded", "WaitForFirstConsumer", "PendingPopulation")
+CDI_POD_PHASE = "cdi.kubevirt.io/storage.pod.phase"
 
 
 def _disk_made(ch: Children) -> bool:
     """While the root disk is still being made, KubeVirt says ErrorUnschedulable for a moment (its claim not
     there yet, or CDI's importer placed before the scheduler saw the claim; both are retried): Nova's
     NoValidHost is the launcher's verdict only. Without its DataVolume (not seen yet, or collected after
-    its import), the disk is made when its claim is bound."""
+    its import), the disk is made when CDI marked its claim's import Succeeded."""
     if ch.dv is not None:
         return (ch.dv.get("status") or {}).get("phase") in _DISK_MADE
-    return ((ch.pvc or {}).get("status") or {}).get("phase") == "Bound"
+    # CDI's own mark on the claim (a claim is Bound long before its import ends)
+    return bool(((ch.pvc or {}).get("metadata") or {}).get("annotations", {}).get(CDI_POD_PHASE) == "Succeeded")
 
 
 def launch_failed(vm: Body | None) -> str | None:
