@@ -22,6 +22,7 @@ from tests.cloud.bench import REPO, LocalCloud, kubeconfig_dict
 from tests.conftest import Kubectl, condition, tenant_token, wait_for
 from tests.httpsource import Source
 from tests.integration.test_e2e import flavor, instance, unique, wait_instance
+from tests.integration.test_isolation import Tenant
 from tests.qcow2 import make_qcow2
 
 OPENSTACK = str(Path(sys.executable).parent / "openstack")
@@ -655,6 +656,11 @@ def test_spec_stores_brings_the_data_where_kubectl_says(operator: Any, cloud: Lo
     uid = kubectl.get("image", "both")["metadata"]["uid"]
     assert (cloud.file_store / "images" / uid).read_bytes() == data
     assert cloud.s3_client().get_object("kova-images", f"images/{uid}").read() == data
+    # Where an image's data is kept, once it has some, is an administrator's decision (Glance's copy-image and
+    # delete from a store): the tenant who made it is refused, the cloud's administrator (here) is not.
+    out = Tenant(cloud, kubectl.namespace)("patch", "image", "both", "--type=merge", "-p",
+                                           '{"spec":{"stores":["file"]}}', check=False)
+    assert "changing spec.stores of an image that has data copies or removes it" in out
     kubectl("patch", "image", "both", "--type=merge", "-p", '{"spec":{"stores":["file"]}}')
     wait_for(lambda: kubectl.status("image", "both").get("stores") == ["file"], 30, "the copy in MinIO removed")
     assert uid not in {o.object_name.split("/")[-1] for o in

@@ -103,6 +103,8 @@ def test_publicize_and_snapshot_policies_ask_the_requesters_rights() -> None:
     source = docs[crdgen.SOURCE_POLICY]["spec"]
     assert source["matchConstraints"]["resourceRules"][0]["operations"] == ["UPDATE"]
     assert "oldObject.status.status == 'queued'" in source["validations"][0]["expression"]
+    stores = docs[crdgen.STORES_POLICY]["spec"]["validations"][0]["expression"]
+    assert ".resource('images').check('admin').allowed()" in stores and "['active', 'deactivated']" in stores
 
 
 def test_chart_carries_the_same_crds_and_policy() -> None:

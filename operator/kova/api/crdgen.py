@@ -150,6 +150,8 @@ def protection_policy() -> list[dict[str, Any]]:
 PUBLICIZE_POLICY = "kova-image-publicize"
 SNAPSHOT_POLICY = "kova-image-snapshot"
 SOURCE_POLICY = "kova-image-source"
+STORES_POLICY = "kova-image-stores"
+ADMIN_VERB = "admin"  # Keystone's admin role through kova api: the verb on images, checked cluster-wide (kova-admin)
 PUBLICIZE_VERB = "publicize"  # a verb of Kova's on images, held by the kova-image-publisher ClusterRole
 
 
@@ -186,6 +188,18 @@ def image_policies() -> list[dict[str, Any]]:
             "messageExpression": "'Image ' + object.metadata.name + ' already has data (status ' + "
                                  "oldObject.status.status + '): it cannot be given a url; create a new Image'",
             "reason": "Invalid"}]),
+        # Glance's copy-image and deleting an image from a store are administrators' (storage is the cloud's):
+        # once an image has data, changing where it is kept asks the same of a kubectl user.
+        *_policy(STORES_POLICY, GROUP_IMAGE, "images", ["UPDATE"], [{
+            "expression": "(has(object.spec.stores) ? object.spec.stores : []) == "
+                          "(has(oldObject.spec.stores) ? oldObject.spec.stores : []) || "
+                          "!has(oldObject.status) || !has(oldObject.status.status) || "
+                          "!(oldObject.status.status in ['active', 'deactivated']) || "
+                          f"authorizer.group('{GROUP_IMAGE}').resource('images').check('{ADMIN_VERB}').allowed()",
+            "messageExpression": "'Image ' + object.metadata.name + ': changing spec.stores of an image that has "
+                                 "data copies or removes it, which only administrators may do (as in Glance: "
+                                 "copy-image, delete from a store; the kova-admin role)'",
+            "reason": "Forbidden"}]),
     ]
 
 

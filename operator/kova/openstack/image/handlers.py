@@ -330,10 +330,10 @@ class ImageHandlers(Front):
         held = await asyncio.to_thread(stores.holding, uid)
         targets = glance.import_targets(body, stores.order, held)
         desired = self._desired(body)
-        await self._activate(obj, blob, importing=targets if desired else None)
-        if desired:
+        if desired:  # before the image is active: where an import puts the data is the importer's choice
             # Glance imports into the stores asked for only: the one the stage went to goes once they have it.
-            await self._patch(caller, obj, {"spec": desired})
+            obj = await self._patch(caller, obj, {"spec": desired})
+        await self._activate(obj, blob, importing=targets if desired else None)
         return web.Response(status=202)
 
     def _desired(self, body: dict[str, Any]) -> dict[str, Any]:
