@@ -114,6 +114,17 @@ class Kube:
             _content_type="application/apply-patch+yaml")
         return cast(dict[str, Any] | None, obj)
 
+    async def patch(self, res: Resource, name: str, namespace: str, body: dict[str, Any]) -> bool:
+        """A merge patch of a namespaced custom object; False when it is gone (a patch never creates)."""
+        try:
+            await self.custom.patch_namespaced_custom_object(res.group, res.version, namespace, res.plural, name,
+                                                             body, field_manager=FIELD_MANAGER)
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
     async def delete(self, res: Resource, name: str, namespace: str | None, uid: str | None = None) -> None:
         body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid),
                                       propagation_policy="Background") if uid else None

@@ -18,6 +18,10 @@ IMPORTS_IN_FLIGHT = Gauge("kova_imports_in_flight", "Image imports running now."
 IMPORTED_BYTES = Counter("kova_imported_bytes_total", "Bytes of images imported into the store.")
 LEADER = Gauge("kova_leader", "1 in the replica that holds the Lease (or runs alone), 0 in a standby.")
 IMPORTS = Counter("kova_imports_total", "Finished imports, by result (active, killed).", ["result"])
+CACHE_LOOKUPS = Counter("kova_image_cache_lookups_total", "Root disks cloned from the image cache: hit (its entry "
+                        "was ready) or miss (the image was imported into the cache first).", ["result"])
+CACHE_EVICTIONS = Counter("kova_image_cache_evictions_total", "Image cache entries deleted, by why (unused: "
+                          "least recently used over the bounds; image: its Image is gone).", ["why"])
 
 
 @contextmanager

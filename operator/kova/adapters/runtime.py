@@ -8,7 +8,7 @@ import itertools
 import logging
 import os
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,7 @@ from kova.adapters.kube import Kube
 from kova.adapters.store import StoreConfig, Stores, StoreSpec, parse_stores
 from kova.adapters.writes import Writes
 from kova.api.models import QUOTA_DEFAULTS
-from kova.image import pace
+from kova.image import cache, pace
 from kova.image.fairness import Waiter, next_import
 from kova.image.filter import ImportFilter
 from kova.image.importer import DEFAULT_SIZE_CAP, ImportProgress
@@ -45,6 +45,7 @@ class Settings:
     worker_socket: str = ""  # the import worker's Unix socket (kova.adapters.worker); empty: import in-process
     # Per-namespace limits where a namespace's Quota says nothing (OpenStack's names; -1: unlimited).
     quota_defaults: dict[str, int] = field(default_factory=lambda: dict(QUOTA_DEFAULTS))
+    image_cache: cache.Settings = field(default_factory=cache.Settings)  # KOVA_IMAGE_CACHE_*
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -74,6 +75,7 @@ class Settings:
                    resize_confirm_window=env.number("KOVA_RESIZE_CONFIRM_WINDOW", 0.0),
                    shared_networks=env.names("KOVA_SHARED_NETWORK_NAMESPACES"),
                    worker_socket=os.environ.get("KOVA_WORKER_SOCKET", ""),
+                   image_cache=cache_settings(os.environ),
                    quota_defaults=quota_defaults())
 
 
@@ -137,6 +139,21 @@ class ImportSlots:
         """A namespace with nothing running or waiting leaves nothing behind (its turn starts afresh)."""
         if not self.running.get(namespace) and not any(w.namespace == namespace for w, _ in self.waiting):
             self.last_served.pop(namespace, None)
+
+
+def cache_settings(environ: Mapping[str, str]) -> cache.Settings:
+    """KOVA_IMAGE_CACHE_NAMESPACE ("" or "off": no cache), _MAX_ENTRIES, _MAX_SIZE, _MIN_AGE (seconds) and
+    _DIRECT_CLASSES (StorageClasses whose root disks are imported directly)."""
+    namespace = environ.get("KOVA_IMAGE_CACHE_NAMESPACE", cache.Settings.namespace)
+    return cache.Settings(
+        namespace="" if namespace == "off" else namespace,
+        max_entries=env.integer("KOVA_IMAGE_CACHE_MAX_ENTRIES", cache.Settings.max_entries, minimum=1, env=environ),
+        max_bytes=env.size("KOVA_IMAGE_CACHE_MAX_SIZE", cache.Settings.max_bytes, env=environ),
+        min_age=dt.timedelta(seconds=env.number("KOVA_IMAGE_CACHE_MIN_AGE", cache.Settings.min_age.total_seconds(),
+                                                env=environ)),
+        direct_classes=env.get("KOVA_IMAGE_CACHE_DIRECT_CLASSES",
+                               lambda text: frozenset(c.strip() for c in text.split(",") if c.strip()),
+                               frozenset(), "a comma-separated list of StorageClass names", environ))
 
 
 def quota_defaults(environ: dict[str, str] | None = None) -> dict[str, int]:

@@ -52,6 +52,8 @@ METADEF_NAMESPACES = resource(METADEF_NAMESPACE)
 VIRTUAL_MACHINES = Resource("kubevirt.io", "v1", "virtualmachines")
 VIRTUAL_MACHINE_INSTANCES = Resource("kubevirt.io", "v1", "virtualmachineinstances")
 DATA_VOLUMES = Resource("cdi.kubevirt.io", "v1beta1", "datavolumes")
+DATA_SOURCES = Resource("cdi.kubevirt.io", "v1beta1", "datasources")
+STORAGE_CLASSES = Resource("storage.k8s.io", "v1", "storageclasses", namespaced=False)
 # v1beta1: the version both KubeVirt v1.7 (v1alpha1, v1beta1) and v1.9 (v1, v1beta1) serve.
 VIRTUAL_MACHINE_EXPORTS = Resource("export.kubevirt.io", "v1beta1", "virtualmachineexports")
 SERVICES = Resource("", "v1", "services")

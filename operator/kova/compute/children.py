@@ -13,6 +13,7 @@ from kova.api import clock
 from kova.api.models import GROUP_COMPUTE, FlavorSpec, InstanceSpec, ServerGroupPolicy
 from kova.api.resources import MANAGED_BY, owner_reference
 from kova.compute import guest
+from kova.image import cache
 
 INSTANCE_LABEL = f"{GROUP_COMPUTE}/instance"
 SERVER_METADATA = f"{GROUP_COMPUTE}/server-metadata"
@@ -35,24 +36,23 @@ def iso_volume_name(instance_name: str) -> str:
 
 
 def build_data_volume(instance: dict[str, Any], url: str | None, sha512: str, size_gib: int,
-                      image_uid: str | None = None, name: str | None = None) -> dict[str, Any]:
+                      image_uid: str | None = None, name: str | None = None,
+                      clone: tuple[str, str] | None = None) -> dict[str, Any]:
     """A disk: CDI imports the image over HTTP from a presigned URL and checks its sha512, so the tenant
     namespace never holds store credentials, only a short-lived read link to this one object. Without a URL
-    the disk is blank (the root disk of an ISO boot). The image's uid is kept on it: a rebuild knows which
-    disk is the old one."""
+    the disk is blank (the root disk of an ISO boot). With `clone` (the image cache's namespace and entry,
+    kova.image.cache), CDI clones the entry's DataSource instead and grows it to the disk's size. The image's
+    uid is kept on it: a rebuild knows which disk is the old one."""
     metadata = child_metadata(instance, name or data_volume_name(instance["metadata"]["name"]))
     if image_uid:
         metadata["annotations"] = {DISK_IMAGE_ANNOTATION: image_uid}
-    source: dict[str, Any] = {"http": {"url": url, "checksum": f"sha512:{sha512}"}} if url else {"blank": {}}
-    return {
-        "apiVersion": "cdi.kubevirt.io/v1beta1",
-        "kind": "DataVolume",
-        "metadata": metadata,
-        "spec": {
-            "source": source,
-            "storage": {"resources": {"requests": {"storage": f"{size_gib}Gi"}}},
-        },
-    }
+    spec: dict[str, Any] = {"storage": {"resources": {"requests": {"storage": f"{size_gib}Gi"}}}}
+    if clone is not None:
+        metadata["labels"][cache.ENTRY_LABEL] = clone[1]
+        spec["sourceRef"] = {"kind": "DataSource", "namespace": clone[0], "name": clone[1]}
+    else:
+        spec["source"] = {"http": {"url": url, "checksum": f"sha512:{sha512}"}} if url else {"blank": {}}
+    return {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": metadata, "spec": spec}
 
 
 @dataclass

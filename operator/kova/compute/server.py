@@ -36,6 +36,7 @@ from kova.api.models import (
 from kova.api.quantity import GiB, gib_ceil, parse_size
 from kova.compute import children, guest, lifecycle
 from kova.compute.flavors import flavor_usable_in
+from kova.image import cache
 from kova.image.rules import image_visible_to, parse_image_ref
 
 Body = dict[str, Any]
@@ -76,6 +77,8 @@ class World:
     now: dt.datetime = field(default_factory=clock.now)
     quota: lifecycle.Blocked | None = None  # over its namespace's quota to boot or grow: Nova's refusal
     missing_networks: tuple[str, ...] = ()  # lifecycle.Children.missing_networks
+    cache: cache.Settings = field(default_factory=lambda: cache.Settings(namespace=""))  # off unless configured
+    storage_class: str | None = None  # the class of root disks (the cluster's default StorageClass)
 
 
 @dataclass
@@ -86,6 +89,7 @@ class Disk:
     image: lifecycle.ImageInfo
     gib: int
     from_image: bool
+    clone: tuple[str, str] | None = None  # (namespace, entry) of the image cache to clone instead of importing
 
 
 @dataclass
@@ -101,6 +105,20 @@ class Plan:
     children: lifecycle.Children = field(default_factory=lifecycle.Children)
     zones: Zones | None = None
     invalid: bool = False  # the spec itself is invalid: only the fault is written, the rest of the status kept
+    entry: Entry | None = None  # the image cache's entry the root disk waits for or clones
+
+
+@dataclass
+class Entry:
+    """The image cache's entry of the root disk: made if missing, made again if its link expired before CDI
+    read it (`expired`: its uid), cloned once ready."""
+
+    source: cache.Source
+    storage_class: str
+    name: str
+    namespace: str
+    state: cache.Seen
+    expired: str | None = None
 
 
 def plan(w: World) -> Plan:
@@ -151,6 +169,7 @@ def plan(w: World) -> Plan:
             out.vm = children.build_virtual_machine(inst, spec, lifecycle.flavor_spec(step.flavor), step.running, g)
     if step.disk is not None and not step.delete_disk:
         out.disks = disks(name, step.disk, step.disk_gib, dv, iso)
+        through_cache(w, out)
     claim = (kids.pvc or {}).get("spec", {}).get("resources", {}).get("requests", {}).get("storage")
     # Whole GiB rounded down: CDI asked a few percent more than the disk for its filesystem overhead.
     if step.grow_disk and kids.pvc is not None and (parse_size(claim) // GiB if claim else 0) < step.grow_disk:
@@ -180,6 +199,39 @@ def disks(name: str, image: lifecycle.ImageInfo, size: int, dv: Body | None, iso
                            max(1, gib_ceil(max(image.size, image.virtual_size))), True))
     have = {children.data_volume_name(name): dv, children.iso_volume_name(name): iso}
     return [d for d in wanted if have[d.name] is None]
+
+
+def through_cache(w: World, out: Plan) -> None:
+    """A root disk from an image on a class the cache serves is cloned from the image's entry: made first if
+    it is missing (the Instance waits in BUILD, saying so), cloned once CDI imported it. An entry CDI cannot
+    import is not waited for: the disk is imported directly, as without the cache."""
+    root = next((d for d in out.disks if d.from_image and d.name == children.data_volume_name(out.name)
+                 and d.image.disk_format != "iso"), None)
+    if root is None or not w.cache.serves(w.storage_class):
+        return
+    assert w.storage_class is not None
+    image = root.image
+    name = cache.entry_name(image.uid, w.storage_class)
+    dv = w.datavolumes.get((w.cache.namespace, name))
+    expired = dv["metadata"]["uid"] if dv is not None and children.image_link_expired(
+        dv, w.presign_ttl, w.now) else None
+    seen = cache.seen(None if expired else dv)
+    ns, image_name = parse_image_ref(image.ref, w.instance["metadata"]["namespace"])
+    out.entry = Entry(cache.Source(image.uid, ns, image_name, image.sha512,
+                                   cache.entry_gib(image.size, image.virtual_size), image.stores),
+                      w.storage_class, name, w.cache.namespace, seen, expired)
+    if seen.state is cache.State.broken:
+        return
+    if seen.state is cache.State.ready:
+        root.clone = (w.cache.namespace, name)
+        return
+    out.disks.remove(root)  # not before the entry is ready: CDI would clone a half-imported claim
+    step = out.step
+    if step.word is NovaStatus.build:
+        step.reason = "CachingImage"
+        step.message = (f"caching image {image.ref} for storage class {w.storage_class} (imported once, then "
+                        f"cloned into a {root.gib} GiB root disk)")
+    step.wait_on = ("DataVolume", w.cache.namespace, name)
 
 
 def addresses(kids: lifecycle.Children, networks: dict[str, str]) -> list[dict[str, Any]]:

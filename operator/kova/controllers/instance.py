@@ -16,10 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kova.adapters import metrics
 from kova.adapters.kube import Refused
 from kova.adapters.runtime import Runtime
 from kova.adapters.status import publish
+from kova.api import clock
 from kova.api.resources import (
+    DATA_SOURCES,
     DATA_VOLUMES,
     INSTANCES,
     NETWORK_ATTACHMENT_DEFINITIONS,
@@ -33,6 +36,7 @@ from kova.compute.guest import DEFAULT_GROUP
 from kova.compute.lifecycle import Blocked
 from kova.compute.server import Lookup as Cache
 from kova.compute.server import Zones
+from kova.image import cache as image_cache
 
 
 @dataclass
@@ -50,6 +54,8 @@ class Caches:
     servergroups: Cache
     zones: Zones
     securitygroups: Cache = field(default_factory=dict[tuple[str, ...], dict[str, Any]])  # metadata: which exist
+    cache_waited: set[tuple[str, str]] = field(default_factory=set)  # Instances that waited for the image cache
+    storageclasses: Zones | None = None  # which class root disks get (the default one), for the image cache
     # Instance snapshots under way: (namespace, instance) → names of the Images being made from it.
     snapshots: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     wake: Callable[[tuple[str, str], float], None] | None = None  # reconcile an Instance after some seconds
@@ -109,7 +115,9 @@ async def _step(rt: Runtime, caches: Caches, inst: dict[str, Any]) -> bool:
         shared_networks=rt.settings.shared_networks,
         confirm_window=rt.settings.resize_confirm_window,
         quota=caches.quota(inst, status) if caches.quota is not None else None,
-        missing_networks=await _missing_networks(rt, caches.vms.get((namespace, name)))))
+        missing_networks=await _missing_networks(rt, caches.vms.get((namespace, name))),
+        cache=rt.settings.image_cache,
+        storage_class=image_cache.default_class(caches.storageclasses.objects()) if caches.storageclasses else None))
     step = plan.step
     if step.wait_on:
         caches.wait_for(step.wait_on, namespace, name)
@@ -123,15 +131,23 @@ async def _step(rt: Runtime, caches: Caches, inst: dict[str, Any]) -> bool:
     if plan.vm is not None:
         # The VirtualMachine first: it is what a user waits for, and KubeVirt holds it until its DataVolume is.
         await rt.writes.ensure(VIRTUAL_MACHINES, plan.vm, plan.children.vm)
+    if plan.entry is not None:
+        await _cache_entry(rt, inst, plan.entry)
+        if plan.entry.state.state in (image_cache.State.missing, image_cache.State.filling):
+            caches.cache_waited.add((namespace, name))
     for disk in plan.disks:
         if rt.writes.created(DATA_VOLUMES, namespace, disk.name):
             continue
         # Signing is local work (the signer's region is fixed, so minio asks the store nothing), from the store
         # the Image's status names first: no store is asked where the data is.
         url = rt.store.presigned_get(disk.image.uid, rt.settings.presign_ttl, disk.image.stores) \
-            if disk.from_image else None
+            if disk.from_image and disk.clone is None else None
         await rt.writes.create(DATA_VOLUMES, children.build_data_volume(
-            inst, url, disk.image.sha512, disk.gib, disk.image.uid, name=disk.name))
+            inst, url, disk.image.sha512, disk.gib, disk.image.uid, name=disk.name, clone=disk.clone))
+        if disk.clone is not None:
+            metrics.CACHE_LOOKUPS.labels("miss" if (namespace, name) in caches.cache_waited else "hit").inc()
+            caches.cache_waited.discard((namespace, name))
+            await _used(rt, disk.clone)
     if plan.grow is not None:
         await rt.kube.resize_claim(children.data_volume_name(name), namespace, plan.grow)
     if step.call is not None:
@@ -142,6 +158,33 @@ async def _step(rt: Runtime, caches: Caches, inst: dict[str, Any]) -> bool:
     if step.warning:
         rt.event(inst, type="Warning", reason=step.warning[0], message=step.warning[1])
     return step.again
+
+
+async def _cache_entry(rt: Runtime, inst: dict[str, Any], entry: server.Entry) -> None:
+    """The image cache's entry the root disk waits for: made again if its link expired before CDI read it;
+    made (its DataVolume, then its DataSource) if missing. Its name is the same for every Instance of the
+    image, so a burst of first boots makes one: the API server answers the others AlreadyExists."""
+    if entry.expired is not None:
+        rt.writes.forget(DATA_VOLUMES, entry.namespace, entry.name)
+        await rt.kube.delete(DATA_VOLUMES, entry.name, entry.namespace, uid=entry.expired)
+    if entry.state.state is not image_cache.State.missing or rt.writes.created(DATA_VOLUMES, entry.namespace,
+                                                                                 entry.name):
+        return
+    src = entry.source
+    url = rt.store.presigned_get(src.uid, rt.settings.presign_ttl, src.stores)
+    volume, source = image_cache.build_entry(src, entry.storage_class, entry.namespace, url, clock.now())
+    await rt.writes.create(DATA_VOLUMES, volume)
+    await rt.kube.create(DATA_SOURCES, source)
+    rt.event(inst, type="Normal", reason="CachingImage",
+             message=f"Image {src.namespace}/{src.name} is imported into the image cache for storage class "
+                     f"{entry.storage_class} ({entry.namespace}/{entry.name}); root disks are cloned from it")
+
+
+async def _used(rt: Runtime, clone: tuple[str, str]) -> None:
+    """The entry's last use, which eviction reads (least recently used first)."""
+    namespace, name = clone
+    await rt.kube.patch(DATA_VOLUMES, name, namespace, {
+        "metadata": {"annotations": {image_cache.LAST_USED_ANNOTATION: image_cache.stamp(clock.now())}}})
 
 
 async def _call(rt: Runtime, inst: dict[str, Any], kids: lifecycle.Children, step: lifecycle.Step) -> lifecycle.Step:

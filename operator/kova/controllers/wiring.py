@@ -16,6 +16,7 @@ from kova.adapters.kube import Kube
 from kova.adapters.runtime import Runtime
 from kova.api.resources import (
     AVAILABILITY_ZONES,
+    DATA_SOURCES,
     DATA_VOLUMES,
     FLAVORS,
     IMAGES,
@@ -26,6 +27,7 @@ from kova.api.resources import (
     PERSISTENT_VOLUME_CLAIMS,
     SECURITY_GROUPS,
     SERVER_GROUPS,
+    STORAGE_CLASSES,
     VIRTUAL_MACHINE_INSTANCES,
     VIRTUAL_MACHINES,
     Resource,
@@ -33,7 +35,7 @@ from kova.api.resources import (
 from kova.compute import access as groups
 from kova.compute.children import INSTANCE_LABEL
 from kova.compute.snapshot import snapshot_running
-from kova.controllers import access, instance, quota
+from kova.controllers import access, imagecache, instance, quota
 
 # What zones read of a Node (kova.compute.access.zones; its labels are in the metadata, which is kept). The rest
 # of a Node's status is mostly its images, capacity and addresses: kilobytes per Node that nothing reads.
@@ -44,13 +46,17 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
     """One watch per kind (per served namespace), each listed before this returns."""
     namespaces: list[str | None] = list(memo.get("namespaces") or []) or [None]
 
-    def view(res: Resource, fields: tuple[str, ...], selector: str | None = None) -> View:
+    def view(res: Resource, fields: tuple[str, ...], selector: str | None = None,
+             only: list[str | None] | None = None) -> View:
         return View([Informer(kube, res, fields=fields, namespace=n, label_selector=selector)
-                     for n in (namespaces if res.namespaced else [None])])
+                     for n in (only or namespaces if res.namespaced else [None])])
+
+    cached = runtime.settings.image_cache.namespace  # the image cache's entries: a namespace of Kova's own
+    with_cache = namespaces if namespaces == [None] or not cached or cached in namespaces else [*namespaces, cached]
 
     views = {"flavors": view(FLAVORS, ("spec",)), "images": view(IMAGES, ("spec", "status")),
              "instances": view(INSTANCES, ("spec", "status")),
-             "datavolumes": view(DATA_VOLUMES, ("status",), MANAGED_BY_SELECTOR),  # phase, progress: small
+             "datavolumes": view(DATA_VOLUMES, ("status",), MANAGED_BY_SELECTOR, with_cache),  # phase, progress
              # The desired VirtualMachine is compared with the whole of it (kova.adapters.writes).
              "vms": view(VIRTUAL_MACHINES, ("spec", "status"), MANAGED_BY_SELECTOR),
              "vmis": view(VIRTUAL_MACHINE_INSTANCES, ("status",), MANAGED_BY_SELECTOR),
@@ -60,12 +66,16 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
              "keypairs": view(KEYPAIRS, ("status",)), "servergroups": view(SERVER_GROUPS, ("spec",)),
              "zones": view(AVAILABILITY_ZONES, ("status",)),
              "securitygroups": view(SECURITY_GROUPS, ()),  # whether a group exists: its metadata is enough
-             "nodes": view(NODES, NODE_FIELDS)}
+             "nodes": view(NODES, NODE_FIELDS),
+             "storageclasses": view(STORAGE_CLASSES, ())}  # which is the default: its metadata says
+    if cached:
+        views["datasources"] = view(DATA_SOURCES, (), MANAGED_BY_SELECTOR, [cached])
     views.update(quota.views(view))
     cache = instance.Caches(flavors=views["flavors"], images=views["images"], instances=views["instances"],
                             datavolumes=views["datavolumes"], vms=views["vms"], vmis=views["vmis"],
                             pvcs=views["pvcs"], keypairs=views["keypairs"], servergroups=views["servergroups"],
-                            zones=views["zones"], securitygroups=views["securitygroups"])
+                            zones=views["zones"], securitygroups=views["securitygroups"],
+                            storageclasses=views["storageclasses"])
 
     async def reconcile(key: Hashable) -> None:
         namespace, name = cast(tuple[str, str], key)
@@ -114,6 +124,11 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
                             (VIRTUAL_MACHINE_INSTANCES, "vmis", ("status",)),
                             (PERSISTENT_VOLUME_CLAIMS, "pvcs", ("spec", "status"))):
         views[name].listen(child(res, read))
+    def entry(old: Body | None, new: Body | None) -> None:
+        """An image cache entry changed: the Instances waiting for it go on."""
+        for waiter in cache.waiters(("DataVolume", *object_key(new or old or {}))):
+            kicks.kick(waiter)
+    views["datavolumes"].listen(entry)
     views["flavors"].listen(dependency("Flavor"))
     views["images"].listen(dependency("Image"))
     views["images"].listen(snapshot)
@@ -154,13 +169,22 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
     keeper = quota.Keeper(runtime, views)  # a namespace's Quota, its ResourceQuota; Instances over quota
     cache.quota, runtime.image_quota = keeper.check, keeper.image_gate
 
+    if cached:
+        keeper_of_cache = imagecache.Keeper(runtime, views["datavolumes"], views["datasources"], views["images"])
+        views["datavolumes"].listen(keeper_of_cache.changed)
+        views["datasources"].listen(keeper_of_cache.changed)
+        views["images"].listen(keeper_of_cache.image_gone)
     informers = [i for v in views.values() for i in v]
     memo["caches"], memo["kicks"], memo["group_deletions"] = cache, kicks, deletions
     memo["other_kicks"] = [zone_kicks, group_kicks, keeper.kicks]
+    if cached:
+        memo["other_kicks"].append(keeper_of_cache.kicks)
     memo["informer_tasks"] = [asyncio.create_task(i.run(), name=repr(i)) for i in informers]
     await asyncio.gather(*(i.synced.wait() for i in informers))
     zone_kicks.kick("zones")  # the first list announces nothing
     keeper.start()
+    if cached:
+        keeper_of_cache.kicks.kick("cache")
     for body in views["images"].objects():  # the first list announces nothing: snapshots under way are found here
         snapshot(None, body)
 

@@ -1,0 +1,63 @@
+"""The image cache's upkeep (kova.image.cache decides): entries whose Image is gone and, over the bounds,
+the least recently used ones are deleted; every entry has its DataSource and no DataSource outlives its
+entry (a crash between the two writes converges here). Run on every change of an entry, a root disk cloned
+from one, or an Image, and once a minute for the entries that come of age."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable
+
+from kova.adapters import metrics
+from kova.adapters.informer import Body, Coalescer, View
+from kova.adapters.runtime import Runtime
+from kova.api import clock
+from kova.api.resources import DATA_SOURCES, DATA_VOLUMES
+from kova.image import cache
+
+RECHECK = 60.0  # seconds: entries come of age (min_age) without any event
+
+
+class Keeper:
+    def __init__(self, rt: Runtime, datavolumes: View, datasources: View, images: View) -> None:
+        self.rt, self.datavolumes, self.datasources, self.images = rt, datavolumes, datasources, images
+        self.kicks = Coalescer(self.reconcile, "image cache upkeep")
+
+    def changed(self, old: Body | None, new: Body | None) -> None:
+        """A DataVolume or DataSource event: the cache's own objects, or a clone of an entry."""
+        md = (new or old or {})["metadata"]
+        if md.get("namespace") == self.rt.settings.image_cache.namespace or \
+                cache.ENTRY_LABEL in (md.get("labels") or {}):
+            self.kicks.kick("cache")
+
+    def image_gone(self, old: Body | None, new: Body | None) -> None:
+        if new is None:
+            self.kicks.kick("cache")
+
+    async def reconcile(self, _: Hashable) -> None:
+        s = self.rt.settings.image_cache
+        try:
+            await self._upkeep(s)
+        finally:
+            asyncio.get_running_loop().call_later(RECHECK, self.kicks.kick, "cache")
+
+    async def _upkeep(self, s: cache.Settings) -> None:
+        volumes = list(self.datavolumes.objects())
+        found = cache.entries(volumes, s.namespace, volumes)
+        images = {i["metadata"]["uid"] for i in self.images.objects()}
+        gone = cache.evictions(found, images, s, clock.now())
+        by_name = {e.name: e for e in found}
+        for name in gone:
+            dv = self.datavolumes.get((s.namespace, name))
+            await self.rt.kube.delete(DATA_SOURCES, name, s.namespace)
+            await self.rt.kube.delete(DATA_VOLUMES, name, s.namespace, uid=dv["metadata"]["uid"] if dv else None)
+            metrics.CACHE_EVICTIONS.labels("image" if by_name[name].image_uid not in images else "unused").inc()
+        kept = {e.name: e for e in found if e.name not in gone}
+        sources = {ds["metadata"]["name"] for ds in self.datasources.objects()
+                   if ds["metadata"].get("namespace") == s.namespace}
+        for name in sorted(sources - kept.keys()):
+            if self.datavolumes.get((s.namespace, name)) is None:  # not an entry going away now: its own
+                await self.rt.kube.delete(DATA_SOURCES, name, s.namespace)
+        for name, e in sorted(kept.items()):
+            if name not in sources:
+                await self.rt.kube.create(DATA_SOURCES, cache.data_source(s.namespace, name, e.image_uid))
