@@ -50,7 +50,7 @@ help:
 	@echo "make bench    import throughput and memory; the compute API against kubectl (boot, 500-server list)"
 	@echo "make bench-scale  a burst of Instances: latencies, API writes, RSS, restart (KOVA_SCALE_N=500)"
 	@echo "make cloud-up run the local cloud in the foreground (Ctrl-C stops it)"
-	@echo "make controllers  build KubeVirt's virt-controller and CDI's cdi-controller"
+	@echo "make controllers  build KubeVirt's virt-controller and CDI's cdi-controller and cdi-apiserver"
 	@echo "make crds     regenerate crds/ from the models"
 
 venv: $(VENV_STAMP)
@@ -83,11 +83,13 @@ $(TOFU_STAMP):
 controllers: $(CONTROLLERS_STAMP)
 $(CONTROLLERS_STAMP):
 	@mkdir -p $(BIN)
-	@echo "building virt-controller (KubeVirt v1.7.0) and cdi-controller (CDI v1.65.0) (first time: ~5 minutes)"
+	@echo "building virt-controller (KubeVirt v1.7.0), cdi-controller and cdi-apiserver (CDI v1.65.0) (first time: ~5 minutes)"
 	cd $(KV_MOD) && GOTOOLCHAIN=local GONOSUMDB=github.com/rhobs CGO_ENABLED=0 \
 		go build -trimpath -ldflags="-s -w" -o $(BIN)/virt-controller kubevirt.io/kubevirt/cmd/virt-controller
 	cd $(CDI_MOD) && GOTOOLCHAIN=local GONOSUMDB=github.com/rhobs,github.com/openshift CGO_ENABLED=0 \
 		go build -trimpath -ldflags="-s -w" -o $(BIN)/cdi-controller ./cmd/cdi-controller
+	cd $(CDI_MOD) && GOTOOLCHAIN=local GONOSUMDB=github.com/rhobs,github.com/openshift CGO_ENABLED=0 \
+		go build -trimpath -ldflags="-s -w" -o $(BIN)/cdi-apiserver ./cmd/cdi-apiserver
 	@rm -f $(BIN)/.controllers-* && touch $@
 
 crds: venv

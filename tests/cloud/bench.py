@@ -23,6 +23,7 @@ import random
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -131,6 +132,7 @@ class LocalCloud:
     procs: list[Proc] = field(default_factory=list)
     api_port: int = 0
     s3_port: int = 0
+    cdi_api_port: int = 0  # cdi-apiserver's webhooks (named by its webhook configurations: kept across restarts)
     virt_api_port: int = 0  # the simulator's aggregated API (subresources.kubevirt.io), behind an APIService
     # Controllers a cluster runs as Deployments: restarted when they exit, as kubelet restarts their pods
     # (cdi-controller exits when it loses its leader Lease, for instance while kube-apiserver restarts).
@@ -198,6 +200,8 @@ class LocalCloud:
             self._start_scheduler()
             self._start_minio()
             self._install_cdi()
+            self.supervise("cdi-apiserver", self._start_cdi_apiserver)
+            self._register_cdi_webhooks()
             self.supervise("cdi-controller", self._start_cdi)
             self.kubevirt = KubeVirt(self)
             self.kubevirt.install()
@@ -460,6 +464,72 @@ class LocalCloud:
         (keys / "id_rsa").write_bytes(pem_key(key))
         (keys / "id_rsa.pub").write_bytes(key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        # The same key pair for cdi-apiserver, which signs clone tokens with it (CDI's operator shares it so).
+        self.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": "cdi-api-signing-key", "namespace": CDI_NAMESPACE,
+                         "labels": {"cdi.kubevirt.io": "keystore"}},
+            "data": {f: base64.b64encode((keys / f).read_bytes()).decode() for f in ("id_rsa", "id_rsa.pub")}}))
+
+    def _start_cdi_apiserver(self) -> None:
+        """cdi-apiserver: CDI's admission webhooks for DataVolumes, which authorize a clone from another
+        namespace (a SubjectAccessReview of `datavolumes/source` there) and sign its token with the key pair
+        cdi-controller checks (the Secret cdi-api-signing-key, made from pki/cdi-token before it starts: it
+        would otherwise make a key of its own). Served on loopback, with a certificate for cdi-api.cdi.svc."""
+        pki = self.workdir / "pki"
+        if not (pki / "cdi-api.crt").exists():
+            ca = new_ca("cdi-apiserver-signer")
+            cert, key = leaf("cdi-api", ca, server=True, dns=(f"cdi-api.{CDI_NAMESPACE}.svc",))
+            (pki / "cdi-api-ca.crt").write_bytes(pem_cert(ca[0]))
+            (pki / "cdi-api.crt").write_bytes(pem_cert(cert))
+            (pki / "cdi-api.key").write_bytes(pem_key(key))
+        self.cdi_api_port = self.cdi_api_port or free_port()
+        proc = self.spawn("cdi-apiserver", [
+            binary("cdi-apiserver"), f"-kubeconfig={self.kubeconfig}", f"-bind-address={LOOPBACK}",
+            f"-port={self.cdi_api_port}", "-v=1"],  # above 2 it logs whole AdmissionReviews, tokens included
+            env={"CERT_FILE": str(pki / "cdi-api.crt"), "KEY_FILE": str(pki / "cdi-api.key"),
+                 "KUBECONFIG": str(self.kubeconfig)})
+        context = ssl.create_default_context(cafile=str(pki / "cdi-api-ca.crt"))
+        self._wait(proc, lambda: urllib.request.urlopen(
+            f"https://localhost:{self.cdi_api_port}/healthz", context=context, timeout=2).status == 200,
+                   "cdi-apiserver (/healthz)")
+
+    def _register_cdi_webhooks(self) -> None:
+        """What CDI's operator registers for cdi-apiserver (pkg/operator/resources/cluster/apiserver.go): the
+        DataVolume mutating and validating webhooks, through the Service cdi-api, here an ExternalName for
+        localhost (kube-apiserver resolves a webhook's Service to <externalName>:<port>), on its real port.
+        Ready once a clone from another namespace is answered by the webhook (a dry run: nothing is stored)."""
+        ca = base64.b64encode((self.workdir / "pki" / "cdi-api-ca.crt").read_bytes()).decode()
+        common = {"rules": [{"operations": ["CREATE", "UPDATE"], "apiGroups": ["cdi.kubevirt.io"],
+                             "apiVersions": ["v1beta1"], "resources": ["datavolumes"], "scope": "*"}],
+                  "failurePolicy": "Fail", "sideEffects": "None", "matchPolicy": "Exact", "timeoutSeconds": 30,
+                  "namespaceSelector": {}, "objectSelector": {}, "admissionReviewVersions": ["v1", "v1beta1"]}
+
+        def hook(kind: str, name: str, path: str, **extra: Any) -> dict[str, Any]:
+            return {"apiVersion": "admissionregistration.k8s.io/v1", "kind": kind,
+                    "metadata": {"name": f"cdi-api-datavolume-{path}", "labels": {"cdi.kubevirt.io": "cdi-api"}},
+                    "webhooks": [{"name": name, **common, **extra, "clientConfig": {
+                        "caBundle": ca, "service": {"namespace": CDI_NAMESPACE, "name": "cdi-api",
+                                                    "path": f"/datavolume-{path}", "port": self.cdi_api_port}}}]}
+        self.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all([
+            {"apiVersion": "v1", "kind": "Service",
+             "metadata": {"name": "cdi-api", "namespace": CDI_NAMESPACE, "labels": {"cdi.kubevirt.io": "cdi-api"}},
+             "spec": {"type": "ExternalName", "externalName": "localhost",
+                      "ports": [{"name": "https", "port": self.cdi_api_port, "protocol": "TCP"}]}},
+            hook("MutatingWebhookConfiguration", "datavolume-mutate.cdi.kubevirt.io", "mutate",
+                 reinvocationPolicy="Never"),
+            hook("ValidatingWebhookConfiguration", "datavolume-validate.cdi.kubevirt.io", "validate")]))
+        probe = yaml.safe_dump({
+            "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+            "metadata": {"name": "webhook-probe", "namespace": CDI_NAMESPACE},
+            "spec": {"source": {"pvc": {"namespace": "default", "name": "webhook-probe"}},
+                     "storage": {"resources": {"requests": {"storage": "1Gi"}}}}})
+        deadline = time.monotonic() + 60
+        while "storage.clone.token" not in self.kubectl("create", "--dry-run=server", "-o", "json", "-f", "-",
+                                                         input=probe, check=False):
+            if time.monotonic() > deadline:
+                raise RuntimeError("cdi-apiserver's webhooks were not called within 60 s")
+            time.sleep(0.2)
 
     def _start_cdi(self) -> None:
         """cdi-controller, naming images in the pods it makes that nothing pulls (the simulated kubelet runs the

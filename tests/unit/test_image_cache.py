@@ -165,3 +165,13 @@ def test_a_class_set_to_import_directly_or_no_cache_or_an_iso_bypasses_it() -> N
                       status={"status": "active", "size": 100, "osHashValue": SHA}))
     plan = server.plan(world(images=iso, **CLASSES))
     assert plan.entry is None and {d.clone for d in plan.disks} == {None}
+
+
+def test_an_image_lists_its_entries_by_class() -> None:
+    a, b = entry("a"), entry("b", phase="ImportInProgress")
+    a["metadata"]["annotations"][cache.CLASS_ANNOTATION] = "slow"
+    b["metadata"]["annotations"][cache.CLASS_ANNOTATION] = "fast"
+    listed = cache.listing([a, b, entry("c", image="other")], "kova-image-cache")
+    assert [(i["storageClass"], i["entry"], i["state"]) for i in listed["uid-cirros"]] == [
+        ("fast", "b", "filling"), ("slow", "a", "ready")]
+    assert listed["uid-cirros"][0]["lastUsed"] == cache.stamp(NOW - dt.timedelta(days=1))

@@ -222,6 +222,16 @@ class SnapshotOrigin(Model):
     export: str | None = Field(default=None, description="The VirtualMachineExport the data is read from.")
 
 
+class CacheEntry(Model):
+    """One of the image's entries in the golden-image cache (README: "Image cache")."""
+
+    storage_class: str = Field(description="The StorageClass whose root disks clone it.")
+    entry: str = Field(description="The DataVolume and DataSource holding it, in the image cache's namespace.")
+    state: str = Field(description="filling (CDI imports it), ready (root disks clone it) or broken (not used: "
+                                   "root disks are imported directly).")
+    last_used: str | None = Field(default=None, description="When a root disk was last cloned from it.")
+
+
 class ImageStatus(CommonStatus):
     status: GlanceStatus | None = Field(default=None, description="Glance status word.")
     size: int | None = Field(default=None, description="Bytes stored.")
@@ -243,6 +253,9 @@ class ImageStatus(CommonStatus):
         "Stores an import or copy is still bringing the data to (Glance's os_glance_importing_to_stores)."))
     failed_import: list[str] | None = Field(default=None, description=(
         "Stores the last import or copy could not bring the data to (Glance's os_glance_failed_import)."))
+    cache: list[CacheEntry] | None = Field(default=None, description=(
+        "Its entries in the golden-image cache, one per StorageClass."),
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["storageClass"]})
 
 
 # ---------------------------------------------------------------------------------------------- MetadefNamespace

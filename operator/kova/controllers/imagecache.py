@@ -12,7 +12,7 @@ from kova.adapters import metrics
 from kova.adapters.informer import Body, Coalescer, View
 from kova.adapters.runtime import Runtime
 from kova.api import clock
-from kova.api.resources import DATA_SOURCES, DATA_VOLUMES
+from kova.api.resources import DATA_SOURCES, DATA_VOLUMES, IMAGES
 from kova.image import cache
 
 RECHECK = 60.0  # seconds: entries come of age (min_age) without any event
@@ -30,8 +30,10 @@ class Keeper:
                 cache.ENTRY_LABEL in (md.get("labels") or {}):
             self.kicks.kick("cache")
 
-    def image_gone(self, old: Body | None, new: Body | None) -> None:
-        if new is None:
+    def image_changed(self, old: Body | None, new: Body | None) -> None:
+        """An Image gone takes its entries; one made or one whose listing was changed is listed again."""
+        if new is None or old is None or (old.get("status") or {}).get("cache") != (new.get("status") or {}).get(
+                "cache"):
             self.kicks.kick("cache")
 
     async def reconcile(self, _: Hashable) -> None:
@@ -61,3 +63,10 @@ class Keeper:
         for name, e in sorted(kept.items()):
             if name not in sources:
                 await self.rt.kube.create(DATA_SOURCES, cache.data_source(s.namespace, name, e.image_uid))
+        listed = cache.listing((v for v in volumes if v["metadata"]["name"] not in gone), s.namespace)
+        for image in self.images.objects():
+            want = listed.get(image["metadata"]["uid"]) or None
+            if (image.get("status") or {}).get("cache") != want and not image["metadata"].get("deletionTimestamp"):
+                # Its own field, merged: the image controller writes the rest of the status.
+                await self.rt.kube.patch_status(IMAGES, image["metadata"]["name"], image["metadata"]["namespace"],
+                                                {"cache": want})

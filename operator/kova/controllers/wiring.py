@@ -173,7 +173,7 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
         keeper_of_cache = imagecache.Keeper(runtime, views["datavolumes"], views["datasources"], views["images"])
         views["datavolumes"].listen(keeper_of_cache.changed)
         views["datasources"].listen(keeper_of_cache.changed)
-        views["images"].listen(keeper_of_cache.image_gone)
+        views["images"].listen(keeper_of_cache.image_changed)
     informers = [i for v in views.values() for i in v]
     memo["caches"], memo["kicks"], memo["group_deletions"] = cache, kicks, deletions
     memo["other_kicks"] = [zone_kicks, group_kicks, keeper.kicks]

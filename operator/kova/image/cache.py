@@ -198,3 +198,19 @@ def evictions(found: list[Entry], images: set[str], s: Settings, now: dt.datetim
         out.append(e.name)
         count, size = count - 1, size - e.bytes
     return out
+
+
+def listing(volumes: Iterable[dict[str, Any]], namespace: str) -> dict[str, list[dict[str, Any]]]:
+    """Image uid → its entries as `Image.status.cache` lists them, by StorageClass."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for dv in volumes:
+        md = dv["metadata"]
+        uid = (md.get("labels") or {}).get(IMAGE_UID_LABEL)
+        if md.get("namespace") != namespace or not uid or md.get("deletionTimestamp"):
+            continue
+        notes = md.get("annotations") or {}
+        item = {"storageClass": notes.get(CLASS_ANNOTATION, ""), "entry": md["name"], "state": seen(dv).state.value}
+        if notes.get(LAST_USED_ANNOTATION):
+            item["lastUsed"] = notes[LAST_USED_ANNOTATION]
+        out.setdefault(uid, []).append(item)
+    return {uid: sorted(items, key=lambda i: i["storageClass"]) for uid, items in out.items()}

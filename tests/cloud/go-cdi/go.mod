@@ -1,15 +1,17 @@
-// CDI's cdi-controller, built from its pinned module for the local cloud (issue 19: the real control plane).
+// CDI's cdi-controller and cdi-apiserver (the webhooks that authorize clones), built from its pinned module for the local cloud (issue 19: the real control plane).
 // It requires CDI v1.65.0 and its -api module at v1.65.0, and copies CDI's own replace lines except its ./staging one.
 module kova.local/kvbuild/cdi
 
 go 1.24.0
 
 tool (
+	kova.local/kvbuild/cdi/cmd/cdi-apiserver
 	kova.local/kvbuild/cdi/cmd/cdi-controller
 	kova.local/kvbuild/cdi/cmd/cdi-crds
 )
 
 require (
+	github.com/appscode/jsonpatch v1.0.1 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/containers/image/v5 v5.32.0 // indirect
@@ -68,6 +70,7 @@ require (
 	gomodules.xyz/jsonpatch/v2 v2.4.0 // indirect
 	google.golang.org/protobuf v1.34.2 // indirect
 	gopkg.in/evanphx/json-patch.v4 v4.12.0 // indirect
+	gopkg.in/fsnotify.v1 v1.4.7 // indirect
 	gopkg.in/inf.v0 v0.9.1 // indirect
 	gopkg.in/yaml.v2 v2.4.0 // indirect
 	gopkg.in/yaml.v3 v3.0.1 // indirect
@@ -78,6 +81,7 @@ require (
 	k8s.io/client-go v8.0.0+incompatible // indirect
 	k8s.io/component-helpers v0.31.5 // indirect
 	k8s.io/klog/v2 v2.130.1 // indirect
+	k8s.io/kube-aggregator v0.31.5 // indirect
 	k8s.io/kube-openapi v0.0.0-20240228011516-70dd3763d340 // indirect
 	k8s.io/utils v0.0.0-20240921022957-49e7df575cb6 // indirect
 	kubevirt.io/containerized-data-importer v1.65.0 // indirect
