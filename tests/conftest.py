@@ -188,7 +188,10 @@ class Operator:
 def import_env(source: Source) -> dict[str, str]:
     """The test source listens on loopback, which the import filter refuses by default: allow exactly it
     (the operator's own ports stay refused). A small size cap lets a test reach it quickly."""
-    return {"KOVA_IMPORT_ALLOWED_HOSTS": source.netloc, "KOVA_IMAGE_SIZE_CAP": SIZE_CAP}
+    return {"KOVA_IMPORT_ALLOWED_HOSTS": source.netloc, "KOVA_IMAGE_SIZE_CAP": SIZE_CAP,
+            # Root disks imported directly, as on a StorageClass set so: the cache's tests turn it on
+            # (tests/integration/test_image_cache.py).
+            "KOVA_IMAGE_CACHE_NAMESPACE": "off"}
 
 
 SIZE_CAP = "64Mi"

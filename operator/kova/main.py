@@ -6,6 +6,7 @@ Imported by `kova run` (kopf loads this module), never by library code.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -20,8 +21,8 @@ from kova.api.resources import FLAVORS as FLAVOR_RES
 from kova.api.resources import IMAGES as IMAGE_RES
 from kova.api.resources import INSTANCES as INSTANCE_RES
 from kova.api.resources import KEYPAIRS as KEYPAIR_RES
+from kova.api.resources import NAMESPACES, Resource
 from kova.api.resources import SECURITY_GROUPS as SECURITY_GROUP_RES
-from kova.api.resources import Resource
 from kova.controllers import access, flavor, image, instance, wiring
 
 
@@ -64,6 +65,12 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: Log, **_: 
     store = Stores(config.stores, config.link_key)
     await asyncio.to_thread(store.ensure_bucket)  # network I/O: not on the event loop
     kube = await Kube.connect()
+    cache_ns = config.image_cache.namespace
+    if cache_ns and await kube.get(NAMESPACES, cache_ns) is None:
+        # Entries could not be made: root disks are imported directly, as before the cache, rather than wait.
+        logger.warning("the image cache's namespace %s does not exist: the image cache is off (root disks are "
+                       "imported directly); create it, or set KOVA_IMAGE_CACHE_NAMESPACE", cache_ns)
+        config = dataclasses.replace(config, image_cache=dataclasses.replace(config.image_cache, namespace=""))
     memo["runtime"] = runtime = Runtime(settings=config, kube=kube, store=store)
     await wiring.start(memo, kube, runtime)
     logger.info("kova started; images in stores %s (default %s)", ", ".join(store.order), store.default)

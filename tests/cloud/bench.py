@@ -32,6 +32,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
 
@@ -49,6 +50,7 @@ CDI_CRDS = REPO / "third_party" / "cdi" / "v1.65.0" / "crds.yaml"
 # KubeVirt v1.7.0's, printed by its own generators (third_party/kubevirt/v1.7.0): virt-controller's version.
 KUBEVIRT_CRDS = REPO / "third_party" / "kubevirt" / "v1.7.0" / "crds.yaml"
 CDI_NAMESPACE = "cdi"
+UPLOAD_SIGNERS = ("cdi-uploadserver-signer", "cdi-uploadserver-client-signer")  # upload servers', their clients'
 # Multus' NetworkAttachmentDefinition, as its project publishes it (vendored, see third_party/README.md).
 NAD_CRD = REPO / "third_party" / "network-attachment-definition" / "networks-crd.yaml"
 LOOPBACK = "127.0.0.1"
@@ -85,6 +87,36 @@ def binary(name: str) -> str:
     if not path.exists():
         raise RuntimeError(f"{path} is missing: run `make bins` first (it builds the bench from Go modules)")
     return str(path)
+
+
+class S3Audit:
+    """A loopback listener for MinIO's audit webhook: one JSON document per S3 call it served."""
+
+    def __init__(self) -> None:
+        calls: list[dict[str, Any]] = []
+        self.calls, self.lock = calls, threading.Lock()
+        audit = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with contextlib.suppress(ValueError), audit.lock:
+                    calls.append(json.loads(body).get("api") or {})
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True, name="s3-audit").start()
+
+    def reads(self, key: str) -> int:
+        with self.lock:
+            return sum(1 for c in self.calls if c.get("name") == "GetObject" and c.get("object") == key)
 
 
 def free_port() -> int:
@@ -132,6 +164,7 @@ class LocalCloud:
     procs: list[Proc] = field(default_factory=list)
     api_port: int = 0
     s3_port: int = 0
+    s3_audit: S3Audit | None = None  # MinIO's audit log of S3 calls (reads counted by tests)
     cdi_api_port: int = 0  # cdi-apiserver's webhooks (named by its webhook configurations: kept across restarts)
     virt_api_port: int = 0  # the simulator's aggregated API (subresources.kubevirt.io), behind an APIService
     # Controllers a cluster runs as Deployments: restarted when they exit, as kubelet restarts their pods
@@ -409,15 +442,25 @@ class LocalCloud:
 
     def _start_minio(self) -> None:
         self.s3_port = self.s3_port or free_port()  # a restart keeps the address clients know
+        if self.s3_audit is None:
+            self.s3_audit = S3Audit()
         proc = self.spawn("minio", [
             binary("minio"), "server", "--quiet", "--address", f"{LOOPBACK}:{self.s3_port}",
             "--console-address", f"{LOOPBACK}:{free_port()}", str(self.workdir / "minio")],
             env={"MINIO_ROOT_USER": self.s3_access_key, "MINIO_ROOT_PASSWORD": self.s3_secret_key,
-                 "MINIO_BROWSER": "off", "MINIO_UPDATE": "off", "CI": "true"})
+                 "MINIO_BROWSER": "off", "MINIO_UPDATE": "off", "CI": "true",
+                 # Every S3 call MinIO serves, told to a loopback listener: what tests count reads with.
+                 "MINIO_AUDIT_WEBHOOK_ENABLE_kova": "on",
+                 "MINIO_AUDIT_WEBHOOK_ENDPOINT_kova": f"http://{LOOPBACK}:{self.s3_audit.port}/"})
         self._wait(proc, lambda: _status(f"http://{self.s3_endpoint}/minio/health/ready") == 200, "MinIO")
         client = self.s3_client()
         if not client.bucket_exists(S3_BUCKET):
             client.make_bucket(S3_BUCKET)
+
+    def s3_reads(self, key: str) -> int:
+        """How many GetObject calls MinIO served for `key` so far (its audit log; it posts each call once
+        answered, so a caller waits for the count it expects)."""
+        return self.s3_audit.reads(key) if self.s3_audit else 0
 
     def s3_client(self) -> Any:
         from minio import Minio
@@ -464,6 +507,35 @@ class LocalCloud:
         (keys / "id_rsa").write_bytes(pem_key(key))
         (keys / "id_rsa.pub").write_bytes(key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        # The upload server's signer and its clients' (CDI's operator makes them: cdi-uploadserver-signer,
+        # cdi-uploadserver-client-signer): cdi-controller signs with them the certificates of a host-assisted
+        # clone's upload server and cloner pods, and puts their bundles (ConfigMaps in `cdi`) in the pods.
+        bundles = []
+        for signer in UPLOAD_SIGNERS:
+            cert, signer_key = new_ca(signer)
+            (self.workdir / "pki" / signer).mkdir(exist_ok=True)
+            (self.workdir / "pki" / signer / "tls.crt").write_bytes(pem_cert(cert))
+            (self.workdir / "pki" / signer / "tls.key").write_bytes(pem_key(signer_key))
+            bundles.append({"apiVersion": "v1", "kind": "ConfigMap",
+                            "metadata": {"name": f"{signer}-bundle", "namespace": CDI_NAMESPACE},
+                            "data": {"ca-bundle.crt": pem_cert(cert).decode()}})
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=yaml.safe_dump_all(bundles))
+        # CDI's operator's aggregated roles (pkg/operator/resources/cluster/rbac.go): a namespace's editors work
+        # with DataVolumes, and its editors and viewers may clone from it (`datavolumes/source`).
+        source = {"apiGroups": ["cdi.kubevirt.io"], "resources": ["datavolumes/source"], "verbs": ["create"]}
+        self.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all([
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+             "metadata": {"name": "cdi.kubevirt.io:edit", "labels": {
+                 "rbac.authorization.k8s.io/aggregate-to-admin": "true",
+                 "rbac.authorization.k8s.io/aggregate-to-edit": "true"}},
+             "rules": [{"apiGroups": ["cdi.kubevirt.io"], "resources": ["datavolumes", "dataimportcrons",
+                                                                        "datasources"], "verbs": ["*"]}, source]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+             "metadata": {"name": "cdi.kubevirt.io:view", "labels": {
+                 "rbac.authorization.k8s.io/aggregate-to-view": "true"}},
+             "rules": [{"apiGroups": ["cdi.kubevirt.io"], "verbs": ["get", "list", "watch"], "resources": [
+                 "cdiconfigs", "dataimportcrons", "datasources", "datavolumes", "objecttransfers",
+                 "storageprofiles", "volumeimportsources", "volumeuploadsources", "volumeclonesources"]}, source]}]))
         # The same key pair for cdi-apiserver, which signs clone tokens with it (CDI's operator shares it so).
         self.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump({
             "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
@@ -541,6 +613,10 @@ class LocalCloud:
             env={"IMPORTER_IMAGE": "cdi-importer:v1.65.0", "CLONER_IMAGE": "cdi-cloner:v1.65.0",
                  "UPLOADSERVER_IMAGE": "cdi-uploadserver:v1.65.0", "OVIRT_POPULATOR_IMAGE": "ovirt-populator:v1.65.0",
                  "UPLOADPROXY_SERVICE": "cdi-uploadproxy", "PULL_POLICY": "IfNotPresent",
+                 # Where it reads the upload signers (CDI: /var/run/certs/<signer>/tls.{crt,key}).
+                 **{f"UPLOAD_{role}_{part}_FILE": str(self.workdir / "pki" / signer / f"tls.{ext}")
+                    for role, signer in zip(("SERVER", "CLIENT"), UPLOAD_SIGNERS, strict=True)
+                    for part, ext in (("KEY", "key"), ("CERT", "crt"))},
                  "KUBECONFIG": str(self.kubeconfig)})
         # Ready once it leads and its config controller made the CDIConfig.
         self._wait(proc, lambda: json.loads(self._api_get("/apis/cdi.kubevirt.io/v1beta1/cdiconfigs/config")),

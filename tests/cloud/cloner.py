@@ -31,7 +31,12 @@ the data at `rate` bytes a second (0: no limit); more data than the target's cap
 (500 "Saving stream failed: error unarchiving to /data: exit status 2"; kubelet restarts the cloner).
 
 The body between the two simulated pods is not CDI's (snappy-compressed tar): the apparent size (8 bytes)
-then each data extent as offset and length (8 bytes each) and its bytes.
+then each data extent as offset and length (8 bytes each) and its bytes. The upload server of a plain upload
+(`virtctl image-upload` through cdi-uploadproxy, which the local cloud has not) gets ready and answers every
+upload 500: only clones are modelled.
+
+Registered by label in tests/cloud/sim.py, as the importer is: `run` for both labels. Each container waits for
+the Secrets it names before it starts, as kubelet does.
 """
 
 from __future__ import annotations
@@ -119,7 +124,8 @@ def secret_names(pod: dict[str, Any]) -> set[str]:
 
 def wait_for_secrets(sim: Simulator, stopped: threading.Event, pod: dict[str, Any]) -> bool:
     """Wait as kubelet does for the Secrets a container needs (CDI makes the cloner's after its pod, the
-    upload server's just after): False if the pod is deleted first."""
+    upload server's just after; a kubelet that holds such a pod Pending has waited already): False if the pod
+    is deleted first."""
     ns, wanted = pod["metadata"]["namespace"], secret_names(pod)
     while wanted:
         for secret in sorted(wanted):
@@ -213,8 +219,8 @@ class Body:
         return data
 
     def drain(self) -> None:
-        while self.left > 0 and self.stream.read(min(self.left, CHUNK)):
-            self.left -= min(self.left, CHUNK)
+        while self.left > 0 and (data := self.stream.read(min(self.left, CHUNK))):
+            self.left -= len(data)
 
 
 class UploadHandler(BaseHTTPRequestHandler):
@@ -370,7 +376,8 @@ class Progress:
             if cls._context is None:
                 key = new_key()
                 cert = issue(name("cdi-cloner"), key, None, server=True)
-                cls._context = server_context(cert, key, Path(tempfile.mkdtemp(prefix="cdi-cloner-")), "metrics")
+                with tempfile.TemporaryDirectory() as tmp:
+                    cls._context = server_context(cert, key, Path(tmp), "metrics")
             return cls._context
 
     def text(self) -> str:

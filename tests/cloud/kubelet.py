@@ -134,6 +134,7 @@ class Container:
     running: bool = False  # the payload thread is running
     probed: bool = False  # its readiness probe passed once
     done: bool = False  # exited 0, or exited and never restarted: nothing more happens
+    waiting: tuple[str, str] | None = None  # not started yet: reason, message (a Secret it needs is missing)
     last: dict[str, Any] = field(default_factory=dict)  # lastState
 
 
@@ -290,6 +291,11 @@ class Kubelet:
             c.last = self.terminated(c)
             c.exited, c.restarts = None, c.restarts + 1
         if c.exited is None and not c.running and not c.done:
+            if not c.started_at:  # kubelet starts no container before the Secrets it needs exist
+                c.waiting = self.missing_secret(pod)
+                if c.waiting is not None:
+                    self.write(pod, c)
+                    return
             if payload is not None or not c.started_at:  # a payload runs again on each restart
                 c.started_at = now()
             if payload is not None:
@@ -320,6 +326,27 @@ class Kubelet:
                 if e.status not in (404, 409):
                     raise
 
+    def missing_secret(self, pod: dict[str, Any]) -> tuple[str, str] | None:
+        """Why the pod's containers cannot start yet, if a Secret they need is missing: a Secret volume keeps
+        them ContainerCreating, a Secret in their environment fails them with CreateContainerConfigError (CDI
+        makes a cloner pod's Secret after the pod, and creates it only while the pod is not Running)."""
+        spec, ns = pod["spec"], pod["metadata"]["namespace"]
+        wanted = [(v["secret"]["secretName"], "ContainerCreating", "") for v in spec.get("volumes") or []
+                  if v.get("secret") and not v["secret"].get("optional")]
+        for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+            refs = [(v.get("valueFrom") or {}).get("secretKeyRef") or {} for v in container.get("env") or []]
+            refs += [e.get("secretRef") or {} for e in container.get("envFrom") or []]
+            wanted += [(r["name"], "CreateContainerConfigError", f'secret "{r["name"]}" not found')
+                       for r in refs if r.get("name") and not r.get("optional")]
+        for name, reason, message in wanted:
+            try:
+                self.sim.rest("GET", f"/api/v1/namespaces/{ns}/secrets/{name}")
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+                return reason, message
+        return None
+
     def probe(self, pod: dict[str, Any], c: Container) -> bool:
         """The first container's HTTP readiness probe, as kubelet runs it (on the pod's loopback address)."""
         get = ((pod["spec"]["containers"] or [{}])[0].get("readinessProbe") or {}).get("httpGet")
@@ -348,8 +375,12 @@ class Kubelet:
         """The pod's status as kubelet reports it; written only when it changed."""
         spec, status = pod["spec"], pod.get("status") or {}
         containers = spec.get("containers") or []
-        if c.exited is None:
-            state: dict[str, Any] = {"running": {"startedAt": c.started_at}}
+        if c.waiting is not None:
+            reason, message = c.waiting
+            state: dict[str, Any] = {"waiting": {"reason": reason, **({"message": message} if message else {})}}
+            phase, ready = "Pending", False
+        elif c.exited is None:
+            state = {"running": {"startedAt": c.started_at}}
             phase, ready = "Running", self.probe(pod, c)
         elif c.done:
             state, ready = self.terminated(c), False
@@ -371,7 +402,7 @@ class Kubelet:
                 "name": container["name"], "image": container.get("image", ""), "imageID": "", "containerID": "",
                 "ready": ready if first else phase == "Running", "started": "running" in state if first else True,
                 "restartCount": c.restarts if first else 0,
-                "state": state if first else {"running": {"startedAt": c.started_at}},
+                "state": state if first or c.waiting else {"running": {"startedAt": c.started_at}},
                 **({"lastState": c.last} if first and c.last else {})})
         inits = []
         for container in spec.get("initContainers") or []:

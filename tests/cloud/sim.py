@@ -39,7 +39,7 @@ from typing import Any
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from tests.cloud import csi, exportserver, importer, kubelet, networks, virthandler
+from tests.cloud import cloner, csi, exportserver, importer, kubelet, networks, virthandler
 
 log = logging.getLogger("sim")
 KV = ("kubevirt.io", "v1")
@@ -134,6 +134,8 @@ class Simulator:
         self.virt_handler = virthandler.VirtHandler(self)
         self.kubelet.payloads.append((kubelet.IMPORTER_LABEL, functools.partial(importer.run, self)))
         self.kubelet.payloads.append((exportserver.EXPORTER_LABEL, functools.partial(exportserver.run, self)))
+        for label in (cloner.UPLOAD_SERVER_LABEL, cloner.CLONE_SOURCE_LABEL):  # a host-assisted clone's two pods
+            self.kubelet.payloads.append((label, functools.partial(cloner.run, self)))
 
     def reconcile_claims(self) -> None:
         csi.reconcile(self)

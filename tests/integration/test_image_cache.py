@@ -1,0 +1,144 @@
+"""The golden-image cache end to end, through kubectl: root disks cloned by the real CDI (cdi-controller, and
+cdi-apiserver's clone authorization) from one import per image and StorageClass; reads counted at MinIO."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from kova.adapters.store import blob_key
+from kova.image import cache
+from tests.cloud.bench import LocalCloud
+from tests.conftest import Kubectl, Operator, sample, scrape, set_quota, wait_for
+from tests.httpsource import Source
+from tests.integration.test_e2e import disk, flavor, image, instance, unique, wait_image, wait_instance
+from tests.integration.test_isolation import Tenant
+
+pytestmark = pytest.mark.integration
+CACHE_NS = "kova-image-cache"
+
+
+class Cached:
+    """The session's operator with the image cache on (the chart's default), bounded as a test asks."""
+
+    def __init__(self, operator: Operator) -> None:
+        self.operator = operator
+        self.restart()
+
+    def restart(self, **env: str) -> None:
+        self.operator.stop()
+        self.operator.start(KOVA_IMAGE_CACHE_NAMESPACE=CACHE_NS, **env)
+
+    def metrics(self) -> str:
+        assert self.operator.proc is not None
+        return scrape(self.operator.proc)
+
+
+@pytest.fixture
+def cached(operator: Operator) -> Iterator[Cached]:
+    yield Cached(operator)
+    operator.stop()
+    operator.start()  # back to the session's settings
+
+
+def entries_of(cloud: LocalCloud, uid: str) -> list[dict[str, Any]]:
+    out = cloud.kubectl("-n", CACHE_NS, "get", "dv", "-l", f"{cache.IMAGE_UID_LABEL}={uid}", "-o", "json")
+    return list(json.loads(out)["items"])
+
+
+def boot_image(kubectl: Kubectl, source: Source, name: str) -> dict[str, Any]:
+    url = source.add(f"/{kubectl.namespace}/{name}.qcow2", disk(name))
+    kubectl.apply([image(name, url)])
+    return wait_image(kubectl, name, "active")
+
+
+def test_ten_servers_of_one_image_read_the_store_once(cloud: LocalCloud, cached: Cached, source: Source,
+                                                      kubectl: Kubectl) -> None:
+    img = boot_image(kubectl, source, "golden")
+    uid = img["metadata"]["uid"]
+    fl = unique(kubectl, "c1")
+    set_quota(kubectl, instances=11)
+    before = cached.metrics()
+    # A burst of first boots: all at once, before any entry exists.
+    kubectl.apply([flavor(fl, disk=2), *(instance(f"vm{i}", fl, "golden") for i in range(10))])
+    waiting = wait_for(lambda: (o := kubectl.get("instance", "vm0")) and
+                       (o.get("status") or {}).get("conditions") and o, 30, "vm0 to say what it waits for")
+    for i in range(10):
+        wait_instance(kubectl, f"vm{i}", "ACTIVE", timeout=180)
+    [entry] = entries_of(cloud, uid)  # one entry for the burst
+    assert entry["metadata"]["name"] == cache.entry_name(uid, "sim-local")
+    assert entry["status"]["phase"] == "Succeeded"
+    assert any(e["reason"] == "CachingImage" for e in kubectl.events("vm0")) or \
+        "CachingImage" in str(waiting["status"])
+    # The store was read once, by the entry's import: every root disk is a clone of it.
+    wait_for(lambda: cloud.s3_reads(blob_key(uid)) >= 1, 10, "MinIO's audit of the entry's read")
+    assert cloud.s3_reads(blob_key(uid)) == 1
+    for i in range(10):
+        dv = kubectl.get("dv", f"vm{i}-root")
+        assert dv is not None and dv["spec"]["sourceRef"] == {
+            "kind": "DataSource", "namespace": CACHE_NS, "name": entry["metadata"]["name"]}
+        assert dv["status"]["phase"] == "Succeeded"
+        assert dv["spec"]["storage"]["resources"]["requests"]["storage"] == "2Gi"
+    # Each root disk holds the image's disk, as a direct import would have written it.
+    volumes = cloud.workdir / "volumes"
+    golden = (volumes / CACHE_NS / f"{entry['metadata']['name']}.img").read_bytes()
+    assert all((volumes / str(kubectl.namespace) / f"vm{i}-root.img").read_bytes() == golden for i in range(10))
+    listed = wait_for(lambda: (kubectl.get("image", "golden") or {}).get("status", {}).get("cache"), 30,
+                      "the image to list its cache entry")
+    assert [(e["storageClass"], e["entry"], e["state"]) for e in listed] == [
+        ("sim-local", entry["metadata"]["name"], "ready")]
+    after = cached.metrics()
+    looked = sum(sample(after, "kova_image_cache_lookups_total", f'{{result="{r}"}}') -
+                 sample(before, "kova_image_cache_lookups_total", f'{{result="{r}"}}') for r in ("hit", "miss"))
+    assert looked == 10
+    # The next boot is a hit: no import, no read.
+    kubectl.apply([instance("late", fl, "golden")])
+    wait_instance(kubectl, "late", "ACTIVE", timeout=120)
+    assert cloud.s3_reads(blob_key(uid)) == 1
+    hits = '{result="hit"}'
+    assert sample(cached.metrics(), "kova_image_cache_lookups_total", hits) == sample(
+        after, "kova_image_cache_lookups_total", hits) + 1
+
+
+def test_a_tenant_cannot_clone_or_read_the_cache(cloud: LocalCloud, cached: Cached, source: Source,
+                                                 kubectl: Kubectl) -> None:
+    img = boot_image(kubectl, source, "private")
+    fl = unique(kubectl, "c2")
+    kubectl.apply([flavor(fl), instance("vm", fl, "private")])
+    wait_instance(kubectl, "vm", "ACTIVE", timeout=120)
+    name = cache.entry_name(img["metadata"]["uid"], "sim-local")
+    tenant = Tenant(cloud, str(kubectl.namespace))
+    steal = {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": {"name": "stolen"},
+             "spec": {"sourceRef": {"kind": "DataSource", "namespace": CACHE_NS, "name": name},
+                      "storage": {"resources": {"requests": {"storage": "1Gi"}}}}}
+    out = tenant("create", "-f", "-", input=json.dumps(steal), check=False)
+    assert f"insufficient permissions in clone source namespace {CACHE_NS}" in out, out
+    assert tenant.get("dv", "stolen") is None
+    out = tenant("get", "dv", "-n", CACHE_NS, check=False)
+    assert "Forbidden" in out or "forbidden" in out, out
+
+
+def test_least_recently_used_entries_go_and_an_image_deleted_takes_its_own(
+        cloud: LocalCloud, cached: Cached, source: Source, kubectl: Kubectl) -> None:
+    cached.restart(KOVA_IMAGE_CACHE_MAX_ENTRIES="1", KOVA_IMAGE_CACHE_MIN_AGE="0")
+    first, second = boot_image(kubectl, source, "first"), boot_image(kubectl, source, "second")
+    fl = unique(kubectl, "c3")
+    kubectl.apply([flavor(fl), instance("a", fl, "first")])
+    wait_instance(kubectl, "a", "ACTIVE", timeout=120)
+    assert len(entries_of(cloud, first["metadata"]["uid"])) == 1
+    kubectl.apply([instance("b", fl, "second")])
+    wait_instance(kubectl, "b", "ACTIVE", timeout=120)
+    # Over one entry: the least recently used one went, its DataSource with it; the servers are untouched.
+    wait_for(lambda: not entries_of(cloud, first["metadata"]["uid"]), 90, "the older entry to be evicted")
+    assert len(entries_of(cloud, second["metadata"]["uid"])) == 1
+    wait_for(lambda: cloud.kubectl("-n", CACHE_NS, "get", "datasource", cache.entry_name(
+        first["metadata"]["uid"], "sim-local"), check=False).find("NotFound") >= 0, 30, "its DataSource gone")
+    assert (kubectl.get("instance", "a") or {})["status"]["status"] == "ACTIVE"
+    # A deleted image takes its entry at once, whatever the bounds.
+    cached.restart(KOVA_IMAGE_CACHE_MIN_AGE="86400")
+    kubectl("delete", "instance", "b")
+    kubectl("delete", "image", "second")
+    wait_for(lambda: not entries_of(cloud, second["metadata"]["uid"]), 90, "the deleted image's entry to go")
