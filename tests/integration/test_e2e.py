@@ -67,8 +67,9 @@ def wait_instance(kubectl: Kubectl, name: str, word: str, timeout: float = 60) -
                         timeout, f"instance {name} to be {word}")
     except AssertionError as e:  # say where it stopped: its status, and its VirtualMachine's (as the admin)
         last = kubectl.get("instance", name) or {}
-        vm = kubectl.cloud.kubectl("get", "vm", name, "-n", str(kubectl.namespace), "-o", "json", check=False)
-        raise AssertionError(f"{e}\ninstance status: {last.get('status')}\nvm: {vm[-3000:]}") from None
+        vm = kubectl.cloud.kubectl("get", "vm", name, "-n", str(kubectl.namespace), "-o",
+                                   "jsonpath={.status}", check=False)
+        raise AssertionError(f"{e}\ninstance status: {last.get('status')}\nvm status: {vm[-3000:]}") from None
 
 
 def assert_ready_and_current(obj: dict[str, Any]) -> None:

@@ -412,3 +412,45 @@ def test_a_missing_network_is_found_from_the_objects_not_from_kubevirts_message(
     # The same words with every network present: a passing cause (a rebuild's disk being replaced), retried.
     assert lifecycle._failure(Children(vm=vm_)) is None
     assert lifecycle.launch_failed(vm()) is None
+
+
+def test_an_unschedulable_launcher_is_no_valid_host_only_once_the_scheduler_had_time_to_retry() -> None:
+    """The scheduler retries an unschedulable pod at once when what it waited for changes (a claim it saw
+    unbound a moment before): KubeVirt's ErrorUnschedulable counts as Nova's final NoValidHost only once it
+    has stood for UNSCHEDULABLE_GRACE seconds; until then the server builds, and is decided again then."""
+    now = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)
+
+    def unschedulable(seconds_ago: float) -> Children:
+        since = (now - dt.timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        v = vm("ErrorUnschedulable", False)
+        v["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                      "lastTransitionTime": since,
+                                      "message": "0/3 nodes are available: 3 Insufficient memory."}]
+        return Children(dv=dv(), vm=v)
+    fresh = settle(inputs(spec(), InstanceStatus(), unschedulable(2), now=now))
+    assert (fresh.word, fresh.fault) == (NovaStatus.build, None)
+    assert fresh.wake_after == pytest.approx(lifecycle.UNSCHEDULABLE_GRACE - 2 + 0.5)
+    standing = settle(inputs(spec(), fresh.status, unschedulable(lifecycle.UNSCHEDULABLE_GRACE + 1), now=now))
+    assert (standing.word, standing.reason) == (NovaStatus.error, "NoValidHost")
+    assert standing.fault is not None and "Insufficient memory" in standing.fault.message
+
+
+
+def test_kubevirts_own_claim_not_found_counts_from_when_the_disk_was_made() -> None:
+    """virt-controller writes PodScheduled False/Unschedulable itself, without a time, while the claim does not
+    exist, and keeps it while the launcher made later stays unplaced: it counts from the disk's Ready."""
+    now = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)
+    v = vm("ErrorUnschedulable", False)
+    v["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                  "message": "PVC ns/web-root does not exist, waiting for it to appear"}]
+
+    def made(seconds_ago: float) -> Children:
+        disk = dv()
+        disk["status"]["conditions"] = [{"type": "Ready", "status": "True", "lastTransitionTime": (
+            now - dt.timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")}]
+        return Children(dv=disk, vm=v)
+    step = settle(inputs(spec(), InstanceStatus(), made(1), now=now))
+    assert (step.word, step.fault) == (NovaStatus.build, None)
+    assert step.wake_after == pytest.approx(lifecycle.UNSCHEDULABLE_GRACE - 1 + 0.5)
+    step = settle(inputs(spec(), step.status, made(lifecycle.UNSCHEDULABLE_GRACE + 1), now=now))
+    assert (step.word, step.reason) == (NovaStatus.error, "NoValidHost")

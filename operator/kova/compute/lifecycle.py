@@ -267,6 +267,14 @@ def finish(status: InstanceStatus, action: str, now: dt.datetime, result: str = 
 
 # ---------------------------------------------------------------------------------------------- decide
 def decide(i: Inputs) -> Step:
+    step = _decide(i)
+    wait = unschedulable_wait(i.children, i.now)
+    if wait is not None:  # decide again once KubeVirt's word is the scheduler's verdict, if it still stands
+        step.wake_after = min(step.wake_after if step.wake_after is not None else wait, wait)
+    return step
+
+
+def _decide(i: Inputs) -> Step:
     st = i.status.model_copy(deep=True)
     if st.flavor is None or st.image_ref is None:
         return _boot(i, st)
@@ -359,7 +367,7 @@ def _observe(i: Inputs, st: InstanceStatus) -> Step:
     building = f"importing image {st.image_ref} into a {st.root_disk_gib} GiB root disk, then starting it"
     base = {"status": st, "flavor": st.flavor, "running": running, "disk_gib": st.root_disk_gib or 0,
             "disk": _current_image(i, st)}
-    failed = _failure(ch, st.fault.message if st.fault else None)
+    failed = _failure(ch, st.fault.message if st.fault else None, i.now)
     if failed is not None:
         reason, message = failed
         finish(st, "create", i.now, "Error", message)
@@ -438,7 +446,7 @@ def import_failure(dv: Body | None, previous: str | None = None) -> str | None:
     return f"{IMPORT_FAILED} {restarts} times (CDI keeps retrying)"
 
 
-def _failure(ch: Children, previous: str | None = None) -> tuple[str, str] | None:
+def _failure(ch: Children, previous: str | None = None, now: dt.datetime | None = None) -> tuple[str, str] | None:
     disk = import_failure(ch.dv, previous)
     if disk is not None:
         return "DiskImportFailed", disk
@@ -449,6 +457,8 @@ def _failure(ch: Children, previous: str | None = None) -> tuple[str, str] | Non
     # Nor ErrorPvcNotFound: a rebuild's new DataVolume has no claim for a moment, and Kova makes it itself.
     if printable == "ErrorUnschedulable" and not _disk_made(ch):
         return None  # not the launcher's verdict yet: the scheduler retries a disk's pod once it sees its claim
+    if printable == "ErrorUnschedulable" and now is not None and unschedulable_wait(ch, now) is not None:
+        return None  # the scheduler retries first (a claim it has not seen bound yet, say): not a verdict yet
     if printable in ("ErrorUnschedulable", "CrashLoopBackOff", "ErrorImagePull", "ImagePullBackOff"):
         # The scheduler's words are on PodScheduled (mirrored from the VMI); Ready says only "Guest VM is not
         # reported as running" (pkg/virt-controller/watch/vm/vm.go).
@@ -482,6 +492,31 @@ def _disk_made(ch: Children) -> bool:
         return (ch.dv.get("status") or {}).get("phase") in _DISK_MADE
     # CDI's own mark on the claim (a claim is Bound long before its import ends)
     return bool(((ch.pvc or {}).get("metadata") or {}).get("annotations", {}).get(CDI_POD_PHASE) == "Succeeded")
+
+
+UNSCHEDULABLE_GRACE = 10.0  # seconds the scheduler's back-off takes to retry a pod (1 s doubling to 10 s)
+
+
+def unschedulable_wait(ch: Children, now: dt.datetime) -> float | None:
+    """Seconds until KubeVirt's ErrorUnschedulable counts as Nova's NoValidHost, or None if it does now (or
+    the VM is not unschedulable). Kubernetes' scheduler retries an unschedulable pod, at once when what it
+    waited for changes (a claim it saw unbound gets bound), and virt-controller says Unschedulable itself,
+    without a time, while the root disk's claim does not exist yet (and keeps saying it while the launcher
+    made later stays unplaced): a boot is often "unschedulable" for a moment, and Nova's NoValidHost is final.
+    So the word must stand UNSCHEDULABLE_GRACE seconds past both its PodScheduled condition's time and the
+    moment the disk was made (its DataVolume Ready)."""
+    vm_status = (ch.vm or {}).get("status") or {}
+    if vm_status.get("printableStatus") != "ErrorUnschedulable":
+        return None
+    cond: dict[str, Any] = next(
+        (c for c in vm_status.get("conditions") or [] if c.get("type") == "PodScheduled"), {})
+    ready: dict[str, Any] = next((c for c in ((ch.dv or {}).get("status") or {}).get("conditions") or []
+                                  if c.get("type") == "Ready" and c.get("status") == "True"), {})
+    stamps = [clock.parse(t) for t in (cond.get("lastTransitionTime"), ready.get("lastTransitionTime")) if t]
+    if not stamps:
+        return None
+    left = UNSCHEDULABLE_GRACE - (now - max(stamps)).total_seconds()
+    return left + 0.5 if left > 0 else None
 
 
 def launch_failed(vm: Body | None) -> str | None:
@@ -524,7 +559,7 @@ def _refuse(i: Inputs, st: InstanceStatus, action: str, request_id: str, reason:
 def _vm_state(i: Inputs) -> str:
     """Nova's vm_state as the actions check it, from what the instance is now."""
     ch = i.children
-    if _failure(ch):
+    if _failure(ch, now=i.now):
         return "error"
     if ch.running:
         return "paused" if ch.paused else "active"
