@@ -11,6 +11,11 @@
    writes made to the existing Instances and their children meanwhile.
 3. Imports (skipped with KOVA_SCALE_IMPORTS=0): 40 Images applied together (peak RSS under
    KOVA_MAX_CONCURRENT_IMPORTS), then the Instance reaction latency while 10 imports run.
+4. The golden-image cache (skipped with KOVA_SCALE_CACHE_N=0): KOVA_SCALE_CACHE_N servers (default 5) of a
+   1 GiB image booted one after the other, with the cache off and then on: the first and the Nth boot's time
+   to ACTIVE, and the object store's bytes read per boot (MinIO's audit log).
+
+Phases 1-3 run with the image cache off: what they measure is Kova's own work per Instance.
 
 Nothing is asserted; targets are printed beside the figures, and a miss says where the time or the
 writes go.
@@ -47,6 +52,7 @@ KOVA_WRITES = {("instances", "status"), ("instances", ""), ("virtualmachines", "
 # ResourceQuota it keeps (kova.controllers.quota). Printed apart, per Instance.
 QUOTA_WRITES = {("quotas", "status"), ("quotas", ""), ("resourcequotas", "")}
 MiB = 1 << 20
+CACHE_NS = "kova-image-cache"
 
 
 # ---------------------------------------------------------------------------------------------- watching
@@ -290,6 +296,45 @@ def imports(cloud: LocalCloud, op: Proc, src: Source, inst: Watch, vms: Watch) -
     print(f"Instance ADDED -> VM ADDED while 10 imports run: {percentiles(reaction)}   target P99 <= 2s")
 
 
+def image_cache(cloud: LocalCloud, op: Proc, src: Source, env: dict[str, str], n: int) -> Proc:
+    from kova.adapters.store import blob_key
+
+    ns, gib = "cache-bench", 1 << 30
+    cloud.kubectl("create", "namespace", ns)
+    cloud.kubectl("create", "namespace", CACHE_NS, check=False)
+    url = src.add("/big.raw", os.urandom(MiB) * (gib // MiB))
+    cloud.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
+        {"apiVersion": "compute.kova.dev/v1alpha1", "kind": "Flavor", "metadata": {"name": "scale.big"},
+         "spec": {"vcpus": 1, "ram": 64, "disk": 2}},
+        {"apiVersion": "image.kova.dev/v1alpha1", "kind": "Image", "metadata": {"name": "big", "namespace": ns},
+         "spec": {"diskFormat": "raw", "source": {"url": url}}}]))
+    cloud.kubectl("wait", "-n", ns, "--for=condition=Ready", "--timeout=300s", "image/big")
+    uid = json.loads(cloud.kubectl("get", "image", "big", "-n", ns, "-o", "json"))["metadata"]["uid"]
+    print(f"\n== {n} servers of a 1 GiB image, one after the other (time to ACTIVE; store bytes read per boot)")
+    for mode in ("off", CACHE_NS):
+        op.popen.terminate()
+        op.popen.wait()
+        op = cloud.start_operator(extra_env={**env, "KOVA_IMAGE_CACHE_NAMESPACE": mode})
+        read_before, seconds = cloud.s3_audit.bytes_read(blob_key(uid)) if cloud.s3_audit else 0, []
+        names = [f"{'cached' if mode != 'off' else 'direct'}-{i}" for i in range(n)]
+        for name in names:
+            started = time.monotonic()
+            create(cloud, [name], clients=1, namespace=ns, body=lambda x: {
+                "apiVersion": "compute.kova.dev/v1alpha1", "kind": "Instance",
+                "metadata": {"name": x, "namespace": ns}, "spec": {"flavorRef": "scale.big", "imageRef": "big"}})
+            wait(f"{name} to be ACTIVE", lambda x=name: cloud.kubectl(  # type: ignore[misc]
+                "get", "instance", x, "-n", ns, "-o", "jsonpath={.status.status}") == "ACTIVE", 600)
+            seconds.append(time.monotonic() - started)
+        time.sleep(2)  # MinIO posts its audit of a call once it is answered
+        read = (cloud.s3_audit.bytes_read(blob_key(uid)) if cloud.s3_audit else 0) - read_before
+        label = "cache off" if mode == "off" else "cache on "
+        print(f"{label}: first boot {seconds[0]:.1f}s, boot {n} {seconds[-1]:.1f}s (mean of 2..{n}: "
+              f"{sum(seconds[1:]) / max(1, n - 1):.1f}s); store read {read / n / MiB:.0f} MiB per boot "
+              f"({read / MiB:.0f} MiB in all)")
+        cloud.kubectl("delete", "instance", "-n", ns, "--wait=true", *names)
+    return op
+
+
 def main() -> int:
     n = int(os.environ.get("KOVA_SCALE_N", "500"))
     workdir = Path(tempfile.mkdtemp(prefix="kova-scale-"))
@@ -301,7 +346,7 @@ def main() -> int:
         cloud.install_kova_crds()
         # Hundreds of Instances in one namespace: far over Nova's default quotas, which are not what is measured.
         env = {"KOVA_IMPORT_ALLOWED_HOSTS": src.netloc, "KOVA_QUOTA_INSTANCES": "-1", "KOVA_QUOTA_CORES": "-1",
-               "KOVA_QUOTA_RAM": "-1"}
+               "KOVA_QUOTA_RAM": "-1", "KOVA_IMAGE_CACHE_NAMESPACE": "off"}
         op = cloud.start_operator(extra_env=env)
         cloud.kubectl("create", "namespace", NS)
         cloud.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
@@ -322,6 +367,9 @@ def main() -> int:
         op = restart(cloud, op, inst, vms, n, env)
         if os.environ.get("KOVA_SCALE_IMPORTS", "1") != "0":
             imports(cloud, op, src, inst, vms)
+        cache_n = int(os.environ.get("KOVA_SCALE_CACHE_N", "5"))
+        if cache_n:
+            op = image_cache(cloud, op, src, env, cache_n)
     finally:
         cloud.stop()
         src.close()

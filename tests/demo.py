@@ -80,6 +80,8 @@ def main() -> int:
     print("starting the local cloud (etcd, kube-apiserver, controller-manager, MinIO, KubeVirt/CDI simulator)")
     with LocalCloud(workdir) as cloud:
         cloud.install_kova_crds()
+        # The image cache's namespace, as the chart makes it: root disks are clones of one import per image.
+        cloud.kubectl("create", "namespace", "kova-image-cache")
         # The demo image is served on loopback, which the import filter refuses unless it is allowed.
         cloud.start_operator(extra_env={"KOVA_IMPORT_ALLOWED_HOSTS": f"127.0.0.1:{DEMO_PORT}"})
         print(f"cloud and operator up in {time.monotonic() - started:.0f}s; logs in {cloud.logs}\n")
@@ -92,6 +94,8 @@ def main() -> int:
         print(cloud.kubectl("get", "flavors,images,instances", "-o", "wide", "-n", "default"))
         print("$ kubectl get virtualmachines,virtualmachineinstances,datavolumes -o wide")
         print(cloud.kubectl("get", "vm,vmi,dv", "-o", "wide", "-n", "default"))
+        print("$ kubectl get datavolumes,datasources -n kova-image-cache   # the image cache: one import, cloned")
+        print(cloud.kubectl("get", "dv,datasources", "-n", "kova-image-cache"))
         print("$ kubectl describe instance web-1 | tail (events)")
         print("\n".join(cloud.kubectl("describe", "instance", "web-1", "-n", "default").splitlines()[-8:]))
         clouds = start_openstack_api(cloud, workdir)

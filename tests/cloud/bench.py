@@ -118,6 +118,12 @@ class S3Audit:
         with self.lock:
             return sum(1 for c in self.calls if c.get("name") == "GetObject" and c.get("object") == key)
 
+    def bytes_read(self, key: str) -> int:
+        """Bytes MinIO sent answering GetObject calls for `key` (its audit's `tx`, headers included)."""
+        with self.lock:
+            return sum(int(c.get("tx") or 0) for c in self.calls if c.get("name") == "GetObject"
+                       and c.get("object") == key)
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -721,6 +721,62 @@ class QuotaStatus(CommonStatus):
 
 
 # ---------------------------------------------------------------------------------------------- kinds
+# ---------------------------------------------------------------------------------------------- Volume
+class VolumeSource(Model):
+    """What a new volume holds (Cinder's imageRef, source_volid, snapshot_id); nothing: a blank volume."""
+
+    image: str | None = Field(default=None, max_length=507, pattern=r"^([a-z0-9-]+/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                              description="An Image visible here (name, or namespace/name), through the image cache.")
+    volume: str | None = Field(default=None, max_length=56, description="A Volume of this namespace, cloned.")
+    snapshot: str | None = Field(default=None, max_length=253, description=(
+        "A VolumeSnapshot (snapshot.storage.k8s.io) of this namespace."))
+
+
+VOLUME_SOURCE_RULES = [{"rule": "(has(self.image) ? 1 : 0) + (has(self.volume) ? 1 : 0) + "
+                                "(has(self.snapshot) ? 1 : 0) <= 1",
+                        "message": "a volume has one source at most: image, volume or snapshot"}]
+
+
+class VolumeSpec(Model):
+    """A Cinder volume: persistent block storage as a PersistentVolumeClaim (through a CDI DataVolume)."""
+
+    size: int = Field(ge=1, le=65536, description="GiB. It may grow (Cinder's extend), never shrink.",
+                      json_schema_extra=cel("self >= oldSelf", "a volume cannot shrink (Cinder answers 400: "
+                                                               "new size must be greater than the current size)"))
+    volume_type: str | None = Field(default=None, max_length=253, description=(
+        "Cinder's volume type: the StorageClass of its claim (none: the cluster's default)."),
+        json_schema_extra=cel("self == oldSelf", "volumeType is fixed (Kova does not retype)"))
+    source: VolumeSource | None = Field(default=None, description="What it is made from; fixed.",
+                                        json_schema_extra={"x-kubernetes-validations": [
+                                            {"rule": "self == oldSelf", "message": "source is fixed"},
+                                            *VOLUME_SOURCE_RULES]})  # type: ignore[list-item]
+    multiattach: bool = Field(default=False, description=(
+        "Attachable to several servers at once (Cinder's multiattach): a ReadWriteMany claim, a shareable disk."),
+        json_schema_extra=cel("self == oldSelf", "multiattach is fixed"))
+    description: str | None = Field(default=None, max_length=255, description="Cinder's description.")
+
+
+class VolumeWord(StrEnum):
+    """Cinder's volume status words."""
+
+    creating = "creating"
+    available = "available"
+    in_use = "in-use"
+    extending = "extending"
+    error = "error"
+    error_extending = "error_extending"
+    deleting = "deleting"
+
+
+class VolumeStatus(CommonStatus):
+    status: VolumeWord | None = Field(default=None, description="Cinder's status word.")
+    size: int | None = Field(default=None, description="GiB the claim has now.")
+    claim: str | None = Field(default=None, description="Its PersistentVolumeClaim (and DataVolume).")
+    storage_class: str | None = Field(default=None, description="The StorageClass of its claim.")
+    progress: str | None = Field(default=None, description="How far CDI is in filling it, e.g. 42.00%.")
+    message: str | None = Field(default=None, description="Why it is not available, if it is not.")
+
+
 class KindInfo(BaseModel):
     group: str
     kind: str
@@ -818,5 +874,15 @@ METADEF_NAMESPACE = KindInfo(
              {"name": "Visibility", "type": "string", "jsonPath": ".spec.visibility"},
              {"name": "Protected", "type": "boolean", "jsonPath": ".spec.protected"},
              {"name": "Catalog", "type": "string", "jsonPath": ".spec.catalog", "priority": 1}, _AGE])
+VOLUME = KindInfo(
+    group=GROUP_COMPUTE, kind="Volume", plural="volumes", singular="volume", short_names=["vol"],
+    namespaced=True, spec=VolumeSpec, status=VolumeStatus,
+    description="A Cinder volume: persistent block storage, a PersistentVolumeClaim filled by CDI.",
+    columns=[{"name": "Status", "type": "string", "jsonPath": ".status.status"},
+             {"name": "Size", "type": "integer", "jsonPath": ".spec.size", "description": "GiB"},
+             {"name": "Type", "type": "string", "jsonPath": ".status.storageClass"},
+             {"name": "Multiattach", "type": "boolean", "jsonPath": ".spec.multiattach", "priority": 1},
+             {"name": "Progress", "type": "string", "jsonPath": ".status.progress", "priority": 1},
+             _READY, _AGE])
 KINDS = [FLAVOR, IMAGE, INSTANCE, KEYPAIR, SECURITY_GROUP, SERVER_GROUP, AVAILABILITY_ZONE, QUOTA,
-         METADEF_NAMESPACE]
+         METADEF_NAMESPACE, VOLUME]

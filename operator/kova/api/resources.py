@@ -17,6 +17,7 @@ from kova.api.models import (
     SECURITY_GROUP,
     SERVER_GROUP,
     VERSION,
+    VOLUME,
     KindInfo,
 )
 
@@ -47,6 +48,7 @@ SERVER_GROUPS = resource(SERVER_GROUP)
 AVAILABILITY_ZONES = resource(AVAILABILITY_ZONE)
 QUOTAS = resource(QUOTA)
 METADEF_NAMESPACES = resource(METADEF_NAMESPACE)
+VOLUMES = resource(VOLUME)
 
 # KubeVirt's, CDI's and Kubernetes' own.
 VIRTUAL_MACHINES = Resource("kubevirt.io", "v1", "virtualmachines")

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Hashable
+from typing import Any
 
 from kova.adapters import metrics
 from kova.adapters.informer import Body, Coalescer, View
 from kova.adapters.runtime import Runtime
 from kova.api import clock
 from kova.api.resources import DATA_SOURCES, DATA_VOLUMES, IMAGES
+from kova.compute import server
 from kova.image import cache
 
 RECHECK = 60.0  # seconds: entries come of age (min_age) without any event
@@ -70,3 +72,29 @@ class Keeper:
                 # Its own field, merged: the image controller writes the rest of the status.
                 await self.rt.kube.patch_status(IMAGES, image["metadata"]["name"], image["metadata"]["namespace"],
                                                 {"cache": want})
+
+
+async def ensure_entry(rt: Runtime, obj: dict[str, Any], entry: server.Entry) -> None:
+    """The image cache's entry a root disk or a volume waits for: made again if its link expired before CDI read it;
+    made (its DataVolume, then its DataSource) if missing. Its name is the same for every Instance of the
+    image, so a burst of first boots makes one: the API server answers the others AlreadyExists."""
+    if entry.expired is not None:
+        rt.writes.forget(DATA_VOLUMES, entry.namespace, entry.name)
+        await rt.kube.delete(DATA_VOLUMES, entry.name, entry.namespace, uid=entry.expired)
+    if entry.state.state is not cache.State.missing or rt.writes.created(DATA_VOLUMES, entry.namespace, entry.name):
+        return
+    src = entry.source
+    url = rt.store.presigned_get(src.uid, rt.settings.presign_ttl, src.stores)
+    volume, source = cache.build_entry(src, entry.storage_class, entry.namespace, url, clock.now())
+    await rt.writes.create(DATA_VOLUMES, volume)
+    await rt.kube.create(DATA_SOURCES, source)
+    rt.event(obj, type="Normal", reason="CachingImage",
+             message=f"Image {src.namespace}/{src.name} is imported into the image cache for storage class "
+                     f"{entry.storage_class} ({entry.namespace}/{entry.name}); root disks are cloned from it")
+
+
+async def used(rt: Runtime, clone: tuple[str, str]) -> None:
+    """The entry's last use, which eviction reads (least recently used first)."""
+    namespace, name = clone
+    await rt.kube.patch(DATA_VOLUMES, name, namespace, {
+        "metadata": {"annotations": {cache.LAST_USED_ANNOTATION: cache.stamp(clock.now())}}})

@@ -20,9 +20,7 @@ from kova.adapters import metrics
 from kova.adapters.kube import Refused
 from kova.adapters.runtime import Runtime
 from kova.adapters.status import publish
-from kova.api import clock
 from kova.api.resources import (
-    DATA_SOURCES,
     DATA_VOLUMES,
     INSTANCES,
     NETWORK_ATTACHMENT_DEFINITIONS,
@@ -36,6 +34,7 @@ from kova.compute.guest import DEFAULT_GROUP
 from kova.compute.lifecycle import Blocked
 from kova.compute.server import Lookup as Cache
 from kova.compute.server import Zones
+from kova.controllers import imagecache
 from kova.image import cache as image_cache
 
 
@@ -132,7 +131,7 @@ async def _step(rt: Runtime, caches: Caches, inst: dict[str, Any]) -> bool:
         # The VirtualMachine first: it is what a user waits for, and KubeVirt holds it until its DataVolume is.
         await rt.writes.ensure(VIRTUAL_MACHINES, plan.vm, plan.children.vm)
     if plan.entry is not None:
-        await _cache_entry(rt, inst, plan.entry)
+        await imagecache.ensure_entry(rt, inst, plan.entry)
         if plan.entry.state.state in (image_cache.State.missing, image_cache.State.filling):
             caches.cache_waited.add((namespace, name))
     for disk in plan.disks:
@@ -147,7 +146,7 @@ async def _step(rt: Runtime, caches: Caches, inst: dict[str, Any]) -> bool:
         if disk.clone is not None:
             metrics.CACHE_LOOKUPS.labels("miss" if (namespace, name) in caches.cache_waited else "hit").inc()
             caches.cache_waited.discard((namespace, name))
-            await _used(rt, disk.clone)
+            await imagecache.used(rt, disk.clone)
     if plan.grow is not None:
         await rt.kube.resize_claim(children.data_volume_name(name), namespace, plan.grow)
     if step.call is not None:
@@ -158,33 +157,6 @@ async def _step(rt: Runtime, caches: Caches, inst: dict[str, Any]) -> bool:
     if step.warning:
         rt.event(inst, type="Warning", reason=step.warning[0], message=step.warning[1])
     return step.again
-
-
-async def _cache_entry(rt: Runtime, inst: dict[str, Any], entry: server.Entry) -> None:
-    """The image cache's entry the root disk waits for: made again if its link expired before CDI read it;
-    made (its DataVolume, then its DataSource) if missing. Its name is the same for every Instance of the
-    image, so a burst of first boots makes one: the API server answers the others AlreadyExists."""
-    if entry.expired is not None:
-        rt.writes.forget(DATA_VOLUMES, entry.namespace, entry.name)
-        await rt.kube.delete(DATA_VOLUMES, entry.name, entry.namespace, uid=entry.expired)
-    if entry.state.state is not image_cache.State.missing or rt.writes.created(DATA_VOLUMES, entry.namespace,
-                                                                                 entry.name):
-        return
-    src = entry.source
-    url = rt.store.presigned_get(src.uid, rt.settings.presign_ttl, src.stores)
-    volume, source = image_cache.build_entry(src, entry.storage_class, entry.namespace, url, clock.now())
-    await rt.writes.create(DATA_VOLUMES, volume)
-    await rt.kube.create(DATA_SOURCES, source)
-    rt.event(inst, type="Normal", reason="CachingImage",
-             message=f"Image {src.namespace}/{src.name} is imported into the image cache for storage class "
-                     f"{entry.storage_class} ({entry.namespace}/{entry.name}); root disks are cloned from it")
-
-
-async def _used(rt: Runtime, clone: tuple[str, str]) -> None:
-    """The entry's last use, which eviction reads (least recently used first)."""
-    namespace, name = clone
-    await rt.kube.patch(DATA_VOLUMES, name, namespace, {
-        "metadata": {"annotations": {image_cache.LAST_USED_ANNOTATION: image_cache.stamp(clock.now())}}})
 
 
 async def _call(rt: Runtime, inst: dict[str, Any], kids: lifecycle.Children, step: lifecycle.Step) -> lifecycle.Step:

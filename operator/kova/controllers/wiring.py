@@ -30,12 +30,14 @@ from kova.api.resources import (
     STORAGE_CLASSES,
     VIRTUAL_MACHINE_INSTANCES,
     VIRTUAL_MACHINES,
+    VOLUMES,
     Resource,
 )
 from kova.compute import access as groups
+from kova.compute import volumes
 from kova.compute.children import INSTANCE_LABEL
 from kova.compute.snapshot import snapshot_running
-from kova.controllers import access, imagecache, instance, quota
+from kova.controllers import access, imagecache, instance, quota, volume
 
 # What zones read of a Node (kova.compute.access.zones; its labels are in the metadata, which is kept). The rest
 # of a Node's status is mostly its images, capacity and addresses: kilobytes per Node that nothing reads.
@@ -71,6 +73,9 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
     if cached:
         views["datasources"] = view(DATA_SOURCES, (), MANAGED_BY_SELECTOR, [cached])
     views.update(quota.views(view))
+    views["volumes"] = view(VOLUMES, ("spec", "status"))
+    # Volumes' claims (CDI gives them the DataVolume's labels): selected by Kova's volume label.
+    views["volume_pvcs"] = view(PERSISTENT_VOLUME_CLAIMS, ("spec", "status"), volumes.VOLUME_LABEL)
     cache = instance.Caches(flavors=views["flavors"], images=views["images"], instances=views["instances"],
                             datavolumes=views["datavolumes"], vms=views["vms"], vmis=views["vmis"],
                             pvcs=views["pvcs"], keypairs=views["keypairs"], servergroups=views["servergroups"],
@@ -174,9 +179,10 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
         views["datavolumes"].listen(keeper_of_cache.changed)
         views["datasources"].listen(keeper_of_cache.changed)
         views["images"].listen(keeper_of_cache.image_changed)
+    start_volumes(runtime, views, memo)
     informers = [i for v in views.values() for i in v]
     memo["caches"], memo["kicks"], memo["group_deletions"] = cache, kicks, deletions
-    memo["other_kicks"] = [zone_kicks, group_kicks, keeper.kicks]
+    memo["other_kicks"] = [zone_kicks, group_kicks, keeper.kicks, memo["volume_kicks"]]
     if cached:
         memo["other_kicks"].append(keeper_of_cache.kicks)
     memo["informer_tasks"] = [asyncio.create_task(i.run(), name=repr(i)) for i in informers]
@@ -185,8 +191,49 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
     keeper.start()
     if cached:
         keeper_of_cache.kicks.kick("cache")
+    for body in views["volumes"].objects():  # the first list announces nothing: every Volume is looked at once
+        memo["volume_kicks"].kick(object_key(body))
     for body in views["images"].objects():  # the first list announces nothing: snapshots under way are found here
         snapshot(None, body)
+
+
+def start_volumes(runtime: Runtime, views: dict[str, View], memo: Any) -> None:
+    """Volumes: reconciled on their own changes, on their DataVolume's and claim's, and when what they wait
+    for changes (an Image, another Volume, an image cache entry)."""
+    caches = volume.Caches(volumes=views["volumes"], datavolumes=views["datavolumes"], pvcs=views["volume_pvcs"],
+                           images=views["images"], storageclasses=views["storageclasses"])
+
+    async def reconcile(key: Hashable) -> None:
+        namespace, name = cast(tuple[str, str], key)
+        with metrics.reconciling("Volume"):
+            await volume.reconcile(runtime, caches, namespace, name)
+    kicks = Coalescer(reconcile, "Volume reconcile")
+
+    def changed(old: Body | None, new: Body | None) -> None:
+        body = new or old or {}
+        kicks.kick(object_key(body))
+        for waiter in caches.waiters(("Volume", *object_key(body))):
+            kicks.kick(waiter)
+        if new is None:
+            forget_object(runtime, old)
+
+    def child(old: Body | None, new: Body | None) -> None:
+        md = (new or old or {})["metadata"]
+        owner = (md.get("labels") or {}).get(volumes.VOLUME_LABEL)
+        if owner:
+            kicks.kick((md["namespace"], owner))
+        for waiter in caches.waiters(("DataVolume", *object_key(new or old or {}))):
+            kicks.kick(waiter)
+
+    def image(old: Body | None, new: Body | None) -> None:
+        for waiter in caches.waiters(("Image", *object_key(new or old or {}))):
+            kicks.kick(waiter)
+
+    views["volumes"].listen(changed)
+    views["datavolumes"].listen(child)
+    views["volume_pvcs"].listen(child)
+    views["images"].listen(image)
+    memo["volume_kicks"] = kicks
 
 
 def forget_object(runtime: Runtime, old: Body | None) -> None:

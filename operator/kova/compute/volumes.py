@@ -1,0 +1,190 @@
+"""A Cinder volume as a pure decision: from the Volume, its DataVolume and claim, and what its source names, to
+the DataVolume to make, the claim's growth and Cinder's status word. The controller (kova.controllers.volume)
+gathers and carries out; nothing here talks to a server.
+
+A volume is a PersistentVolumeClaim filled by a CDI DataVolume `volume-<name>`: blank, cloned from the image
+cache's entry of an image (imported directly on a class the cache does not serve), cloned from another
+Volume of the namespace, or restored from a VolumeSnapshot. It grows (extend) through its claim and never
+shrinks (the CRD refuses it)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from kova.api.conditions import Progress
+from kova.api.errors import one_line
+from kova.api.models import GROUP_COMPUTE, VolumeSpec, VolumeWord
+from kova.api.quantity import GiB, parse_size
+from kova.api.resources import MANAGED_BY, owner_reference
+from kova.compute import lifecycle, server
+from kova.compute.children import image_link_expired
+from kova.image import cache
+
+VOLUME_LABEL = f"{GROUP_COMPUTE}/volume"
+CDI_API = "cdi.kubevirt.io/v1beta1"
+
+
+def claim_name(name: str) -> str:
+    """Its DataVolume and claim (Cinder names a volume's backing `volume-<id>`)."""
+    return f"volume-{name}"
+
+
+@dataclass
+class World:
+    volume: dict[str, Any]
+    datavolumes: server.Lookup
+    pvcs: server.Lookup
+    images: server.Lookup
+    volumes: server.Lookup
+    storage_class: str | None  # the cluster's default class
+    cache: cache.Settings = field(default_factory=lambda: cache.Settings(namespace=""))
+    presign_ttl: dt.timedelta = dt.timedelta(hours=1)
+    now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
+@dataclass
+class Plan:
+    word: VolumeWord
+    progress: Progress
+    reason: str
+    message: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    create: dict[str, Any] | None = None  # the DataVolume, if missing
+    url_for: lifecycle.ImageInfo | None = None  # sign a link to this image's data into `create` (direct import)
+    entry: server.Entry | None = None  # the image cache's entry it clones, made first if missing
+    grow: int | None = None  # GiB the claim must grow to
+    wait_on: tuple[str, ...] | None = None
+
+
+def plan(w: World) -> Plan:
+    vol = w.volume
+    md = vol["metadata"]
+    namespace, name = md["namespace"], md["name"]
+    try:
+        spec = VolumeSpec.model_validate(vol.get("spec") or {})
+    except ValidationError as e:
+        return Plan(VolumeWord.error, Progress.STALLED, "InvalidSpec", one_line(e, "spec"))
+    sc = spec.volume_type or w.storage_class
+    claim = claim_name(name)
+    dv, pvc = w.datavolumes.get((namespace, claim)), w.pvcs.get((namespace, claim))
+    fields: dict[str, Any] = {"claim": claim, "storageClass": sc, "size": _capacity(pvc)}
+    if dv is None and pvc is None:
+        return _make(w, spec, sc, fields)
+    return _observe(spec, dv, pvc, fields)
+
+
+def _capacity(pvc: dict[str, Any] | None) -> int | None:
+    cap = ((pvc or {}).get("status") or {}).get("capacity", {}).get("storage")
+    # Whole GiB rounded down: CDI asks a few percent more than the volume for its filesystem overhead.
+    return parse_size(cap) // GiB if cap else None
+
+
+def _make(w: World, spec: VolumeSpec, sc: str | None, fields: dict[str, Any]) -> Plan:
+    """What the new DataVolume reads, or why it cannot be made yet (a source that is not ready) or at all."""
+    vol = w.volume
+    namespace = vol["metadata"]["namespace"]
+    source: dict[str, Any] = {"blank": {}}
+    creating = Plan(VolumeWord.creating, Progress.RECONCILING, "Creating", f"creating a {spec.size} GiB volume",
+                    fields)
+    src = spec.source
+    if src is not None and src.image:
+        image = server.image_info(w.images, src.image, namespace)
+        if isinstance(image, lifecycle.Blocked):
+            return _blocked(image, fields)
+        need = cache.entry_gib(image.size, image.virtual_size)
+        if spec.size < need:
+            return Plan(VolumeWord.error, Progress.STALLED, "VolumeTooSmall",
+                        f"Image {src.image} needs {need} GiB: it does not fit in a volume of {spec.size} GiB "
+                        "(Cinder answers 400)", fields)
+        if w.cache.serves(sc):
+            assert sc is not None
+            entry_name = cache.entry_name(image.uid, sc)
+            entry_dv = w.datavolumes.get((w.cache.namespace, entry_name))
+            expired = entry_dv["metadata"]["uid"] if entry_dv is not None and image_link_expired(
+                entry_dv, w.presign_ttl, w.now) else None
+            seen = cache.seen(None if expired else entry_dv)
+            image_ns, image_name = src.image.split("/", 1) if "/" in src.image else (namespace, src.image)
+            entry = server.Entry(cache.Source(image.uid, image_ns, image_name, image.sha512, need, image.stores), sc,
+                                 entry_name, w.cache.namespace, seen, expired)
+            if seen.state is cache.State.ready:
+                creating.entry = entry
+                creating.create = data_volume(vol, spec, sc, {"sourceRef": {
+                    "kind": "DataSource", "namespace": w.cache.namespace, "name": entry_name}})
+                return creating
+            if seen.state is not cache.State.broken:
+                creating.entry, creating.reason = entry, "CachingImage"
+                creating.message = f"caching image {src.image} for storage class {sc}, then cloning it"
+                creating.wait_on = ("DataVolume", w.cache.namespace, entry_name)
+                return creating
+        creating.url_for = image
+        source = {"http": {"url": "", "checksum": f"sha512:{image.sha512}"}}
+    elif src is not None and src.volume:
+        other = w.volumes.get((namespace, src.volume))
+        word = ((other or {}).get("status") or {}).get("status")
+        if other is None or word not in (VolumeWord.available, VolumeWord.in_use):
+            return Plan(VolumeWord.creating, Progress.RECONCILING, "WaitingForVolume",
+                        f"Volume {src.volume} is {word or 'missing'}, not available yet", fields,
+                        wait_on=("Volume", namespace, src.volume))
+        if spec.size < int((other.get("spec") or {}).get("size") or 0):
+            return Plan(VolumeWord.error, Progress.STALLED, "VolumeTooSmall",
+                        f"a volume cloned from {src.volume} must be at least its size "
+                        f"({other['spec']['size']} GiB; Cinder answers 400)", fields)
+        source = {"pvc": {"namespace": namespace, "name": claim_name(src.volume)}}
+    elif src is not None and src.snapshot:
+        source = {"snapshot": {"namespace": namespace, "name": src.snapshot}}
+    creating.create = data_volume(vol, spec, sc, {"source": source})
+    return creating
+
+
+def _blocked(b: lifecycle.Blocked, fields: dict[str, Any]) -> Plan:
+    if b.refused:
+        return Plan(VolumeWord.error, Progress.STALLED, b.reason, b.message, fields)
+    return Plan(VolumeWord.creating, Progress.RECONCILING, b.reason, b.message, fields, wait_on=b.on)
+
+
+def data_volume(vol: dict[str, Any], spec: VolumeSpec, sc: str | None, source: dict[str, Any]) -> dict[str, Any]:
+    md = vol["metadata"]
+    storage: dict[str, Any] = {"resources": {"requests": {"storage": f"{spec.size}Gi"}}}
+    if sc:
+        storage["storageClassName"] = sc
+    if spec.multiattach:
+        storage["accessModes"] = ["ReadWriteMany"]
+    return {"apiVersion": CDI_API, "kind": "DataVolume",
+            "metadata": {"name": claim_name(md["name"]), "namespace": md["namespace"],
+                         "labels": {**MANAGED_BY, VOLUME_LABEL: md["name"],
+                                    **({cache.ENTRY_LABEL: source["sourceRef"]["name"]}
+                                       if "sourceRef" in source else {})},
+                         "ownerReferences": [owner_reference(vol)]},
+            "spec": {**source, "storage": storage}}
+
+
+def _observe(spec: VolumeSpec, dv: dict[str, Any] | None, pvc: dict[str, Any] | None,
+             fields: dict[str, Any]) -> Plan:
+    status = (dv or {}).get("status") or {}
+    phase = status.get("phase") or ""
+    if phase == "Failed" or int(status.get("restartCount") or 0) >= lifecycle.IMPORT_RESTARTS_FAULT:
+        running: dict[str, Any] = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "Running"), {})
+        return Plan(VolumeWord.error, Progress.STALLED, "FillFailed",
+                    f"CDI could not fill the volume: {running.get('message') or phase}", fields)
+    if dv is not None and phase != "Succeeded":
+        return Plan(VolumeWord.creating, Progress.RECONCILING, "Creating",
+                    f"creating a {spec.size} GiB volume", {**fields, "progress": status.get("progress")})
+    requested = ((pvc or {}).get("spec") or {}).get("resources", {}).get("requests", {}).get("storage")
+    asked = parse_size(requested) // GiB if requested else 0
+    size = fields.get("size") or 0
+    if pvc is not None and asked < spec.size:
+        return Plan(VolumeWord.extending, Progress.RECONCILING, "Extending",
+                    f"extending the volume from {size} to {spec.size} GiB", fields, grow=spec.size)
+    if pvc is not None and size < spec.size:
+        return Plan(VolumeWord.extending, Progress.RECONCILING, "Extending",
+                    f"extending the volume from {size} to {spec.size} GiB", fields)
+    if pvc is None:
+        return Plan(VolumeWord.creating, Progress.RECONCILING, "Creating", f"creating a {spec.size} GiB volume",
+                    fields)
+    return Plan(VolumeWord.available, Progress.READY, "Available", f"the {spec.size} GiB volume is available",
+                {**fields, "progress": None})
