@@ -55,7 +55,6 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +62,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.cloud.importer import claim_of, env_of
 from tests.cloud.kubelet import quantity
-from tests.cloud.pki import TLSServer, issue, name, new_key, server_context
+from tests.cloud.pki import TLSHandler, TLSServer, issue, name, new_key, server_context
 
 if TYPE_CHECKING:
     from tests.cloud.sim import Simulator
@@ -223,17 +222,9 @@ class Body:
             self.left -= len(data)
 
 
-class UploadHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class UploadHandler(TLSHandler):
+    tls_log = log
     app: Upload
-
-    def handle(self) -> None:
-        try:
-            self.request.do_handshake()
-        except OSError as e:
-            log.warning("%s: TLS handshake failed: %s", self.client_address[0], e)
-            return
-        super().handle()
 
     def reply(self, code: int, body: bytes = b"") -> None:
         self.send_response(code)
@@ -385,16 +376,9 @@ class Progress:
                 f'{PROGRESS_METRIC}{{ownerUID="{self.owner}"}} {self.percent:g}\n')
 
 
-class MetricsHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class MetricsHandler(TLSHandler):
+    tls_log = None
     progress: Progress
-
-    def handle(self) -> None:
-        try:
-            self.request.do_handshake()
-        except OSError:
-            return
-        super().handle()
 
     def do_GET(self) -> None:
         body = self.progress.text().encode() if self.path.startswith("/metrics") else b"404 page not found\n"

@@ -27,13 +27,12 @@ import threading
 import time
 import urllib.parse
 import zlib
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubernetes.client.exceptions import ApiException
 
-from tests.cloud.pki import TLSServer
+from tests.cloud.pki import TLSHandler, TLSServer
 
 if TYPE_CHECKING:
     from tests.cloud.sim import Simulator
@@ -119,17 +118,9 @@ def run(sim: Simulator, stopped: threading.Event, pod: dict[str, Any]) -> tuple[
     return 0, ""
 
 
-class ExportHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class ExportHandler(TLSHandler):
+    tls_log = log
     app: Exporter
-
-    def handle(self) -> None:
-        try:
-            self.request.do_handshake()
-        except OSError as e:
-            log.warning("%s: TLS handshake failed: %s", self.client_address[0], e)
-            return
-        super().handle()
 
     def empty(self, code: int) -> None:
         self.send_response(code)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import logging
 import socket
 import ssl
 import threading
@@ -86,6 +87,23 @@ class TLSServer(ThreadingHTTPServer):
         thread = threading.Thread(target=self.serve_forever, daemon=True, name=name)
         thread.start()
         return thread
+
+
+class TLSHandler(BaseHTTPRequestHandler):
+    """A request handler for a TLSServer: the handshake, in the request's thread; a failed one is logged to
+    `tls_log` (the server's own logger) and ends the connection."""
+
+    protocol_version = "HTTP/1.1"
+    tls_log: logging.Logger | None = None
+
+    def handle(self) -> None:
+        try:
+            self.request.do_handshake()
+        except OSError as e:  # ssl.SSLError is one
+            if self.tls_log is not None:
+                self.tls_log.warning("%s: TLS handshake failed: %s", self.client_address[0], e)
+            return
+        super().handle()
 
 
 def server_context(cert: x509.Certificate, key: rsa.RSAPrivateKey, directory: Path, stem: str) -> ssl.SSLContext:

@@ -141,6 +141,12 @@ def test_a_ready_entry_is_cloned_into_a_root_disk_of_the_flavor_size() -> None:
     assert dv["spec"] == {"sourceRef": {"kind": "DataSource", "namespace": "kova-image-cache", "name": ENTRY},
                           "storage": {"resources": {"requests": {"storage": "2Gi"}}}}
     assert dv["metadata"]["labels"][cache.ENTRY_LABEL] == ENTRY
+    assert plan.step.message == "cloning image cirros from the image cache into a 2 GiB root disk, then starting it"
+    # Said the same while CDI clones it (no write per change of words).
+    dv["status"] = {"phase": "CloneInProgress"}
+    dv["metadata"]["uid"] = "uid-web-root"
+    later = server.plan(world(datavolumes=Objects(entry(), dv), **CLASSES))
+    assert later.disks == [] and later.step.message == plan.step.message
 
 
 def test_a_broken_entry_is_not_waited_for_the_disk_is_imported_directly() -> None:

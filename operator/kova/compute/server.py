@@ -170,6 +170,11 @@ def plan(w: World) -> Plan:
     if step.disk is not None and not step.delete_disk:
         out.disks = disks(name, step.disk, step.disk_gib, dv, iso)
         through_cache(w, out)
+    cloned = any(d.clone for d in out.disks) or bool(((dv or {}).get("metadata", {}).get("labels") or {}).get(
+        cache.ENTRY_LABEL))
+    if cloned and step.word is NovaStatus.build and step.reason == "Spawning" and step.disk is not None:
+        step.message = (f"cloning image {step.disk.ref} from the image cache into a {step.disk_gib} GiB root disk, "
+                        "then starting it")
     claim = (kids.pvc or {}).get("spec", {}).get("resources", {}).get("requests", {}).get("storage")
     # Whole GiB rounded down: CDI asked a few percent more than the disk for its filesystem overhead.
     if step.grow_disk and kids.pvc is not None and (parse_size(claim) // GiB if claim else 0) < step.grow_disk:

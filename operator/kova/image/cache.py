@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,17 +169,22 @@ def entries(volumes: Iterable[dict[str, Any]], namespace: str, disks: Iterable[d
         if used and (dv.get("status") or {}).get("phase") != "Succeeded":
             clones[used] = clones.get(used, 0) + 1
     out = []
-    for dv in volumes:
+    for dv, uid, notes in _entries(volumes, namespace):
         md = dv["metadata"]
-        uid = (md.get("labels") or {}).get(IMAGE_UID_LABEL)
-        if md.get("namespace") != namespace or not uid or md.get("deletionTimestamp"):
-            continue
-        notes = md.get("annotations") or {}
         last = parse_stamp(notes.get(LAST_USED_ANNOTATION)) or parse_stamp(md.get("creationTimestamp")) or \
             dt.datetime.min.replace(tzinfo=dt.UTC)
         out.append(Entry(md["name"], uid, int(notes.get(BYTES_ANNOTATION) or 0), last,
                          (dv.get("status") or {}).get("phase") == "Succeeded", clones.get(md["name"], 0)))
     return out
+
+
+def _entries(volumes: Iterable[dict[str, Any]], namespace: str) -> Iterator[tuple[dict[str, Any], str, dict[str, str]]]:
+    """The entries (not being deleted) among DataVolumes: each with its Image's uid and its annotations."""
+    for dv in volumes:
+        md = dv["metadata"]
+        uid = (md.get("labels") or {}).get(IMAGE_UID_LABEL)
+        if md.get("namespace") == namespace and uid and not md.get("deletionTimestamp"):
+            yield dv, uid, md.get("annotations") or {}
 
 
 def evictions(found: list[Entry], images: set[str], s: Settings, now: dt.datetime) -> list[str]:
@@ -203,13 +208,9 @@ def evictions(found: list[Entry], images: set[str], s: Settings, now: dt.datetim
 def listing(volumes: Iterable[dict[str, Any]], namespace: str) -> dict[str, list[dict[str, Any]]]:
     """Image uid → its entries as `Image.status.cache` lists them, by StorageClass."""
     out: dict[str, list[dict[str, Any]]] = {}
-    for dv in volumes:
-        md = dv["metadata"]
-        uid = (md.get("labels") or {}).get(IMAGE_UID_LABEL)
-        if md.get("namespace") != namespace or not uid or md.get("deletionTimestamp"):
-            continue
-        notes = md.get("annotations") or {}
-        item = {"storageClass": notes.get(CLASS_ANNOTATION, ""), "entry": md["name"], "state": seen(dv).state.value}
+    for dv, uid, notes in _entries(volumes, namespace):
+        item = {"storageClass": notes.get(CLASS_ANNOTATION, ""), "entry": dv["metadata"]["name"],
+                "state": seen(dv).state.value}
         if notes.get(LAST_USED_ANNOTATION):
             item["lastUsed"] = notes[LAST_USED_ANNOTATION]
         out.setdefault(uid, []).append(item)
