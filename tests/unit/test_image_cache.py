@@ -181,3 +181,37 @@ def test_an_image_lists_its_entries_by_class() -> None:
     assert [(i["storageClass"], i["entry"], i["state"]) for i in listed["uid-cirros"]] == [
         ("fast", "b", "filling"), ("slow", "a", "ready")]
     assert listed["uid-cirros"][0]["lastUsed"] == cache.stamp(NOW - dt.timedelta(days=1))
+
+
+def test_the_upkeep_keeps_one_timer_however_often_it_runs() -> None:
+    """Each run re-arms the once-a-minute look; events must not stack timers that each run it again."""
+    import asyncio
+    from typing import cast
+
+    from kova.adapters.informer import View
+    from kova.adapters.runtime import Runtime
+    from kova.controllers import imagecache
+
+    class Empty:
+        def objects(self) -> Any:
+            return iter(())
+
+        def get(self, key: Any) -> None:
+            return None
+
+    class Rt:
+        class settings:
+            image_cache = ON
+
+    async def runs() -> list[asyncio.TimerHandle]:
+        keeper = imagecache.Keeper(cast(Runtime, Rt()), cast(View, Empty()), cast(View, Empty()),
+                                   cast(View, Empty()))
+        handles = []
+        for _ in range(5):
+            await keeper.reconcile("cache")
+            assert keeper.timer is not None
+            handles.append(keeper.timer)
+        keeper.timer.cancel()
+        return handles
+    handles = asyncio.run(runs())
+    assert all(h.cancelled() for h in handles) and len(set(map(id, handles))) == 5

@@ -24,6 +24,7 @@ class Keeper:
     def __init__(self, rt: Runtime, datavolumes: View, datasources: View, images: View) -> None:
         self.rt, self.datavolumes, self.datasources, self.images = rt, datavolumes, datasources, images
         self.kicks = Coalescer(self.reconcile, "image cache upkeep")
+        self.timer: asyncio.TimerHandle | None = None  # one at a time: each run replaces it
 
     def changed(self, old: Body | None, new: Body | None) -> None:
         """A DataVolume or DataSource event: the cache's own objects, or a clone of an entry."""
@@ -43,7 +44,9 @@ class Keeper:
         try:
             await self._upkeep(s)
         finally:
-            asyncio.get_running_loop().call_later(RECHECK, self.kicks.kick, "cache")
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = asyncio.get_running_loop().call_later(RECHECK, self.kicks.kick, "cache")
 
     async def _upkeep(self, s: cache.Settings) -> None:
         volumes = list(self.datavolumes.objects())
