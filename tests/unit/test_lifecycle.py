@@ -414,6 +414,27 @@ def test_a_missing_network_is_found_from_the_objects_not_from_kubevirts_message(
     assert lifecycle.launch_failed(vm()) is None
 
 
+def test_a_missing_network_is_not_no_valid_host_while_kubevirt_still_says_unschedulable() -> None:
+    """A launcher that cannot be made is never placed: virt-controller's own Unschedulable (said while the root
+    disk's claim was missing) stands on the VM long after the disk is made. A missing network is the fault."""
+    now = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)
+    said = "failed to render launch manifest: failed to locate network attachment definition ns/nowhere"
+    v = vm("ErrorUnschedulable", False)
+    v["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                  "message": "PVC ns/lost-root does not exist, waiting for it to appear"}]
+    disk = dv()
+    disk["status"]["conditions"] = [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T11:00:00Z"}]
+    # Before KubeVirt says why it cannot make the launcher: not a verdict.
+    waiting = settle(inputs(spec(), InstanceStatus(), Children(dv=disk, vm=v, missing_networks=("ns/nowhere",)),
+                            now=now))
+    assert (waiting.word, waiting.fault) == (NovaStatus.build, None)
+    v["status"]["conditions"].append({"type": "Synchronized", "status": "False", "reason": "FailedCreate",
+                                      "message": said})
+    step = settle(inputs(spec(), waiting.status, Children(dv=disk, vm=v, missing_networks=("ns/nowhere",)), now=now))
+    assert (step.word, step.reason) == (NovaStatus.error, "NetworkNotFound")
+    assert step.fault is not None and "nowhere" in step.fault.message
+
+
 def test_an_unschedulable_launcher_is_no_valid_host_only_once_the_scheduler_had_time_to_retry() -> None:
     """The scheduler retries an unschedulable pod at once when what it waited for changes (a claim it saw
     unbound a moment before): KubeVirt's ErrorUnschedulable counts as Nova's final NoValidHost only once it

@@ -455,6 +455,15 @@ def _failure(ch: Children, previous: str | None = None, now: dt.datetime | None 
     # Not DataVolumeError: virt-controller says it as soon as CDI's import failed once (the DataVolume's Running
     # condition, reason Error), and CDI retries it; the root disk's import rule above decides when it is a fault.
     # Nor ErrorPvcNotFound: a rebuild's new DataVolume has no claim for a moment, and Kova makes it itself.
+    # KubeVirt keeps retrying a VMI whose launcher cannot be made (a NetworkAttachmentDefinition missing,
+    # say) and says so only in a condition; Nova answers such a server with ERROR. It recovers by itself.
+    # Only a missing network is a fault: other launch failures pass (a rebuild's disk is replaced under a VMI
+    # for a moment) and KubeVirt retries them. It comes first: a launcher that cannot be made is never placed,
+    # so virt-controller's own Unschedulable (said while the claim was missing) stands and would read as
+    # NoValidHost.
+    failed = launch_failed(ch.vm)
+    if ch.missing_networks:  # KubeVirt's words, as for a network Kova refuses (no oracle)
+        return ("NetworkNotFound", failed) if failed is not None else None
     if printable == "ErrorUnschedulable" and not _disk_made(ch):
         return None  # not the launcher's verdict yet: the scheduler retries a disk's pod once it sees its claim
     if printable == "ErrorUnschedulable" and now is not None and unschedulable_wait(ch, now) is not None:
@@ -467,13 +476,6 @@ def _failure(ch: Children, previous: str | None = None, now: dt.datetime | None 
         if printable == "ErrorUnschedulable":  # Nova's scheduler says it this way
             return "NoValidHost", f"No valid host was found. {detail}"
         return printable, f"{printable}: {detail}" if detail != printable else printable
-    # KubeVirt keeps retrying a VMI whose launcher cannot be made (a NetworkAttachmentDefinition missing,
-    # say) and says so only in a condition; Nova answers such a server with ERROR. It recovers by itself.
-    # Only a missing network is a fault: other launch failures pass (a rebuild's disk is replaced under a VMI
-    # for a moment) and KubeVirt retries them.
-    failed = launch_failed(ch.vm)
-    if failed is not None and ch.missing_networks:  # KubeVirt's words, as for a network Kova refuses (no oracle)
-        return "NetworkNotFound", failed
     return None
 
 

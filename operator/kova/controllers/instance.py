@@ -93,8 +93,10 @@ async def reconcile(rt: Runtime, caches: Caches, namespace: str, name: str) -> N
 
 
 async def _missing_networks(rt: Runtime, vm: dict[str, Any] | None) -> tuple[str, ...]:
-    """Only while KubeVirt cannot make the launcher pod: which of the VM's networks do not exist."""
-    if vm is None or lifecycle.launch_failed(vm) is None:
+    """Only while KubeVirt cannot make or place the launcher pod: which of the VM's networks do not exist (a
+    launcher that cannot be made keeps virt-controller's own Unschedulable, which must not read as NoValidHost)."""
+    if vm is None or (lifecycle.launch_failed(vm) is None
+                      and (vm.get("status") or {}).get("printableStatus") != "ErrorUnschedulable"):
         return ()
     return tuple([f"{ns}/{name}" for ns, name in guest.multus_networks(vm)
                   if await rt.kube.get(NETWORK_ATTACHMENT_DEFINITIONS, name, ns) is None])
