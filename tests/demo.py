@@ -90,8 +90,14 @@ def main() -> int:
         print("$ kubectl wait --for=condition=Ready flavor/m1.tiny image/demo-os instance/web-1")
         print(cloud.kubectl("wait", "--for=condition=Ready", "--timeout=180s", "-n", "default",
                             "flavor/m1.tiny", "image/demo-os", "instance/web-1"))
-        print("$ kubectl get flavors,images,instances -o wide")
-        print(cloud.kubectl("get", "flavors,images,instances", "-o", "wide", "-n", "default"))
+        print("$ kubectl wait --for=jsonpath='{.status.status}'=in-use volume/data")
+        print(cloud.kubectl("wait", "--for=jsonpath={.status.status}=in-use", "--timeout=60s", "-n", "default",
+                            "volume/data"))
+        print("$ kubectl get flavors,images,instances,volumes -o wide")
+        print(cloud.kubectl("get", "flavors,images,instances,volumes", "-o", "wide", "-n", "default"))
+        print("$ kubectl get instance web-1 -o jsonpath='{.status.volumeAttachments}'   # the hot-plugged volume")
+        print(cloud.kubectl("get", "instance", "web-1", "-n", "default", "-o",
+                            "jsonpath={.status.volumeAttachments}") + "\n")
         print("$ kubectl get virtualmachines,virtualmachineinstances,datavolumes -o wide")
         print(cloud.kubectl("get", "vm,vmi,dv", "-o", "wide", "-n", "default"))
         print("$ kubectl get datavolumes,datasources -n kova-image-cache   # the image cache: one import, cloned")

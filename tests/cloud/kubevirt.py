@@ -66,7 +66,9 @@ CONTROLLER_SA = "kubevirt-controller"  # components.ControllerServiceAccountName
 KUBEVIRT_CR: dict[str, Any] = {
     "apiVersion": "kubevirt.io/v1", "kind": "KubeVirt",
     "metadata": {"name": "kubevirt", "namespace": NAMESPACE},
-    "spec": {"imagePullPolicy": "IfNotPresent", "configuration": {"developerConfiguration": {"featureGates": []}}},
+    # Kova attaches volumes by changing the VM's template (declarative hotplug, alpha in v1.7.0).
+    "spec": {"imagePullPolicy": "IfNotPresent",
+             "configuration": {"developerConfiguration": {"featureGates": ["DeclarativeHotplugVolumes"]}}},
 }
 
 

@@ -6,8 +6,10 @@ runs is started (pkg/virt-handler/vm.go, updateVMIStatus): phase Running, status
 interface, eth0.. as the guest names them, tests/cloud/networks.py; the pod network's entry has the pod's
 IP), LiveMigratable / StorageLiveMigratable conditions and migrationMethod, machine, currentCPUTopology,
 memory, volumeStatus (one per volume with its disk's target), guestOSInfo; an Event `Started`
-("VirtualMachineInstance started."). A VMI being deleted is shut down: phase Succeeded (Event `Stopped`,
-"The VirtualMachineInstance was shut down."), and kubelet sees its launcher exit. Pause, unpause and soft
+("VirtualMachineInstance started."). Hot-plugged volumes go through their phases (`hotplug`: AttachedToNode
+→ MountedToPod → Ready, and UnMountedFromPod when they leave the spec), with virt-handler's Events. A VMI
+being deleted is shut down: phase Succeeded (Event `Stopped`, "The VirtualMachineInstance was shut down."),
+and kubelet sees its launcher exit. Pause, unpause and soft
 reboot come through virt-api (tests/cloud/virtapi.py), which writes what virt-handler would.
 
 A VMI has no status subresource: virt-handler updates the whole object (PUT) with the cached
@@ -35,6 +37,10 @@ KV = ("kubevirt.io", "v1")
 
 def final(phase: str | None) -> bool:
     return phase in ("Succeeded", "Failed")
+
+
+def hotpluggable(volume: dict[str, Any]) -> bool:
+    return bool((volume.get("persistentVolumeClaim") or volume.get("dataVolume") or {}).get("hotpluggable"))
 
 
 class VirtHandler:
@@ -70,6 +76,8 @@ class VirtHandler:
                     pod = self.launcher_pod(vmi, pods)
                     if pod is not None and (pod.get("status") or {}).get("phase") == "Running":
                         self.start_vmi(vmi, pod)
+                elif status.get("phase") == "Running":
+                    self.hotplug(vmi)
             except ApiException as e:
                 if e.status not in (404, 409):
                     raise
@@ -99,6 +107,8 @@ class VirtHandler:
         targets = {d["name"]: d for d in domain.get("devices", {}).get("disks") or []}
         volume_status = []
         for n, vol in enumerate(spec.get("volumes") or []):
+            if hotpluggable(vol):  # virt-controller reports those, and hotplug() below plugs them in
+                continue
             disk = targets.get(vol["name"], {})
             prefix = "sd" if (disk.get("cdrom") or disk.get("disk") or {}).get("bus") in ("sata", "scsi") else "vd"
             volume: dict[str, Any] = {"name": vol["name"], "target": f"{prefix}{chr(ord('a') + n)}"}
@@ -127,6 +137,40 @@ class VirtHandler:
         self.update_vmi(vmi, new)
         self.event(vmi, "Started", "VirtualMachineInstance started.", "virt-handler")
         log.info("vmi %s/%s running on %s", vmi["metadata"]["namespace"], vmi["metadata"]["name"], node)
+
+    def hotplug(self, vmi: dict[str, Any]) -> None:
+        """pkg/virt-handler/vm.go updateHotplugVolumeStatus, one step per pass: a hot-plugged volume that
+        virt-controller attached to the node (AttachedToNode, its attachment pod ready: attachPodUID) is
+        mounted into the launcher (MountedToPod), then attached to the domain (Ready, with the guest's target:
+        the next free sdX, as libvirt names SCSI disks). One that left the VMI's spec is detached and
+        unmounted (UnMountedFromPod, an empty target: the field is required), and virt-controller then deletes
+        its attachment pod."""
+        in_spec = {v["name"] for v in vmi["spec"].get("volumes") or []}
+        statuses = [dict(s) for s in (vmi.get("status") or {}).get("volumeStatus") or []]
+        used = {s.get("target") for s in statuses}
+        said: list[tuple[str, str]] = []
+        for s in statuses:
+            if s.get("hotplugVolume") is None:
+                continue
+            name, phase = s["name"], s.get("phase")
+            if s["name"] in in_spec and phase == "AttachedToNode" and s["hotplugVolume"].get("attachPodUID"):
+                s.update(phase="MountedToPod", reason="VolumeMountedToPod",
+                         message=f"Volume {name} has been mounted in virt-launcher pod")
+            elif s["name"] in in_spec and phase == "MountedToPod":
+                target = next(t for n in range(26) if (t := f"sd{chr(ord('a') + n)}") not in used)
+                used.add(target)
+                s.update(phase="Ready", target=target, reason="VolumeReady",
+                         message=f"Successfully attach hotplugged volume {name} to VM")
+            elif s["name"] not in in_spec and phase in ("Ready", "MountedToPod", "AttachedToNode"):
+                s.update(target="", phase="UnMountedFromPod", reason="VolumeUnMountedFromPod",
+                         message=f"Volume {name} has been unmounted from virt-launcher pod")
+            else:
+                continue
+            said.append((s["reason"], s["message"]))
+        if said:
+            self.update_vmi(vmi, {"volumeStatus": statuses})
+            for reason, message in said:
+                self.event(vmi, reason, message, "virt-handler")
 
     def shut_down(self, vmi: dict[str, Any]) -> None:
         transitions = [*((vmi.get("status") or {}).get("phaseTransitionTimestamps") or []),

@@ -394,19 +394,45 @@ def test_an_image_as_the_root_device_boots_from_the_image() -> None:
     assert nova.parse_create(create_body(imageRef="", block_device_mapping_v2=bdm), v("2.1")).image_id == IMAGE_UID
 
 
-@pytest.mark.parametrize("root", [
-    {"boot_index": 0, "uuid": "6e1b3b4c-1111-4d4e-9a0b-000000000001", "source_type": "volume",
-     "destination_type": "volume"},
-    {"boot_index": 0, "uuid": IMAGE_UID, "source_type": "image", "destination_type": "volume", "volume_size": 10},
-], ids=["volume", "image-to-volume"])
-def test_a_volume_root_is_refused(root: Body) -> None:
-    refused(lambda: nova.parse_create(create_body(imageRef=None, block_device_mapping_v2=[root]), v("2.1")))
+VOLUME_UID = "6e1b3b4c-1111-4d4e-9a0b-000000000001"
 
 
-def test_a_volume_beside_an_image_is_refused_too() -> None:
-    volume = {"boot_index": 1, "uuid": "6e1b3b4c-1111-4d4e-9a0b-000000000001", "source_type": "volume",
-              "destination_type": "volume"}
-    refused(lambda: nova.parse_create(create_body(block_device_mapping_v2=[volume]), v("2.1")))
+def test_a_volume_at_boot_index_0_boots_the_server_and_others_are_attached() -> None:
+    bdm = [{"boot_index": 0, "uuid": VOLUME_UID, "source_type": "volume", "destination_type": "volume",
+            "delete_on_termination": True},
+           {"boot_index": 1, "uuid": IMAGE_UID, "source_type": "volume", "destination_type": "volume", "tag": "db"}]
+    new = nova.parse_create(create_body(imageRef=None, block_device_mapping_v2=bdm), v("2.1"))
+    assert new.image_id == "" and new.boot_volume == nova.BlockDevice(VOLUME_UID, True)
+    assert new.volumes == [nova.BlockDevice(IMAGE_UID, False, "db")]
+    # Beside an image, a volume is attached.
+    beside = nova.parse_create(create_body(block_device_mapping_v2=bdm[1:]), v("2.1"))
+    assert beside.image_id == IMAGE_UID and beside.boot_volume is None and len(beside.volumes) == 1
+
+
+def test_what_kova_does_not_make_at_boot_is_refused() -> None:
+    image_to_volume = {"boot_index": 0, "uuid": IMAGE_UID, "source_type": "image", "destination_type": "volume",
+                       "volume_size": 10}
+    assert "create the Volume first" in refused(lambda: nova.parse_create(
+        create_body(imageRef=None, block_device_mapping_v2=[image_to_volume]), v("2.1")))
+    root = {"boot_index": 0, "uuid": VOLUME_UID, "source_type": "volume", "destination_type": "volume"}
+    assert "not both" in refused(lambda: nova.parse_create(create_body(block_device_mapping_v2=[root]), v("2.1")))
+    assert "one by one" in refused(lambda: nova.parse_create(
+        create_body(imageRef=None, block_device_mapping_v2=[root], max_count=2), v("2.1")))
+
+
+def test_volume_attachments_look_as_novas_at_each_microversion() -> None:
+    entry = {"volume": "data", "device": "/dev/sda", "tag": "db", "deleteOnTermination": True}
+    assert nova.volume_attachment_view("srv", VOLUME_UID, entry, v("2.1")) == {
+        "id": VOLUME_UID, "serverId": "srv", "volumeId": VOLUME_UID, "device": "/dev/sda"}
+    assert nova.volume_attachment_view("srv", VOLUME_UID, entry, v("2.79"))["delete_on_termination"] is True
+    latest = nova.volume_attachment_view("srv", VOLUME_UID, entry, v("2.89"))
+    assert "id" not in latest and latest["tag"] == "db" and latest["attachment_id"] != latest["bdm_uuid"]
+    assert nova.attach_request({"volumeAttachment": {"volumeId": VOLUME_UID, "tag": "db"}}, v("2.49")) == (
+        VOLUME_UID, {"tag": "db"})
+    assert "'tag' was unexpected" in refused(lambda: nova.attach_request(
+        {"volumeAttachment": {"volumeId": VOLUME_UID, "tag": "db"}}, v("2.48")))
+    assert "is not a 'uuid'" in refused(lambda: nova.attach_request({"volumeAttachment": {"volumeId": "x"}},
+                                                                    v("2.1")))
 
 
 def test_networks_are_required_from_2_37() -> None:

@@ -107,7 +107,7 @@ def test_the_resource_quota_counts_what_the_api_server_can_and_leaves_out_unlimi
     rq = quota.resource_quota(owner, {**LIMITS, "key_pairs": -1}, {"app.kubernetes.io/managed-by": "kova"})
     assert rq["metadata"]["name"] == "kova" and rq["metadata"]["ownerReferences"][0]["uid"] == "u1"
     assert rq["spec"]["hard"] == {"count/instances.compute.kova.dev": "10", "count/servergroups.compute.kova.dev": "10",
-                                  "count/images.image.kova.dev": "100"}
+                                  "count/images.image.kova.dev": "100", "count/volumes.compute.kova.dev": "10"}
 
 
 def test_status_items_and_summary() -> None:

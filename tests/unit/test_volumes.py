@@ -119,3 +119,49 @@ def test_an_entry_whose_link_expired_is_made_again_for_a_volume_too() -> None:
     p = volumes.plan(world(vol(source={"image": "cirros"}), cache=on, datavolumes=Objects(stale),
                            presign_ttl=dt.timedelta(minutes=30)))
     assert p.entry is not None and p.entry.expired == f"uid-{name}" and p.create is None
+
+
+def _sized(name: str, size: int, created: str, allocated: int | None = None, **status: Any) -> dict[str, Any]:
+    v = vol(name, size=size)
+    v["metadata"]["creationTimestamp"] = created
+    v["status"] = {**({"allocated": allocated} if allocated is not None else {}), **status}
+    return v
+
+
+def test_gigabytes_admits_the_oldest_first_and_refuses_for_good_what_does_not_fit() -> None:
+    held = _sized("held", 6, "2026-01-01T09:00:00Z", allocated=6)
+    first, second = _sized("b", 3, "2026-01-01T10:00:00Z"), _sized("a", 3, "2026-01-01T11:00:00Z")
+    refused = volumes.gigabytes([second, first, held], set(), 10)
+    assert list(refused) == ["a"] and refused["a"].new
+    assert refused["a"].message == ("VolumeSizeExceedsAvailableQuota: Requested volume or snapshot exceeds allowed "
+                                    "gigabytes quota. Requested 3G, quota is 10G and 9G has been consumed.")
+    # Whichever volume asks, the verdict is the same; unlimited refuses nothing.
+    assert volumes.gigabytes([first, held, second], set(), 10) == refused
+    assert volumes.gigabytes([first, held, second], set(), -1) == {}
+    # Refused once, refused for good: room made later does not admit it (Cinder answered 413).
+    said = _sized("a", 3, "2026-01-01T11:00:00Z", conditions=[
+        {"type": "Ready", "status": "False", "reason": "QuotaExceeded", "message": refused["a"].message}])
+    assert volumes.gigabytes([said], set(), 10)["a"].message == refused["a"].message
+    # A volume made before it was counted holds its size.
+    assert volumes.gigabytes([_sized("old", 8, "2026-01-01T08:00:00Z"), first], {"old"}, 10)["b"].new
+
+
+def test_an_extend_over_quota_leaves_the_volume_as_it_is_and_says_so() -> None:
+    grown = _sized("data", 8, "2026-01-01T09:00:00Z", allocated=4)
+    other = _sized("other", 4, "2026-01-01T08:00:00Z", allocated=4)
+    refusal = volumes.gigabytes([grown, other], set(), 10)["data"]
+    assert not refusal.new and "Requested 4G, quota is 10G and 8G has been consumed" in refusal.message
+    dv = obj("volume-data", status={"phase": "Succeeded"})
+    p = volumes.plan(world(grown, datavolumes=Objects(dv), pvcs=Objects(claim(4, 4)), quota=refusal))
+    assert (p.word, p.progress, p.reason, p.grow) == (VolumeWord.available, Progress.STALLED, "QuotaExceeded", None)
+    assert p.fields["allocated"] == 4
+    admitted = volumes.plan(world(grown, datavolumes=Objects(dv), pvcs=Objects(claim(4, 4))))
+    assert (admitted.word, admitted.grow, admitted.fields["allocated"]) == (VolumeWord.extending, 8, 8)
+
+
+def test_a_new_volume_over_quota_is_an_error_and_nothing_is_made() -> None:
+    refusal = volumes.Refusal("VolumeSizeExceedsAvailableQuota: …", True)
+    p = volumes.plan(world(quota=refusal))
+    assert (p.word, p.reason, p.create) == (VolumeWord.error, "QuotaExceeded", None)
+    made = volumes.plan(world())
+    assert made.create is not None and made.fields["allocated"] == 4

@@ -97,12 +97,14 @@ class Writes:
         await self.kube.create(res, body)  # a 409 (it exists already) counts as created
         self._created.add(self.key(res, md["namespace"], md["name"]))
 
-    async def ensure(self, res: Resource, desired: dict[str, Any], cached: dict[str, Any] | None) -> None:
+    async def ensure(self, res: Resource, desired: dict[str, Any], cached: dict[str, Any] | None,
+                     stale: bool = False) -> None:
         """Server-side apply `desired` unless the cache already holds it, or holds a version older than
-        the last apply of this very object (the watch has not caught up yet)."""
+        the last apply of this very object (the watch has not caught up yet). `stale`: the cache holds an entry
+        Kova no longer wants (a detached disk), which `contains` cannot see: the apply takes it away."""
         md = desired["metadata"]
         key = self.key(res, md["namespace"], md["name"])
-        if cached is not None and contains(cached, desired):
+        if cached is not None and contains(cached, desired) and not stale:
             return  # the common case, and the cheap one: no digest needed
         want = digest(desired)
         last = self._applied.get(key)

@@ -126,6 +126,14 @@ def _deny_delete(name: str, group: str, resource: str, expression: str, message:
                    [{"expression": expression, "messageExpression": message, "reason": "Forbidden"}])
 
 
+VOLUME_IN_USE_POLICY = "kova-volume-in-use"
+HELD_WORDS = ("reserved", "attaching", "in-use", "detaching")  # Cinder's words of a volume a server holds
+# Kubernetes' controllers that delete on a user's behalf: the garbage collector and the namespace controller,
+# under their own accounts (--use-service-account-credentials) or the controller manager's.
+KUBE_DELETERS = ("system:serviceaccount:kube-system:generic-garbage-collector",
+                 "system:serviceaccount:kube-system:namespace-controller", "system:kube-controller-manager")
+
+
 def protection_policy() -> list[dict[str, Any]]:
     """Glance refuses to delete a protected image or metadata definition namespace (403), and Nova a locked
     server (409). The API server does
@@ -144,6 +152,17 @@ def protection_policy() -> list[dict[str, Any]]:
                       "!has(oldObject.spec.protected) || !oldObject.spec.protected",
                       "'Metadata definition namespace ' + oldObject.spec.namespace + ' is protected and cannot be "
                       "deleted: set spec.protected to false first'"),
+        # Cinder refuses to delete a volume a server holds (400). Kubernetes' own deletions pass: a namespace
+        # being deleted, and the garbage collector deleting a volume whose server asked for it to go with it.
+        *_deny_delete(VOLUME_IN_USE_POLICY, GROUP_COMPUTE, "volumes",
+                      "!has(oldObject.status) || !has(oldObject.status.status) || "
+                      f"!(oldObject.status.status in {list(HELD_WORDS)}) || "
+                      "has(namespaceObject.metadata.deletionTimestamp) || "
+                      f"request.userInfo.username in {list(KUBE_DELETERS)}",
+                      "'Invalid volume: volume ' + oldObject.metadata.name + ' is ' + oldObject.status.status + "
+                      "' (attached to ' + (has(oldObject.status.attachments) ? oldObject.status.attachments.map("
+                      "a, a.server).join(', ') : 'a server') + '): detach it "
+                      "from its servers (spec.volumeAttachments) before deleting it'"),
     ]
 
 

@@ -359,18 +359,50 @@ class ResizeRequest(Model):
         "Any value; each new one is one request. The last one served is status.requests.resize."))
 
 
-_SAME_ACTIONS = " && ".join([
-    "self.flavorRef == oldSelf.flavorRef", "self.imageRef == oldSelf.imageRef",
-    *(f"(has(self.{f}) ? has(oldSelf.{f}) && self.{f} == oldSelf.{f} : !has(oldSelf.{f}))"
-      for f in ("powerState", "metadata", "rebootRequest", "resizeRequest", "userData"))])
+def _same(field: str) -> str:
+    return f"(has(self.{field}) ? has(oldSelf.{field}) && self.{field} == oldSelf.{field} : !has(oldSelf.{field}))"
+
+
+_SAME_ACTIONS = " && ".join(["self.flavorRef == oldSelf.flavorRef", *(_same(f) for f in (
+    "imageRef", "powerState", "metadata", "rebootRequest", "resizeRequest", "userData", "volumeAttachments"))])
 INSTANCE_SPEC_RULES = [
-    {"rule": "(has(self.keyName) ? has(oldSelf.keyName) && self.keyName == oldSelf.keyName : !has(oldSelf.keyName)) "
-             "|| self.imageRef != oldSelf.imageRef",
+    {"rule": f"{_same('keyName')} || !{_same('imageRef')}",
      "message": "keyName changes only with a rebuild (a new imageRef in the same change), as in Nova"},
     {"rule": f"!(has(oldSelf.locked) && oldSelf.locked && has(self.locked) && self.locked) || ({_SAME_ACTIONS})",
      "message": "the instance is locked (Nova answers 409): set locked to false first; only lockedReason "
                 "may change while it is locked"},
+    {"rule": "has(self.imageRef) != has(self.bootVolume)",
+     "message": "a server boots from imageRef or from bootVolume: exactly one of them"},
 ]
+
+
+MAX_VOLUME_ATTACHMENTS = 16
+VOLUME_NAME_RULES: dict[str, Any] = {"x-kubernetes-validations": [
+    {"rule": "!self.contains('/')", "message": "a volume of another namespace cannot be attached "
+                                               "(Nova answers 404: volume not found)"},
+    {"rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+     "message": "a Volume's name: lower-case letters, digits and '-'"}]}
+
+
+class VolumeAttachment(Model):
+    """A Volume attached to the server (Nova's os-volume_attachments): hot-plugged while it runs, a SCSI disk
+    whose serial is the volume's uid, as Nova sets it."""
+
+    volume: str = Field(min_length=1, max_length=56, description=(
+        "A Volume of this namespace: a server never reaches another namespace's volumes."),
+        json_schema_extra=VOLUME_NAME_RULES)
+    tag: str | None = Field(default=None, max_length=60, description="Nova's device tag (2.49), for the guest.")
+    delete_on_termination: bool = Field(default=False, description=(
+        "Delete the Volume with the server (Nova 2.79); otherwise it stays, available, when the server goes."))
+
+
+class BootVolume(Model):
+    """The Volume a server boots from (Nova's boot from volume)."""
+
+    volume: str = Field(min_length=1, max_length=56, description="A Volume of this namespace.",
+                        json_schema_extra=VOLUME_NAME_RULES)
+    delete_on_termination: bool = Field(default=False, description=(
+        "Delete the Volume with the server; otherwise it stays, available, when the server goes."))
 
 
 class InstanceSpec(Model):
@@ -387,10 +419,15 @@ class InstanceSpec(Model):
     flavor_ref: str = Field(min_length=1, max_length=253, description=(
         "Name of a Flavor. Changing it resizes the instance (Nova resize: RESIZE, then VERIFY_RESIZE until "
         "confirmed, reverted, or the confirm window passes)."))
-    image_ref: str = Field(min_length=1, max_length=507, pattern=r"^([a-z0-9-]+/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
-                           description="Image name in this namespace, or namespace/name of an image "
-                                       "visible here (public, community, or shared with this namespace). "
-                                       "Changing it rebuilds the instance onto the new image (Nova rebuild).")
+    image_ref: str | None = Field(
+        default=None, min_length=1, max_length=507, pattern=r"^([a-z0-9-]+/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Image name in this namespace, or namespace/name of an image visible here (public, "
+                    "community, or shared with this namespace). Changing it rebuilds the instance onto the new "
+                    "image (Nova rebuild). Either it or bootVolume.")
+    boot_volume: BootVolume | None = Field(default=None, description=(
+        "Boot from a Volume of this namespace instead of an image (Nova's block_device_mapping_v2 with "
+        "source_type volume, boot_index 0): its claim is the root disk. Fixed at boot."),
+        json_schema_extra=cel("self == oldSelf", "bootVolume is fixed at boot"))
     power_state: PowerState = Field(default=PowerState.running, description=(
         "Desired power state: Stopped (Nova stop), Paused (pause: the guest is frozen in memory), "
         "Suspended (suspend: the resources are freed), Running (start, unpause, resume). Pause, suspend and "
@@ -433,6 +470,12 @@ class InstanceSpec(Model):
     availability_zone: str | None = Field(default=None, max_length=63, description=(
         "Nodes labelled topology.kubernetes.io/zone with this value (see the AvailabilityZone objects)."),
         json_schema_extra=cel("self == oldSelf", "availabilityZone is fixed at boot"))
+    volume_attachments: list[VolumeAttachment] = Field(
+        default_factory=list, max_length=MAX_VOLUME_ATTACHMENTS, description=(
+            "Volumes attached to the server, each at most once (Nova's os-volume_attachments): adding one "
+            "attaches it (hot while it runs), removing one detaches it. A volume that is not multiattach is "
+            "attached to one server at a time."),
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["volume"]})
 
 
 class NovaStatus(StrEnum):
@@ -514,6 +557,25 @@ class InstanceAction(Model):
     message: str | None = None
 
 
+class AttachmentState(StrEnum):
+    attaching = "attaching"
+    attached = "attached"
+    detaching = "detaching"
+    refused = "refused"
+
+
+class AttachedVolume(Model):
+    """A volume of spec.volumeAttachments as the server has it (Nova's volumeAttachment)."""
+
+    volume: str
+    state: AttachmentState
+    device: str | None = Field(default=None, description="The guest's device, e.g. /dev/sdb (Nova's device).")
+    serial: str | None = Field(default=None, description="The disk's serial: the Volume's uid, as Nova sets it.")
+    tag: str | None = None
+    delete_on_termination: bool = False
+    message: str | None = Field(default=None, description="Why it is not attached yet, or was refused.")
+
+
 class InstanceStatus(CommonStatus):
     status: NovaStatus | None = Field(default=None, description="Nova status word.")
     power_state: str | None = Field(default=None, description="Observed power state (Running, Shutdown, NOSTATE).")
@@ -542,6 +604,8 @@ class InstanceStatus(CommonStatus):
         "The last one-shot requests served (tokens of spec.rebootRequest and spec.resizeRequest)."))
     actions: list[InstanceAction] = Field(default_factory=list, description=(
         f"The last {MAX_ACTIONS} actions, oldest first (Nova's os-instance-actions)."))
+    volume_attachments: list[AttachedVolume] = Field(default_factory=list, description=(
+        "The volumes of spec.volumeAttachments, and those still being detached."))
 
 
 # ---------------------------------------------------------------------------------------------- KeyPair
@@ -668,8 +732,9 @@ QUOTA_DEFAULTS: dict[str, int] = {
     "server_group_members": 10,
     "image_count_total": 100, "image_size_total": 1048576, "image_stage_total": 1048576,
     "image_count_uploading": 10,
+    "volumes": 10, "gigabytes": 1000,  # Cinder's defaults
 }
-QUOTA_UNITS = {"ram": "MiB", "image_size_total": "MiB", "image_stage_total": "MiB"}
+QUOTA_UNITS = {"ram": "MiB", "image_size_total": "MiB", "image_stage_total": "MiB", "gigabytes": "GiB"}
 QUOTA_NAME = "default"  # the one Quota of a namespace
 
 
@@ -693,6 +758,8 @@ class QuotaSpec(Model):
     image_stage_total: int | None = _limit("image_stage_total", "data staged for an interoperable import "
                                                                 "(Kova stages nothing yet: always 0 in use)")
     image_count_uploading: int | None = _limit("image_count_uploading", "uploads and imports under way at once")
+    volumes: int | None = _limit("volumes", "Volumes (Cinder's volumes)")
+    gigabytes: int | None = _limit("gigabytes", "the sizes of its Volumes (Cinder's gigabytes)")
 
 
 def effective_limits(defaults: dict[str, int], spec: dict[str, Any] | None) -> dict[str, int]:
@@ -761,11 +828,24 @@ class VolumeWord(StrEnum):
 
     creating = "creating"
     available = "available"
+    reserved = "reserved"
+    attaching = "attaching"
     in_use = "in-use"
+    detaching = "detaching"
     extending = "extending"
     error = "error"
     error_extending = "error_extending"
     deleting = "deleting"
+
+
+class VolumeHolder(Model):
+    """A server the volume is attached to, or reserved for (Cinder's attachments)."""
+
+    server: str = Field(description="The Instance's name.")
+    server_uid: str = Field(description="The Instance's uid: a new server of the same name is another one.")
+    state: AttachmentState = Field(description="attaching (reserved), attached or detaching.")
+    device: str | None = Field(default=None, description="The device the server sees, e.g. /dev/sdb.")
+    attached_at: str | None = None
 
 
 class VolumeStatus(CommonStatus):
@@ -775,6 +855,10 @@ class VolumeStatus(CommonStatus):
     storage_class: str | None = Field(default=None, description="The StorageClass of its claim.")
     progress: str | None = Field(default=None, description="How far CDI is in filling it, e.g. 42.00%.")
     message: str | None = Field(default=None, description="Why it is not available, if it is not.")
+    allocated: int | None = Field(default=None, description=(
+        "GiB it holds of its namespace's `gigabytes` quota: its size once made, and after each extend admitted."))
+    attachments: list[VolumeHolder] = Field(default_factory=list, description=(
+        "The servers it is attached to or reserved for; one unless multiattach. Only Kova writes it."))
 
 
 class KindInfo(BaseModel):
@@ -881,6 +965,7 @@ VOLUME = KindInfo(
     columns=[{"name": "Status", "type": "string", "jsonPath": ".status.status"},
              {"name": "Size", "type": "integer", "jsonPath": ".spec.size", "description": "GiB"},
              {"name": "Type", "type": "string", "jsonPath": ".status.storageClass"},
+             {"name": "Attached", "type": "string", "jsonPath": ".status.attachments[*].server"},
              {"name": "Multiattach", "type": "boolean", "jsonPath": ".spec.multiattach", "priority": 1},
              {"name": "Progress", "type": "string", "jsonPath": ".status.progress", "priority": 1},
              _READY, _AGE])

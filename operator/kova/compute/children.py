@@ -12,7 +12,7 @@ from typing import Any
 from kova.api import clock
 from kova.api.models import GROUP_COMPUTE, FlavorSpec, InstanceSpec, ServerGroupPolicy
 from kova.api.resources import MANAGED_BY, owner_reference
-from kova.compute import guest
+from kova.compute import attachments, guest
 from kova.image import cache
 
 INSTANCE_LABEL = f"{GROUP_COMPUTE}/instance"
@@ -67,6 +67,8 @@ class Guest:
     zone: str | None = None
     devices: guest.Devices = field(default_factory=guest.Devices)
     iso: bool = False
+    volumes: list[attachments.Grant] = field(default_factory=list)  # Volumes it holds: hot-pluggable disks
+    boot_claim: str | None = None  # booted from a Volume: its claim is the root disk
 
 
 def build_virtual_machine(instance: dict[str, Any], spec: InstanceSpec, flavor: FlavorSpec,
@@ -84,7 +86,9 @@ def build_virtual_machine(instance: dict[str, Any], spec: InstanceSpec, flavor: 
         memory["hugepages"] = {"pageSize": page}
     bus = g.devices.disk_bus
     disks: list[dict[str, Any]] = [{"name": "root", "disk": {"bus": bus}, "bootOrder": 2 if g.iso else 1}]
-    volumes: list[dict[str, Any]] = [{"name": "root", "dataVolume": {"name": data_volume_name(name)}}]
+    root: dict[str, Any] = {"persistentVolumeClaim": {"claimName": g.boot_claim}} if g.boot_claim else {
+        "dataVolume": {"name": data_volume_name(name)}}
+    volumes: list[dict[str, Any]] = [{"name": "root", **root}]
     if g.iso:  # Nova boots an ISO image as a CD-ROM, with a blank root disk of the flavor's size to install on
         disks.insert(0, {"name": "cdrom", "cdrom": {"bus": g.devices.cdrom_bus, "readonly": True}, "bootOrder": 1})
         volumes.insert(0, {"name": "cdrom", "dataVolume": {"name": iso_volume_name(name)}})
@@ -112,6 +116,7 @@ def build_virtual_machine(instance: dict[str, Any], spec: InstanceSpec, flavor: 
         "volumes": volumes,
     }
     guest.apply_devices(template_spec["domain"], g.devices)
+    attachments.hotplug(template_spec, g.volumes)
     # Nova server metadata: KubeVirt's NoCloud source has no free-form meta-data, so it travels as a JSON
     # annotation on the VM and on the VMI (from the template), where guest tooling can read it.
     annotations = {SERVER_METADATA: json.dumps(spec.metadata, sort_keys=True)} if spec.metadata else {}

@@ -80,6 +80,7 @@ class ImageInfo:
     disk_format: str | None = None
     properties: dict[str, str] = field(default_factory=dict)
     stores: tuple[str, ...] = ()  # where its data is, best first (status.stores): the store a disk reads
+    volume: bool = False  # a Volume the server boots from: no disk of its own (root_disk_gib 0), nothing to check
 
 
 @dataclass
@@ -154,7 +155,10 @@ class Children:
 
 def root_disk_gib(flavor: FlavorSpec | AppliedFlavor, image: ImageInfo) -> int:
     """Nova's rule: the flavor's disk, or the image's own size when the flavor says 0; never below minDisk.
-    An ISO is not the root disk but a CD-ROM beside a blank one: the flavor's size."""
+    An ISO is not the root disk but a CD-ROM beside a blank one: the flavor's size. A server booted from a
+    volume has no disk of its own (Nova ignores the flavor's disk then)."""
+    if image.volume:
+        return 0
     if image.disk_format == "iso":
         return max(flavor.disk, image.min_disk, 1)
     return max(flavor.disk, gib_ceil(max(image.virtual_size, image.size)), image.min_disk, 1)
@@ -172,7 +176,7 @@ def boot_refusal(flavor: FlavorSpec | AppliedFlavor, image: ImageInfo) -> str | 
     """Why this image cannot boot on this flavor (Nova's FlavorMemoryTooSmall / FlavorDiskTooSmall)."""
     if flavor.ram < image.min_ram:
         return f"flavor has {flavor.ram} MiB of RAM, the image needs minRam {image.min_ram} MiB"
-    if flavor.disk:
+    if flavor.disk and not image.volume:
         needed = max(image.min_disk, 0 if image.disk_format == "iso" else gib_ceil(image.virtual_size))
         if flavor.disk < needed:
             return f"flavor disk is {flavor.disk} GiB, the image needs {needed} GiB"
@@ -337,14 +341,14 @@ def _boot(i: Inputs, st: InstanceStatus) -> Step:
                                             "data may not be used for new instances", refused=True, code=403))
     size = root_disk_gib(i.flavor, i.image)
     st.flavor = applied(i.spec.flavor_ref, i.flavor)
-    st.image_ref, st.root_disk_gib = i.spec.image_ref, size
+    st.image_ref, st.root_disk_gib = i.spec.image_ref or "", size  # "": booted from a volume, as Nova shows it
     st.image_checksum = i.image.sha512
     st.public_key = i.guest.keys[0] if i.guest is not None and i.guest.keys else None
     st.requests = ServedRequests(power=i.spec.power_state.value, locked=i.spec.locked,
                                  reboot=i.spec.reboot_request.token if i.spec.reboot_request else None,
                                  resize=i.spec.resize_request.token if i.spec.resize_request else None)
     if not any(a.action == "create" for a in st.actions):
-        record(st, "create", i.spec.image_ref, i.now)
+        record(st, "create", i.spec.image_ref or "", i.now)
     step = _observe(i, st)
     if step.word is not NovaStatus.build:
         finish(st, "create", i.now, "Error" if step.word is NovaStatus.error else "Success",
@@ -364,7 +368,8 @@ def _observe(i: Inputs, st: InstanceStatus) -> Step:
     assert st.flavor is not None
     ch, want = i.children, i.spec.power_state
     running = want in (PowerState.running, PowerState.paused)
-    building = f"importing image {st.image_ref} into a {st.root_disk_gib} GiB root disk, then starting it"
+    building = f"importing image {st.image_ref} into a {st.root_disk_gib} GiB root disk, then starting it" \
+        if st.image_ref else "starting the virtual machine from its volume"
     base = {"status": st, "flavor": st.flavor, "running": running, "disk_gib": st.root_disk_gib or 0,
             "disk": _current_image(i, st)}
     failed = _failure(ch, st.fault.message if st.fault else None, i.now)
@@ -571,8 +576,8 @@ def _vm_state(i: Inputs) -> str:
 def _new_request(i: Inputs, st: InstanceStatus) -> Step | None:
     assert st.flavor is not None
     spec, req = i.spec, st.requests
-    # Rebuild: a new image.
-    if spec.image_ref != st.image_ref:
+    # Rebuild: a new image (a server booted from a volume has none, and its spec cannot name one).
+    if spec.image_ref is not None and spec.image_ref != st.image_ref:
         state = _vm_state(i)
         if actions.wrong_state("rebuild", state):
             return _refuse(i, st, "rebuild", spec.image_ref, "RebuildRefused",
@@ -807,7 +812,7 @@ def _rebuild(i: Inputs, st: InstanceStatus, task: Task) -> Step:
     if not isinstance(image, ImageInfo):
         # The image went away meanwhile, or imageRef changed again: a rebuild of the disk still to do.
         if image is None and i.spec.image_ref != task.request_id:
-            task.request_id = i.spec.image_ref
+            task.request_id = i.spec.image_ref or ""
             return _rebuild(i, st, task)
         blocked = image if isinstance(image, Blocked) else Blocked("WaitingForImage", "waiting for the image")
         return Step(NovaStatus.rebuild, Progress.RECONCILING, blocked.reason, blocked.message, running=False,

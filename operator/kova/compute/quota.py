@@ -199,6 +199,7 @@ COUNTED = {  # quota name → the object count the API server enforces at admiss
     "key_pairs": "count/keypairs.compute.kova.dev",
     "server_groups": "count/servergroups.compute.kova.dev",
     "image_count_total": "count/images.image.kova.dev",
+    "volumes": "count/volumes.compute.kova.dev",
 }
 
 

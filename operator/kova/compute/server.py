@@ -23,6 +23,7 @@ from kova.api.conditions import Progress
 from kova.api.errors import one_line
 from kova.api.models import (
     Address,
+    AttachmentState,
     Fault,
     FlavorSpec,
     GlanceStatus,
@@ -34,7 +35,7 @@ from kova.api.models import (
     ServerGroupPolicy,
 )
 from kova.api.quantity import GiB, gib_ceil, parse_size
-from kova.compute import children, guest, lifecycle
+from kova.compute import attachments, children, guest, lifecycle
 from kova.compute.flavors import flavor_usable_in
 from kova.image import cache
 from kova.image.rules import image_visible_to, parse_image_ref
@@ -79,6 +80,7 @@ class World:
     missing_networks: tuple[str, ...] = ()  # lifecycle.Children.missing_networks
     cache: cache.Settings = field(default_factory=lambda: cache.Settings(namespace=""))  # off unless configured
     storage_class: str | None = None  # the class of root disks (the cluster's default StorageClass)
+    volumes: Lookup = field(default_factory=dict[tuple[str, ...], Body])  # the Volumes it attaches
 
 
 @dataclass
@@ -106,6 +108,7 @@ class Plan:
     zones: Zones | None = None
     invalid: bool = False  # the spec itself is invalid: only the fault is written, the rest of the status kept
     entry: Entry | None = None  # the image cache's entry the root disk waits for or clones
+    volumes: attachments.Wanted = field(default_factory=attachments.Wanted)  # spec.volumeAttachments
 
 
 @dataclass
@@ -139,10 +142,15 @@ def plan(w: World) -> Plan:
         # CDI could not read the image because the link expired: a new DataVolume gets a new link.
         delete.append((dv_name, dv["metadata"]["uid"]))
         dv = None
+    wanted = attachments.wanted(inst, spec, status, w.volumes)
     kids = lifecycle.Children(dv=dv, pvc=w.pvcs.get((namespace, dv_name)), vm=w.vms.get((namespace, name)),
                               missing_networks=w.missing_networks,
                               vmi=w.vmis.get((namespace, name)))
-    image = image_info(w.images, spec.image_ref, namespace)
+    if spec.boot_volume is not None:  # its root disk is the volume's claim: no disk of its own to make or grow
+        kids.dv, kids.pvc = w.datavolumes.get((namespace, attachments.claim_name(spec.boot_volume.volume))), None
+        image = boot_image(wanted, spec.boot_volume.volume, namespace)
+    else:
+        image = image_info(w.images, spec.image_ref or "", namespace)
     disk_image = image_info(w.images, status.image_ref, namespace) \
         if status.image_ref and status.image_ref != spec.image_ref else None
     booted = status.flavor is not None
@@ -158,16 +166,18 @@ def plan(w: World) -> Plan:
         snapshot_uploading=any((w.images.get((namespace, s)) or {}).get("status", {}).get("status")
                                == GlanceStatus.importing for s in w.snapshots),
         now=w.now, confirm_window=w.confirm_window))
-    out = Plan(name, step, delete=delete, children=kids, zones=w.zones)
+    out = Plan(name, step, delete=delete, children=kids, zones=w.zones, volumes=wanted)
     if step.delete_disk:
         out.delete += [(n, obj["metadata"]["uid"]) for n, obj in ((dv_name, dv), (iso_name, iso)) if obj is not None]
         dv = iso = None
     if isinstance(g, children.Guest):
         out.nics = g.nics
+        g.volumes = out.volumes.grants
+        g.boot_claim = out.volumes.boot.claim if out.volumes.boot is not None else None
         if step.flavor is not None:
             out.default_group = not booted and (not spec.security_groups or guest.DEFAULT_GROUP in spec.security_groups)
             out.vm = children.build_virtual_machine(inst, spec, lifecycle.flavor_spec(step.flavor), step.running, g)
-    if step.disk is not None and not step.delete_disk:
+    if step.disk is not None and not step.delete_disk and spec.boot_volume is None:
         out.disks = disks(name, step.disk, step.disk_gib, dv, iso)
         through_cache(w, out)
     cloned = any(d.clone for d in out.disks) or bool(((dv or {}).get("metadata", {}).get("labels") or {}).get(
@@ -190,7 +200,11 @@ def report(p: Plan) -> tuple[lifecycle.Step, dict[str, Any]]:
     running = step.word in RUNNING
     node = (kids.vmi or {}).get("status", {}).get("nodeName") if running else None
     networks = {n.interface: n.network for n in p.nics}
-    return step, {**step.fields(), "virtualMachine": p.name, "dataVolume": children.data_volume_name(p.name),
+    attached = attachments.observed(p.volumes, kids.vmi if running else None, step.status)
+    boot = p.volumes.boot
+    return step, {**step.fields(), "virtualMachine": p.name,
+                  "dataVolume": boot.claim if boot is not None else children.data_volume_name(p.name),
+                  "volumeAttachments": [a.model_dump(by_alias=True, mode="json", exclude_none=True) for a in attached],
                   "addresses": addresses(kids, networks) if running else [],
                   "node": node, "availabilityZone": zone_of(p.zones, node) if p.zones is not None else None}
 
@@ -301,6 +315,20 @@ def guest_of(w: World, spec: InstanceSpec, status: InstanceStatus, image: lifecy
                           server_group=spec.server_group if policy else None, policy=policy,
                           zone=spec.availability_zone, devices=devices,
                           iso=isinstance(image, lifecycle.ImageInfo) and image.disk_format == "iso")
+
+
+def boot_image(wanted: attachments.Wanted, volume: str, namespace: str) -> lifecycle.ImageInfo | lifecycle.Blocked:
+    """What a server booted from a volume boots: the volume, once the volume holds it for this server (Nova
+    boots it as it is, whatever the flavor's disk: no image to check, nothing to import); or why not yet, or
+    not at all (another server holds it)."""
+    if wanted.boot is not None:
+        return lifecycle.ImageInfo(ref="", uid=wanted.boot.serial, sha512="", size=0, virtual_size=0, min_disk=0,
+                                   min_ram=0, disk_format="raw", volume=True)
+    waits = wanted.boot_waits
+    message = waits.message if waits is not None and waits.message else f"waiting for Volume {volume}"
+    if waits is not None and waits.state is AttachmentState.refused:
+        return lifecycle.Blocked("VolumeInUse", message, refused=True, code=400)
+    return lifecycle.Blocked("WaitingForVolume", message, on=("Volume", namespace, volume))
 
 
 def flavor_info(flavors: Lookup, ref: str, namespace: str) -> FlavorSpec | lifecycle.Blocked:

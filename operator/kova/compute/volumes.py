@@ -20,17 +20,13 @@ from kova.api.errors import one_line
 from kova.api.models import GROUP_COMPUTE, VolumeSpec, VolumeWord
 from kova.api.quantity import GiB, parse_size
 from kova.api.resources import MANAGED_BY, owner_reference
-from kova.compute import lifecycle, server
+from kova.compute import attachments, lifecycle, server
+from kova.compute.attachments import claim_name as claim_name
 from kova.compute.children import image_link_expired
 from kova.image import cache
 
 VOLUME_LABEL = f"{GROUP_COMPUTE}/volume"
 CDI_API = "cdi.kubevirt.io/v1beta1"
-
-
-def claim_name(name: str) -> str:
-    """Its DataVolume and claim (Cinder names a volume's backing `volume-<id>`)."""
-    return f"volume-{name}"
 
 
 @dataclass
@@ -41,6 +37,8 @@ class World:
     images: server.Lookup
     volumes: server.Lookup
     storage_class: str | None  # the cluster's default class
+    instances: list[dict[str, Any]] = field(default_factory=list)  # the namespace's Instances: who attaches it
+    quota: Refusal | None = None  # over the namespace's gigabytes, to be made or to grow (`gigabytes`)
     cache: cache.Settings = field(default_factory=lambda: cache.Settings(namespace=""))
     presign_ttl: dt.timedelta = dt.timedelta(hours=1)
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
@@ -58,6 +56,7 @@ class Plan:
     entry: server.Entry | None = None  # the image cache's entry it clones, made first if missing
     grow: int | None = None  # GiB the claim must grow to
     wait_on: tuple[str, ...] | None = None
+    owners: list[dict[str, Any]] | None = None  # its ownerReferences, when deleteOnTermination changes them
 
 
 def plan(w: World) -> Plan:
@@ -72,9 +71,87 @@ def plan(w: World) -> Plan:
     claim = claim_name(name)
     dv, pvc = w.datavolumes.get((namespace, claim)), w.pvcs.get((namespace, claim))
     fields: dict[str, Any] = {"claim": claim, "storageClass": sc, "size": _capacity(pvc)}
+    allocated = (vol.get("status") or {}).get("allocated")
     if dv is None and pvc is None:
-        return _make(w, spec, sc, fields)
-    return _observe(spec, dv, pvc, fields)
+        if w.quota is not None and w.quota.new:
+            return Plan(VolumeWord.error, Progress.STALLED, QUOTA_REASON, w.quota.message, fields)
+        made = _make(w, spec, sc, fields)
+        if made.create is not None:
+            made.fields["allocated"] = spec.size
+        return made
+    fields["allocated"] = allocated if allocated is not None else spec.size  # made before it was counted
+    out = _observe(spec, dv, pvc, fields)
+    if out.grow is not None and w.quota is not None:  # an extend over quota: Cinder answers 413, nothing grows
+        out = Plan(VolumeWord.available, Progress.STALLED, QUOTA_REASON, w.quota.message, fields)
+    elif out.grow is not None:
+        out.fields["allocated"] = spec.size
+    if out.word in (VolumeWord.available, VolumeWord.extending):
+        held = attachments.holders(vol, w.instances, w.now.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        out.fields["attachments"] = [h.model_dump(by_alias=True, mode="json", exclude_none=True) for h in held]
+        said = attachments.word(held)
+        if said is not None and out.word is VolumeWord.available:
+            servers = ", ".join(h.server for h in held)
+            out.word, out.reason, out.message = said, said.value.title().replace("-", ""), {
+                VolumeWord.in_use: f"attached to {servers}", VolumeWord.attaching: f"attaching to {servers}",
+                VolumeWord.detaching: f"detaching from {servers}"}[said]
+            out.progress = Progress.READY if said is VolumeWord.in_use else Progress.RECONCILING
+        owners = attachments.owners(vol, held, w.instances)
+        if owners != (md.get("ownerReferences") or []):
+            out.owners = owners
+    return out
+
+
+QUOTA_REASON = "QuotaExceeded"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Cinder's VolumeSizeExceedsAvailableQuota (413): for a new volume (final, as Cinder's answer is) or an
+    extend (the volume stays as it is until its size or the quota changes)."""
+
+    message: str
+    new: bool
+
+
+def gigabytes(volumes: list[dict[str, Any]], made: set[str], limit: int) -> dict[str, Refusal]:
+    """Cinder's `gigabytes` quota for a namespace's Volumes, decided for all at once in a fixed order, so that
+    two volumes created together never both fit where one does: each made volume holds what was allocated to
+    it (`status.allocated`; its size if it was made before that was counted); then, oldest first (then by
+    name), a volume not made yet is admitted while its size fits and refused for good when it does not, and an
+    extend is admitted while its growth fits."""
+    live = sorted((v for v in volumes if not v["metadata"].get("deletionTimestamp")),
+                  key=lambda v: (v["metadata"].get("creationTimestamp") or "", v["metadata"]["name"]))
+
+    def held(v: dict[str, Any]) -> int | None:
+        allocated = (v.get("status") or {}).get("allocated")
+        if allocated is not None:
+            return int(allocated)
+        return int((v.get("spec") or {}).get("size") or 0) if v["metadata"]["name"] in made else None
+    used = sum(h for v in live if (h := held(v)) is not None)
+    refused: dict[str, Refusal] = {}
+    for v in live:
+        name, size, have = v["metadata"]["name"], int((v.get("spec") or {}).get("size") or 0), held(v)
+        st = v.get("status") or {}
+        ready: dict[str, Any] = next((c for c in st.get("conditions") or [] if c.get("type") == "Ready"), {})
+        if have is None and ready.get("reason") == QUOTA_REASON:  # refused before: for good, as Cinder's 413
+            refused[name] = Refusal(str(ready.get("message") or "quota exceeded"), True)
+            continue
+        need = size - (have or 0)
+        if need <= 0:
+            continue
+        if limit != -1 and used + need > limit:
+            refused[name] = Refusal(
+                "VolumeSizeExceedsAvailableQuota: Requested volume or snapshot exceeds allowed gigabytes quota. "
+                f"Requested {need}G, quota is {limit}G and {used}G has been consumed.", have is None)
+            continue
+        used += need
+    return refused
+
+
+def gigabytes_used(volumes: list[dict[str, Any]]) -> int:
+    """What a namespace's Volumes hold of `gigabytes`, as its Quota shows it."""
+    return sum(int((v.get("status") or {}).get("allocated") or 0) for v in volumes
+               if not v["metadata"].get("deletionTimestamp"))
 
 
 def _capacity(pvc: dict[str, Any] | None) -> int | None:

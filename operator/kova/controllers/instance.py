@@ -29,7 +29,7 @@ from kova.api.resources import (
     VIRTUAL_MACHINE_INSTANCES,
     VIRTUAL_MACHINES,
 )
-from kova.compute import access, children, guest, lifecycle, server
+from kova.compute import access, attachments, children, guest, lifecycle, server
 from kova.compute.guest import DEFAULT_GROUP
 from kova.compute.lifecycle import Blocked
 from kova.compute.server import Lookup as Cache
@@ -55,6 +55,7 @@ class Caches:
     securitygroups: Cache = field(default_factory=dict[tuple[str, ...], dict[str, Any]])  # metadata: which exist
     cache_waited: set[tuple[str, str]] = field(default_factory=set)  # Instances that waited for the image cache
     storageclasses: Zones | None = None  # which class root disks get (the default one), for the image cache
+    volumes: Cache = field(default_factory=dict[tuple[str, ...], dict[str, Any]])  # Volumes it attaches
     # Instance snapshots under way: (namespace, instance) → names of the Images being made from it.
     snapshots: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     wake: Callable[[tuple[str, str], float], None] | None = None  # reconcile an Instance after some seconds
@@ -117,11 +118,11 @@ async def _step(rt: Runtime, caches: Caches, inst: dict[str, Any]) -> bool:
         confirm_window=rt.settings.resize_confirm_window,
         quota=caches.quota(inst, status) if caches.quota is not None else None,
         missing_networks=await _missing_networks(rt, caches.vms.get((namespace, name))),
-        cache=rt.settings.image_cache,
+        cache=rt.settings.image_cache, volumes=caches.volumes,
         storage_class=image_cache.default_class(caches.storageclasses.objects()) if caches.storageclasses else None))
     step = plan.step
-    if step.wait_on:
-        caches.wait_for(step.wait_on, namespace, name)
+    for what in ([step.wait_on] if step.wait_on else []) + plan.volumes.wait_on:
+        caches.wait_for(what, namespace, name)
     if step.wake_after is not None and caches.wake is not None:
         caches.wake((namespace, name), step.wake_after)
     for child, uid in plan.delete:
@@ -131,7 +132,8 @@ async def _step(rt: Runtime, caches: Caches, inst: dict[str, Any]) -> bool:
         await _default_group(rt, namespace)
     if plan.vm is not None:
         # The VirtualMachine first: it is what a user waits for, and KubeVirt holds it until its DataVolume is.
-        await rt.writes.ensure(VIRTUAL_MACHINES, plan.vm, plan.children.vm)
+        await rt.writes.ensure(VIRTUAL_MACHINES, plan.vm, plan.children.vm,
+                               stale=attachments.unwanted(plan.children.vm, plan.vm))
     if plan.entry is not None:
         await imagecache.ensure_entry(rt, inst, plan.entry)
         if plan.entry.state.state in (image_cache.State.missing, image_cache.State.filling):
@@ -156,8 +158,8 @@ async def _step(rt: Runtime, caches: Caches, inst: dict[str, Any]) -> bool:
     step, fields = server.report(plan)
     await publish(rt, INSTANCES, inst, word=step.word.value, progress=step.progress, reason=step.reason,
                   message=step.message, fields=fields)
-    if step.warning:
-        rt.event(inst, type="Warning", reason=step.warning[0], message=step.warning[1])
+    for reason, message in ([step.warning] if step.warning else []) + plan.volumes.refused:
+        rt.event(inst, type="Warning", reason=reason, message=message)
     return step.again
 
 

@@ -1,6 +1,6 @@
 """Quota: a project's limits and use, and the ResourceQuota that lets the API server count for Kova.
 
-Each namespace that holds an Instance, Image, KeyPair or ServerGroup gets a Quota `default` (made once; its
+Each namespace that holds an Instance, Image, KeyPair, ServerGroup or Volume gets a Quota `default` (made once; its
 spec belongs to the cloud's administrator and Kova never writes it). From the Quota's spec over the Helm
 defaults (kova.api.models.effective_limits), Kova keeps:
 
@@ -30,10 +30,11 @@ from kova.api.conditions import Progress
 from kova.api.models import QUOTA, QUOTA_NAME, effective_limits
 from kova.api.resources import MANAGED_BY, MANAGED_BY_SELECTOR, QUOTAS, RESOURCE_QUOTAS
 from kova.compute import quota as nova
+from kova.compute import volumes
 from kova.compute.lifecycle import Blocked
 from kova.image import quota as glance
 
-KINDS = ("instances", "images", "keypairs", "servergroups")
+KINDS = ("instances", "images", "keypairs", "servergroups", "volumes")
 # Seconds between two writes of a namespace's Quota status. Its use changes with every boot, and the checks
 # never read it (they count from the caches): a status that lags by this much keeps a boot at 4 writes.
 STATUS_EVERY = 10.0
@@ -178,7 +179,9 @@ class Keeper:
         verdict = self.verdict(namespace, limits)
         used = {**nova.counts(instances, len(self.index.of(namespace, "keypairs")),
                               len(self.index.of(namespace, "servergroups")), verdict.usage),
-                **glance.usage(self.index.of(namespace, "images")).counts()}
+                **glance.usage(self.index.of(namespace, "images")).counts(),
+                "volumes": len(self.index.of(namespace, "volumes")),
+                "gigabytes": volumes.gigabytes_used(self.index.of(namespace, "volumes"))}
         over, message = nova.summary(limits, used)
         await publish(self.rt, QUOTAS, obj, word=None, progress=Progress.STALLED if over else Progress.READY,
                       reason="OverQuota" if over else "Enforced", message=message,

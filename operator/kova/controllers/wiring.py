@@ -7,7 +7,7 @@ AvailabilityZones; what this process remembers of an object goes with the object
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, cast
 
 from kova.adapters import bookkeeping, metrics
@@ -34,7 +34,7 @@ from kova.api.resources import (
     Resource,
 )
 from kova.compute import access as groups
-from kova.compute import volumes
+from kova.compute import attachments, volumes
 from kova.compute.children import INSTANCE_LABEL
 from kova.compute.snapshot import snapshot_running
 from kova.controllers import access, imagecache, instance, quota, volume
@@ -80,7 +80,7 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
                             datavolumes=views["datavolumes"], vms=views["vms"], vmis=views["vmis"],
                             pvcs=views["pvcs"], keypairs=views["keypairs"], servergroups=views["servergroups"],
                             zones=views["zones"], securitygroups=views["securitygroups"],
-                            storageclasses=views["storageclasses"])
+                            storageclasses=views["storageclasses"], volumes=views["volumes"])
 
     async def reconcile(key: Hashable) -> None:
         namespace, name = cast(tuple[str, str], key)
@@ -141,6 +141,18 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
     views["servergroups"].listen(dependency("ServerGroup"))
     views["zones"].listen(dependency("AvailabilityZone"))
     views["securitygroups"].listen(dependency("SecurityGroup"))
+    views["volumes"].listen(dependency("Volume"))
+
+    def holders(old: Body | None, new: Body | None) -> None:
+        """A Volume's holders changed: the servers that name it plug or unplug it, or are refused it."""
+        if ((old or {}).get("status") or {}).get("attachments") == ((new or {}).get("status") or {}).get(
+                "attachments") and old is not None and new is not None:
+            return
+        namespace, name = object_key(new or old or {})
+        for i in views["instances"].objects():
+            if i["metadata"]["namespace"] == namespace and name in attachments.volumes_named(i):
+                kicks.kick(object_key(i))
+    views["volumes"].listen(holders)
 
     async def zones_changed(_: Hashable) -> None:
         await access.reconcile_zones(runtime, list(views["nodes"].objects()), list(views["zones"].objects()))
@@ -179,7 +191,7 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
         views["datavolumes"].listen(keeper_of_cache.changed)
         views["datasources"].listen(keeper_of_cache.changed)
         views["images"].listen(keeper_of_cache.image_changed)
-    start_volumes(runtime, views, memo)
+    start_volumes(runtime, views, memo, keeper.limits)
     informers = [i for v in views.values() for i in v]
     memo["caches"], memo["kicks"], memo["group_deletions"] = cache, kicks, deletions
     memo["other_kicks"] = [zone_kicks, group_kicks, keeper.kicks, memo["volume_kicks"]]
@@ -197,11 +209,13 @@ async def start(memo: Any, kube: Kube, runtime: Runtime) -> None:
         snapshot(None, body)
 
 
-def start_volumes(runtime: Runtime, views: dict[str, View], memo: Any) -> None:
+def start_volumes(runtime: Runtime, views: dict[str, View], memo: Any,
+                  limits: Callable[[str], dict[str, int]] | None = None) -> None:
     """Volumes: reconciled on their own changes, on their DataVolume's and claim's, and when what they wait
     for changes (an Image, another Volume, an image cache entry)."""
     caches = volume.Caches(volumes=views["volumes"], datavolumes=views["datavolumes"], pvcs=views["volume_pvcs"],
-                           images=views["images"], storageclasses=views["storageclasses"])
+                           images=views["images"], storageclasses=views["storageclasses"],
+                           instances=views["instances"], limits=limits)
 
     async def reconcile(key: Hashable) -> None:
         namespace, name = cast(tuple[str, str], key)
@@ -216,6 +230,11 @@ def start_volumes(runtime: Runtime, views: dict[str, View], memo: Any) -> None:
             kicks.kick(waiter)
         if new is None:
             forget_object(runtime, old)
+            for v in views["volumes"].objects():  # gigabytes freed: an extend refused over quota may fit now
+                conditions = (v.get("status") or {}).get("conditions") or []
+                if v["metadata"]["namespace"] == body["metadata"]["namespace"] and any(
+                        c.get("reason") == volumes.QUOTA_REASON for c in conditions):
+                    kicks.kick(object_key(v))
 
     def child(old: Body | None, new: Body | None) -> None:
         md = (new or old or {})["metadata"]
@@ -229,10 +248,23 @@ def start_volumes(runtime: Runtime, views: dict[str, View], memo: Any) -> None:
         for waiter in caches.waiters(("Image", *object_key(new or old or {}))):
             kicks.kick(waiter)
 
+    def server(old: Body | None, new: Body | None) -> None:
+        """An Instance that asks for a volume, lets it go or reports its disk: the volume decides who holds it."""
+        if old is not None and new is not None and old.get("spec", {}).get("volumeAttachments") == new.get(
+                "spec", {}).get("volumeAttachments") and old.get("status", {}).get("volumeAttachments") == new.get(
+                "status", {}).get("volumeAttachments") and bool(old["metadata"].get("deletionTimestamp")) == bool(
+                new["metadata"].get("deletionTimestamp")):
+            return
+        for body in (old, new):
+            if body is not None:
+                for name in attachments.volumes_named(body):
+                    kicks.kick((body["metadata"]["namespace"], name))
+
     views["volumes"].listen(changed)
     views["datavolumes"].listen(child)
     views["volume_pvcs"].listen(child)
     views["images"].listen(image)
+    views["instances"].listen(server)
     memo["volume_kicks"] = kicks
 
 

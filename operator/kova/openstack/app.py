@@ -141,6 +141,10 @@ def compute_routes(r: web.UrlDispatcher, c: ComputeHandlers) -> None:
     r.add_get(s + "/ips/{network}", c.ips)
     r.add_get(s + "/os-security-groups", c.server_security_groups)
     r.add_get(s + "/os-instance-actions", c.instance_actions)
+    for method in ("GET", "POST"):
+        r.add_route(method, s + "/os-volume_attachments", c.volume_attachments)
+    for method in ("GET", "DELETE"):
+        r.add_route(method, s + "/os-volume_attachments/{volume_id}", c.volume_attachments)
     r.add_get(s + "/os-instance-actions/{request_id}", c.instance_actions)
     r.add_get(v + "/flavors", c.list_flavors)
     r.add_get(v + "/flavors/detail", c.list_flavors)

@@ -199,18 +199,23 @@ class ComputeHandlers(Front):
         v = version_of(request)
         new = nova.parse_create(await read_json(request), v)
         spec = dict(new.spec)
-        # The image: visible to the project (Glance's rules), active.
-        try:
-            image = await self.images.find(caller, project, new.image_id)
-        except StatusError as e:
-            if e.status in (401, 403, 503):
-                raise NovaError(e.status, e.message) from e
-            raise NovaError(400, f"Can not find requested image {new.image_id}") from e
-        word = str((image.get("status") or {}).get("status") or "")
-        if word != GlanceStatus.active.value or (image.get("spec") or {}).get("deactivated"):
-            raise NovaError(400, f"Image {new.image_id} is not active.")
-        owner, name = image["metadata"]["namespace"], image["metadata"]["name"]
-        spec["imageRef"] = name if owner == project else f"{owner}/{name}"
+        image: dict[str, Any] | None = None
+        if new.boot_volume is None:
+            # The image: visible to the project (Glance's rules), active.
+            try:
+                image = await self.images.find(caller, project, new.image_id)
+            except StatusError as e:
+                if e.status in (401, 403, 503):
+                    raise NovaError(e.status, e.message) from e
+                raise NovaError(400, f"Can not find requested image {new.image_id}") from e
+            word = str((image.get("status") or {}).get("status") or "")
+            if word != GlanceStatus.active.value or (image.get("spec") or {}).get("deactivated"):
+                raise NovaError(400, f"Image {new.image_id} is not active.")
+            owner, name = image["metadata"]["namespace"], image["metadata"]["name"]
+            spec["imageRef"] = name if owner == project else f"{owner}/{name}"
+        else:
+            del spec["imageRef"]
+        await self._block_devices(caller, project, new, spec)
         # The flavor: Nova's flavor ids are Kova's Flavor names.
         flavor = self.flavors.get((new.flavor_id,))
         if flavor is None or not flavor_usable_in(FlavorSpec.model_validate(flavor.get("spec") or {}), project):
@@ -223,7 +228,8 @@ class ComputeHandlers(Front):
                 raise NovaError(400, "Invalid key_name provided.")
             annotations[nova.KEY_NAME] = spec["keyName"]
             spec["keyName"] = keypair["metadata"]["name"]
-        refusal = lifecycle.boot_refusal(FlavorSpec.model_validate(flavor.get("spec") or {}), _image_info(image))
+        refusal = lifecycle.boot_refusal(FlavorSpec.model_validate(flavor.get("spec") or {}),
+                                         _image_info(image)) if image is not None else None
         if refusal is not None:
             raise NovaError(400, f"Flavor's {'memory' if 'RAM' in refusal else 'disk'} is too small for requested "
                                  f"image: {refusal}.")
@@ -257,6 +263,32 @@ class ComputeHandlers(Front):
                                "security_groups": [{"name": g} for g in spec.get("securityGroups") or ["default"]]}
         return web.json_response({"server": doc}, status=202, headers={
             "Location": f"{self.root(request)}/v2.1/servers/{uid}"})
+
+    async def _block_devices(self, caller: Caller, project: str, new: nova.NewServer, spec: dict[str, Any]) -> None:
+        """block_device_mapping_v2's volumes, by id: the boot volume and those attached at create, each a Volume
+        of the project that no other server holds (unless multiattach), as Nova checks before it boots."""
+        if new.boot_volume is None and not new.volumes:
+            return
+        by_uid = {o["metadata"]["uid"]: o for o in await self._objects(caller, "volumes", project)}
+
+        def usable(device: nova.BlockDevice) -> str:
+            vol = by_uid.get(device.volume_id)
+            if vol is None:
+                raise NovaError(400, f"Block Device Mapping is Invalid: failed to get volume {device.volume_id}.")
+            st = vol.get("status") or {}
+            if st.get("attachments") and not (vol.get("spec") or {}).get("multiattach"):
+                raise NovaError(400, f"Invalid volume: volume {device.volume_id} is attached to server "
+                                     f"{st['attachments'][0].get('server')} and is not multiattach")
+            if st.get("status") in ("error", "creating"):
+                raise NovaError(400, f"Invalid volume: volume {device.volume_id} status must be 'available'. "
+                                     f"Currently in '{st.get('status')}'")
+            return str(vol["metadata"]["name"])
+        if new.boot_volume is not None:
+            spec["bootVolume"] = {"volume": usable(new.boot_volume),
+                                  "deleteOnTermination": new.boot_volume.delete_on_termination}
+        if new.volumes:
+            spec["volumeAttachments"] = [{"volume": usable(d), "deleteOnTermination": d.delete_on_termination,
+                                          **({"tag": d.tag} if d.tag else {})} for d in new.volumes]
 
     async def _create_instance(self, caller: Caller, project: str, display: str, spec: dict[str, Any],
                                annotations: dict[str, str]) -> Body:
@@ -660,6 +692,63 @@ class ComputeHandlers(Front):
         if found is None:
             raise NovaError(404, f"Action for request_id {wanted} on instance {uid} not found")
         return web.json_response({"instanceAction": nova.instance_action_view(uid, project, found, v, True)})
+
+    # ------------------------------------------------------------------------------------------- volumes
+    async def volume_attachments(self, request: web.Request) -> web.Response:
+        """Nova's os-volume_attachments over spec.volumeAttachments (and the boot volume, listed as Nova lists
+        a server's root volume): list, show, attach (the volume by its id, a Volume's uid) and detach. The
+        operator plugs and unplugs; a volume another server holds is refused here already (400), as Nova does."""
+        caller, project = await self.caller(request)
+        v = version_of(request)
+        obj = await self.server(caller, project, request.match_info["id"])
+        server_uid, spec = obj["metadata"]["uid"], obj.get("spec") or {}
+        volumes = {o["metadata"]["name"]: o for o in await self._objects(caller, "volumes", project)}
+        by_uid = {o["metadata"]["uid"]: o for o in volumes.values()}
+        reported = {a.get("volume"): a for a in (obj.get("status") or {}).get("volumeAttachments") or []}
+        boot = (spec.get("bootVolume") or {}).get("volume")
+        asked = [*([{"volume": boot, "deleteOnTermination": spec["bootVolume"].get("deleteOnTermination", False)}]
+                   if boot else []), *(spec.get("volumeAttachments") or [])]
+
+        def view(entry: dict[str, Any]) -> dict[str, Any] | None:
+            vol = volumes.get(entry["volume"])
+            if vol is None:
+                return None
+            return nova.volume_attachment_view(server_uid, vol["metadata"]["uid"], {
+                **entry, "device": (reported.get(entry["volume"]) or {}).get("device")}, v)
+        wanted = request.match_info.get("volume_id")
+        if request.method == "GET" and wanted is None:
+            return web.json_response({"volumeAttachments": [d for e in asked if (d := view(e)) is not None]})
+        if request.method in ("GET", "DELETE"):
+            vol = by_uid.get(wanted or "")
+            entry = next((e for e in asked if vol is not None and e["volume"] == vol["metadata"]["name"]), None)
+            if vol is None or entry is None:
+                raise NovaError(404, f"Volume {wanted} is not attached to server {server_uid}")
+            if request.method == "GET":
+                return web.json_response({"volumeAttachment": view(entry)})
+            if entry["volume"] == boot:
+                raise NovaError(400, "Cannot detach a root device volume")
+            await self._patch(caller, obj, {"spec": {"volumeAttachments": [
+                e for e in spec.get("volumeAttachments") or [] if e["volume"] != entry["volume"]]}})
+            return web.Response(status=202)
+        volume_id, entry = nova.attach_request(await read_json(request), v)
+        vol = by_uid.get(volume_id)
+        if vol is None:
+            raise NovaError(404, f"Volume {volume_id} could not be found.")
+        name = vol["metadata"]["name"]
+        if any(e["volume"] == name for e in asked):
+            raise NovaError(400, f"Invalid volume: volume {volume_id} is already attached to server {server_uid}")
+        st = vol.get("status") or {}
+        others = [h["server"] for h in st.get("attachments") or [] if h.get("serverUid") != server_uid]
+        if others and not (vol.get("spec") or {}).get("multiattach"):
+            raise NovaError(400, f"Invalid volume: volume {volume_id} is attached to server {others[0]} and is "
+                                 "not multiattach; detach it there first")
+        if st.get("status") in ("error", "creating", "extending"):
+            raise NovaError(400, f"Invalid volume: volume {volume_id} status must be 'available'. Currently in "
+                                 f"'{st.get('status')}'")
+        entry = {"volume": name, **entry}
+        await self._patch(caller, obj, {"spec": {"volumeAttachments": [*(spec.get("volumeAttachments") or []),
+                                                                       entry]}})
+        return web.json_response({"volumeAttachment": view(entry)})
 
     # ------------------------------------------------------------------------------------------- flavors
     def _flavors_for(self, project: str) -> list[Body]:

@@ -25,6 +25,7 @@ from kova.api.errors import StatusError
 from kova.api.models import (
     MAX_METADATA_ITEMS,
     MAX_SERVER_TAGS,
+    AttachmentState,
     FlavorSpec,
     InstanceSpec,
     InstanceStatus,
@@ -265,7 +266,10 @@ def server_view(obj: Mapping[str, Any], v: Version, base: str, rel: Related, mod
             "OS-SRV-USG:launched_at": _launched_at(status), "OS-SRV-USG:terminated_at": None,
             "OS-EXT-AZ:availability_zone": status.availability_zone or spec.availability_zone or "",
             "OS-EXT-STS:vm_state": vm_state, "OS-EXT-STS:task_state": task, "OS-EXT-STS:power_state": power,
-            "os-extended-volumes:volumes_attached": [], "config_drive": ""})
+            "os-extended-volumes:volumes_attached": [
+                {"id": a.serial, **({"delete_on_termination": a.delete_on_termination} if v.at_least("2.3") else {})}
+                for a in status.volume_attachments if a.serial and a.state is AttachmentState.attached],
+            "config_drive": ""})
     if mode == "rebuild":
         if v.at_least("2.54"):
             doc["key_name"] = key_name(obj, spec)
@@ -313,6 +317,17 @@ class NewServer:
     group_id: str | None
     network_ids: list[str]  # os-networks ids or names, resolved by the handler
     return_reservation_id: bool
+    boot_volume: BlockDevice | None = None  # boot from this volume instead of an image
+    volumes: list[BlockDevice] = field(default_factory=list)  # volumes attached at create
+
+
+@dataclass(frozen=True)
+class BlockDevice:
+    """A volume of block_device_mapping_v2 (source_type and destination_type volume), by the Volume's uid."""
+
+    volume_id: str
+    delete_on_termination: bool = False
+    tag: str | None = None
 
 
 def _count(server: Mapping[str, Any], key: str) -> int:
@@ -473,17 +488,36 @@ def parse_create(body: Any, v: Version) -> NewServer:
     flavor = _string(server, "flavorRef", required=True) or ""
     image = _string(server, "imageRef", maximum=4096) or ""
     bdm = server.get("block_device_mapping_v2")
-    if isinstance(bdm, list) and any(not isinstance(b, dict) or b.get("source_type") != "image"
-                                     or b.get("destination_type", "local") != "local" for b in bdm):
-        raise NovaError(400, "Kova boots only from an image onto a local root disk: volumes come later "
-                             "(block_device_mapping_v2 with source_type image, destination_type local)")
-    if not image and isinstance(bdm, list) and bdm:
+    boot, volumes = None, []
+    if isinstance(bdm, list):
+        for b in bdm:
+            source = b.get("source_type") if isinstance(b, dict) else None
+            target = b.get("destination_type", "local") if isinstance(b, dict) else None
+            if source == "image" and target == "local":
+                continue
+            if source != "volume" or target != "volume":
+                raise NovaError(400, "Kova boots from an image onto a local root disk or from an existing volume, "
+                                     "and attaches existing volumes (block_device_mapping_v2 with source_type image "
+                                     "and destination_type local, or source_type and destination_type volume): "
+                                     "create the Volume first")
+            assert isinstance(b, dict)
+            _check_uuid("uuid", str(b.get("uuid") or ""))
+            wanted = BlockDevice(str(b["uuid"]), bool(b.get("delete_on_termination", False)),
+                                 check_tag(str(b["tag"])) if b.get("tag") is not None else None)
+            if str(b.get("boot_index", "")) == "0":
+                boot = wanted
+            else:
+                volumes.append(wanted)
+    if not image and boot is None and isinstance(bdm, list) and bdm:
         # `openstack server create --image` sends its image as the root device's source.
         roots = [b for b in bdm if str(b.get("boot_index", "")) == "0"] or bdm
         image = str(roots[0].get("uuid") or "")
-    if not image:
+    if boot is not None and image:
+        raise NovaError(400, "A server boots from imageRef or from a volume (boot_index 0), not both")
+    if not image and boot is None:
         raise NovaError(400, "Missing imageRef attribute")
-    _check_uuid("imageRef", image)
+    if image:
+        _check_uuid("imageRef", image)
     min_count = _count(server, "min_count")
     max_count = _count(server, "max_count") if "max_count" in server else min_count
     if min_count > max_count:
@@ -529,11 +563,14 @@ def parse_create(body: Any, v: Version) -> NewServer:
                                  "'AUTO' or 'MANUAL'")
         annotations[DISK_CONFIG] = disk_config
     networks = _networks(server, v)
-    return NewServer(name=name, image_id=ref_id(image), flavor_id=ref_id(flavor), spec=spec,
+    if (boot is not None or volumes) and max_count > 1:
+        raise NovaError(400, "Multiple servers cannot share the same volumes: create them one by one")
+    return NewServer(name=name, image_id=ref_id(image) if image else "", flavor_id=ref_id(flavor), spec=spec,
                      annotations=annotations, min_count=min_count, max_count=max_count,
                      group_id=str(group) if group else None,
                      network_ids=["pod"] if networks is None else networks,
-                     return_reservation_id=bool(server.get("return_reservation_id")))
+                     return_reservation_id=bool(server.get("return_reservation_id")),
+                     boot_volume=boot, volumes=volumes)
 
 
 def instance_names(name: str, count: int) -> list[str]:
@@ -1071,6 +1108,44 @@ def quota_set(project: str, quotas: Mapping[str, tuple[int, int]], v: Version, d
                            ("injected_file_path_bytes", 255)):
             doc[key] = {"limit": limit, "in_use": 0, "reserved": 0} if detail else limit
     return {"quota_set": doc}
+
+
+# ---------------------------------------------------------------------------------------------- volumes
+ATTACHMENT_NAMESPACE = uuid.UUID("6f1c3a8e-64b8-5d0e-9c1b-6b6f76610a11")  # Kova's: attachment and BDM ids
+
+
+def volume_attachment_view(server_uid: str, volume_uid: str, entry: Body, v: Version) -> Body:
+    """One of Nova's volumeAttachments: the volume as the server holds it (its device once plugged)."""
+    doc: Body = {"id": volume_uid, "serverId": server_uid, "volumeId": volume_uid, "device": entry.get("device")}
+    if v.at_least("2.70"):
+        doc["tag"] = entry.get("tag")
+    if v.at_least("2.79"):
+        doc["delete_on_termination"] = bool(entry.get("deleteOnTermination"))
+    if v.at_least("2.89"):
+        del doc["id"]
+        doc["attachment_id"] = str(uuid.uuid5(ATTACHMENT_NAMESPACE, f"{server_uid}/{volume_uid}/attachment"))
+        doc["bdm_uuid"] = str(uuid.uuid5(ATTACHMENT_NAMESPACE, f"{server_uid}/{volume_uid}/bdm"))
+    return doc
+
+
+def attach_request(body: Any, v: Version) -> tuple[str, dict[str, Any]]:
+    """POST os-volume_attachments: the volume's id and the spec.volumeAttachments entry it asks for."""
+    req = body.get("volumeAttachment") if isinstance(body, dict) else None
+    if not isinstance(req, dict) or not isinstance(req.get("volumeId"), str):
+        raise NovaError(400, "Invalid input for field/attribute volumeAttachment. 'volumeId' is a required property")
+    _check_uuid("volumeId", req["volumeId"])
+    entry: dict[str, Any] = {}
+    if "tag" in req:
+        if not v.at_least("2.49"):
+            raise NovaError(400, "Additional properties are not allowed ('tag' was unexpected)")
+        entry["tag"] = check_tag(str(req["tag"]))
+    if "delete_on_termination" in req:
+        if not v.at_least("2.79"):
+            raise NovaError(400, "Additional properties are not allowed ('delete_on_termination' was unexpected)")
+        if not isinstance(req["delete_on_termination"], bool):
+            raise NovaError(400, "Invalid input for field/attribute delete_on_termination.")
+        entry["deleteOnTermination"] = req["delete_on_termination"]
+    return req["volumeId"], entry
 
 
 # ---------------------------------------------------------------------------------------------- networks
