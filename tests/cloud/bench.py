@@ -481,7 +481,7 @@ class LocalCloud:
         # KubeVirt's and CDI's own, of the versions whose controllers run here.
         self.kubectl("apply", "--server-side", "-f", str(KUBEVIRT_CRDS), "-f", str(CDI_CRDS), "-f", str(NAD_CRD),
                      "-f", str(REPO / "crds"))
-        self.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(STORAGE_CLASS))
+        self.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all([STORAGE_CLASS, *CLONE_STORAGE]))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd",
                      "virtualmachines.kubevirt.io", "virtualmachineinstances.kubevirt.io", "kubevirts.kubevirt.io",
                      "datavolumes.cdi.kubevirt.io", "virtualmachineexports.export.kubevirt.io",
@@ -506,7 +506,11 @@ class LocalCloud:
             {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "CDI", "metadata": {"name": "cdi"},
              "spec": {"config": {"featureGates": []}}},
             {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "StorageProfile", "metadata": {"name": "sim-local"},
-             "spec": {"claimPropertySets": [{"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"}]}}]))
+             "spec": {"claimPropertySets": [{"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"}]}},
+            # Storage that clones on its own side: CDI clones its claims as CSI clones.
+            {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "StorageProfile", "metadata": {"name": "sim-clone"},
+             "spec": {"cloneStrategy": "csi-clone",
+                      "claimPropertySets": [{"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"}]}}]))
         keys = self.workdir / "pki" / "cdi-token"
         keys.mkdir(exist_ok=True)
         key = new_key()
@@ -781,6 +785,16 @@ STORAGE_CLASS: dict[str, Any] = {
     "provisioner": "local.sim.kova.dev", "allowVolumeExpansion": True, "reclaimPolicy": "Delete",
     "volumeBindingMode": "Immediate",
 }
+
+# The simulator's second driver: storage that clones on its own side (tests/cloud/csi.py). Its CSIDriver
+# object is what makes CDI fill its claims with populators and allows CSI clones.
+CLONE_STORAGE: list[dict[str, Any]] = [
+    {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "sim-clone"},
+     "provisioner": "clone.sim.kova.dev", "allowVolumeExpansion": True, "reclaimPolicy": "Delete",
+     "volumeBindingMode": "Immediate"},
+    {"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver", "metadata": {"name": "clone.sim.kova.dev"},
+     "spec": {"attachRequired": False, "podInfoOnMount": False, "volumeLifecycleModes": ["Persistent"]}},
+]
 
 
 def kubeconfig_dict(server: str, ca_pem: str, *, client_cert: str | None = None, client_key: str | None = None,

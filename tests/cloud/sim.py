@@ -7,7 +7,8 @@ importer pod, phases, conditions, restarts; kube-scheduler places every pod. Thi
 - kubelet (tests/cloud/kubelet.py): the three Nodes, pods run as far as controllers can see, exits,
   restarts with back-off, readiness probes;
 - the importer pod's payload (tests/cloud/importer.py) and the exporter pod's (tests/cloud/exportserver.py);
-- a CSI driver (tests/cloud/csi.py): provisioning, binding, expansion, deletion;
+- two CSI drivers (tests/cloud/csi.py): provisioning, binding, expansion, deletion; CSI clones and the
+  rebinds of CDI's populators on the second;
 - virt-handler (tests/cloud/virthandler.py): a scheduled VMI → Running, its addresses
   (tests/cloud/networks.py: the pod network from the node's podCIDR, a Multus network from its
   NetworkAttachmentDefinition's IPAM), volumeStatus;
@@ -51,6 +52,7 @@ NAD = ("k8s.cni.cncf.io", "v1", "network-attachment-definitions")
 NODE_NAME_LABEL = "kubevirt.io/nodeName"  # virt-controller's label on a scheduled VMI
 RUNNING_STRATEGIES = {"Always", "RerunOnFailure", "Once"}
 STORAGE_CLASS = "sim-local"
+PREP_LABEL = ("cdi.kubevirt.io", "cdi-populator-prep")
 EXPORT_TTL = dt.timedelta(hours=2)  # exportv1.DefaultDurationTTL
 _DURATION = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 # What kubelet says of a pod whose readiness gate is False: virt-controller copies it to the VMI (and the VM).
@@ -136,6 +138,8 @@ class Simulator:
         self.kubelet.payloads.append((exportserver.EXPORTER_LABEL, functools.partial(exportserver.run, self)))
         for label in (cloner.UPLOAD_SERVER_LABEL, cloner.CLONE_SOURCE_LABEL):  # a host-assisted clone's two pods
             self.kubelet.payloads.append((label, functools.partial(cloner.run, self)))
+        # CDI's prep pod (PrepClaimPhase) only mounts a grown claim so kubelet finishes its file system's resize.
+        self.kubelet.payloads.append((PREP_LABEL, lambda stopped, pod: (0, "")))
 
     def reconcile_claims(self) -> None:
         csi.reconcile(self)

@@ -11,11 +11,14 @@ import pytest
 
 from kova.adapters.store import blob_key
 from kova.image import cache
+from tests.cloud import csi
 from tests.cloud.bench import LocalCloud
+from tests.cloud.kubelet import quantity
 from tests.conftest import Kubectl, Operator, sample, scrape, set_quota, wait_for
 from tests.httpsource import Source
 from tests.integration.test_e2e import disk, flavor, image, instance, unique, wait_image, wait_instance
-from tests.integration.test_isolation import Tenant
+from tests.integration.test_isolation import Tenant, install_tenant_roles
+from tests.integration.test_volumes import volume, wait_volume
 
 pytestmark = pytest.mark.integration
 CACHE_NS = "kova-image-cache"
@@ -142,3 +145,60 @@ def test_least_recently_used_entries_go_and_an_image_deleted_takes_its_own(
     kubectl("delete", "instance", "b")
     kubectl("delete", "image", "second")
     wait_for(lambda: not entries_of(cloud, second["metadata"]["uid"]), 90, "the deleted image's entry to go")
+
+
+def test_storage_that_clones_itself_gets_csi_clones_of_the_cache(
+        cloud: LocalCloud, cached: Cached, source: Source, kubectl: Kubectl) -> None:
+    """On a class whose StorageProfile says csi-clone (the simulator's `sim-clone`, with a CSIDriver), CDI fills
+    the entry with its import populator and clones it on the storage's side: the phases CDI reports are the
+    CSI clone's, the data is the entry's, and the store is read once for both volumes."""
+    img = boot_image(kubectl, source, "cow")
+    uid = img["metadata"]["uid"]
+    install_tenant_roles(cloud)
+    tenant = Tenant(cloud, str(kubectl.namespace))
+    tenant.apply([volume("a", 2, volumeType=csi.CLONE_CLASS, source={"image": "cow"}),
+                  volume("b", 1, volumeType=csi.CLONE_CLASS, source={"image": "cow"})])
+    for name in ("a", "b"):
+        wait_volume(kubectl, name, "available", timeout=120)
+    [entry] = entries_of(cloud, uid)
+    name = entry["metadata"]["name"]
+    assert name == cache.entry_name(uid, csi.CLONE_CLASS)
+    # The entry was filled by CDI's import populator: its prime claim imported, then rebound and gone.
+    claim = json.loads(cloud.kubectl("-n", CACHE_NS, "get", "pvc", name, "-o", "json"))
+    assert claim["spec"]["dataSourceRef"]["kind"] == "VolumeImportSource"
+    assert claim["spec"]["storageClassName"] == csi.CLONE_CLASS
+    wait_for(lambda: "prime-" not in cloud.kubectl("-n", CACHE_NS, "get", "pvc", "-o", "name"), 30,
+             "the prime claim to go")
+    wait_for(lambda: cloud.s3_reads(blob_key(uid)) >= 1, 10, "MinIO's audit of the entry's read")
+    assert cloud.s3_reads(blob_key(uid)) == 1
+    volumes = cloud.workdir / "volumes"
+    golden = (volumes / CACHE_NS / f"{name}.img").read_bytes()
+    for vol, gib in (("a", 2), ("b", 1)):
+        dv = kubectl.get("dv", f"volume-{vol}") or {}
+        assert dv["metadata"]["annotations"]["cdi.kubevirt.io/cloneType"] == "csi-clone"
+        reasons = [e["reason"] for e in kubectl.events(f"volume-{vol}")]
+        assert "CSICloneInProgress" in reasons and "CloneSucceeded" in reasons, reasons
+        assert "CloneInProgress" not in reasons  # no host-assisted copy
+        # Grown past the entry by CDI's prep claim (CDI asks a little more: its file system's overhead).
+        pvc = kubectl.get("pvc", f"volume-{vol}") or {}
+        assert quantity(pvc["status"]["capacity"]["storage"]) >= gib << 30
+        assert (kubectl.get("volume", vol) or {})["status"]["size"] == gib
+        assert (volumes / str(kubectl.namespace) / f"volume-{vol}.img").read_bytes() == golden
+    # A volume cloned from a volume on that class: a CSI clone in the namespace.
+    tenant.apply([volume("c", 2, volumeType=csi.CLONE_CLASS, source={"volume": "a"})])
+    wait_volume(kubectl, "c", "available", timeout=120)
+    assert (kubectl.get("dv", "volume-c") or {})["metadata"]["annotations"]["cdi.kubevirt.io/cloneType"] == "csi-clone"
+    assert (volumes / str(kubectl.namespace) / "volume-c.img").read_bytes() == golden
+    # The storage refuses a clone smaller than its source, as external-provisioner does; nothing is made.
+    small = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "small"},
+             "spec": {"storageClassName": csi.CLONE_CLASS, "accessModes": ["ReadWriteOnce"],
+                      "resources": {"requests": {"storage": "1Gi"}},
+                      "dataSource": {"kind": "PersistentVolumeClaim", "name": "volume-a"}}}
+    tenant("create", "-f", "-", input=json.dumps(small))
+    refused = wait_for(lambda: next((e for e in kubectl.events("small") if e["reason"] == "ProvisioningFailed"), None),
+                       30, "the clone to be refused")
+    have = int(quantity((kubectl.get("pvc", "volume-a") or {})["status"]["capacity"]["storage"]))
+    assert f"requested volume size {1 << 30} is less than the size {have} for the source PVC volume-a" in \
+        refused["message"]
+    assert (kubectl.get("pvc", "small") or {})["status"]["phase"] == "Pending"
+    assert not (volumes / str(kubectl.namespace) / "small.img").exists()
