@@ -36,6 +36,10 @@ KV_MOD := tests/cloud/go-kubevirt
 CDI_MOD := tests/cloud/go-cdi
 CONTROLLERS_KEY := $(shell cat $(KV_MOD)/go.mod $(KV_MOD)/go.sum $(CDI_MOD)/go.mod $(CDI_MOD)/go.sum $(CDI_MOD)/cmd/*/*.go | sha256sum | cut -c1-16)
 CONTROLLERS_STAMP := $(BIN)/.controllers-$(CONTROLLERS_KEY)
+# external-snapshotter's snapshot-controller (VolumeSnapshots of the simulated CSI driver that clones).
+SNAP_MOD := tests/cloud/go-snapshots
+SNAP_KEY := $(shell cat $(SNAP_MOD)/go.mod $(SNAP_MOD)/go.sum | sha256sum | cut -c1-16)
+SNAP_STAMP := $(BIN)/.snapshots-$(SNAP_KEY)
 VENV_KEY := $(shell cat pyproject.toml | sha256sum | cut -c1-16)
 VENV_STAMP := $(VENV)/.installed-$(VENV_KEY)
 export KOVA_BIN_DIR := $(BIN)
@@ -50,7 +54,7 @@ help:
 	@echo "make bench    import throughput and memory; the compute API against kubectl (boot, 500-server list)"
 	@echo "make bench-scale  a burst of Instances: latencies, API writes, RSS, restart (KOVA_SCALE_N=500)"
 	@echo "make cloud-up run the local cloud in the foreground (Ctrl-C stops it)"
-	@echo "make controllers  build KubeVirt's virt-controller and CDI's cdi-controller and cdi-apiserver"
+	@echo "make controllers  build KubeVirt's virt-controller, CDI's cdi-controller and cdi-apiserver, snapshot-controller"
 	@echo "make crds     regenerate crds/ from the models"
 
 venv: $(VENV_STAMP)
@@ -80,7 +84,7 @@ $(TOFU_STAMP):
 		github.com/terraform-provider-openstack/terraform-provider-openstack/v3@$(OPENSTACK_PROVIDER_VERSION)
 	@rm -f $(BIN)/.tofu-* && touch $@
 
-controllers: $(CONTROLLERS_STAMP)
+controllers: $(CONTROLLERS_STAMP) $(SNAP_STAMP)
 $(CONTROLLERS_STAMP):
 	@mkdir -p $(BIN)
 	@echo "building virt-controller (KubeVirt v1.7.0), cdi-controller and cdi-apiserver (CDI v1.65.0) (first time: ~5 minutes)"
@@ -91,6 +95,13 @@ $(CONTROLLERS_STAMP):
 	cd $(CDI_MOD) && GOTOOLCHAIN=local GONOSUMDB=github.com/rhobs,github.com/openshift CGO_ENABLED=0 \
 		go build -trimpath -ldflags="-s -w" -o $(BIN)/cdi-apiserver ./cmd/cdi-apiserver
 	@rm -f $(BIN)/.controllers-* && touch $@
+
+$(SNAP_STAMP):
+	@mkdir -p $(BIN)
+	@echo "building snapshot-controller (external-snapshotter v8.7.0) (first time: ~5 minutes)"
+	cd $(SNAP_MOD) && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o $(BIN)/snapshot-controller \
+		github.com/kubernetes-csi/external-snapshotter/v8/cmd/snapshot-controller
+	@rm -f $(BIN)/.snapshots-* && touch $@
 
 crds: venv
 	$(PY) -m kova.cli crds --out crds

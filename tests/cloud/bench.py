@@ -53,12 +53,14 @@ CDI_NAMESPACE = "cdi"
 UPLOAD_SIGNERS = ("cdi-uploadserver-signer", "cdi-uploadserver-client-signer")  # upload servers', their clients'
 # Multus' NetworkAttachmentDefinition, as its project publishes it (vendored, see third_party/README.md).
 NAD_CRD = REPO / "third_party" / "network-attachment-definition" / "networks-crd.yaml"
+# The CSI snapshot CRDs of the snapshot-controller the local cloud runs (external-snapshotter, vendored).
+SNAPSHOT_CRDS = REPO / "third_party" / "external-snapshotter" / "v8.7.0" / "crds.yaml"
 LOOPBACK = "127.0.0.1"
 S3_BUCKET = "kova-images"
 FRONT_PROXY_CLIENT = "front-proxy-client"
 # User agents of the cluster's own components: kube-apiserver's audit log tells their writes from Kova's.
 COMPONENT_AGENTS = {"virt-controller", "cdi-controller", "kube-scheduler", "kube-controller-manager",
-                    "kova-simulated-nodes", "kube-apiserver"}
+                    "snapshot-controller", "kova-simulated-nodes", "kube-apiserver"}
 WRITE_VERBS = {"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"}
 _PR_SET_PDEATHSIG = 1
 
@@ -237,6 +239,7 @@ class LocalCloud:
             self._install_crds()
             self._start_controller_manager()
             self._start_scheduler()
+            self.supervise("snapshot-controller", self._start_snapshot_controller)
             self._start_minio()
             self._install_cdi()
             self.supervise("cdi-apiserver", self._start_cdi_apiserver)
@@ -446,6 +449,16 @@ class LocalCloud:
         self._wait(proc, lambda: self._api_get("/api/v1/namespaces/default/serviceaccounts/default"),
                    "the controller manager (the default ServiceAccount)")
 
+    def _start_snapshot_controller(self) -> None:
+        """external-snapshotter's snapshot-controller, built from its pinned module: VolumeSnapshot →
+        VolumeSnapshotContent, bound, ready once the driver's side (the simulator's csi-snapshotter) cut it."""
+        port = free_port()
+        proc = self.spawn("snapshot-controller", [
+            binary("snapshot-controller"), f"--kubeconfig={self.kubeconfig}", f"--http-endpoint={LOOPBACK}:{port}",
+            "--retry-interval-max=10s", "--v=2"])
+        self._wait(proc, lambda: urllib.request.urlopen(f"http://{LOOPBACK}:{port}/metrics", timeout=2).status == 200,
+                   "snapshot-controller (/metrics)")
+
     def _start_minio(self) -> None:
         self.s3_port = self.s3_port or free_port()  # a restart keeps the address clients know
         if self.s3_audit is None:
@@ -480,13 +493,14 @@ class LocalCloud:
         # until then the API server refuses every object a ResourceQuota counts ("status unknown for quota").
         # KubeVirt's and CDI's own, of the versions whose controllers run here.
         self.kubectl("apply", "--server-side", "-f", str(KUBEVIRT_CRDS), "-f", str(CDI_CRDS), "-f", str(NAD_CRD),
-                     "-f", str(REPO / "crds"))
-        self.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all([STORAGE_CLASS, *CLONE_STORAGE]))
+                     "-f", str(SNAPSHOT_CRDS), "-f", str(REPO / "crds"))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd",
                      "virtualmachines.kubevirt.io", "virtualmachineinstances.kubevirt.io", "kubevirts.kubevirt.io",
                      "datavolumes.cdi.kubevirt.io", "virtualmachineexports.export.kubevirt.io",
                      "network-attachment-definitions.k8s.cni.cncf.io", "storageprofiles.cdi.kubevirt.io",
-                     "cdis.cdi.kubevirt.io")
+                     "cdis.cdi.kubevirt.io", "volumesnapshots.snapshot.storage.k8s.io",
+                     "volumesnapshotcontents.snapshot.storage.k8s.io", "volumesnapshotclasses.snapshot.storage.k8s.io")
+        self.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all([STORAGE_CLASS, *CLONE_STORAGE]))
 
     def _start_scheduler(self) -> None:
         """kube-scheduler, built from the same module as the API server, with its default profile."""
@@ -794,6 +808,8 @@ CLONE_STORAGE: list[dict[str, Any]] = [
      "volumeBindingMode": "Immediate"},
     {"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver", "metadata": {"name": "clone.sim.kova.dev"},
      "spec": {"attachRequired": False, "podInfoOnMount": False, "volumeLifecycleModes": ["Persistent"]}},
+    {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass", "metadata": {"name": "sim-clone"},
+     "driver": "clone.sim.kova.dev", "deletionPolicy": "Delete"},
 ]
 
 

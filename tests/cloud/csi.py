@@ -59,6 +59,13 @@ DATA_ANNOTATION = "sim.kova.dev/data"  # namespace/claim: the claim file that ho
 CLONE_DELAY = 1.0  # seconds a CSI clone takes besides its data
 CLONE_RATE = float(4 << 30)  # bytes of data a second the storage copies on its own side
 COMPONENT = "clone.sim.kova.dev_csi-provisioner"  # external-provisioner's event source: <driver>_<identity>
+SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
+SNAPSHOTS = ".snapshots"  # the folder of the snapshots' data: <volumes>/.snapshots/<content>.img
+# VolumeSnapshotContent: the snapshot-controller's finalizer (the sidecar removes it once the snapshot is gone)
+# and its annotations saying a CreateSnapshot is in flight or the content is to be deleted.
+CONTENT_FINALIZER = "snapshot.storage.kubernetes.io/volumesnapshotcontent-bound-protection"
+BEING_CREATED = "snapshot.storage.kubernetes.io/volumesnapshot-being-created"
+BEING_DELETED = "snapshot.storage.kubernetes.io/volumesnapshot-being-deleted"
 
 
 def condition(type_: str) -> dict[str, str]:
@@ -76,16 +83,20 @@ def data_file(sim: Simulator, ref: str) -> Path:
     return Path(sim.volumes) / namespace / f"{claim}.img"
 
 
-def clone_source(pvc: dict[str, Any]) -> str | None:
-    """The claim a claim clones (external-provisioner's PVC data source), if it is a clone."""
+def source_of(pvc: dict[str, Any]) -> tuple[str, str] | None:
+    """What a new claim is made from, as external-provisioner reads its data source: (kind, name) of a claim to
+    clone or a VolumeSnapshot to restore; None for an empty volume."""
     ref = pvc["spec"].get("dataSourceRef") or pvc["spec"].get("dataSource") or {}
-    return ref.get("name") if ref.get("kind") == "PersistentVolumeClaim" and not ref.get("apiGroup") else None
+    group, kind = ref.get("apiGroup") or "", ref.get("kind")
+    if (group, kind) in (("", "PersistentVolumeClaim"), (SNAPSHOT_GROUP, "VolumeSnapshot")):
+        return str(kind), str(ref["name"])
+    return None
 
 
 def populated(pvc: dict[str, Any]) -> bool:
     """A claim a volume populator fills (a data source of another API group): no provisioner makes its volume."""
     ref = pvc["spec"].get("dataSourceRef") or {}
-    return bool(ref.get("apiGroup")) and ref.get("kind") not in (None, "VolumeSnapshot")
+    return bool(ref.get("apiGroup")) and source_of(pvc) is None
 
 
 def reconcile(sim: Simulator) -> None:
@@ -121,6 +132,7 @@ def reconcile(sim: Simulator) -> None:
         claim = claims.get((ref.get("namespace", ""), ref.get("name", "")))
         if claim is None or claim["metadata"]["uid"] != ref.get("uid"):
             delete(sim, pv)
+    snapshots(sim)
 
 
 def about(pvc: dict[str, Any]) -> dict[str, Any]:
@@ -133,10 +145,10 @@ def provision(sim: Simulator, pvc: dict[str, Any], claims: dict[tuple[str, str],
     name = spec.get("volumeName") or volume_name(pvc)
     requested = spec["resources"]["requests"]["storage"]
     sc = spec["storageClassName"]
-    source = clone_source(pvc)
+    source = source_of(pvc)
     data = f"{md['namespace']}/{md['name']}"
     if sim.get_cached("persistentvolumes", "", name) is None:
-        if source is not None and not clone(sim, pvc, claims.get((md["namespace"], source)), requested):
+        if source is not None and not clone(sim, pvc, source, claims, requested):
             return
         body = {"apiVersion": "v1", "kind": "PersistentVolume",
                 "metadata": {"name": name, "annotations": {"pv.kubernetes.io/provisioned-by": DRIVERS[sc],
@@ -156,7 +168,7 @@ def provision(sim: Simulator, pvc: dict[str, Any], claims: dict[tuple[str, str],
         sim.rest("PATCH", f"/api/v1/persistentvolumes/{name}/status", {"status": {"phase": "Bound"}})
     bind(sim, pvc, name, requested, DRIVERS[sc])
     log.info("pvc %s/%s bound to %s (%s%s)", md["namespace"], md["name"], name, requested,
-             f", a clone of {source}" if source else "")
+             f", from {source[0]} {source[1]}" if source else "")
 
 
 def bind(sim: Simulator, pvc: dict[str, Any], volume: str, capacity: str, driver: str) -> None:
@@ -173,36 +185,97 @@ def bind(sim: Simulator, pvc: dict[str, Any], volume: str, capacity: str, driver
                                  "capacity": {"storage": capacity}})
 
 
-def clone(sim: Simulator, pvc: dict[str, Any], source: dict[str, Any] | None, requested: str) -> bool:
-    """A CSI clone of `source` into the claim's new volume: refused when the target is smaller (external-
-    provisioner checks it before it calls CreateVolume), done once its copy cost has passed. True: done."""
+def clone(sim: Simulator, pvc: dict[str, Any], source: tuple[str, str],
+          claims: dict[tuple[str, str], dict[str, Any]], requested: str) -> bool:
+    """A CSI clone of a claim, or a volume restored from a snapshot, into the claim's new volume: refused when
+    the source is not ready or the target is smaller (external-provisioner checks both before it calls
+    CreateVolume), done once its copy cost has passed. True: done."""
     md = pvc["metadata"]
-    ns, name = md["namespace"], clone_source(pvc)
-    if source is None or (source.get("status") or {}).get("phase") != "Bound":
-        refuse(sim, pvc, f"error getting handle for DataSource Type PersistentVolumeClaim by Name {name}: "
-                         f"error getting PVC {name} (namespace {ns}) from api server: "
-                         f"persistentvolumeclaims \"{name}\" not found or not bound")
-        return False
-    have = quantity(((source.get("status") or {}).get("capacity") or {}).get("storage", 0))
+    ns, (kind, name) = md["namespace"], source
+    handle = f"error getting handle for DataSource Type {kind} by Name {name}"
+    if kind == "PersistentVolumeClaim":
+        claim = claims.get((ns, name))
+        if claim is None or (claim.get("status") or {}).get("phase") != "Bound":
+            refuse(sim, pvc, f'{handle}: error getting PVC {name} (namespace {ns}) from api server: '
+                             f'persistentvolumeclaims "{name}" not found or not bound')
+            return False
+        have = quantity(((claim.get("status") or {}).get("capacity") or {}).get("storage", 0))
+        pv = sim.get_cached("persistentvolumes", "", claim["spec"].get("volumeName") or "")
+        src = data_file(sim, ((pv or {}).get("metadata", {}).get("annotations") or {}).get(
+            DATA_ANNOTATION, f"{ns}/{name}"))
+        what = "source PVC"
+    else:
+        snap = sim.get_cached("volumesnapshots", ns, name)
+        bound = ((snap or {}).get("status") or {}).get("boundVolumeSnapshotContentName") or ""
+        content = sim.get_cached("volumesnapshotcontents", "", bound)
+        if content is None or not (content.get("status") or {}).get("readyToUse"):
+            refuse(sim, pvc, f"{handle}: snapshot {name} is not Ready")
+            return False
+        have = float(content["status"].get("restoreSize") or 0)
+        src, what = data_file(sim, f"{SNAPSHOTS}/{bound}"), "source snapshot"
     if quantity(requested) < have:
-        refuse(sim, pvc, f"error getting handle for DataSource Type PersistentVolumeClaim by Name {name}: "
-                         f"requested volume size {int(quantity(requested))} is less than the size {int(have)} "
-                         f"for the source PVC {name}")
+        refuse(sim, pvc, f"{handle}: requested volume size {int(quantity(requested))} is less than the size "
+                         f"{int(have)} for the {what} {name}")
         return False
-    pv = sim.get_cached("persistentvolumes", "", source["spec"].get("volumeName") or "")
-    src = data_file(sim, ((pv or {}).get("metadata", {}).get("annotations") or {}).get(
-        DATA_ANNOTATION, f"{ns}/{name}"))
     key = f"clone/{md['uid']}"
     if key not in sim.last_step:
         sim.last_step[key] = time.monotonic()
         sim.event(about(pvc), "Provisioning",
                   f'External provisioner is provisioning volume for claim "{ns}/{md["name"]}"', COMPONENT)
+    return copied(sim, key, src, data_file(sim, f"{ns}/{md['name']}"))
+
+
+def copied(sim: Simulator, key: str, src: Path, dst: Path) -> bool:
+    """The storage's copy of `src` into `dst`, made once its cost (from the first call for `key`) has passed."""
+    sim.last_step.setdefault(key, time.monotonic())
     size, parts = extents(src) if src.exists() else (0, [])
     if time.monotonic() - sim.last_step[key] < CLONE_DELAY + sum(n for _, n in parts) / CLONE_RATE:
         return False
     if src.exists():
-        copy_sparse(src, data_file(sim, f"{ns}/{md['name']}"), size, parts)
+        copy_sparse(src, dst, size, parts)
     return True
+
+
+def snapshots(sim: Simulator) -> None:
+    """csi-snapshotter's half for the clone driver: a VolumeSnapshotContent the snapshot-controller made is cut
+    (its volume's data copied at the copy cost) and made ready with its handle, time and restore size; one to
+    be deleted loses its data, then the finalizer that held it."""
+    for content in sim.cached("volumesnapshotcontents"):
+        spec, md = content.get("spec") or {}, content["metadata"]
+        if spec.get("driver") != CLONE_DRIVER:
+            continue
+        try:
+            if md.get("deletionTimestamp"):
+                if BEING_DELETED in (md.get("annotations") or {}) and CONTENT_FINALIZER in (md.get("finalizers") or []):
+                    data_file(sim, f"{SNAPSHOTS}/{md['name']}").unlink(missing_ok=True)
+                    sim.rest("PATCH", f"/apis/{SNAPSHOT_GROUP}/v1/volumesnapshotcontents/{md['name']}",
+                             {"metadata": {"finalizers": [f for f in md["finalizers"] if f != CONTENT_FINALIZER]}})
+                    log.info("snapshot %s deleted", md["name"])
+            elif (spec.get("source") or {}).get("volumeHandle") and not content.get("status"):
+                cut(sim, content)
+        except ApiException as e:
+            if e.status not in (404, 409):
+                raise
+
+
+def cut(sim: Simulator, content: dict[str, Any]) -> None:
+    md, handle = content["metadata"], content["spec"]["source"]["volumeHandle"]
+    pv = next((v for v in sim.cached("persistentvolumes") if v["spec"].get("csi", {}).get("volumeHandle") == handle),
+              None)
+    if pv is None:
+        return
+    path = f"/apis/{SNAPSHOT_GROUP}/v1/volumesnapshotcontents/{md['name']}"
+    if BEING_CREATED not in (md.get("annotations") or {}):
+        sim.rest("PATCH", path, {"metadata": {"annotations": {BEING_CREATED: "yes"}}})
+    data = (pv["metadata"].get("annotations") or {}).get(DATA_ANNOTATION, "")
+    if not copied(sim, f"snapshot/{md['uid']}", data_file(sim, data) if data else Path("/nonexistent"),
+                  data_file(sim, f"{SNAPSHOTS}/{md['name']}")):
+        return
+    size = int(quantity(pv["spec"]["capacity"]["storage"]))
+    sim.rest("PATCH", f"{path}/status", {"status": {
+        "snapshotHandle": md["name"], "creationTime": time.time_ns(), "readyToUse": True, "restoreSize": size}})
+    sim.rest("PATCH", path, {"metadata": {"annotations": {BEING_CREATED: None}}})
+    log.info("snapshot %s of %s cut (%d bytes)", md["name"], data, size)
 
 
 def copy_sparse(src: Path, dst: Path, size: int, parts: list[tuple[int, int]]) -> None:

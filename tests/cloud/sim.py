@@ -16,8 +16,9 @@ importer pod, phases, conditions, restarts; kube-scheduler places every pod. Thi
   (pause, unpause, softreboot, start, stop, restart), consoles.
 
 Like the controllers, it works from informer-style caches: one watch per kind keeps an in-memory copy of
-every DataVolume, PersistentVolumeClaim, PersistentVolume, Pod, VirtualMachine, VirtualMachineInstance and
-Node, and its own writes update that copy at once. A pass over the caches costs the API server nothing.
+every DataVolume, PersistentVolumeClaim, PersistentVolume, Pod, VirtualMachine, VirtualMachineInstance,
+VolumeSnapshot, VolumeSnapshotContent and Node, and its own writes update that copy at once. A pass over the
+caches costs the API server nothing.
 
     python -m tests.cloud.sim [--delay SECONDS] [--virt-api-port N]     # uses $KUBECONFIG
 """
@@ -45,6 +46,7 @@ from tests.cloud import cloner, csi, exportserver, importer, kubelet, networks, 
 log = logging.getLogger("sim")
 KV = ("kubevirt.io", "v1")
 CDI = ("cdi.kubevirt.io", "v1beta1")
+SNAPSHOT = ("snapshot.storage.k8s.io", "v1")
 NAD = ("k8s.cni.cncf.io", "v1", "network-attachment-definitions")
 # The nodes: (name, zone). Each is big enough that bench-scale's ~700 one-vCPU Instances fit on three, and
 # small enough that a VMI asking 512 GiB fits on none (the e2e test of ErrorUnschedulable). 250 pods: a
@@ -128,7 +130,7 @@ class Simulator:
         self.caches: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
             "datavolumes": {}, "virtualmachines": {}, "virtualmachineinstances": {},
             "persistentvolumeclaims": {}, "nodes": {}, "pods": {},
-            "persistentvolumes": {}}
+            "persistentvolumes": {}, "volumesnapshots": {}, "volumesnapshotcontents": {}}
         self.synced = {plural: threading.Event() for plural in self.caches}
         self.soft_reboots: dict[str, int] = {}  # by VMI uid: the guest rebooted this often
         self.warned: set[str] = set()  # VMI uid + reason: Warning events already recorded
@@ -281,7 +283,8 @@ class Simulator:
 
     # ----- loop -----
     def start_informers(self) -> None:
-        crds = ((CDI, "datavolumes"), (KV, "virtualmachines"), (KV, "virtualmachineinstances"))
+        crds = ((CDI, "datavolumes"), (KV, "virtualmachines"), (KV, "virtualmachineinstances"),
+                (SNAPSHOT, "volumesnapshots"), (SNAPSHOT, "volumesnapshotcontents"))
         for gv, plural in crds:
             threading.Thread(target=self.informer, daemon=True, name=plural,
                              args=(plural, f"/apis/{gv[0]}/{gv[1]}/{plural}", self.api.list_cluster_custom_object,

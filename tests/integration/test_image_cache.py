@@ -151,7 +151,8 @@ def test_storage_that_clones_itself_gets_csi_clones_of_the_cache(
         cloud: LocalCloud, cached: Cached, source: Source, kubectl: Kubectl) -> None:
     """On a class whose StorageProfile says csi-clone (the simulator's `sim-clone`, with a CSIDriver), CDI fills
     the entry with its import populator and clones it on the storage's side: the phases CDI reports are the
-    CSI clone's, the data is the entry's, and the store is read once for both volumes."""
+    CSI clone's, the data is the entry's, and the store is read once for both volumes. Volumes cloned from a
+    volume and restored from a VolumeSnapshot on that storage; a clone smaller than its source refused."""
     img = boot_image(kubectl, source, "cow")
     uid = img["metadata"]["uid"]
     install_tenant_roles(cloud)
@@ -189,6 +190,31 @@ def test_storage_that_clones_itself_gets_csi_clones_of_the_cache(
     wait_volume(kubectl, "c", "available", timeout=120)
     assert (kubectl.get("dv", "volume-c") or {})["metadata"]["annotations"]["cdi.kubevirt.io/cloneType"] == "csi-clone"
     assert (volumes / str(kubectl.namespace) / "volume-c.img").read_bytes() == golden
+    # A VolumeSnapshot of a volume, cut by the storage (the real snapshot-controller binds it), and a volume
+    # restored from it. The tenant holds the rights on snapshots a cluster administrator grants.
+    ns = str(kubectl.namespace)
+    kubectl("create", "role", "snapshots", "--verb=get,list,watch,create,delete",
+            "--resource=volumesnapshots.snapshot.storage.k8s.io")
+    kubectl("create", "rolebinding", "snapshots", "--role=snapshots", f"--serviceaccount={ns}:os-edit")
+    tenant.apply([{"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot", "metadata": {"name": "snap"},
+                   "spec": {"volumeSnapshotClassName": csi.CLONE_CLASS,
+                            "source": {"persistentVolumeClaimName": "volume-a"}}}])
+    snap = wait_for(lambda: ((o := kubectl.get("volumesnapshot", "snap")) or {}).get("status", {}).get("readyToUse")
+                    and o, 60, "the snapshot to be ready to use")
+    content = snap["status"]["boundVolumeSnapshotContentName"]
+    assert (volumes / csi.SNAPSHOTS / f"{content}.img").read_bytes() == golden
+    tenant.apply([volume("d", 3, volumeType=csi.CLONE_CLASS, source={"snapshot": "snap"})])
+    wait_volume(kubectl, "d", "available", timeout=120)
+    assert (kubectl.get("dv", "volume-d") or {})["metadata"]["annotations"]["cdi.kubevirt.io/cloneType"] == "snapshot"
+    assert "CloneFromSnapshotSourceInProgress" in [e["reason"] for e in kubectl.events("volume-d")]
+    # Restored at the snapshot's size (CDI's restoreSize), then grown to the 3 GiB asked; the data is kept.
+    assert (kubectl.get("volume", "d") or {})["status"]["size"] == 3
+    assert (volumes / ns / "volume-d.img").read_bytes() == golden
+    # Deleted: the storage's snapshot goes with its content (deletionPolicy Delete).
+    tenant("delete", "volumesnapshot", "snap", "--wait=false")
+    wait_for(lambda: not (volumes / csi.SNAPSHOTS / f"{content}.img").exists() and
+             "NotFound" in cloud.kubectl("get", "volumesnapshotcontent", content, check=False), 60,
+             "the snapshot's content and data to go")
     # The storage refuses a clone smaller than its source, as external-provisioner does; nothing is made.
     small = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "small"},
              "spec": {"storageClassName": csi.CLONE_CLASS, "accessModes": ["ReadWriteOnce"],

@@ -92,6 +92,17 @@ def test_a_clone_of_an_available_volume_reads_its_claim() -> None:
     assert p.create is not None and p.create["spec"]["source"] == {"pvc": {"namespace": "team-a", "name": "volume-src"}}
 
 
+def test_from_a_snapshot_it_is_restored_at_the_snapshots_size_then_grown_to_its_own() -> None:
+    p = volumes.plan(world(vol(size=6, source={"snapshot": "nightly"})))
+    assert p.create is not None and p.create["spec"]["source"] == {
+        "snapshot": {"namespace": "team-a", "name": "nightly"}}
+    assert "resources" not in p.create["spec"]["storage"]  # CDI takes the snapshot's restoreSize
+    restored = obj("volume-data", status={"phase": "Succeeded"})
+    p = volumes.plan(world(vol(size=6, source={"snapshot": "nightly"}), datavolumes=Objects(restored),
+                           pvcs=Objects(claim(4, 4))))
+    assert (p.word, p.grow) == (VolumeWord.extending, 6)
+
+
 def test_status_words_follow_the_data_volume_and_the_claim() -> None:
     def word(dv: dict[str, Any] | None, pvc: dict[str, Any] | None, **spec: Any) -> volumes.Plan:
         return volumes.plan(world(vol(**spec), datavolumes=Objects(*[x for x in (dv,) if x]),

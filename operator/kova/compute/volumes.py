@@ -212,7 +212,12 @@ def _make(w: World, spec: VolumeSpec, sc: str | None, fields: dict[str, Any]) ->
                         f"({other['spec']['size']} GiB; Cinder answers 400)", fields)
         source = {"pvc": {"namespace": namespace, "name": claim_name(src.volume)}}
     elif src is not None and src.snapshot:
-        source = {"snapshot": {"namespace": namespace, "name": src.snapshot}}
+        # Restored at the snapshot's own size: CDI refuses a request below its restoreSize, which counts the file
+        # system overhead CDI added to the source's claim, so the same nominal size fails. Grown after to the
+        # size asked, as any extend.
+        creating.create = data_volume(vol, spec, sc, {"source": {
+            "snapshot": {"namespace": namespace, "name": src.snapshot}}}, sized=False)
+        return creating
     creating.create = data_volume(vol, spec, sc, {"source": source})
     return creating
 
@@ -223,9 +228,10 @@ def _blocked(b: lifecycle.Blocked, fields: dict[str, Any]) -> Plan:
     return Plan(VolumeWord.creating, Progress.RECONCILING, b.reason, b.message, fields, wait_on=b.on)
 
 
-def data_volume(vol: dict[str, Any], spec: VolumeSpec, sc: str | None, source: dict[str, Any]) -> dict[str, Any]:
+def data_volume(vol: dict[str, Any], spec: VolumeSpec, sc: str | None, source: dict[str, Any],
+                sized: bool = True) -> dict[str, Any]:
     md = vol["metadata"]
-    storage: dict[str, Any] = {"resources": {"requests": {"storage": f"{spec.size}Gi"}}}
+    storage: dict[str, Any] = {"resources": {"requests": {"storage": f"{spec.size}Gi"}}} if sized else {}
     if sc:
         storage["storageClassName"] = sc
     if spec.multiattach:
