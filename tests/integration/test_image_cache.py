@@ -215,6 +215,13 @@ def test_storage_that_clones_itself_gets_csi_clones_of_the_cache(
     wait_for(lambda: not (volumes / csi.SNAPSHOTS / f"{content}.img").exists() and
              "NotFound" in cloud.kubectl("get", "volumesnapshotcontent", content, check=False), 60,
              "the snapshot's content and data to go")
+    # A server boots from that CSI-cloned volume.
+    fl = unique(kubectl, "c4")
+    kubectl.apply([flavor(fl)])  # the administrator's
+    srv = instance("srv", fl, "cow", bootVolume={"volume": "c"})
+    del srv["spec"]["imageRef"]
+    tenant.apply([srv])
+    assert wait_instance(kubectl, "srv", "ACTIVE", timeout=90)["status"]["dataVolume"] == "volume-c"
     # The storage refuses a clone smaller than its source, as external-provisioner does; nothing is made.
     small = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "small"},
              "spec": {"storageClassName": csi.CLONE_CLASS, "accessModes": ["ReadWriteOnce"],

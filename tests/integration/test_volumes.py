@@ -250,6 +250,12 @@ def test_novas_volume_api_with_openstacksdk(cloud: LocalCloud, operator: Operato
         compute.delete_volume_attachment(server, root, ignore_missing=False)
     compute.delete_volume_attachment(server, data, ignore_missing=False)
     wait_volume(kubectl, "data", "available")
+    # A rebuild onto an image: Nova's answer for a volume-backed server below 2.93; the server is untouched.
+    image_id = (kubectl.get("image", "os") or {})["metadata"]["uid"]
+    with pytest.raises(sdk_errors.BadRequestException, match="Unable to rebuild with a different image for a "
+                                                             "volume-backed server"):
+        compute.rebuild_server(server, image=image_id)
+    assert compute.get_server(server.id).status == "ACTIVE"
     compute.delete_server(server)
     compute.wait_for_delete(server, interval=1, wait=60)
     wait_volume(kubectl, "root", "available")

@@ -445,6 +445,11 @@ class ComputeHandlers(Front):
                 raise NovaError(403, refusal_q.message)
         if act.name == "rebuild":
             assert act.image_id is not None
+            if spec.boot_volume is not None:
+                # Nova below 2.93 answers this; from 2.93 it re-images the root volume, which Kova does not (yet).
+                # The CRD refuses an imageRef beside bootVolume all the same.
+                raise NovaError(400, f"Image {act.image_id} is unacceptable: Unable to rebuild with a different "
+                                     "image for a volume-backed server.")
             try:
                 image = await self.images.find(caller, project, act.image_id)
             except StatusError as e:
