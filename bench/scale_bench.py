@@ -12,7 +12,8 @@
 3. Imports (skipped with KOVA_SCALE_IMPORTS=0): 40 Images applied together (peak RSS under
    KOVA_MAX_CONCURRENT_IMPORTS), then the Instance reaction latency while 10 imports run.
 4. The golden-image cache (skipped with KOVA_SCALE_CACHE_N=0): KOVA_SCALE_CACHE_N servers (default 5) of a
-   1 GiB image booted one after the other, with the cache off and then on: the first and the Nth boot's time
+   1 GiB image booted one after the other, with the cache off, then on with host-assisted clones (the default
+   class sim-local), then on with CSI clones (sim-clone made the default): the first and the Nth boot's time
    to ACTIVE, and the object store's bytes read per boot (MinIO's audit log).
 
 Phases 1-3 run with the image cache off: what they measure is Kova's own work per Instance.
@@ -311,12 +312,19 @@ def image_cache(cloud: LocalCloud, op: Proc, src: Source, env: dict[str, str], n
     cloud.kubectl("wait", "-n", ns, "--for=condition=Ready", "--timeout=300s", "image/big")
     uid = json.loads(cloud.kubectl("get", "image", "big", "-n", ns, "-o", "json"))["metadata"]["uid"]
     print(f"\n== {n} servers of a 1 GiB image, one after the other (time to ACTIVE; store bytes read per boot)")
-    for mode in ("off", CACHE_NS):
+    # Root disks are on the default class: sim-local (host-assisted clones), then sim-clone (CSI clones).
+    runs = (("off", "sim-local", "direct", "cache off, direct import"),
+            (CACHE_NS, "sim-local", "cached", "cache on, host-assisted clone"),
+            (CACHE_NS, "sim-clone", "csi", "cache on, CSI clone (sim-clone)"))
+    for mode, default, prefix, label in runs:
+        for sc in ("sim-local", "sim-clone"):
+            cloud.kubectl("annotate", "--overwrite", "storageclass", sc,
+                          f"storageclass.kubernetes.io/is-default-class={'true' if sc == default else 'false'}")
         op.popen.terminate()
         op.popen.wait()
         op = cloud.start_operator(extra_env={**env, "KOVA_IMAGE_CACHE_NAMESPACE": mode})
         read_before, seconds = cloud.s3_audit.bytes_read(blob_key(uid)) if cloud.s3_audit else 0, []
-        names = [f"{'cached' if mode != 'off' else 'direct'}-{i}" for i in range(n)]
+        names = [f"{prefix}-{i}" for i in range(n)]
         for name in names:
             started = time.monotonic()
             create(cloud, [name], clients=1, namespace=ns, body=lambda x: {
@@ -327,11 +335,13 @@ def image_cache(cloud: LocalCloud, op: Proc, src: Source, env: dict[str, str], n
             seconds.append(time.monotonic() - started)
         time.sleep(2)  # MinIO posts its audit of a call once it is answered
         read = (cloud.s3_audit.bytes_read(blob_key(uid)) if cloud.s3_audit else 0) - read_before
-        label = "cache off" if mode == "off" else "cache on "
-        print(f"{label}: first boot {seconds[0]:.1f}s, boot {n} {seconds[-1]:.1f}s (mean of 2..{n}: "
+        print(f"{label + ':':<33} first boot {seconds[0]:.1f}s, boot {n} {seconds[-1]:.1f}s (mean of 2..{n}: "
               f"{sum(seconds[1:]) / max(1, n - 1):.1f}s); store read {read / n / MiB:.0f} MiB per boot "
               f"({read / MiB:.0f} MiB in all)")
         cloud.kubectl("delete", "instance", "-n", ns, "--wait=true", *names)
+    for sc in ("sim-local", "sim-clone"):  # the local cloud's default again
+        cloud.kubectl("annotate", "--overwrite", "storageclass", sc,
+                      f"storageclass.kubernetes.io/is-default-class={'true' if sc == 'sim-local' else 'false'}")
     return op
 
 

@@ -198,7 +198,7 @@ def test_cdi_fails_an_import_whose_checksum_does_not_match(cloud: LocalCloud, ku
     status = wait_for(lambda: (s := kubectl.status("dv", "vm-dv")).get("phase") == "Failed" and s, 60, "Failed")
     assert running(status)["reason"] == "ChecksumError" and "checksum mismatch" in running(status)["message"]
     assert not (cloud.workdir / "volumes" / str(kubectl.namespace) / "vm-dv.img").exists(), "the data is removed"
-    assert_not_started(kubectl, "vm")
+    assert_not_started(kubectl, "vm", disk_failed=True)
 
 
 def test_cdi_converts_a_qcow2_image_to_raw(cloud: LocalCloud, kubectl: Kubectl) -> None:
@@ -216,11 +216,14 @@ def test_cdi_converts_a_qcow2_image_to_raw(cloud: LocalCloud, kubectl: Kubectl) 
     assert len(disk) == 64 << 20 and disk[:len(guest)] == guest and not disk[len(guest):].strip(b"\0")
 
 
-def assert_not_started(kubectl: Kubectl, vm: str) -> None:
+def assert_not_started(kubectl: Kubectl, vm: str, disk_failed: bool = False) -> None:
     """virt-controller makes the VMI at once but no launcher pod while a DataVolume is not populated (its VMI
-    controller's volume readiness check, pkg/virt-controller/watch/vmi): the VMI stays Pending."""
+    controller's volume readiness check, pkg/virt-controller/watch/vmi): the VMI stays Pending. Once the
+    DataVolume is Failed, virt-controller fails the VMI it has not processed (lifecycle.go: hasFailedDataVolume),
+    whenever its next sync comes."""
     vmi = kubectl.get("vmi", vm)
-    assert vmi is None or (vmi.get("status") or {}).get("phase", "Pending") == "Pending", vmi
+    allowed = {"Pending", "Failed"} if disk_failed else {"Pending"}
+    assert vmi is None or (vmi.get("status") or {}).get("phase", "Pending") in allowed, vmi
     pods = json.loads(kubectl("get", "pods", "-l", f"vm.kubevirt.io/name={vm}", "-o", "json"))["items"]
     assert not pods, "no launcher pod for a VM whose disk is not imported"
 
