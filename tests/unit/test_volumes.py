@@ -101,6 +101,11 @@ def test_from_a_snapshot_it_is_restored_at_the_snapshots_size_then_grown_to_its_
     p = volumes.plan(world(vol(size=6, source={"snapshot": "nightly"}), datavolumes=Objects(restored),
                            pvcs=Objects(claim(4, 4))))
     assert (p.word, p.grow) == (VolumeWord.extending, 6)
+    # A snapshot bigger than the size asked: the volume holds the snapshot's size, and `gigabytes` counts it.
+    p = volumes.plan(world(vol(size=2, source={"snapshot": "nightly"}), datavolumes=Objects(restored),
+                           pvcs=Objects(claim(4, 4))))
+    assert (p.word, p.grow, p.fields["size"], p.fields["allocated"]) == (VolumeWord.available, None, 4, 4)
+    assert p.message == "the 4 GiB volume is available"
 
 
 def test_status_words_follow_the_data_volume_and_the_claim() -> None:

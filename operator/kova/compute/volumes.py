@@ -80,11 +80,16 @@ def plan(w: World) -> Plan:
             made.fields["allocated"] = spec.size
         return made
     fields["allocated"] = allocated if allocated is not None else spec.size  # made before it was counted
+    if spec.source is not None and spec.source.snapshot:
+        # CDI restores at the snapshot's size, which may be more than the size asked: what the volume holds
+        # counts, or a small volume from a big snapshot would escape `gigabytes`. (Its capacity counts CDI's file
+        # system overhead: a restore may be counted a GiB over, never under.)
+        fields["allocated"] = max(fields["allocated"], fields["size"] or 0)
     out = _observe(spec, dv, pvc, fields)
     if out.grow is not None and w.quota is not None:  # an extend over quota: Cinder answers 413, nothing grows
         out = Plan(VolumeWord.available, Progress.STALLED, QUOTA_REASON, w.quota.message, fields)
     elif out.grow is not None:
-        out.fields["allocated"] = spec.size
+        out.fields["allocated"] = max(spec.size, fields["allocated"])
     if out.word in (VolumeWord.available, VolumeWord.extending):
         held = attachments.holders(vol, w.instances, w.now.strftime("%Y-%m-%dT%H:%M:%SZ"))
         out.fields["attachments"] = [h.model_dump(by_alias=True, mode="json", exclude_none=True) for h in held]
@@ -269,5 +274,5 @@ def _observe(spec: VolumeSpec, dv: dict[str, Any] | None, pvc: dict[str, Any] | 
     if pvc is None:
         return Plan(VolumeWord.creating, Progress.RECONCILING, "Creating", f"creating a {spec.size} GiB volume",
                     fields)
-    return Plan(VolumeWord.available, Progress.READY, "Available", f"the {spec.size} GiB volume is available",
-                {**fields, "progress": None})
+    return Plan(VolumeWord.available, Progress.READY, "Available",
+                f"the {max(fields['allocated'] or 0, spec.size)} GiB volume is available", {**fields, "progress": None})
